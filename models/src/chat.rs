@@ -1,0 +1,108 @@
+//! Chat templates (the Jinja text in `tokenizer.chat_template`), rendered with minijinja.
+
+use minijinja::{context, Environment, Error, ErrorKind};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ModelError, Result};
+use crate::gguf::GgufFile;
+
+/// ChatML, used when a model file carries no template of its own.
+const CHATML_TEMPLATE: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+/// One chat message, as in the OpenAI API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+}
+
+impl ChatMessage {
+    /// A message with this role and text.
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
+        Self { role: role.into(), content: content.into() }
+    }
+}
+
+/// A compiled chat template plus the special-token texts templates refer to.
+pub struct ChatTemplate {
+    env: Environment<'static>,
+    bos_token: String,
+    eos_token: String,
+}
+
+const TEMPLATE_NAME: &str = "chat";
+
+impl ChatTemplate {
+    /// Compiles `source`; `bos_token`/`eos_token` are the texts templates may insert.
+    pub fn new(source: String, bos_token: String, eos_token: String) -> Result<Self> {
+        let mut env = Environment::new();
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", |msg: String| -> std::result::Result<String, Error> {
+            Err(Error::new(ErrorKind::InvalidOperation, msg))
+        });
+        env.add_template_owned(TEMPLATE_NAME, source).map_err(|e| ModelError::Template(e.to_string()))?;
+        Ok(Self { env, bos_token, eos_token })
+    }
+
+    /// The file's `tokenizer.chat_template`, or ChatML when it has none.
+    pub fn from_gguf(file: &GgufFile, bos_token: Option<&str>, eos_token: Option<&str>) -> Result<Self> {
+        let source = file
+            .optional("tokenizer.chat_template")
+            .and_then(|v| v.to_string().ok())
+            .cloned()
+            .unwrap_or_else(|| CHATML_TEMPLATE.to_string());
+        Self::new(source, bos_token.unwrap_or_default().to_string(), eos_token.unwrap_or_default().to_string())
+    }
+
+    /// Renders the conversation; with `add_generation_prompt` the text ends where the
+    /// assistant's reply should begin.
+    pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+        if messages.is_empty() {
+            return Err(ModelError::InvalidInput("a chat needs at least one message".into()));
+        }
+        let template = self.env.get_template(TEMPLATE_NAME).map_err(|e| ModelError::Template(e.to_string()))?;
+        template
+            .render(context! {
+                messages => messages,
+                add_generation_prompt => add_generation_prompt,
+                bos_token => self.bos_token,
+                eos_token => self.eos_token,
+            })
+            .map_err(|e| ModelError::Template(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chatml_fallback_renders_roles_and_generation_prompt() {
+        let t = ChatTemplate::new(CHATML_TEMPLATE.into(), String::new(), String::new()).unwrap();
+        let text = t.render(&[ChatMessage::new("user", "Hi")], true).unwrap();
+        assert_eq!(text, "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
+        let no_prompt = t.render(&[ChatMessage::new("user", "Hi")], false).unwrap();
+        assert_eq!(no_prompt, "<|im_start|>user\nHi<|im_end|>\n");
+    }
+
+    #[test]
+    fn raise_exception_becomes_a_template_error() {
+        let src = "{% if messages[0]['role'] != 'user' %}{{ raise_exception('first must be user') }}{% endif %}ok";
+        let t = ChatTemplate::new(src.into(), String::new(), String::new()).unwrap();
+        let err = t.render(&[ChatMessage::new("assistant", "x")], true).unwrap_err();
+        assert!(err.to_string().contains("first must be user"), "{err}");
+        assert_eq!(t.render(&[ChatMessage::new("user", "x")], true).unwrap(), "ok");
+    }
+
+    #[test]
+    fn python_string_methods_work() {
+        let t = ChatTemplate::new("{{ messages[0]['content'].strip() }}".into(), String::new(), String::new()).unwrap();
+        assert_eq!(t.render(&[ChatMessage::new("user", "  x  ")], false).unwrap(), "x");
+    }
+
+    #[test]
+    fn empty_conversation_is_rejected() {
+        let t = ChatTemplate::new(CHATML_TEMPLATE.into(), String::new(), String::new()).unwrap();
+        assert!(t.render(&[], true).is_err());
+    }
+}

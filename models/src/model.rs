@@ -1,0 +1,56 @@
+//! A model file opened as a whole: configuration, weights, tokenizer and chat template.
+
+use std::path::Path;
+
+use candle_core::Device;
+
+use crate::chat::{ChatMessage, ChatTemplate};
+use crate::config::LlamaConfig;
+use crate::error::{ModelError, Result};
+use crate::gguf::GgufFile;
+use crate::llama::{Llama, WeightFormat};
+use crate::tokenizer::Tokenizer;
+
+/// Everything needed to turn text into text with one model.
+pub struct Model {
+    pub llama: Llama,
+    pub tokenizer: Tokenizer,
+    pub chat_template: ChatTemplate,
+}
+
+impl Model {
+    /// Opens a GGUF file and loads it onto `device`. Every size comes from the file's metadata.
+    pub fn load(path: &Path, format: WeightFormat, device: &Device) -> Result<Self> {
+        let mut file = GgufFile::open(path)?;
+        let config = LlamaConfig::from_gguf(&file)?;
+        let tokenizer = Tokenizer::from_gguf(&file)?;
+        let token = |id: Option<u32>| id.and_then(|i| tokenizer.token_text(i));
+        let chat_template =
+            ChatTemplate::from_gguf(&file, token(tokenizer.bos_id()), token(tokenizer.eos_ids().first().copied()))?;
+        let llama = Llama::load(&mut file, config, format, device)?;
+        Ok(Self { llama, tokenizer, chat_template })
+    }
+
+    /// The model's hyper-parameters.
+    pub fn config(&self) -> &LlamaConfig {
+        self.llama.config()
+    }
+
+    /// Token ids for a plain prompt (a BOS is added when the model wants one).
+    pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>> {
+        if text.is_empty() {
+            return Err(ModelError::InvalidInput("the prompt is empty".into()));
+        }
+        let ids = self.tokenizer.encode(text, true)?;
+        if ids.is_empty() {
+            return Err(ModelError::InvalidInput("the prompt encodes to no tokens".into()));
+        }
+        Ok(ids)
+    }
+
+    /// Token ids for a conversation rendered through the chat template, ready for the reply.
+    pub fn encode_chat(&self, messages: &[ChatMessage]) -> Result<Vec<u32>> {
+        let text = self.chat_template.render(messages, true)?;
+        self.tokenizer.encode(&text, false)
+    }
+}

@@ -1,0 +1,239 @@
+//! Choosing the next token from logits: greedy, temperature, top-k, top-p, repetition penalty.
+//! Pure CPU logic on `&[f32]`; a seeded sampler always makes the same choices.
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::error::{ModelError, Result};
+
+/// How one sequence picks its tokens.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingParams {
+    /// 0 (or below 1e-5) means greedy: always the most likely token.
+    pub temperature: f32,
+    /// Keep only the `k` most likely tokens.
+    pub top_k: Option<usize>,
+    /// Keep the smallest set of most likely tokens whose probability sums to at least `p`.
+    pub top_p: Option<f32>,
+    /// Above 1 discourages tokens already present in the prompt or output (CTRL-style).
+    pub repetition_penalty: Option<f32>,
+    /// Same seed, same choices. `None` draws a random seed.
+    pub seed: Option<u64>,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        Self { temperature: 0.0, top_k: None, top_p: None, repetition_penalty: None, seed: None }
+    }
+}
+
+impl SamplingParams {
+    /// Greedy decoding.
+    pub fn greedy() -> Self {
+        Self::default()
+    }
+
+    /// Whether these parameters always pick the most likely token.
+    pub fn is_greedy(&self) -> bool {
+        self.temperature < 1e-5 || self.top_k == Some(1)
+    }
+
+    /// Rejects values no sampler can use.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(ModelError::InvalidInput(m));
+        if !self.temperature.is_finite() || self.temperature < 0.0 {
+            return bad(format!("`temperature` must be a finite number >= 0, got {}", self.temperature));
+        }
+        if self.top_k == Some(0) {
+            return bad("`top_k` must be strictly positive".into());
+        }
+        if let Some(p) = self.top_p {
+            if !(p > 0.0 && p <= 1.0) {
+                return bad(format!("`top_p` must be in (0, 1], got {p}"));
+            }
+        }
+        if let Some(r) = self.repetition_penalty {
+            if !(r.is_finite() && r > 0.0) {
+                return bad(format!("`repetition_penalty` must be strictly positive, got {r}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A sampler for one sequence: its parameters plus its own random stream.
+pub struct Sampler {
+    params: SamplingParams,
+    rng: StdRng,
+    scratch: Vec<(u32, f32)>,
+}
+
+impl Sampler {
+    /// A sampler seeded from `params.seed` (or from the OS when unset).
+    pub fn new(params: SamplingParams) -> Self {
+        let rng = match params.seed {
+            Some(seed) => StdRng::seed_from_u64(seed),
+            None => StdRng::from_os_rng(),
+        };
+        Self { params, rng, scratch: Vec::new() }
+    }
+
+    /// The parameters this sampler was made with.
+    pub fn params(&self) -> &SamplingParams {
+        &self.params
+    }
+
+    /// Picks the next token. `logits` is modified in place (penalties, temperature);
+    /// `history` is every token of the sequence so far (prompt and generated).
+    pub fn sample(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
+        if let Some(penalty) = self.params.repetition_penalty.filter(|p| (*p - 1.0).abs() > f32::EPSILON) {
+            apply_repetition_penalty(logits, history, penalty);
+        }
+        if self.params.is_greedy() {
+            return argmax(logits);
+        }
+        let inv_t = 1.0 / self.params.temperature;
+        let candidates = &mut self.scratch;
+        candidates.clear();
+        candidates.extend(logits.iter().enumerate().filter(|(_, l)| l.is_finite()).map(|(i, l)| (i as u32, l * inv_t)));
+        if candidates.is_empty() {
+            return argmax(logits);
+        }
+        let by_logit_desc = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+        if let Some(k) = self.params.top_k.filter(|k| *k < candidates.len()) {
+            candidates.select_nth_unstable_by(k, by_logit_desc);
+            candidates.truncate(k);
+        }
+        candidates.sort_unstable_by(by_logit_desc);
+        // Softmax over the survivors (they are sorted, so the first is the maximum).
+        let max = candidates[0].1;
+        let mut total = 0.0f32;
+        for c in candidates.iter_mut() {
+            c.1 = (c.1 - max).exp();
+            total += c.1;
+        }
+        if let Some(p) = self.params.top_p.filter(|p| *p < 1.0) {
+            let mut cumulative = 0.0;
+            let mut keep = candidates.len();
+            for (i, c) in candidates.iter().enumerate() {
+                cumulative += c.1 / total;
+                if cumulative >= p {
+                    keep = i + 1;
+                    break;
+                }
+            }
+            candidates.truncate(keep);
+            total = candidates.iter().map(|c| c.1).sum();
+        }
+        let mut target = self.rng.random::<f32>() * total;
+        for c in candidates.iter() {
+            target -= c.1;
+            if target <= 0.0 {
+                return c.0;
+            }
+        }
+        candidates[candidates.len() - 1].0
+    }
+}
+
+/// Index of the largest logit (the first one on ties).
+pub fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    let mut best_value = f32::NEG_INFINITY;
+    for (i, &l) in logits.iter().enumerate() {
+        if l > best_value {
+            best = i;
+            best_value = l;
+        }
+    }
+    best as u32
+}
+
+/// CTRL-style penalty: positive logits of seen tokens are divided by `penalty`, negative ones multiplied.
+fn apply_repetition_penalty(logits: &mut [f32], history: &[u32], penalty: f32) {
+    let mut seen = std::collections::HashSet::with_capacity(history.len());
+    for &t in history {
+        if seen.insert(t) {
+            if let Some(l) = logits.get_mut(t as usize) {
+                *l = if *l > 0.0 { *l / penalty } else { *l * penalty };
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn logits() -> Vec<f32> {
+        vec![1.0, 3.0, 2.5, -1.0, 0.5, 2.9]
+    }
+
+    #[test]
+    fn greedy_takes_the_maximum() {
+        let mut s = Sampler::new(SamplingParams::greedy());
+        assert_eq!(s.sample(&mut logits(), &[]), 1);
+    }
+
+    #[test]
+    fn repetition_penalty_can_change_the_greedy_choice() {
+        let params = SamplingParams { repetition_penalty: Some(1.5), ..SamplingParams::greedy() };
+        let mut s = Sampler::new(params);
+        // token 1 (3.0) becomes 2.0 once seen, so token 5 (2.9) wins.
+        assert_eq!(s.sample(&mut logits(), &[1, 1, 3]), 5);
+    }
+
+    #[test]
+    fn same_seed_same_choices() {
+        let params = SamplingParams { temperature: 1.0, seed: Some(7), ..Default::default() };
+        let draw = |p: &SamplingParams| {
+            let mut s = Sampler::new(p.clone());
+            (0..50).map(|_| s.sample(&mut logits(), &[])).collect::<Vec<_>>()
+        };
+        let a = draw(&params);
+        assert_eq!(a, draw(&params));
+        let other = SamplingParams { seed: Some(8), ..params };
+        assert_ne!(a, draw(&other));
+        assert!(a.iter().collect::<std::collections::HashSet<_>>().len() > 1, "temperature 1 should vary");
+    }
+
+    #[test]
+    fn top_k_limits_the_candidates() {
+        let params = SamplingParams { temperature: 5.0, top_k: Some(2), seed: Some(1), ..Default::default() };
+        let mut s = Sampler::new(params);
+        for _ in 0..200 {
+            let t = s.sample(&mut logits(), &[]);
+            assert!(t == 1 || t == 5, "top-2 gave {t}");
+        }
+    }
+
+    #[test]
+    fn top_p_keeps_the_smallest_nucleus() {
+        // probabilities ~ [0.9, 0.09, 0.01]: p = 0.5 keeps only the first.
+        let params = SamplingParams { temperature: 1.0, top_p: Some(0.5), seed: Some(3), ..Default::default() };
+        let mut s = Sampler::new(params);
+        let base = vec![(0.9f32).ln(), (0.09f32).ln(), (0.01f32).ln()];
+        for _ in 0..100 {
+            assert_eq!(s.sample(&mut base.clone(), &[]), 0);
+        }
+        let params = SamplingParams { temperature: 1.0, top_p: Some(0.95), seed: Some(3), ..Default::default() };
+        let mut s = Sampler::new(params);
+        let picks: std::collections::HashSet<u32> = (0..500).map(|_| s.sample(&mut base.clone(), &[])).collect();
+        assert!(picks.contains(&1) && !picks.contains(&2), "{picks:?}");
+    }
+
+    #[test]
+    fn validation_rejects_bad_values() {
+        let bad = [
+            SamplingParams { temperature: -1.0, ..Default::default() },
+            SamplingParams { top_p: Some(0.0), ..Default::default() },
+            SamplingParams { top_p: Some(1.5), ..Default::default() },
+            SamplingParams { top_k: Some(0), ..Default::default() },
+            SamplingParams { repetition_penalty: Some(0.0), ..Default::default() },
+        ];
+        for p in bad {
+            assert!(p.validate().is_err(), "{p:?} should be rejected");
+        }
+        assert!(SamplingParams { temperature: 0.7, top_p: Some(1.0), ..Default::default() }.validate().is_ok());
+    }
+}

@@ -1,0 +1,207 @@
+//! A `tokenizers` tokenizer built only from GGUF metadata (no tokenizer.json exists offline),
+//! and incremental detokenization for streaming.
+
+use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::models::bpe::{Vocab, BPE};
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::digits::Digits;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::pre_tokenizers::PreTokenizerWrapper;
+use tokenizers::{AddedToken, SplitDelimiterBehavior};
+
+use crate::error::{ModelError, Result};
+use crate::gguf::GgufFile;
+
+/// GGUF token type of control tokens (`<|im_start|>`, `<|endoftext|>`, ...).
+const TOKEN_TYPE_CONTROL: i32 = 3;
+/// GGUF token type of user-defined tokens, matched whole in the input like control tokens.
+const TOKEN_TYPE_USER_DEFINED: i32 = 4;
+
+/// Llama-3 style split: contractions, letters, numbers in groups of up to three, punctuation, spaces.
+const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// Qwen2 style split: as Llama-3, but every digit alone.
+const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// The model's tokenizer plus the special ids generation needs.
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    bos_id: Option<u32>,
+    eos_ids: Vec<u32>,
+    add_bos: bool,
+    tokens: Vec<String>,
+}
+
+impl Tokenizer {
+    /// Builds the tokenizer from `tokenizer.ggml.*` metadata.
+    pub fn from_gguf(file: &GgufFile) -> Result<Self> {
+        let model = file.string("tokenizer.ggml.model")?;
+        if model != "gpt2" {
+            return Err(ModelError::Tokenizer(format!(
+                "tokenizer model `{model}` is not supported (supported: gpt2 byte-level BPE)"
+            )));
+        }
+        let tokens = string_array(file, "tokenizer.ggml.tokens")?;
+        let merges = string_array(file, "tokenizer.ggml.merges")?
+            .into_iter()
+            .map(|m| {
+                m.split_once(' ')
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+                    .ok_or_else(|| ModelError::Tokenizer(format!("malformed merge `{m}`")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let token_types = match file.optional("tokenizer.ggml.token_type") {
+            Some(v) => v
+                .to_vec()
+                .map_err(|e| ModelError::Tokenizer(e.to_string()))?
+                .iter()
+                .map(|t| t.to_i32().map_err(|e| ModelError::Tokenizer(e.to_string())))
+                .collect::<Result<Vec<_>>>()?,
+            None => vec![1; tokens.len()],
+        };
+        let mut vocab = Vocab::default();
+        for (id, tok) in tokens.iter().enumerate() {
+            vocab.insert(tok.clone(), id as u32);
+        }
+        let bpe = BPE::builder()
+            .vocab_and_merges(vocab, merges)
+            .build()
+            .map_err(|e| ModelError::Tokenizer(format!("building BPE: {e}")))?;
+        let mut inner = tokenizers::Tokenizer::new(bpe);
+        let pre = file.optional("tokenizer.ggml.pre").and_then(|v| v.to_string().ok()).map(String::as_str);
+        inner.with_pre_tokenizer(Some(pre_tokenizer(pre.unwrap_or("gpt2"))?));
+        inner.with_decoder(Some(ByteLevelDecoder::default()));
+        let added: Vec<AddedToken> = tokens
+            .iter()
+            .zip(&token_types)
+            .filter(|(_, t)| **t == TOKEN_TYPE_CONTROL || **t == TOKEN_TYPE_USER_DEFINED)
+            .map(|(tok, t)| AddedToken::from(tok.clone(), *t == TOKEN_TYPE_CONTROL))
+            .collect();
+        inner.add_special_tokens(&added);
+
+        let id = |key: &str| file.optional(key).and_then(|v| v.to_u32().ok());
+        let bos_id = id("tokenizer.ggml.bos_token_id");
+        let mut eos_ids: Vec<u32> = id("tokenizer.ggml.eos_token_id").into_iter().collect();
+        eos_ids.extend(id("tokenizer.ggml.eot_token_id"));
+        eos_ids.extend(id("tokenizer.ggml.eom_token_id"));
+        eos_ids.dedup();
+        let add_bos = file.optional("tokenizer.ggml.add_bos_token").and_then(|v| v.to_bool().ok()).unwrap_or(false);
+        Ok(Self { inner, bos_id, eos_ids, add_bos, tokens })
+    }
+
+    /// Encodes text. `<|...|>` control tokens in the text become their ids. A BOS token is
+    /// prepended only when the model asks for one (`add_bos_token`) and `add_bos` is set;
+    /// chat-templated text carries its own.
+    pub fn encode(&self, text: &str, add_bos: bool) -> Result<Vec<u32>> {
+        let enc = self.inner.encode(text, false).map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+        let mut ids = Vec::with_capacity(enc.len() + 1);
+        if add_bos && self.add_bos {
+            if let Some(bos) = self.bos_id {
+                if enc.get_ids().first() != Some(&bos) {
+                    ids.push(bos);
+                }
+            }
+        }
+        ids.extend_from_slice(enc.get_ids());
+        Ok(ids)
+    }
+
+    /// Decodes ids to text; special tokens are dropped when `skip_special` is set.
+    pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
+        self.inner.decode(ids, skip_special).map_err(|e| ModelError::Tokenizer(e.to_string()))
+    }
+
+    /// Tokens that end generation.
+    pub fn eos_ids(&self) -> &[u32] {
+        &self.eos_ids
+    }
+
+    /// The beginning-of-sequence token, if the model has one.
+    pub fn bos_id(&self) -> Option<u32> {
+        self.bos_id
+    }
+
+    /// The text of a token id, as stored in the vocabulary.
+    pub fn token_text(&self, id: u32) -> Option<&str> {
+        self.tokens.get(id as usize).map(String::as_str)
+    }
+
+    /// Number of tokens in the vocabulary.
+    pub fn vocab_size(&self) -> usize {
+        self.tokens.len()
+    }
+}
+
+fn pre_tokenizer(pre: &str) -> Result<PreTokenizerWrapper> {
+    let byte_level = |use_regex: bool| ByteLevel::new(false, true, use_regex).into();
+    let split = |pattern: &str| -> Result<PreTokenizerWrapper> {
+        Split::new(SplitPattern::Regex(pattern.to_string()), SplitDelimiterBehavior::Isolated, false)
+            .map(Into::into)
+            .map_err(|e| ModelError::Tokenizer(format!("pre-tokenizer regex: {e}")))
+    };
+    Ok(match pre {
+        "gpt2" | "default" => byte_level(true),
+        "smollm" => Sequence::new(vec![Digits::new(true).into(), byte_level(true)]).into(),
+        "llama-bpe" | "llama3" | "smaug-bpe" => Sequence::new(vec![split(LLAMA3_SPLIT)?, byte_level(false)]).into(),
+        "qwen2" => Sequence::new(vec![split(QWEN2_SPLIT)?, byte_level(false)]).into(),
+        other => {
+            return Err(ModelError::Tokenizer(format!(
+                "pre-tokenizer `{other}` is not supported (supported: gpt2, smollm, llama-bpe, qwen2)"
+            )))
+        }
+    })
+}
+
+fn string_array(file: &GgufFile, key: &str) -> Result<Vec<String>> {
+    let bad = |reason: String| ModelError::Metadata { key: key.to_string(), reason };
+    file.value(key)?
+        .to_vec()
+        .map_err(|e| bad(e.to_string()))?
+        .iter()
+        .map(|v| v.to_string().cloned().map_err(|e| bad(e.to_string())))
+        .collect()
+}
+
+/// Turns a stream of token ids into text pieces without ever splitting a UTF-8 character:
+/// text is released only once the bytes decoded so far form complete characters.
+#[derive(Debug, Default, Clone)]
+pub struct IncrementalDecoder {
+    ids: Vec<u32>,
+    prefix_offset: usize,
+    read_offset: usize,
+}
+
+impl IncrementalDecoder {
+    /// A decoder with no tokens yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds one token; returns the new text it completes, if any.
+    pub fn push(&mut self, tokenizer: &Tokenizer, id: u32) -> Result<Option<String>> {
+        self.ids.push(id);
+        let prefix = tokenizer.decode(&self.ids[self.prefix_offset..self.read_offset], true)?;
+        let full = tokenizer.decode(&self.ids[self.prefix_offset..], true)?;
+        if full.len() > prefix.len() && !full.ends_with('\u{FFFD}') && full.is_char_boundary(prefix.len()) {
+            let piece = full[prefix.len()..].to_string();
+            self.prefix_offset = self.read_offset;
+            self.read_offset = self.ids.len();
+            Ok(Some(piece))
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Text held back so far (an unfinished character at the end of generation), decoded lossily.
+    pub fn flush(&mut self, tokenizer: &Tokenizer) -> Result<Option<String>> {
+        let prefix = tokenizer.decode(&self.ids[self.prefix_offset..self.read_offset], true)?;
+        let full = tokenizer.decode(&self.ids[self.prefix_offset..], true)?;
+        self.prefix_offset = self.ids.len();
+        self.read_offset = self.ids.len();
+        if full.len() > prefix.len() && full.is_char_boundary(prefix.len()) {
+            Ok(Some(full[prefix.len()..].to_string()))
+        } else {
+            Ok(None)
+        }
+    }
+}

@@ -1,0 +1,32 @@
+//! Command-line interface: one subcommand per job.
+
+mod generate;
+
+use clap::{Parser, Subcommand};
+
+use crate::logging::LogFormat;
+
+/// LLM inference serving for NVIDIA GPUs split into MIG slices.
+#[derive(Debug, Parser)]
+#[command(name = "migserve", version, about)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "MIGSERVE_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The jobs migserve can do.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Generate text for one prompt and stream it to stdout.
+    Generate(generate::GenerateArgs),
+}
+
+/// Runs the parsed command.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Generate(args) => generate::run(args),
+    }
+}
