@@ -19,7 +19,10 @@ pub struct ChatMessage {
 impl ChatMessage {
     /// A message with this role and text.
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        Self { role: role.into(), content: content.into() }
+        Self {
+            role: role.into(),
+            content: content.into(),
+        }
     }
 }
 
@@ -37,30 +40,51 @@ impl ChatTemplate {
     pub fn new(source: String, bos_token: String, eos_token: String) -> Result<Self> {
         let mut env = Environment::new();
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |msg: String| -> std::result::Result<String, Error> {
-            Err(Error::new(ErrorKind::InvalidOperation, msg))
-        });
-        env.add_template_owned(TEMPLATE_NAME, source).map_err(|e| ModelError::Template(e.to_string()))?;
-        Ok(Self { env, bos_token, eos_token })
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> std::result::Result<String, Error> {
+                Err(Error::new(ErrorKind::InvalidOperation, msg))
+            },
+        );
+        env.add_template_owned(TEMPLATE_NAME, source)
+            .map_err(|e| ModelError::Template(e.to_string()))?;
+        Ok(Self {
+            env,
+            bos_token,
+            eos_token,
+        })
     }
 
     /// The file's `tokenizer.chat_template`, or ChatML when it has none.
-    pub fn from_gguf(file: &GgufFile, bos_token: Option<&str>, eos_token: Option<&str>) -> Result<Self> {
+    pub fn from_gguf(
+        file: &GgufFile,
+        bos_token: Option<&str>,
+        eos_token: Option<&str>,
+    ) -> Result<Self> {
         let source = file
             .optional("tokenizer.chat_template")
             .and_then(|v| v.to_string().ok())
             .cloned()
             .unwrap_or_else(|| CHATML_TEMPLATE.to_string());
-        Self::new(source, bos_token.unwrap_or_default().to_string(), eos_token.unwrap_or_default().to_string())
+        Self::new(
+            source,
+            bos_token.unwrap_or_default().to_string(),
+            eos_token.unwrap_or_default().to_string(),
+        )
     }
 
     /// Renders the conversation; with `add_generation_prompt` the text ends where the
     /// assistant's reply should begin.
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
         if messages.is_empty() {
-            return Err(ModelError::InvalidInput("a chat needs at least one message".into()));
+            return Err(ModelError::InvalidInput(
+                "a chat needs at least one message".into(),
+            ));
         }
-        let template = self.env.get_template(TEMPLATE_NAME).map_err(|e| ModelError::Template(e.to_string()))?;
+        let template = self
+            .env
+            .get_template(TEMPLATE_NAME)
+            .map_err(|e| ModelError::Template(e.to_string()))?;
         template
             .render(context! {
                 messages => messages,
@@ -80,7 +104,10 @@ mod tests {
     fn chatml_fallback_renders_roles_and_generation_prompt() {
         let t = ChatTemplate::new(CHATML_TEMPLATE.into(), String::new(), String::new()).unwrap();
         let text = t.render(&[ChatMessage::new("user", "Hi")], true).unwrap();
-        assert_eq!(text, "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
+        assert_eq!(
+            text,
+            "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+        );
         let no_prompt = t.render(&[ChatMessage::new("user", "Hi")], false).unwrap();
         assert_eq!(no_prompt, "<|im_start|>user\nHi<|im_end|>\n");
     }
@@ -89,15 +116,29 @@ mod tests {
     fn raise_exception_becomes_a_template_error() {
         let src = "{% if messages[0]['role'] != 'user' %}{{ raise_exception('first must be user') }}{% endif %}ok";
         let t = ChatTemplate::new(src.into(), String::new(), String::new()).unwrap();
-        let err = t.render(&[ChatMessage::new("assistant", "x")], true).unwrap_err();
+        let err = t
+            .render(&[ChatMessage::new("assistant", "x")], true)
+            .unwrap_err();
         assert!(err.to_string().contains("first must be user"), "{err}");
-        assert_eq!(t.render(&[ChatMessage::new("user", "x")], true).unwrap(), "ok");
+        assert_eq!(
+            t.render(&[ChatMessage::new("user", "x")], true).unwrap(),
+            "ok"
+        );
     }
 
     #[test]
     fn python_string_methods_work() {
-        let t = ChatTemplate::new("{{ messages[0]['content'].strip() }}".into(), String::new(), String::new()).unwrap();
-        assert_eq!(t.render(&[ChatMessage::new("user", "  x  ")], false).unwrap(), "x");
+        let t = ChatTemplate::new(
+            "{{ messages[0]['content'].strip() }}".into(),
+            String::new(),
+            String::new(),
+        )
+        .unwrap();
+        assert_eq!(
+            t.render(&[ChatMessage::new("user", "  x  ")], false)
+                .unwrap(),
+            "x"
+        );
     }
 
     #[test]

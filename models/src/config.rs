@@ -62,7 +62,10 @@ impl LlamaConfig {
             None => 10_000.0,
         };
         let config = Self {
-            name: file.optional("general.name").and_then(|v| v.to_string().ok()).cloned(),
+            name: file
+                .optional("general.name")
+                .and_then(|v| v.to_string().ok())
+                .cloned(),
             n_layers: get("block_count")?,
             hidden_size,
             ffn_size: get("feed_forward_length")?,
@@ -80,18 +83,30 @@ impl LlamaConfig {
     }
 
     fn validate(&self) -> Result<()> {
-        let bad = |key: &str, reason: String| Err(ModelError::Metadata { key: format!("{}.{key}", self.architecture), reason });
-        if self.n_layers == 0 || self.hidden_size == 0 || self.n_heads == 0 || self.vocab_size == 0 {
+        let bad = |key: &str, reason: String| {
+            Err(ModelError::Metadata {
+                key: format!("{}.{key}", self.architecture),
+                reason,
+            })
+        };
+        if self.n_layers == 0 || self.hidden_size == 0 || self.n_heads == 0 || self.vocab_size == 0
+        {
             return bad("block_count", "model has a zero dimension".into());
         }
         if self.n_kv_heads == 0 || self.n_heads % self.n_kv_heads != 0 {
             return bad(
                 "attention.head_count_kv",
-                format!("{} query heads are not a multiple of {} KV heads", self.n_heads, self.n_kv_heads),
+                format!(
+                    "{} query heads are not a multiple of {} KV heads",
+                    self.n_heads, self.n_kv_heads
+                ),
             );
         }
         if self.head_dim == 0 || self.head_dim % 2 != 0 {
-            return bad("attention.key_length", format!("head dimension {} must be even and non-zero", self.head_dim));
+            return bad(
+                "attention.key_length",
+                format!("head dimension {} must be even and non-zero", self.head_dim),
+            );
         }
         Ok(())
     }

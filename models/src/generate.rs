@@ -81,7 +81,14 @@ pub fn generate(
     let mut finish_reason = FinishReason::Length;
 
     let started = Instant::now();
-    let mut logits = model.llama.forward(&[SeqChunk { seq: SEQ, tokens: prompt, start: 0 }], &mut kv)?;
+    let mut logits = model.llama.forward(
+        &[SeqChunk {
+            seq: SEQ,
+            tokens: prompt,
+            start: 0,
+        }],
+        &mut kv,
+    )?;
     let prefill_time = started.elapsed();
     let decode_start = Instant::now();
     while generated.len() < max_new_tokens {
@@ -101,7 +108,14 @@ pub fn generate(
             break;
         }
         let start = history.len() - 1;
-        logits = model.llama.forward(&[SeqChunk { seq: SEQ, tokens: &history[start..], start }], &mut kv)?;
+        logits = model.llama.forward(
+            &[SeqChunk {
+                seq: SEQ,
+                tokens: &history[start..],
+                start,
+            }],
+            &mut kv,
+        )?;
     }
     if let Some(piece) = decoder.flush(&model.tokenizer)? {
         on_text(&piece);

@@ -21,7 +21,10 @@ pub struct GgufFile {
 impl GgufFile {
     /// Opens `path`, checks that it is GGUF and parses its header.
     pub fn open(path: &Path) -> Result<Self> {
-        let io_err = |source| ModelError::Io { path: path.to_path_buf(), source };
+        let io_err = |source| ModelError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
         let file = File::open(path).map_err(io_err)?;
         if file.metadata().map_err(io_err)?.is_dir() {
             return Err(ModelError::Io {
@@ -32,14 +35,20 @@ impl GgufFile {
         let mut reader = BufReader::new(file);
         let mut magic = [0u8; 4];
         if reader.read_exact(&mut magic).is_err() || &magic != b"GGUF" {
-            return Err(ModelError::NotGguf { path: path.to_path_buf() });
+            return Err(ModelError::NotGguf {
+                path: path.to_path_buf(),
+            });
         }
         reader.seek(SeekFrom::Start(0)).map_err(io_err)?;
         let content = Content::read(&mut reader).map_err(|e| ModelError::BadGguf {
             path: path.to_path_buf(),
             reason: e.to_string(),
         })?;
-        Ok(Self { path: path.to_path_buf(), content, reader })
+        Ok(Self {
+            path: path.to_path_buf(),
+            content,
+            reader,
+        })
     }
 
     /// The file this was opened from.
@@ -62,23 +71,30 @@ impl GgufFile {
         if !self.has_tensor(name) {
             return Err(ModelError::MissingTensor(name.to_string()));
         }
-        self.content.tensor(&mut self.reader, name, device).map_err(|e| ModelError::BadGguf {
-            path: self.path.clone(),
-            reason: format!("tensor {name}: {e}"),
-        })
+        self.content
+            .tensor(&mut self.reader, name, device)
+            .map_err(|e| ModelError::BadGguf {
+                path: self.path.clone(),
+                reason: format!("tensor {name}: {e}"),
+            })
     }
 
     /// A required metadata value.
     pub fn value(&self, key: &str) -> Result<&Value> {
-        self.metadata().get(key).ok_or_else(|| ModelError::Metadata {
-            key: key.to_string(),
-            reason: "missing".into(),
-        })
+        self.metadata()
+            .get(key)
+            .ok_or_else(|| ModelError::Metadata {
+                key: key.to_string(),
+                reason: "missing".into(),
+            })
     }
 
     /// A required string value.
     pub fn string(&self, key: &str) -> Result<&str> {
-        self.value(key)?.to_string().map(|s| s.as_str()).map_err(|e| meta_err(key, e))
+        self.value(key)?
+            .to_string()
+            .map(|s| s.as_str())
+            .map_err(|e| meta_err(key, e))
     }
 
     /// A required unsigned integer value (any integer width).
@@ -92,7 +108,12 @@ impl GgufFile {
             Value::I32(x) => (*x).into(),
             Value::U64(x) => (*x).into(),
             Value::I64(x) => (*x).into(),
-            other => return Err(meta_err(key, format!("expected an integer, found {:?}", other.value_type()))),
+            other => {
+                return Err(meta_err(
+                    key,
+                    format!("expected an integer, found {:?}", other.value_type()),
+                ))
+            }
         };
         u64::try_from(n).map_err(|_| meta_err(key, format!("negative value {n}")))
     }
@@ -100,7 +121,9 @@ impl GgufFile {
     /// A required float value.
     pub fn f32(&self, key: &str) -> Result<f32> {
         let v = self.value(key)?;
-        v.to_f32().or_else(|_| v.to_f64().map(|f| f as f32)).map_err(|e| meta_err(key, e))
+        v.to_f32()
+            .or_else(|_| v.to_f64().map(|f| f as f32))
+            .map_err(|e| meta_err(key, e))
     }
 
     /// An optional value: `None` when absent.
@@ -110,5 +133,8 @@ impl GgufFile {
 }
 
 fn meta_err(key: &str, e: impl std::fmt::Display) -> ModelError {
-    ModelError::Metadata { key: key.to_string(), reason: e.to_string() }
+    ModelError::Metadata {
+        key: key.to_string(),
+        reason: e.to_string(),
+    }
 }

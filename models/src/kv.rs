@@ -18,7 +18,14 @@ pub trait KvStore {
     /// `seq` in `layer`, and returns the keys and values of positions `0..start + n`
     /// (each `[n_kv_heads, start + n, head_dim]`). Positions at or past `start` that were
     /// stored before are replaced.
-    fn write_and_read(&mut self, seq: SeqId, layer: usize, start: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)>;
+    fn write_and_read(
+        &mut self,
+        seq: SeqId,
+        layer: usize,
+        start: usize,
+        k: &Tensor,
+        v: &Tensor,
+    ) -> Result<(Tensor, Tensor)>;
 
     /// Forgets everything stored for `seq`.
     fn release(&mut self, seq: SeqId);
@@ -35,7 +42,10 @@ pub struct DenseKvStore {
 impl DenseKvStore {
     /// An empty store for a model with `n_layers` layers.
     pub fn new(n_layers: usize) -> Self {
-        Self { n_layers, seqs: HashMap::new() }
+        Self {
+            n_layers,
+            seqs: HashMap::new(),
+        }
     }
 
     /// Number of positions stored for `seq` (0 when unknown).
@@ -55,13 +65,27 @@ impl DenseKvStore {
 }
 
 impl KvStore for DenseKvStore {
-    fn write_and_read(&mut self, seq: SeqId, layer: usize, start: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+    fn write_and_read(
+        &mut self,
+        seq: SeqId,
+        layer: usize,
+        start: usize,
+        k: &Tensor,
+        v: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
         if layer >= self.n_layers {
-            return Err(ModelError::InvalidInput(format!("layer {layer} out of range ({} layers)", self.n_layers)));
+            return Err(ModelError::InvalidInput(format!(
+                "layer {layer} out of range ({} layers)",
+                self.n_layers
+            )));
         }
         let n_layers = self.n_layers;
         let slot = &mut self.seqs.entry(seq).or_insert_with(|| vec![None; n_layers])[layer];
-        let stored = slot.as_ref().map(|(k, _)| k.dim(1)).transpose()?.unwrap_or(0);
+        let stored = slot
+            .as_ref()
+            .map(|(k, _)| k.dim(1))
+            .transpose()?
+            .unwrap_or(0);
         if start > stored {
             return Err(ModelError::InvalidInput(format!(
                 "sequence {seq} layer {layer}: writing at position {start} but only {stored} positions are stored"

@@ -25,10 +25,17 @@ impl Model {
         let config = LlamaConfig::from_gguf(&file)?;
         let tokenizer = Tokenizer::from_gguf(&file)?;
         let token = |id: Option<u32>| id.and_then(|i| tokenizer.token_text(i));
-        let chat_template =
-            ChatTemplate::from_gguf(&file, token(tokenizer.bos_id()), token(tokenizer.eos_ids().first().copied()))?;
+        let chat_template = ChatTemplate::from_gguf(
+            &file,
+            token(tokenizer.bos_id()),
+            token(tokenizer.eos_ids().first().copied()),
+        )?;
         let llama = Llama::load(&mut file, config, format, device)?;
-        Ok(Self { llama, tokenizer, chat_template })
+        Ok(Self {
+            llama,
+            tokenizer,
+            chat_template,
+        })
     }
 
     /// The model's hyper-parameters.
@@ -43,7 +50,9 @@ impl Model {
         }
         let ids = self.tokenizer.encode(text, true)?;
         if ids.is_empty() {
-            return Err(ModelError::InvalidInput("the prompt encodes to no tokens".into()));
+            return Err(ModelError::InvalidInput(
+                "the prompt encodes to no tokens".into(),
+            ));
         }
         Ok(ids)
     }

@@ -23,7 +23,13 @@ pub struct SamplingParams {
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        Self { temperature: 0.0, top_k: None, top_p: None, repetition_penalty: None, seed: None }
+        Self {
+            temperature: 0.0,
+            top_k: None,
+            top_p: None,
+            repetition_penalty: None,
+            seed: None,
+        }
     }
 }
 
@@ -42,7 +48,10 @@ impl SamplingParams {
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(ModelError::InvalidInput(m));
         if !self.temperature.is_finite() || self.temperature < 0.0 {
-            return bad(format!("`temperature` must be a finite number >= 0, got {}", self.temperature));
+            return bad(format!(
+                "`temperature` must be a finite number >= 0, got {}",
+                self.temperature
+            ));
         }
         if self.top_k == Some(0) {
             return bad("`top_k` must be strictly positive".into());
@@ -54,7 +63,9 @@ impl SamplingParams {
         }
         if let Some(r) = self.repetition_penalty {
             if !(r.is_finite() && r > 0.0) {
-                return bad(format!("`repetition_penalty` must be strictly positive, got {r}"));
+                return bad(format!(
+                    "`repetition_penalty` must be strictly positive, got {r}"
+                ));
             }
         }
         Ok(())
@@ -75,7 +86,11 @@ impl Sampler {
             Some(seed) => StdRng::seed_from_u64(seed),
             None => StdRng::from_os_rng(),
         };
-        Self { params, rng, scratch: Vec::new() }
+        Self {
+            params,
+            rng,
+            scratch: Vec::new(),
+        }
     }
 
     /// The parameters this sampler was made with.
@@ -86,7 +101,11 @@ impl Sampler {
     /// Picks the next token. `logits` is modified in place (penalties, temperature);
     /// `history` is every token of the sequence so far (prompt and generated).
     pub fn sample(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
-        if let Some(penalty) = self.params.repetition_penalty.filter(|p| (*p - 1.0).abs() > f32::EPSILON) {
+        if let Some(penalty) = self
+            .params
+            .repetition_penalty
+            .filter(|p| (*p - 1.0).abs() > f32::EPSILON)
+        {
             apply_repetition_penalty(logits, history, penalty);
         }
         if self.params.is_greedy() {
@@ -95,11 +114,18 @@ impl Sampler {
         let inv_t = 1.0 / self.params.temperature;
         let candidates = &mut self.scratch;
         candidates.clear();
-        candidates.extend(logits.iter().enumerate().filter(|(_, l)| l.is_finite()).map(|(i, l)| (i as u32, l * inv_t)));
+        candidates.extend(
+            logits
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| l.is_finite())
+                .map(|(i, l)| (i as u32, l * inv_t)),
+        );
         if candidates.is_empty() {
             return argmax(logits);
         }
-        let by_logit_desc = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+        let by_logit_desc =
+            |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
         if let Some(k) = self.params.top_k.filter(|k| *k < candidates.len()) {
             candidates.select_nth_unstable_by(k, by_logit_desc);
             candidates.truncate(k);
@@ -177,7 +203,10 @@ mod tests {
 
     #[test]
     fn repetition_penalty_can_change_the_greedy_choice() {
-        let params = SamplingParams { repetition_penalty: Some(1.5), ..SamplingParams::greedy() };
+        let params = SamplingParams {
+            repetition_penalty: Some(1.5),
+            ..SamplingParams::greedy()
+        };
         let mut s = Sampler::new(params);
         // token 1 (3.0) becomes 2.0 once seen, so token 5 (2.9) wins.
         assert_eq!(s.sample(&mut logits(), &[1, 1, 3]), 5);
@@ -185,21 +214,38 @@ mod tests {
 
     #[test]
     fn same_seed_same_choices() {
-        let params = SamplingParams { temperature: 1.0, seed: Some(7), ..Default::default() };
+        let params = SamplingParams {
+            temperature: 1.0,
+            seed: Some(7),
+            ..Default::default()
+        };
         let draw = |p: &SamplingParams| {
             let mut s = Sampler::new(p.clone());
-            (0..50).map(|_| s.sample(&mut logits(), &[])).collect::<Vec<_>>()
+            (0..50)
+                .map(|_| s.sample(&mut logits(), &[]))
+                .collect::<Vec<_>>()
         };
         let a = draw(&params);
         assert_eq!(a, draw(&params));
-        let other = SamplingParams { seed: Some(8), ..params };
+        let other = SamplingParams {
+            seed: Some(8),
+            ..params
+        };
         assert_ne!(a, draw(&other));
-        assert!(a.iter().collect::<std::collections::HashSet<_>>().len() > 1, "temperature 1 should vary");
+        assert!(
+            a.iter().collect::<std::collections::HashSet<_>>().len() > 1,
+            "temperature 1 should vary"
+        );
     }
 
     #[test]
     fn top_k_limits_the_candidates() {
-        let params = SamplingParams { temperature: 5.0, top_k: Some(2), seed: Some(1), ..Default::default() };
+        let params = SamplingParams {
+            temperature: 5.0,
+            top_k: Some(2),
+            seed: Some(1),
+            ..Default::default()
+        };
         let mut s = Sampler::new(params);
         for _ in 0..200 {
             let t = s.sample(&mut logits(), &[]);
@@ -210,30 +256,62 @@ mod tests {
     #[test]
     fn top_p_keeps_the_smallest_nucleus() {
         // probabilities ~ [0.9, 0.09, 0.01]: p = 0.5 keeps only the first.
-        let params = SamplingParams { temperature: 1.0, top_p: Some(0.5), seed: Some(3), ..Default::default() };
+        let params = SamplingParams {
+            temperature: 1.0,
+            top_p: Some(0.5),
+            seed: Some(3),
+            ..Default::default()
+        };
         let mut s = Sampler::new(params);
         let base = vec![(0.9f32).ln(), (0.09f32).ln(), (0.01f32).ln()];
         for _ in 0..100 {
             assert_eq!(s.sample(&mut base.clone(), &[]), 0);
         }
-        let params = SamplingParams { temperature: 1.0, top_p: Some(0.95), seed: Some(3), ..Default::default() };
+        let params = SamplingParams {
+            temperature: 1.0,
+            top_p: Some(0.95),
+            seed: Some(3),
+            ..Default::default()
+        };
         let mut s = Sampler::new(params);
-        let picks: std::collections::HashSet<u32> = (0..500).map(|_| s.sample(&mut base.clone(), &[])).collect();
+        let picks: std::collections::HashSet<u32> =
+            (0..500).map(|_| s.sample(&mut base.clone(), &[])).collect();
         assert!(picks.contains(&1) && !picks.contains(&2), "{picks:?}");
     }
 
     #[test]
     fn validation_rejects_bad_values() {
         let bad = [
-            SamplingParams { temperature: -1.0, ..Default::default() },
-            SamplingParams { top_p: Some(0.0), ..Default::default() },
-            SamplingParams { top_p: Some(1.5), ..Default::default() },
-            SamplingParams { top_k: Some(0), ..Default::default() },
-            SamplingParams { repetition_penalty: Some(0.0), ..Default::default() },
+            SamplingParams {
+                temperature: -1.0,
+                ..Default::default()
+            },
+            SamplingParams {
+                top_p: Some(0.0),
+                ..Default::default()
+            },
+            SamplingParams {
+                top_p: Some(1.5),
+                ..Default::default()
+            },
+            SamplingParams {
+                top_k: Some(0),
+                ..Default::default()
+            },
+            SamplingParams {
+                repetition_penalty: Some(0.0),
+                ..Default::default()
+            },
         ];
         for p in bad {
             assert!(p.validate().is_err(), "{p:?} should be rejected");
         }
-        assert!(SamplingParams { temperature: 0.7, top_p: Some(1.0), ..Default::default() }.validate().is_ok());
+        assert!(SamplingParams {
+            temperature: 0.7,
+            top_p: Some(1.0),
+            ..Default::default()
+        }
+        .validate()
+        .is_ok());
     }
 }

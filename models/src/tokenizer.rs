@@ -68,7 +68,10 @@ impl Tokenizer {
             .build()
             .map_err(|e| ModelError::Tokenizer(format!("building BPE: {e}")))?;
         let mut inner = tokenizers::Tokenizer::new(bpe);
-        let pre = file.optional("tokenizer.ggml.pre").and_then(|v| v.to_string().ok()).map(String::as_str);
+        let pre = file
+            .optional("tokenizer.ggml.pre")
+            .and_then(|v| v.to_string().ok())
+            .map(String::as_str);
         inner.with_pre_tokenizer(Some(pre_tokenizer(pre.unwrap_or("gpt2"))?));
         inner.with_decoder(Some(ByteLevelDecoder::default()));
         let added: Vec<AddedToken> = tokens
@@ -85,15 +88,27 @@ impl Tokenizer {
         eos_ids.extend(id("tokenizer.ggml.eot_token_id"));
         eos_ids.extend(id("tokenizer.ggml.eom_token_id"));
         eos_ids.dedup();
-        let add_bos = file.optional("tokenizer.ggml.add_bos_token").and_then(|v| v.to_bool().ok()).unwrap_or(false);
-        Ok(Self { inner, bos_id, eos_ids, add_bos, tokens })
+        let add_bos = file
+            .optional("tokenizer.ggml.add_bos_token")
+            .and_then(|v| v.to_bool().ok())
+            .unwrap_or(false);
+        Ok(Self {
+            inner,
+            bos_id,
+            eos_ids,
+            add_bos,
+            tokens,
+        })
     }
 
     /// Encodes text. `<|...|>` control tokens in the text become their ids. A BOS token is
     /// prepended only when the model asks for one (`add_bos_token`) and `add_bos` is set;
     /// chat-templated text carries its own.
     pub fn encode(&self, text: &str, add_bos: bool) -> Result<Vec<u32>> {
-        let enc = self.inner.encode(text, false).map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
         let mut ids = Vec::with_capacity(enc.len() + 1);
         if add_bos && self.add_bos {
             if let Some(bos) = self.bos_id {
@@ -108,7 +123,9 @@ impl Tokenizer {
 
     /// Decodes ids to text; special tokens are dropped when `skip_special` is set.
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
-        self.inner.decode(ids, skip_special).map_err(|e| ModelError::Tokenizer(e.to_string()))
+        self.inner
+            .decode(ids, skip_special)
+            .map_err(|e| ModelError::Tokenizer(e.to_string()))
     }
 
     /// Tokens that end generation.
@@ -135,25 +152,32 @@ impl Tokenizer {
 fn pre_tokenizer(pre: &str) -> Result<PreTokenizerWrapper> {
     let byte_level = |use_regex: bool| ByteLevel::new(false, true, use_regex).into();
     let split = |pattern: &str| -> Result<PreTokenizerWrapper> {
-        Split::new(SplitPattern::Regex(pattern.to_string()), SplitDelimiterBehavior::Isolated, false)
-            .map(Into::into)
-            .map_err(|e| ModelError::Tokenizer(format!("pre-tokenizer regex: {e}")))
+        Split::new(
+            SplitPattern::Regex(pattern.to_string()),
+            SplitDelimiterBehavior::Isolated,
+            false,
+        )
+        .map(Into::into)
+        .map_err(|e| ModelError::Tokenizer(format!("pre-tokenizer regex: {e}")))
     };
     Ok(match pre {
         "gpt2" | "default" => byte_level(true),
         "smollm" => Sequence::new(vec![Digits::new(true).into(), byte_level(true)]).into(),
-        "llama-bpe" | "llama3" | "smaug-bpe" => Sequence::new(vec![split(LLAMA3_SPLIT)?, byte_level(false)]).into(),
-        "qwen2" => Sequence::new(vec![split(QWEN2_SPLIT)?, byte_level(false)]).into(),
-        other => {
-            return Err(ModelError::Tokenizer(format!(
-                "pre-tokenizer `{other}` is not supported (supported: gpt2, smollm, llama-bpe, qwen2)"
-            )))
+        "llama-bpe" | "llama3" | "smaug-bpe" => {
+            Sequence::new(vec![split(LLAMA3_SPLIT)?, byte_level(false)]).into()
         }
+        "qwen2" => Sequence::new(vec![split(QWEN2_SPLIT)?, byte_level(false)]).into(),
+        other => return Err(ModelError::Tokenizer(format!(
+            "pre-tokenizer `{other}` is not supported (supported: gpt2, smollm, llama-bpe, qwen2)"
+        ))),
     })
 }
 
 fn string_array(file: &GgufFile, key: &str) -> Result<Vec<String>> {
-    let bad = |reason: String| ModelError::Metadata { key: key.to_string(), reason };
+    let bad = |reason: String| ModelError::Metadata {
+        key: key.to_string(),
+        reason,
+    };
     file.value(key)?
         .to_vec()
         .map_err(|e| bad(e.to_string()))?
@@ -182,7 +206,10 @@ impl IncrementalDecoder {
         self.ids.push(id);
         let prefix = tokenizer.decode(&self.ids[self.prefix_offset..self.read_offset], true)?;
         let full = tokenizer.decode(&self.ids[self.prefix_offset..], true)?;
-        if full.len() > prefix.len() && !full.ends_with('\u{FFFD}') && full.is_char_boundary(prefix.len()) {
+        if full.len() > prefix.len()
+            && !full.ends_with('\u{FFFD}')
+            && full.is_char_boundary(prefix.len())
+        {
             let piece = full[prefix.len()..].to_string();
             self.prefix_offset = self.read_offset;
             self.read_offset = self.ids.len();

@@ -5,11 +5,16 @@ mod common;
 
 use std::sync::OnceLock;
 
-use migserve_models::{generate, ChatMessage, DenseKvStore, Device, FinishReason, Model, SamplingParams, SeqChunk, WeightFormat};
+use migserve_models::{
+    generate, ChatMessage, DenseKvStore, Device, FinishReason, Model, SamplingParams, SeqChunk,
+    WeightFormat,
+};
 
 fn model() -> &'static Model {
     static MODEL: OnceLock<Model> = OnceLock::new();
-    MODEL.get_or_init(|| Model::load(&common::model_path(), WeightFormat::F32, &Device::Cpu).expect("load model"))
+    MODEL.get_or_init(|| {
+        Model::load(&common::model_path(), WeightFormat::F32, &Device::Cpu).expect("load model")
+    })
 }
 
 const FRANCE: &str = "What is the capital of France? Answer in two sentences.";
@@ -19,40 +24,111 @@ fn greedy_france_answer_stops_at_eos() {
     let m = model();
     let prompt = m.encode_chat(&[ChatMessage::new("user", FRANCE)]).unwrap();
     let mut streamed = String::new();
-    let g = generate(m, &prompt, SamplingParams::greedy(), 64, |p| streamed.push_str(p)).unwrap();
+    let g = generate(m, &prompt, SamplingParams::greedy(), 64, |p| {
+        streamed.push_str(p)
+    })
+    .unwrap();
     assert_eq!(g.text, "The capital of France is Paris.");
     assert_eq!(streamed, g.text);
     assert_eq!(g.finish_reason, FinishReason::Eos);
 }
 
 #[test]
-fn quantized_weights_give_the_same_greedy_answer() {
-    let m = Model::load(&common::model_path(), WeightFormat::Quantized, &Device::Cpu).unwrap();
-    let prompt = m.encode_chat(&[ChatMessage::new("user", FRANCE)]).unwrap();
-    let g = generate(&m, &prompt, SamplingParams::greedy(), 64, |_| {}).unwrap();
-    assert_eq!(g.text, "The capital of France is Paris.");
+fn every_weight_format_gives_the_same_greedy_answer() {
+    for format in [WeightFormat::Q8, WeightFormat::Quantized] {
+        let m = Model::load(&common::model_path(), format, &Device::Cpu).unwrap();
+        let prompt = m.encode_chat(&[ChatMessage::new("user", FRANCE)]).unwrap();
+        let g = generate(&m, &prompt, SamplingParams::greedy(), 64, |_| {}).unwrap();
+        assert_eq!(g.text, "The capital of France is Paris.", "{format:?}");
+        assert_eq!(g.finish_reason, FinishReason::Eos, "{format:?}");
+    }
+}
+
+#[test]
+fn q8_batched_decode_matches_alone() {
+    let m = Model::load(&common::model_path(), WeightFormat::Q8, &Device::Cpu).unwrap();
+    let a = m.encode_prompt("The quick brown fox").unwrap();
+    let b = m.encode_prompt("def fibonacci(n): return").unwrap();
+    let mut kv = DenseKvStore::new(m.config().n_layers);
+    let out: Vec<Vec<f32>> = m
+        .llama
+        .forward(
+            &[
+                SeqChunk {
+                    seq: 0,
+                    tokens: &a,
+                    start: 0,
+                },
+                SeqChunk {
+                    seq: 1,
+                    tokens: &b,
+                    start: 0,
+                },
+            ],
+            &mut kv,
+        )
+        .unwrap()
+        .to_vec2()
+        .unwrap();
+    assert!(max_relative_error(&out[0], &logits_alone(&m, &a)) < 1e-4);
+    assert!(max_relative_error(&out[1], &logits_alone(&m, &b)) < 1e-4);
 }
 
 #[test]
 fn same_seed_same_sampled_text() {
     let m = model();
     let prompt = m.encode_prompt("Once upon a time").unwrap();
-    let params = SamplingParams { temperature: 0.9, top_k: Some(40), top_p: Some(0.95), seed: Some(42), ..Default::default() };
+    let params = SamplingParams {
+        temperature: 0.9,
+        top_k: Some(40),
+        top_p: Some(0.95),
+        seed: Some(42),
+        ..Default::default()
+    };
     let a = generate(m, &prompt, params.clone(), 24, |_| {}).unwrap();
     let b = generate(m, &prompt, params.clone(), 24, |_| {}).unwrap();
     assert_eq!(a.tokens, b.tokens);
-    let c = generate(m, &prompt, SamplingParams { seed: Some(43), ..params }, 24, |_| {}).unwrap();
-    assert_ne!(a.tokens, c.tokens, "a different seed should give a different sample");
+    let c = generate(
+        m,
+        &prompt,
+        SamplingParams {
+            seed: Some(43),
+            ..params
+        },
+        24,
+        |_| {},
+    )
+    .unwrap();
+    assert_ne!(
+        a.tokens, c.tokens,
+        "a different seed should give a different sample"
+    );
 }
 
 fn max_relative_error(a: &[f32], b: &[f32]) -> f32 {
     let scale = b.iter().fold(0.0f32, |m, x| m.max(x.abs())).max(1e-6);
-    a.iter().zip(b).fold(0.0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+    a.iter()
+        .zip(b)
+        .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()))
+        / scale
 }
 
 fn logits_alone(m: &Model, tokens: &[u32]) -> Vec<f32> {
     let mut kv = DenseKvStore::new(m.config().n_layers);
-    m.llama.forward(&[SeqChunk { seq: 0, tokens, start: 0 }], &mut kv).unwrap().squeeze(0).unwrap().to_vec1().unwrap()
+    m.llama
+        .forward(
+            &[SeqChunk {
+                seq: 0,
+                tokens,
+                start: 0,
+            }],
+            &mut kv,
+        )
+        .unwrap()
+        .squeeze(0)
+        .unwrap()
+        .to_vec1()
+        .unwrap()
 }
 
 #[test]
@@ -70,9 +146,21 @@ fn batched_prefill_and_decode_match_each_sequence_alone() {
 
     // Prefill: all three prompts in one forward call.
     let mut kv = DenseKvStore::new(m.config().n_layers);
-    let chunks: Vec<SeqChunk> =
-        prompts.iter().enumerate().map(|(i, p)| SeqChunk { seq: i as u64, tokens: p, start: 0 }).collect();
-    let batched: Vec<Vec<f32>> = m.llama.forward(&chunks, &mut kv).unwrap().to_vec2().unwrap();
+    let chunks: Vec<SeqChunk> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| SeqChunk {
+            seq: i as u64,
+            tokens: p,
+            start: 0,
+        })
+        .collect();
+    let batched: Vec<Vec<f32>> = m
+        .llama
+        .forward(&chunks, &mut kv)
+        .unwrap()
+        .to_vec2()
+        .unwrap();
     for (i, p) in prompts.iter().enumerate() {
         let err = max_relative_error(&batched[i], &logits_alone(m, p));
         assert!(err < 1e-4, "prefill of prompt {i}: relative error {err}");
@@ -88,12 +176,24 @@ fn batched_prefill_and_decode_match_each_sequence_alone() {
         let chunks: Vec<SeqChunk> = histories
             .iter()
             .enumerate()
-            .map(|(i, h)| SeqChunk { seq: i as u64, tokens: &h[h.len() - 1..], start: h.len() - 1 })
+            .map(|(i, h)| SeqChunk {
+                seq: i as u64,
+                tokens: &h[h.len() - 1..],
+                start: h.len() - 1,
+            })
             .collect();
-        let batched: Vec<Vec<f32>> = m.llama.forward(&chunks, &mut kv).unwrap().to_vec2().unwrap();
+        let batched: Vec<Vec<f32>> = m
+            .llama
+            .forward(&chunks, &mut kv)
+            .unwrap()
+            .to_vec2()
+            .unwrap();
         for (i, h) in histories.iter().enumerate() {
             let err = max_relative_error(&batched[i], &logits_alone(m, h));
-            assert!(err < 1e-4, "decode step {step} of sequence {i}: relative error {err}");
+            assert!(
+                err < 1e-4,
+                "decode step {step} of sequence {i}: relative error {err}"
+            );
         }
     }
 }
@@ -105,12 +205,35 @@ fn mixed_prefill_and_decode_in_one_batch() {
     let b = m.encode_prompt("Water boils at a temperature of").unwrap();
     let mut kv = DenseKvStore::new(m.config().n_layers);
     // Sequence 0 is prefilled first; then its decode step runs in the same batch as 1's prefill.
-    m.llama.forward(&[SeqChunk { seq: 0, tokens: &a, start: 0 }], &mut kv).unwrap();
+    m.llama
+        .forward(
+            &[SeqChunk {
+                seq: 0,
+                tokens: &a,
+                start: 0,
+            }],
+            &mut kv,
+        )
+        .unwrap();
     let mut a_next = a.clone();
     a_next.push(4649);
     let out: Vec<Vec<f32>> = m
         .llama
-        .forward(&[SeqChunk { seq: 0, tokens: &a_next[a.len()..], start: a.len() }, SeqChunk { seq: 1, tokens: &b, start: 0 }], &mut kv)
+        .forward(
+            &[
+                SeqChunk {
+                    seq: 0,
+                    tokens: &a_next[a.len()..],
+                    start: a.len(),
+                },
+                SeqChunk {
+                    seq: 1,
+                    tokens: &b,
+                    start: 0,
+                },
+            ],
+            &mut kv,
+        )
         .unwrap()
         .to_vec2()
         .unwrap();
@@ -123,6 +246,16 @@ fn forward_rejects_positions_past_the_context() {
     let m = model();
     let mut kv = DenseKvStore::new(m.config().n_layers);
     let ctx = m.config().context_length;
-    let err = m.llama.forward(&[SeqChunk { seq: 0, tokens: &[1], start: ctx }], &mut kv).unwrap_err();
+    let err = m
+        .llama
+        .forward(
+            &[SeqChunk {
+                seq: 0,
+                tokens: &[1],
+                start: ctx,
+            }],
+            &mut kv,
+        )
+        .unwrap_err();
     assert_eq!(err.error_type(), "validation");
 }

@@ -42,7 +42,12 @@ fn encode_then_decode_gives_back_the_input() {
     let tok = tokenizer();
     for case in &fixture().cases {
         let ids = tok.encode(&case.text, false).unwrap();
-        assert_eq!(tok.decode(&ids, false).unwrap(), case.text, "round trip of {:?}", case.text);
+        assert_eq!(
+            tok.decode(&ids, false).unwrap(),
+            case.text,
+            "round trip of {:?}",
+            case.text
+        );
     }
 }
 
@@ -53,7 +58,10 @@ fn special_ids_come_from_metadata() {
     assert_eq!(tok.eos_ids(), &[2]);
     assert_eq!(tok.token_text(2), Some("<|im_end|>"));
     // add_bos_token is false for this model: no BOS even when asked.
-    assert_eq!(tok.encode("Hi", true).unwrap(), tok.encode("Hi", false).unwrap());
+    assert_eq!(
+        tok.encode("Hi", true).unwrap(),
+        tok.encode("Hi", false).unwrap()
+    );
 }
 
 #[test]
@@ -65,13 +73,22 @@ fn incremental_decoding_never_splits_a_character_and_equals_full_decode() {
         let mut streamed = String::new();
         for &id in &ids {
             if let Some(piece) = decoder.push(&tok, id).unwrap() {
-                assert!(!piece.contains('\u{FFFD}'), "piece with a broken character for {:?}", case.text);
+                assert!(
+                    !piece.contains('\u{FFFD}'),
+                    "piece with a broken character for {:?}",
+                    case.text
+                );
                 streamed.push_str(&piece);
             }
         }
         if let Some(rest) = decoder.flush(&tok).unwrap() {
             streamed.push_str(&rest);
         }
-        assert_eq!(streamed, tok.decode(&ids, true).unwrap(), "stream of {:?}", case.text);
+        assert_eq!(
+            streamed,
+            tok.decode(&ids, true).unwrap(),
+            "stream of {:?}",
+            case.text
+        );
     }
 }

@@ -37,8 +37,9 @@ pub struct GenerateArgs {
     /// Random seed: the same seed gives the same output.
     #[arg(long)]
     pub seed: Option<u64>,
-    /// How weights are held on CPU: f32 (dequantized at load) or quantized.
-    #[arg(long, default_value = "f32")]
+    /// How weights are held on CPU: q8 (re-quantized to Q8_0 at load, fastest decode),
+    /// f32 (dequantized at load, fastest prefill) or quantized (the file's own types).
+    #[arg(long, default_value = "q8")]
     pub weights: WeightFormat,
 }
 
@@ -71,7 +72,10 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let mut write_error = None;
     let generation = generate(&model, &prompt, params, args.max_new_tokens, |piece| {
         if write_error.is_none() {
-            if let Err(e) = stdout.write_all(piece.as_bytes()).and_then(|_| stdout.flush()) {
+            if let Err(e) = stdout
+                .write_all(piece.as_bytes())
+                .and_then(|_| stdout.flush())
+            {
                 write_error = Some(e);
             }
         }

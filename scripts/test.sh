@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# The project's test command: fetches the real model if needed, then runs every test.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+bash scripts/fetch-model.sh
+cargo test --locked "$@"
