@@ -167,9 +167,11 @@ fn pre_tokenizer(pre: &str) -> Result<PreTokenizerWrapper> {
             Sequence::new(vec![split(LLAMA3_SPLIT)?, byte_level(false)]).into()
         }
         "qwen2" => Sequence::new(vec![split(QWEN2_SPLIT)?, byte_level(false)]).into(),
-        other => return Err(ModelError::Tokenizer(format!(
+        other => {
+            return Err(ModelError::Tokenizer(format!(
             "pre-tokenizer `{other}` is not supported (supported: gpt2, smollm, llama-bpe, qwen2)"
-        ))),
+        )))
+        }
     })
 }
 
