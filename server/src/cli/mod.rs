@@ -22,11 +22,14 @@ pub struct Cli {
 pub enum Command {
     /// Generate text for one prompt and stream it to stdout.
     Generate(generate::GenerateArgs),
+    /// Serve one model over HTTP (TGI and OpenAI APIs) with continuous batching.
+    Worker(crate::worker::WorkerArgs),
 }
 
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Generate(args) => generate::run(args),
+        Command::Worker(args) => crate::worker::run(args),
     }
 }

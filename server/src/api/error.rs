@@ -1,0 +1,139 @@
+//! API errors: each has an HTTP status and an `error_type` label shared by the body and metrics.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+
+/// An error returned to an API client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    /// The request is malformed or asks for something outside the limits (422).
+    #[error("{0}")]
+    Validation(String),
+    /// The body is larger than the server accepts (413).
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// Generation failed after the request was accepted (424).
+    #[error("{0}")]
+    Generation(String),
+    /// Too many requests in flight (429).
+    #[error("{0}")]
+    Overloaded(String),
+    /// The server cannot serve right now (503).
+    #[error("{0}")]
+    Unhealthy(String),
+    /// No such model or route (404).
+    #[error("{0}")]
+    NotFound(String),
+}
+
+impl ApiError {
+    /// The HTTP status code.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Generation(_) => StatusCode::FAILED_DEPENDENCY,
+            ApiError::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Unhealthy(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+        }
+    }
+
+    /// The `error_type` label (TGI's names where TGI has one).
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            ApiError::Validation(_) => "validation",
+            ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::Generation(_) => "generation",
+            ApiError::Overloaded(_) => "overloaded",
+            ApiError::Unhealthy(_) => "unhealthy",
+            ApiError::NotFound(_) => "not_found",
+        }
+    }
+
+    /// TGI's error body.
+    pub fn tgi_body(&self) -> TgiErrorBody {
+        TgiErrorBody {
+            error: self.to_string(),
+            error_type: self.error_type().to_string(),
+        }
+    }
+
+    /// OpenAI's error body.
+    pub fn openai_body(&self) -> OpenAiErrorBody {
+        let kind = match self {
+            ApiError::Validation(_) | ApiError::PayloadTooLarge(_) => "invalid_request_error",
+            ApiError::NotFound(_) => "not_found_error",
+            ApiError::Overloaded(_) => "rate_limit_error",
+            ApiError::Generation(_) | ApiError::Unhealthy(_) => "server_error",
+        };
+        OpenAiErrorBody {
+            error: OpenAiErrorDetail {
+                message: self.to_string(),
+                kind: kind.to_string(),
+                param: None,
+                code: Some(self.error_type().to_string()),
+            },
+        }
+    }
+}
+
+impl From<migserve_models::ModelError> for ApiError {
+    fn from(e: migserve_models::ModelError) -> Self {
+        match e {
+            migserve_models::ModelError::InvalidInput(_)
+            | migserve_models::ModelError::Template(_)
+            | migserve_models::ModelError::Tokenizer(_) => ApiError::Validation(e.to_string()),
+            other => ApiError::Generation(other.to_string()),
+        }
+    }
+}
+
+/// `{"error": "...", "error_type": "..."}` as TGI sends it.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct TgiErrorBody {
+    pub error: String,
+    pub error_type: String,
+}
+
+/// `{"error": {"message", "type", "param", "code"}}` as OpenAI sends it.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct OpenAiErrorBody {
+    pub error: OpenAiErrorDetail,
+}
+
+/// The inner object of an OpenAI error.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct OpenAiErrorDetail {
+    pub message: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub param: Option<String>,
+    pub code: Option<String>,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        crate::metrics::count_error(self.error_type());
+        (self.status(), Json(self.tgi_body())).into_response()
+    }
+}
+
+/// An [`ApiError`] rendered in OpenAI's shape (for `/v1/*`).
+#[derive(Debug)]
+pub struct OpenAiError(pub ApiError);
+
+impl From<ApiError> for OpenAiError {
+    fn from(e: ApiError) -> Self {
+        Self(e)
+    }
+}
+
+impl IntoResponse for OpenAiError {
+    fn into_response(self) -> Response {
+        crate::metrics::count_error(self.0.error_type());
+        (self.0.status(), Json(self.0.openai_body())).into_response()
+    }
+}

@@ -1,0 +1,209 @@
+//! OpenAI-compatible wire types (`/v1/completions`, `/v1/chat/completions`, `/v1/models`).
+
+use serde::{Deserialize, Serialize};
+
+/// A field that may be one string or a list of strings.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    /// The strings, as a list.
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+/// `stream_options` of a streamed request.
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+pub struct StreamOptions {
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+/// Sampling fields shared by both request kinds.
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+pub struct SamplingFields {
+    pub max_tokens: Option<i64>,
+    pub max_completion_tokens: Option<i64>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    /// Extension (vLLM, llama.cpp): sample among the K most likely tokens.
+    pub top_k: Option<i64>,
+    /// Extension: CTRL repetition penalty.
+    pub repetition_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub presence_penalty: Option<f32>,
+    pub n: Option<u32>,
+    pub seed: Option<u64>,
+    pub stop: Option<OneOrMany>,
+    /// Extension (vLLM): keep generating past eos.
+    #[serde(default)]
+    pub ignore_eos: bool,
+    #[serde(default)]
+    pub stream: bool,
+    pub stream_options: Option<StreamOptions>,
+}
+
+/// Body of `POST /v1/completions`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct CompletionRequest {
+    pub model: Option<String>,
+    pub prompt: Option<OneOrMany>,
+    #[serde(default)]
+    pub echo: bool,
+    #[serde(flatten)]
+    pub sampling: SamplingFields,
+}
+
+/// Content of a chat message: a string, or a list of parts of which text parts are used.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum MessageContent {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+/// One part of a multi-part message.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+pub struct ContentPart {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub text: Option<String>,
+}
+
+/// A message of `POST /v1/chat/completions`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct RequestMessage {
+    pub role: String,
+    pub content: Option<MessageContent>,
+}
+
+/// Body of `POST /v1/chat/completions`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct ChatRequest {
+    pub model: Option<String>,
+    #[serde(default)]
+    pub messages: Vec<RequestMessage>,
+    #[serde(flatten)]
+    pub sampling: SamplingFields,
+}
+
+/// Token counts of a response.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub total_tokens: usize,
+}
+
+impl Usage {
+    /// Usage from prompt and completion counts.
+    pub fn new(prompt_tokens: usize, completion_tokens: usize) -> Self {
+        Self {
+            prompt_tokens,
+            completion_tokens,
+            total_tokens: prompt_tokens + completion_tokens,
+        }
+    }
+}
+
+/// One choice of a completion (streamed or not).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CompletionChoice {
+    pub index: u32,
+    pub text: String,
+    pub logprobs: Option<serde_json::Value>,
+    pub finish_reason: Option<String>,
+}
+
+/// Response (or stream chunk) of `POST /v1/completions`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CompletionResponse {
+    pub id: String,
+    pub object: String,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<CompletionChoice>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+}
+
+/// The assistant's message in a chat response.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ResponseMessage {
+    pub role: String,
+    pub content: String,
+}
+
+/// One choice of a chat response.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ChatChoice {
+    pub index: u32,
+    pub message: ResponseMessage,
+    pub logprobs: Option<serde_json::Value>,
+    pub finish_reason: Option<String>,
+}
+
+/// Response of `POST /v1/chat/completions`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ChatResponse {
+    pub id: String,
+    pub object: String,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<ChatChoice>,
+    pub usage: Usage,
+}
+
+/// The change a stream chunk brings to the assistant's message.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct Delta {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+}
+
+/// One choice of a chat stream chunk.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ChunkChoice {
+    pub index: u32,
+    pub delta: Delta,
+    pub logprobs: Option<serde_json::Value>,
+    pub finish_reason: Option<String>,
+}
+
+/// One chunk of a streamed chat response.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ChatChunk {
+    pub id: String,
+    pub object: String,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<ChunkChoice>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+}
+
+/// One entry of `GET /v1/models`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ModelCard {
+    pub id: String,
+    pub object: String,
+    pub created: u64,
+    pub owned_by: String,
+}
+
+/// Response of `GET /v1/models`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ModelList {
+    pub object: String,
+    pub data: Vec<ModelCard>,
+}

@@ -1,0 +1,124 @@
+//! Metric names, buckets and the Prometheus recorder: the one place that defines them.
+//! Every series carries the global labels `slice`, `profile` and `model`.
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Requests waiting for a place in the running batch (gauge).
+pub const QUEUE_SIZE: &str = "migserve_queue_size";
+/// Sequences in the running batch (gauge).
+pub const BATCH_SIZE: &str = "migserve_batch_size";
+/// KV cache blocks owned by sequences (gauge).
+pub const KV_BLOCKS_USED: &str = "migserve_kv_blocks_used";
+/// KV cache blocks free (gauge).
+pub const KV_BLOCKS_FREE: &str = "migserve_kv_blocks_free";
+/// Requests accepted, whatever their outcome (counter).
+pub const REQUESTS: &str = "migserve_requests_total";
+/// Seconds from arrival to the last token (histogram).
+pub const REQUEST_DURATION: &str = "migserve_request_duration_seconds";
+/// Seconds from arrival to the first generated token (histogram).
+pub const TIME_TO_FIRST_TOKEN: &str = "migserve_time_to_first_token_seconds";
+/// Mean seconds between output tokens after the first, per request (histogram).
+pub const TIME_PER_OUTPUT_TOKEN: &str = "migserve_time_per_output_token_seconds";
+/// Seconds a request waited before its first scheduled step (histogram).
+pub const QUEUE_DURATION: &str = "migserve_queue_duration_seconds";
+/// Tokens generated (counter).
+pub const GENERATED_TOKENS: &str = "migserve_generated_tokens_total";
+/// Prompt tokens accepted (counter).
+pub const PROMPT_TOKENS: &str = "migserve_prompt_tokens_total";
+/// Sequences preempted for lack of KV blocks (counter).
+pub const PREEMPTIONS: &str = "migserve_preemptions_total";
+/// Requests cancelled because the client went away (counter).
+pub const CANCELLED: &str = "migserve_cancelled_total";
+/// Failed requests, label `error_type` (counter).
+pub const ERRORS: &str = "migserve_errors_total";
+/// Forward passes run (counter).
+pub const STEPS: &str = "migserve_engine_steps_total";
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
+const PER_TOKEN_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28,
+];
+
+/// Labels every series of this process carries.
+#[derive(Debug, Clone)]
+pub struct MetricLabels {
+    pub slice: String,
+    pub profile: String,
+    pub model: String,
+}
+
+/// Installs the global Prometheus recorder (once per process) and returns its handle.
+pub fn install(labels: &MetricLabels) -> anyhow::Result<PrometheusHandle> {
+    let builder = PrometheusBuilder::new()
+        .add_global_label("slice", labels.slice.clone())
+        .add_global_label("profile", labels.profile.clone())
+        .add_global_label("model", labels.model.clone())
+        .set_buckets_for_metric(Matcher::Full(REQUEST_DURATION.into()), LATENCY_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(TIME_TO_FIRST_TOKEN.into()), LATENCY_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(QUEUE_DURATION.into()), LATENCY_BUCKETS)?
+        .set_buckets_for_metric(
+            Matcher::Full(TIME_PER_OUTPUT_TOKEN.into()),
+            PER_TOKEN_BUCKETS,
+        )?;
+    let handle = builder.install_recorder()?;
+    describe();
+    Ok(handle)
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_gauge!(
+        QUEUE_SIZE,
+        "Requests waiting for a place in the running batch"
+    );
+    describe_gauge!(BATCH_SIZE, "Sequences in the running batch");
+    describe_gauge!(KV_BLOCKS_USED, "KV cache blocks owned by sequences");
+    describe_gauge!(KV_BLOCKS_FREE, "KV cache blocks free");
+    describe_counter!(REQUESTS, "Requests accepted");
+    describe_histogram!(REQUEST_DURATION, Unit::Seconds, "Arrival to last token");
+    describe_histogram!(
+        TIME_TO_FIRST_TOKEN,
+        Unit::Seconds,
+        "Arrival to first generated token"
+    );
+    describe_histogram!(
+        TIME_PER_OUTPUT_TOKEN,
+        Unit::Seconds,
+        "Mean time between output tokens"
+    );
+    describe_histogram!(
+        QUEUE_DURATION,
+        Unit::Seconds,
+        "Arrival to first scheduled step"
+    );
+    describe_counter!(GENERATED_TOKENS, "Tokens generated");
+    describe_counter!(PROMPT_TOKENS, "Prompt tokens accepted");
+    describe_counter!(PREEMPTIONS, "Sequences preempted for lack of KV blocks");
+    describe_counter!(CANCELLED, "Requests cancelled by client disconnect");
+    describe_counter!(ERRORS, "Failed requests by error_type");
+    describe_counter!(STEPS, "Forward passes run");
+}
+
+/// Counts one failed request.
+pub fn count_error(error_type: &'static str) {
+    metrics::counter!(ERRORS, "error_type" => error_type).increment(1);
+}
+
+/// Adds to a counter.
+pub fn counter_inc(name: &'static str, by: u64) {
+    if by > 0 {
+        metrics::counter!(name).increment(by);
+    }
+}
+
+/// Sets a gauge.
+pub fn gauge_set(name: &'static str, value: f64) {
+    metrics::gauge!(name).set(value);
+}
+
+/// Records a duration in seconds.
+pub fn histogram_record(name: &'static str, d: std::time::Duration) {
+    metrics::histogram!(name).record(d.as_secs_f64());
+}

@@ -1,0 +1,402 @@
+//! OpenAI-compatible routes: `/v1/completions`, `/v1/chat/completions`, `/v1/models`.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::extract::State;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures_util::stream::{self, Stream};
+use migserve_models::ChatMessage;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use super::tgi::json_event;
+use super::{
+    collect, openai_finish_reason, stream_headers, submit, timing_headers, ApiJson, AppState,
+    SharedState,
+};
+use crate::api::error::{ApiError, OpenAiError};
+use crate::api::openai::{
+    ChatChoice, ChatChunk, ChatRequest, ChunkChoice, CompletionChoice, CompletionRequest,
+    CompletionResponse, Delta, MessageContent, ModelCard, ModelList, ResponseMessage,
+    SamplingFields, Usage,
+};
+use crate::api::validation::{build_request, RequestSpec};
+use crate::worker::engine::{EngineEvent, EngineRequest, FinishReason};
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn check_model(state: &AppState, model: Option<&str>) -> Result<(), ApiError> {
+    match model {
+        Some(m) if !m.is_empty() && m != state.model_id => Err(ApiError::NotFound(format!(
+            "model `{m}` is not served here (this worker serves `{}`)",
+            state.model_id
+        ))),
+        _ => Ok(()),
+    }
+}
+
+fn spec(s: &SamplingFields) -> Result<RequestSpec, ApiError> {
+    if s.n.is_some_and(|n| n != 1) {
+        return Err(ApiError::Validation("only `n` = 1 is supported".into()));
+    }
+    if s.frequency_penalty.is_some_and(|f| f != 0.0) || s.presence_penalty.is_some_and(|p| p != 0.0)
+    {
+        return Err(ApiError::Validation(
+            "`frequency_penalty` and `presence_penalty` are not supported; use `repetition_penalty`".into(),
+        ));
+    }
+    let temperature = s.temperature.unwrap_or(1.0);
+    Ok(RequestSpec {
+        max_new_tokens: s.max_completion_tokens.or(s.max_tokens),
+        sample: temperature > 0.0,
+        temperature: Some(temperature),
+        top_k: s.top_k,
+        top_p: s.top_p,
+        repetition_penalty: s.repetition_penalty,
+        seed: s.seed,
+        stop: s.stop.clone().map(|s| s.into_vec()).unwrap_or_default(),
+        ignore_eos: s.ignore_eos,
+    })
+}
+
+/// Text OpenAI clients see: the stop sequence that ended generation is not part of it.
+fn trim_stop(mut text: String, reason: FinishReason, stops: &[String]) -> String {
+    if reason == FinishReason::StopSequence {
+        if let Some(cut) = stops.iter().filter_map(|s| text.find(s.as_str())).min() {
+            text.truncate(cut);
+        }
+    }
+    text
+}
+
+/// `GET /v1/models`.
+pub async fn models(State(state): State<SharedState>) -> Json<ModelList> {
+    Json(ModelList {
+        object: "list".into(),
+        data: vec![ModelCard {
+            id: state.model_id.clone(),
+            object: "model".into(),
+            created: unix_now(),
+            owned_by: "migserve".into(),
+        }],
+    })
+}
+
+/// `POST /v1/completions`.
+pub async fn completions(
+    State(state): State<SharedState>,
+    body: Result<ApiJson<CompletionRequest>, ApiError>,
+) -> Response {
+    let arrived = Instant::now();
+    let prepared = body.and_then(|ApiJson(req)| {
+        check_model(&state, req.model.as_deref())?;
+        let prompts = req.prompt.clone().map(|p| p.into_vec()).unwrap_or_default();
+        let prompt = match prompts.as_slice() {
+            [one] if !one.is_empty() => one.clone(),
+            [] | [_] => return Err(ApiError::Validation("`prompt` cannot be empty".into())),
+            _ => {
+                return Err(ApiError::Validation(
+                    "only one prompt per request is supported".into(),
+                ))
+            }
+        };
+        let ids = state.model.tokenizer.encode(&prompt, true)?;
+        let request = build_request(ids, spec(&req.sampling)?, &state.limits, arrived)?;
+        Ok((req, prompt, request))
+    });
+    let (req, prompt, request) = match prepared {
+        Ok(p) => p,
+        Err(e) => return OpenAiError(e).into_response(),
+    };
+    let id = format!("cmpl-{}", NEXT_ID.fetch_add(1, Ordering::Relaxed));
+    let model = state.model_id.clone();
+    let stops = request.stop.clone();
+    let rx = match submit(&state, request) {
+        Ok(rx) => rx,
+        Err(e) => return OpenAiError(e).into_response(),
+    };
+    if req.sampling.stream {
+        let include_usage = req
+            .sampling
+            .stream_options
+            .as_ref()
+            .is_some_and(|o| o.include_usage);
+        let chunks = completion_chunks(rx, id, model, include_usage);
+        return (
+            stream_headers(&state),
+            Sse::new(chunks).keep_alive(KeepAlive::default()),
+        )
+            .into_response();
+    }
+    match collect(rx).await {
+        Ok(c) => {
+            let mut text = trim_stop(c.text, c.finish.reason, &stops);
+            if req.echo {
+                text.insert_str(0, &prompt);
+            }
+            let body = CompletionResponse {
+                id,
+                object: "text_completion".into(),
+                created: unix_now(),
+                model,
+                choices: vec![CompletionChoice {
+                    index: 0,
+                    text,
+                    logprobs: None,
+                    finish_reason: Some(openai_finish_reason(c.finish.reason).into()),
+                }],
+                usage: Some(Usage::new(
+                    c.finish.prompt_tokens,
+                    c.finish.generated_tokens,
+                )),
+            };
+            (timing_headers(&state, &c.finish, arrived), Json(body)).into_response()
+        }
+        Err(e) => OpenAiError(e).into_response(),
+    }
+}
+
+/// `POST /v1/chat/completions`.
+pub async fn chat_completions(
+    State(state): State<SharedState>,
+    body: Result<ApiJson<ChatRequest>, ApiError>,
+) -> Response {
+    let arrived = Instant::now();
+    let prepared = body.and_then(|ApiJson(req)| {
+        check_model(&state, req.model.as_deref())?;
+        let request = chat_request(&state, &req, arrived)?;
+        Ok((req, request))
+    });
+    let (req, request) = match prepared {
+        Ok(p) => p,
+        Err(e) => return OpenAiError(e).into_response(),
+    };
+    let id = format!("chatcmpl-{}", NEXT_ID.fetch_add(1, Ordering::Relaxed));
+    let model = state.model_id.clone();
+    let stops = request.stop.clone();
+    let rx = match submit(&state, request) {
+        Ok(rx) => rx,
+        Err(e) => return OpenAiError(e).into_response(),
+    };
+    if req.sampling.stream {
+        let include_usage = req
+            .sampling
+            .stream_options
+            .as_ref()
+            .is_some_and(|o| o.include_usage);
+        let chunks = chat_chunks(rx, id, model, include_usage);
+        return (
+            stream_headers(&state),
+            Sse::new(chunks).keep_alive(KeepAlive::default()),
+        )
+            .into_response();
+    }
+    match collect(rx).await {
+        Ok(c) => {
+            let body = crate::api::openai::ChatResponse {
+                id,
+                object: "chat.completion".into(),
+                created: unix_now(),
+                model,
+                choices: vec![ChatChoice {
+                    index: 0,
+                    message: ResponseMessage {
+                        role: "assistant".into(),
+                        content: trim_stop(c.text, c.finish.reason, &stops),
+                    },
+                    logprobs: None,
+                    finish_reason: Some(openai_finish_reason(c.finish.reason).into()),
+                }],
+                usage: Usage::new(c.finish.prompt_tokens, c.finish.generated_tokens),
+            };
+            (timing_headers(&state, &c.finish, arrived), Json(body)).into_response()
+        }
+        Err(e) => OpenAiError(e).into_response(),
+    }
+}
+
+fn chat_request(
+    state: &AppState,
+    req: &ChatRequest,
+    arrived: Instant,
+) -> Result<EngineRequest, ApiError> {
+    if req.messages.is_empty() {
+        return Err(ApiError::Validation("`messages` cannot be empty".into()));
+    }
+    let messages: Vec<ChatMessage> = req
+        .messages
+        .iter()
+        .map(|m| {
+            let content = match &m.content {
+                None => String::new(),
+                Some(MessageContent::Text(t)) => t.clone(),
+                Some(MessageContent::Parts(parts)) => parts
+                    .iter()
+                    .filter(|p| p.kind == "text")
+                    .filter_map(|p| p.text.as_deref())
+                    .collect::<Vec<_>>()
+                    .join(""),
+            };
+            ChatMessage::new(m.role.clone(), content)
+        })
+        .collect();
+    let ids = state.model.encode_chat(&messages)?;
+    build_request(ids, spec(&req.sampling)?, &state.limits, arrived)
+}
+
+struct ChunkState {
+    rx: UnboundedReceiver<EngineEvent>,
+    id: String,
+    model: String,
+    created: u64,
+    include_usage: bool,
+    /// Events still to send after the current one (usage chunk, `[DONE]`).
+    tail: Vec<Event>,
+    started: bool,
+    done: bool,
+}
+
+impl ChunkState {
+    fn new(
+        rx: UnboundedReceiver<EngineEvent>,
+        id: String,
+        model: String,
+        include_usage: bool,
+    ) -> Self {
+        Self {
+            rx,
+            id,
+            model,
+            created: unix_now(),
+            include_usage,
+            tail: Vec::new(),
+            started: false,
+            done: false,
+        }
+    }
+}
+
+/// Drives an OpenAI stream: `render` turns (text, finish reason, first) into a chunk, and
+/// `usage` makes the trailing usage chunk.
+fn openai_stream(
+    init: ChunkState,
+    render: fn(&ChunkState, String, Option<&'static str>, bool) -> Event,
+    usage: fn(&ChunkState, Usage) -> Event,
+) -> impl Stream<Item = Result<Event, Infallible>> {
+    stream::unfold(init, move |mut st| async move {
+        if let Some(event) = st.tail.pop() {
+            return Some((Ok(event), st));
+        }
+        if st.done {
+            return None;
+        }
+        let event = match st.rx.recv().await {
+            Some(EngineEvent::Token(t, finish)) => {
+                let first = !st.started;
+                st.started = true;
+                let reason = finish.as_ref().map(|f| openai_finish_reason(f.reason));
+                if let Some(f) = &finish {
+                    st.done = true;
+                    st.tail.push(Event::default().data("[DONE]"));
+                    if st.include_usage {
+                        let u = usage(&st, Usage::new(f.prompt_tokens, f.generated_tokens));
+                        st.tail.push(u);
+                    }
+                }
+                render(&st, t.text, reason, first)
+            }
+            Some(EngineEvent::Failed(e)) => {
+                st.done = true;
+                st.tail.push(Event::default().data("[DONE]"));
+                crate::metrics::count_error(e.error_type());
+                json_event(&e.openai_body())
+            }
+            None => {
+                st.done = true;
+                let e = ApiError::Generation("the engine dropped the request".into());
+                crate::metrics::count_error(e.error_type());
+                json_event(&e.openai_body())
+            }
+        };
+        Some((Ok(event), st))
+    })
+}
+
+fn completion_chunks(
+    rx: UnboundedReceiver<EngineEvent>,
+    id: String,
+    model: String,
+    include_usage: bool,
+) -> impl Stream<Item = Result<Event, Infallible>> {
+    fn chunk(st: &ChunkState, choices: Vec<CompletionChoice>, usage: Option<Usage>) -> Event {
+        json_event(&CompletionResponse {
+            id: st.id.clone(),
+            object: "text_completion".into(),
+            created: st.created,
+            model: st.model.clone(),
+            choices,
+            usage,
+        })
+    }
+    openai_stream(
+        ChunkState::new(rx, id, model, include_usage),
+        |st, text, reason, _| {
+            let choice = CompletionChoice {
+                index: 0,
+                text,
+                logprobs: None,
+                finish_reason: reason.map(Into::into),
+            };
+            chunk(st, vec![choice], None)
+        },
+        |st, usage| chunk(st, Vec::new(), Some(usage)),
+    )
+}
+
+fn chat_chunks(
+    rx: UnboundedReceiver<EngineEvent>,
+    id: String,
+    model: String,
+    include_usage: bool,
+) -> impl Stream<Item = Result<Event, Infallible>> {
+    fn chunk(st: &ChunkState, choices: Vec<ChunkChoice>, usage: Option<Usage>) -> Event {
+        json_event(&ChatChunk {
+            id: st.id.clone(),
+            object: "chat.completion.chunk".into(),
+            created: st.created,
+            model: st.model.clone(),
+            choices,
+            usage,
+        })
+    }
+    openai_stream(
+        ChunkState::new(rx, id, model, include_usage),
+        |st, text, reason, first| {
+            let delta = Delta {
+                role: first.then(|| "assistant".to_string()),
+                content: Some(text),
+            };
+            chunk(
+                st,
+                vec![ChunkChoice {
+                    index: 0,
+                    delta,
+                    logprobs: None,
+                    finish_reason: reason.map(Into::into),
+                }],
+                None,
+            )
+        },
+        |st, usage| chunk(st, Vec::new(), Some(usage)),
+    )
+}

@@ -1,0 +1,276 @@
+//! TGI routes: `/generate`, `/generate_stream`, and `/` (either, by `stream`).
+
+use std::convert::Infallible;
+use std::time::Instant;
+
+use axum::extract::State;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures_util::stream::{self, Stream};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use super::{
+    collect, stream_headers, submit, tgi_finish_reason, timing_headers, ApiJson, AppState,
+    SharedState,
+};
+use crate::api::error::ApiError;
+use crate::api::tgi::{
+    Details, GenerateRequest, GenerateResponse, PrefillToken, StreamDetails, StreamResponse, Token,
+};
+use crate::api::validation::{build_request, RequestSpec};
+use crate::worker::engine::{EngineEvent, EngineRequest};
+
+/// Validates a TGI request into an engine request.
+fn validate(
+    state: &AppState,
+    req: &GenerateRequest,
+    arrived: Instant,
+) -> Result<EngineRequest, ApiError> {
+    let inputs = req
+        .inputs
+        .as_deref()
+        .ok_or_else(|| ApiError::Validation("missing field `inputs`".into()))?;
+    if inputs.is_empty() {
+        return Err(ApiError::Validation("`inputs` cannot be empty".into()));
+    }
+    let p = &req.parameters;
+    if p.best_of.is_some_and(|b| b > 1) {
+        return Err(ApiError::Validation(
+            "`best_of` > 1 is not supported".into(),
+        ));
+    }
+    if p.top_n_tokens.is_some_and(|n| n > 0) {
+        return Err(ApiError::Validation(
+            "`top_n_tokens` is not supported".into(),
+        ));
+    }
+    if p.typical_p.is_some_and(|t| t < 1.0)
+        || p.watermark
+        || p.frequency_penalty.is_some_and(|f| f != 0.0)
+    {
+        return Err(ApiError::Validation(
+            "`typical_p`, `watermark` and `frequency_penalty` are not supported".into(),
+        ));
+    }
+    if let Some(t) = p.temperature {
+        if !(t.is_finite() && t > 0.0) {
+            return Err(ApiError::Validation(format!(
+                "`temperature` must be strictly positive, got {t}"
+            )));
+        }
+    }
+    let mut prompt = state.model.tokenizer.encode(inputs, true)?;
+    if let Some(keep) = p.truncate {
+        if keep == 0 {
+            return Err(ApiError::Validation(
+                "`truncate` must be strictly positive".into(),
+            ));
+        }
+        if prompt.len() > keep {
+            prompt.drain(..prompt.len() - keep);
+        }
+    }
+    let sample = p.do_sample
+        || p.temperature
+            .is_some_and(|t| (t - 1.0).abs() > f32::EPSILON)
+        || p.top_k.is_some()
+        || p.top_p.is_some_and(|t| t < 1.0);
+    let spec = RequestSpec {
+        max_new_tokens: p.max_new_tokens,
+        sample,
+        temperature: p.temperature,
+        top_k: p.top_k,
+        top_p: p.top_p,
+        repetition_penalty: p.repetition_penalty,
+        seed: p.seed,
+        stop: p.stop.clone(),
+        ignore_eos: p.ignore_eos,
+    };
+    build_request(prompt, spec, &state.limits, arrived)
+}
+
+/// `POST /generate`.
+pub async fn generate(
+    State(state): State<SharedState>,
+    body: Result<ApiJson<GenerateRequest>, ApiError>,
+) -> Response {
+    match generate_inner(&state, body).await {
+        Ok((headers, response)) => (headers, Json(response)).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn generate_inner(
+    state: &AppState,
+    body: Result<ApiJson<GenerateRequest>, ApiError>,
+) -> Result<(axum::http::HeaderMap, GenerateResponse), ApiError> {
+    let arrived = Instant::now();
+    let ApiJson(req) = body?;
+    let request = validate(state, &req, arrived)?;
+    let prompt = request.prompt.clone();
+    let collected = collect(submit(state, request)?).await?;
+    let headers = timing_headers(state, &collected.finish, arrived);
+    let mut generated_text = collected.text;
+    if req.parameters.return_full_text {
+        generated_text.insert_str(0, req.inputs.as_deref().unwrap_or_default());
+    }
+    let details = req.parameters.details.then(|| Details {
+        finish_reason: tgi_finish_reason(collected.finish.reason).to_string(),
+        generated_tokens: collected.finish.generated_tokens,
+        seed: collected.finish.seed,
+        prefill: if req.parameters.decoder_input_details {
+            prompt
+                .iter()
+                .map(|&id| PrefillToken {
+                    id,
+                    text: state
+                        .model
+                        .tokenizer
+                        .decode(&[id], false)
+                        .unwrap_or_default(),
+                    logprob: None,
+                })
+                .collect()
+        } else {
+            Vec::new()
+        },
+        tokens: collected
+            .tokens
+            .iter()
+            .map(|t| Token {
+                id: t.id,
+                text: t.text.clone(),
+                logprob: Some(t.logprob),
+                special: t.special,
+            })
+            .collect(),
+    });
+    Ok((
+        headers,
+        GenerateResponse {
+            generated_text,
+            details,
+        },
+    ))
+}
+
+/// `POST /generate_stream`: server-sent events, one per token.
+pub async fn generate_stream(
+    State(state): State<SharedState>,
+    body: Result<ApiJson<GenerateRequest>, ApiError>,
+) -> Response {
+    let arrived = Instant::now();
+    let started = body.and_then(|ApiJson(req)| {
+        let request = validate(&state, &req, arrived)?;
+        let input_length = request.prompt.len();
+        let prefix = req
+            .parameters
+            .return_full_text
+            .then(|| req.inputs.clone().unwrap_or_default());
+        Ok((submit(&state, request)?, input_length, prefix))
+    });
+    match started {
+        Ok((rx, input_length, prefix)) => {
+            let events = token_events(rx, input_length, prefix);
+            (
+                stream_headers(&state),
+                Sse::new(events).keep_alive(KeepAlive::default()),
+            )
+                .into_response()
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `POST /`: `/generate` wrapped in a list, or `/generate_stream` when `stream` is true.
+pub async fn compat_generate(
+    State(state): State<SharedState>,
+    body: Result<ApiJson<GenerateRequest>, ApiError>,
+) -> Response {
+    match body {
+        Ok(ApiJson(req)) if req.stream => generate_stream(State(state), Ok(ApiJson(req))).await,
+        other => match generate_inner(&state, other).await {
+            Ok((headers, response)) => (headers, Json(vec![response])).into_response(),
+            Err(e) => e.into_response(),
+        },
+    }
+}
+
+struct StreamState {
+    rx: UnboundedReceiver<EngineEvent>,
+    index: usize,
+    text: String,
+    input_length: usize,
+    done: bool,
+}
+
+/// TGI stream events: every token; the last one also carries `generated_text` and `details`.
+fn token_events(
+    rx: UnboundedReceiver<EngineEvent>,
+    input_length: usize,
+    prefix: Option<String>,
+) -> impl Stream<Item = Result<Event, Infallible>> {
+    let init = StreamState {
+        rx,
+        index: 0,
+        text: prefix.unwrap_or_default(),
+        input_length,
+        done: false,
+    };
+    stream::unfold(init, |mut st| async move {
+        if st.done {
+            return None;
+        }
+        let event = match st.rx.recv().await {
+            Some(EngineEvent::Token(t, finish)) => {
+                st.index += 1;
+                st.text.push_str(&t.text);
+                let (generated_text, details) = match finish {
+                    Some(f) => {
+                        st.done = true;
+                        let details = StreamDetails {
+                            finish_reason: tgi_finish_reason(f.reason).to_string(),
+                            generated_tokens: f.generated_tokens,
+                            seed: f.seed,
+                            input_length: st.input_length,
+                        };
+                        (Some(st.text.clone()), Some(details))
+                    }
+                    None => (None, None),
+                };
+                let body = StreamResponse {
+                    index: st.index,
+                    token: Token {
+                        id: t.id,
+                        text: t.text,
+                        logprob: Some(t.logprob),
+                        special: t.special,
+                    },
+                    top_tokens: Vec::new(),
+                    generated_text,
+                    details,
+                };
+                json_event(&body)
+            }
+            Some(EngineEvent::Failed(e)) => {
+                st.done = true;
+                crate::metrics::count_error(e.error_type());
+                json_event(&e.tgi_body())
+            }
+            None => {
+                st.done = true;
+                let e = ApiError::Generation("the engine dropped the request".into());
+                crate::metrics::count_error(e.error_type());
+                json_event(&e.tgi_body())
+            }
+        };
+        Some((Ok(event), st))
+    })
+}
+
+/// An SSE event whose data is `value` as JSON.
+pub fn json_event<T: serde::Serialize>(value: &T) -> Event {
+    Event::default()
+        .data(serde_json::to_string(value).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}")))
+}
