@@ -1,22 +1,10 @@
 //! Black-box tests of `migserve generate`: the real binary, the real model.
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
+mod common;
 
-fn model_path() -> PathBuf {
-    let path = std::env::var_os("MIGSERVE_TEST_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../models-data/SmolLM2-135M-Instruct.Q4_1.gguf")
-        });
-    assert!(
-        path.is_file(),
-        "the real model is missing at {}: run scripts/fetch-model.sh",
-        path.display()
-    );
-    path
-}
+use common::model_path;
+
+use std::process::{Command, Output};
 
 fn migserve(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_migserve"))

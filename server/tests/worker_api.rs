@@ -1,10 +1,10 @@
 //! Black-box tests of `migserve worker`: the real binary, the real model, real HTTP.
 
-mod common_worker;
+mod common;
 
 use std::time::{Duration, Instant};
 
-use common_worker::{metric_value, Worker};
+use common::{metric_value, Worker};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
@@ -219,8 +219,11 @@ async fn bad_input_gets_tgi_errors_and_the_worker_keeps_serving() {
     ];
     for (name, body, status) in cases {
         for path in ["/generate", "/generate_stream"] {
+            // The server answers 413 without reading the whole body and then closes the
+            // connection: do not let the client pool it.
             let r = c
                 .post(w.at(path))
+                .header("connection", "close")
                 .header("content-type", "application/json")
                 .body(body.clone())
                 .send()

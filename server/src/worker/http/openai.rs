@@ -112,58 +112,12 @@ pub async fn completions(
         };
         let ids = state.model.tokenizer.encode(&prompt, true)?;
         let request = build_request(ids, spec(&req.sampling)?, &state.limits, arrived)?;
-        Ok((req, prompt, request))
+        let kind = Kind::Completion {
+            echo: req.echo.then_some(prompt),
+        };
+        Ok((request, req.sampling, kind))
     });
-    let (req, prompt, request) = match prepared {
-        Ok(p) => p,
-        Err(e) => return OpenAiError(e).into_response(),
-    };
-    let id = format!("cmpl-{}", NEXT_ID.fetch_add(1, Ordering::Relaxed));
-    let model = state.model_id.clone();
-    let stops = request.stop.clone();
-    let rx = match submit(&state, request) {
-        Ok(rx) => rx,
-        Err(e) => return OpenAiError(e).into_response(),
-    };
-    if req.sampling.stream {
-        let include_usage = req
-            .sampling
-            .stream_options
-            .as_ref()
-            .is_some_and(|o| o.include_usage);
-        let chunks = completion_chunks(rx, id, model, include_usage);
-        return (
-            stream_headers(&state),
-            Sse::new(chunks).keep_alive(KeepAlive::default()),
-        )
-            .into_response();
-    }
-    match collect(rx).await {
-        Ok(c) => {
-            let mut text = trim_stop(c.text, c.finish.reason, &stops);
-            if req.echo {
-                text.insert_str(0, &prompt);
-            }
-            let body = CompletionResponse {
-                id,
-                object: "text_completion".into(),
-                created: unix_now(),
-                model,
-                choices: vec![CompletionChoice {
-                    index: 0,
-                    text,
-                    logprobs: None,
-                    finish_reason: Some(openai_finish_reason(c.finish.reason).into()),
-                }],
-                usage: Some(Usage::new(
-                    c.finish.prompt_tokens,
-                    c.finish.generated_tokens,
-                )),
-            };
-            (timing_headers(&state, &c.finish, arrived), Json(body)).into_response()
-        }
-        Err(e) => OpenAiError(e).into_response(),
-    }
+    respond(&state, prepared, arrived).await
 }
 
 /// `POST /v1/chat/completions`.
@@ -175,34 +129,83 @@ pub async fn chat_completions(
     let prepared = body.and_then(|ApiJson(req)| {
         check_model(&state, req.model.as_deref())?;
         let request = chat_request(&state, &req, arrived)?;
-        Ok((req, request))
+        Ok((request, req.sampling, Kind::Chat))
     });
-    let (req, request) = match prepared {
+    respond(&state, prepared, arrived).await
+}
+
+/// Which OpenAI endpoint a response is for.
+enum Kind {
+    /// `/v1/completions`; `echo` holds the prompt when it is to be repeated.
+    Completion { echo: Option<String> },
+    /// `/v1/chat/completions`.
+    Chat,
+}
+
+/// Runs a prepared request and answers it, streamed or whole, in the endpoint's shape.
+async fn respond(
+    state: &AppState,
+    prepared: Result<(EngineRequest, SamplingFields, Kind), ApiError>,
+    arrived: Instant,
+) -> Response {
+    let (request, sampling, kind) = match prepared {
         Ok(p) => p,
         Err(e) => return OpenAiError(e).into_response(),
     };
-    let id = format!("chatcmpl-{}", NEXT_ID.fetch_add(1, Ordering::Relaxed));
+    let prefix = match kind {
+        Kind::Completion { .. } => "cmpl",
+        Kind::Chat => "chatcmpl",
+    };
+    let id = format!("{prefix}-{}", NEXT_ID.fetch_add(1, Ordering::Relaxed));
     let model = state.model_id.clone();
     let stops = request.stop.clone();
-    let rx = match submit(&state, request) {
+    let rx = match submit(state, request) {
         Ok(rx) => rx,
         Err(e) => return OpenAiError(e).into_response(),
     };
-    if req.sampling.stream {
-        let include_usage = req
-            .sampling
+    if sampling.stream {
+        let include_usage = sampling
             .stream_options
             .as_ref()
             .is_some_and(|o| o.include_usage);
-        let chunks = chat_chunks(rx, id, model, include_usage);
+        let chat = matches!(kind, Kind::Chat);
+        let chunks = openai_stream(ChunkState::new(rx, id, model, include_usage, chat));
         return (
-            stream_headers(&state),
+            stream_headers(state),
             Sse::new(chunks).keep_alive(KeepAlive::default()),
         )
             .into_response();
     }
-    match collect(rx).await {
-        Ok(c) => {
+    let c = match collect(rx).await {
+        Ok(c) => c,
+        Err(e) => return OpenAiError(e).into_response(),
+    };
+    let text = trim_stop(c.text, c.finish.reason, &stops);
+    let finish_reason = Some(openai_finish_reason(c.finish.reason).to_string());
+    let usage = Usage::new(c.finish.prompt_tokens, c.finish.generated_tokens);
+    let headers = timing_headers(state, &c.finish, arrived);
+    match kind {
+        Kind::Completion { echo } => {
+            let text = match echo {
+                Some(prompt) => prompt + &text,
+                None => text,
+            };
+            let body = CompletionResponse {
+                id,
+                object: "text_completion".into(),
+                created: unix_now(),
+                model,
+                choices: vec![CompletionChoice {
+                    index: 0,
+                    text,
+                    logprobs: None,
+                    finish_reason,
+                }],
+                usage: Some(usage),
+            };
+            (headers, Json(body)).into_response()
+        }
+        Kind::Chat => {
             let body = crate::api::openai::ChatResponse {
                 id,
                 object: "chat.completion".into(),
@@ -212,16 +215,15 @@ pub async fn chat_completions(
                     index: 0,
                     message: ResponseMessage {
                         role: "assistant".into(),
-                        content: trim_stop(c.text, c.finish.reason, &stops),
+                        content: text,
                     },
                     logprobs: None,
-                    finish_reason: Some(openai_finish_reason(c.finish.reason).into()),
+                    finish_reason,
                 }],
-                usage: Usage::new(c.finish.prompt_tokens, c.finish.generated_tokens),
+                usage,
             };
-            (timing_headers(&state, &c.finish, arrived), Json(body)).into_response()
+            (headers, Json(body)).into_response()
         }
-        Err(e) => OpenAiError(e).into_response(),
     }
 }
 
@@ -260,7 +262,9 @@ struct ChunkState {
     model: String,
     created: u64,
     include_usage: bool,
-    /// Events still to send after the current one (usage chunk, `[DONE]`).
+    /// Chat chunks (`delta`) rather than completion chunks (`text`).
+    chat: bool,
+    /// Events still to send after the current one (usage chunk, `[DONE]`), last first.
     tail: Vec<Event>,
     started: bool,
     done: bool,
@@ -272,6 +276,7 @@ impl ChunkState {
         id: String,
         model: String,
         include_usage: bool,
+        chat: bool,
     ) -> Self {
         Self {
             rx,
@@ -279,21 +284,74 @@ impl ChunkState {
             model,
             created: unix_now(),
             include_usage,
+            chat,
             tail: Vec::new(),
             started: false,
             done: false,
         }
     }
+
+    /// A chunk carrying `text` (and the finish reason on the last one).
+    fn text_chunk(&self, text: String, reason: Option<&'static str>, first: bool) -> Event {
+        let finish_reason = reason.map(Into::into);
+        if self.chat {
+            let delta = Delta {
+                role: first.then(|| "assistant".to_string()),
+                content: Some(text),
+            };
+            let choice = ChunkChoice {
+                index: 0,
+                delta,
+                logprobs: None,
+                finish_reason,
+            };
+            self.chat_chunk(vec![choice], None)
+        } else {
+            let choice = CompletionChoice {
+                index: 0,
+                text,
+                logprobs: None,
+                finish_reason,
+            };
+            self.completion_chunk(vec![choice], None)
+        }
+    }
+
+    /// The trailing chunk with token counts and no choices.
+    fn usage_chunk(&self, usage: Usage) -> Event {
+        if self.chat {
+            self.chat_chunk(Vec::new(), Some(usage))
+        } else {
+            self.completion_chunk(Vec::new(), Some(usage))
+        }
+    }
+
+    fn chat_chunk(&self, choices: Vec<ChunkChoice>, usage: Option<Usage>) -> Event {
+        json_event(&ChatChunk {
+            id: self.id.clone(),
+            object: "chat.completion.chunk".into(),
+            created: self.created,
+            model: self.model.clone(),
+            choices,
+            usage,
+        })
+    }
+
+    fn completion_chunk(&self, choices: Vec<CompletionChoice>, usage: Option<Usage>) -> Event {
+        json_event(&CompletionResponse {
+            id: self.id.clone(),
+            object: "text_completion".into(),
+            created: self.created,
+            model: self.model.clone(),
+            choices,
+            usage,
+        })
+    }
 }
 
-/// Drives an OpenAI stream: `render` turns (text, finish reason, first) into a chunk, and
-/// `usage` makes the trailing usage chunk.
-fn openai_stream(
-    init: ChunkState,
-    render: fn(&ChunkState, String, Option<&'static str>, bool) -> Event,
-    usage: fn(&ChunkState, Usage) -> Event,
-) -> impl Stream<Item = Result<Event, Infallible>> {
-    stream::unfold(init, move |mut st| async move {
+/// An OpenAI stream: one chunk per token, then the usage chunk (when asked), then `[DONE]`.
+fn openai_stream(init: ChunkState) -> impl Stream<Item = Result<Event, Infallible>> {
+    stream::unfold(init, |mut st| async move {
         if let Some(event) = st.tail.pop() {
             return Some((Ok(event), st));
         }
@@ -309,11 +367,11 @@ fn openai_stream(
                     st.done = true;
                     st.tail.push(Event::default().data("[DONE]"));
                     if st.include_usage {
-                        let u = usage(&st, Usage::new(f.prompt_tokens, f.generated_tokens));
+                        let u = st.usage_chunk(Usage::new(f.prompt_tokens, f.generated_tokens));
                         st.tail.push(u);
                     }
                 }
-                render(&st, t.text, reason, first)
+                st.text_chunk(t.text, reason, first)
             }
             Some(EngineEvent::Failed(e)) => {
                 st.done = true;
@@ -330,73 +388,4 @@ fn openai_stream(
         };
         Some((Ok(event), st))
     })
-}
-
-fn completion_chunks(
-    rx: UnboundedReceiver<EngineEvent>,
-    id: String,
-    model: String,
-    include_usage: bool,
-) -> impl Stream<Item = Result<Event, Infallible>> {
-    fn chunk(st: &ChunkState, choices: Vec<CompletionChoice>, usage: Option<Usage>) -> Event {
-        json_event(&CompletionResponse {
-            id: st.id.clone(),
-            object: "text_completion".into(),
-            created: st.created,
-            model: st.model.clone(),
-            choices,
-            usage,
-        })
-    }
-    openai_stream(
-        ChunkState::new(rx, id, model, include_usage),
-        |st, text, reason, _| {
-            let choice = CompletionChoice {
-                index: 0,
-                text,
-                logprobs: None,
-                finish_reason: reason.map(Into::into),
-            };
-            chunk(st, vec![choice], None)
-        },
-        |st, usage| chunk(st, Vec::new(), Some(usage)),
-    )
-}
-
-fn chat_chunks(
-    rx: UnboundedReceiver<EngineEvent>,
-    id: String,
-    model: String,
-    include_usage: bool,
-) -> impl Stream<Item = Result<Event, Infallible>> {
-    fn chunk(st: &ChunkState, choices: Vec<ChunkChoice>, usage: Option<Usage>) -> Event {
-        json_event(&ChatChunk {
-            id: st.id.clone(),
-            object: "chat.completion.chunk".into(),
-            created: st.created,
-            model: st.model.clone(),
-            choices,
-            usage,
-        })
-    }
-    openai_stream(
-        ChunkState::new(rx, id, model, include_usage),
-        |st, text, reason, first| {
-            let delta = Delta {
-                role: first.then(|| "assistant".to_string()),
-                content: Some(text),
-            };
-            chunk(
-                st,
-                vec![ChunkChoice {
-                    index: 0,
-                    delta,
-                    logprobs: None,
-                    finish_reason: reason.map(Into::into),
-                }],
-                None,
-            )
-        },
-        |st, usage| chunk(st, Vec::new(), Some(usage)),
-    )
 }

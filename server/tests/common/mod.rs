@@ -1,4 +1,4 @@
-//! Starting a real `migserve worker` process on a free port, for black-box tests.
+//! Shared by the black-box tests: the real model, and a real `migserve worker` process on a free port.
 
 #![allow(dead_code)]
 
