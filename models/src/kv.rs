@@ -5,34 +5,47 @@
 
 use std::collections::HashMap;
 
-use candle_core::{Tensor, D};
+use candle_core::{Device, Tensor};
 
 use crate::error::{ModelError, Result};
 
 /// Identifies one sequence's KV state inside a store.
 pub type SeqId = u64;
 
-/// Storage of per-sequence, per-layer keys and values.
+/// The new tokens of one sequence in a batched attention call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttentionSpan {
+    pub seq: SeqId,
+    /// Position of the span's first token (= tokens already stored for `seq`).
+    pub start: usize,
+    /// Number of new tokens (rows of the batch).
+    pub len: usize,
+}
+
+/// Storage of per-sequence, per-layer keys and values, and attention over them.
 pub trait KvStore {
-    /// Stores `k`/`v` (each `[n_kv_heads, n, head_dim]`) as positions `start..start + n` of
-    /// `seq` in `layer`, and returns the keys and values of positions `0..start + n`
-    /// (each `[n_kv_heads, start + n, head_dim]`). Positions at or past `start` that were
-    /// stored before are replaced.
-    fn write_and_read(
+    /// Stores the keys and values of every span's new tokens in `layer` and returns the
+    /// attention output of every query row. Rows are the spans' tokens in order:
+    /// `q` is `[rows, n_heads, head_dim]` (already scaled by `1/sqrt(head_dim)`), `k` and `v`
+    /// `[rows, n_kv_heads, head_dim]`; the result is `[rows, n_heads * head_dim]`. Row `i` of a
+    /// span sees the sequence's positions `0..=start + i`. Positions at or past a span's
+    /// `start` that were stored before are replaced.
+    fn attend(
         &mut self,
-        seq: SeqId,
         layer: usize,
-        start: usize,
+        spans: &[AttentionSpan],
+        q: &Tensor,
         k: &Tensor,
         v: &Tensor,
-    ) -> Result<(Tensor, Tensor)>;
+    ) -> Result<Tensor>;
 
     /// Forgets everything stored for `seq`.
     fn release(&mut self, seq: SeqId);
 }
 
-/// One growing key/value tensor pair per sequence and layer. Simple and exact; memory is
-/// not pooled (the paged cache does that).
+/// One growing key/value tensor pair per sequence and layer, and attention through candle
+/// tensor ops: simple, exact, the reference other stores are tested against. Memory is not
+/// pooled (the paged cache does that).
 #[derive(Debug, Default)]
 pub struct DenseKvStore {
     n_layers: usize,
@@ -62,9 +75,8 @@ impl DenseKvStore {
     pub fn is_empty(&self) -> bool {
         self.seqs.is_empty()
     }
-}
 
-impl KvStore for DenseKvStore {
+    /// Appends `k`/`v` (`[n_kv_heads, n, head_dim]`) at `start` and returns all positions.
     fn write_and_read(
         &mut self,
         seq: SeqId,
@@ -98,12 +110,97 @@ impl KvStore for DenseKvStore {
             ),
             _ => (k.contiguous()?, v.contiguous()?),
         };
-        debug_assert_eq!(k_all.dim(D::Minus2)?, start + k.dim(1)?);
         *slot = Some((k_all.clone(), v_all.clone()));
         Ok((k_all, v_all))
+    }
+}
+
+impl KvStore for DenseKvStore {
+    fn attend(
+        &mut self,
+        layer: usize,
+        spans: &[AttentionSpan],
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+    ) -> Result<Tensor> {
+        let (_, n_heads, head_dim) = q.dims3()?;
+        let n_kv_heads = k.dim(1)?;
+        let group = n_heads / n_kv_heads;
+        let mut outputs = Vec::with_capacity(spans.len());
+        let mut row = 0;
+        for span in spans {
+            let n = span.len;
+            // [n, heads, hd] -> [heads, n, hd]
+            let k_new = k.narrow(0, row, n)?.transpose(0, 1)?.contiguous()?;
+            let v_new = v.narrow(0, row, n)?.transpose(0, 1)?.contiguous()?;
+            let (k_all, v_all) =
+                self.write_and_read(span.seq, layer, span.start, &k_new, &v_new)?;
+            let len = span.start + n;
+            // Grouped-query attention: the `group` query heads of one KV head become rows.
+            let q_seq = q
+                .narrow(0, row, n)?
+                .transpose(0, 1)?
+                .contiguous()?
+                .reshape((n_kv_heads, group * n, head_dim))?;
+            let mut scores = q_seq.matmul(&k_all.t()?)?;
+            if n > 1 {
+                scores =
+                    scores.broadcast_add(&causal_mask(span.start, n, len, group, q.device())?)?;
+            }
+            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+            let out = probs.matmul(&v_all)?; // [nkv, group*n, hd]
+            outputs.push(
+                out.reshape((n_heads, n, head_dim))?
+                    .transpose(0, 1)?
+                    .reshape((n, n_heads * head_dim))?,
+            );
+            row += n;
+        }
+        Ok(Tensor::cat(&outputs, 0)?)
     }
 
     fn release(&mut self, seq: SeqId) {
         self.seqs.remove(&seq);
+    }
+}
+
+/// `[group * n, len]` additive mask: query `i` (at position `start + i`) sees keys `0..=start + i`.
+fn causal_mask(
+    start: usize,
+    n: usize,
+    len: usize,
+    group: usize,
+    device: &Device,
+) -> Result<Tensor> {
+    let mut mask = Vec::with_capacity(group * n * len);
+    for _ in 0..group {
+        for i in 0..n {
+            let visible = start + i + 1;
+            mask.extend((0..len).map(|j| {
+                if j < visible {
+                    0.0f32
+                } else {
+                    f32::NEG_INFINITY
+                }
+            }));
+        }
+    }
+    Ok(Tensor::from_vec(mask, (group * n, len), device)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn causal_mask_offsets_by_start() {
+        let m = causal_mask(2, 2, 4, 1, &Device::Cpu)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        assert_eq!(m[0][..3], [0.0, 0.0, 0.0]);
+        assert!(m[0][3].is_infinite());
+        assert_eq!(m[1], [0.0; 4]);
     }
 }

@@ -2,17 +2,15 @@
 //! own KV state: the token rows of all sequences are packed into one matrix for every
 //! linear layer, and attention runs per sequence against that sequence's stored keys.
 
-use std::sync::Arc;
-
-use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::ops::{rms_norm, softmax_last_dim};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::ops::rms_norm;
 use candle_nn::rotary_emb::rope_i;
 
 use crate::config::LlamaConfig;
 use crate::error::{ModelError, Result};
 use crate::gguf::GgufFile;
-use crate::kv::{KvStore, SeqId};
+use crate::kv::{AttentionSpan, KvStore, SeqId};
+use crate::linear::Linear;
 
 /// How linear-layer weights are kept in memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -21,8 +19,8 @@ pub enum WeightFormat {
     F32,
     /// Kept in the file's quantized type; matmuls quantize activations on the fly.
     Quantized,
-    /// Re-quantized to 8-bit blocks (Q8_0) at load: a quarter of f32's bytes and a SIMD dot
-    /// product on x86-64 with AVX2. The CPU default: 3x f32's decode speed (bench/results).
+    /// Re-quantized to 8-bit blocks (Q8_0) at load: a quarter of f32's bytes, and candle's
+    /// SIMD Q8_0 matmul (AVX2). The CPU default: 3x f32's single-stream decode (bench/results).
     #[default]
     Q8,
 }
@@ -35,7 +33,7 @@ impl std::str::FromStr for WeightFormat {
             "quantized" | "q" => Ok(Self::Quantized),
             "q8" | "q8_0" => Ok(Self::Q8),
             other => Err(format!(
-                "unknown weight format `{other}` (use f32, q8 or quantized)"
+                "unknown weight format `{other}` (use q8, f32 or quantized)"
             )),
         }
     }
@@ -54,14 +52,14 @@ pub struct SeqChunk<'a> {
 
 struct Layer {
     attn_norm: Tensor,
-    wq: QMatMul,
-    wk: QMatMul,
-    wv: QMatMul,
-    wo: QMatMul,
+    wq: Linear,
+    wk: Linear,
+    wv: Linear,
+    wo: Linear,
     ffn_norm: Tensor,
-    w_gate: QMatMul,
-    w_up: QMatMul,
-    w_down: QMatMul,
+    w_gate: Linear,
+    w_up: Linear,
+    w_down: Linear,
 }
 
 /// The weights of a Llama-family model, ready to run.
@@ -70,7 +68,7 @@ pub struct Llama {
     embedding: Tensor,
     layers: Vec<Layer>,
     output_norm: Tensor,
-    lm_head: QMatMul,
+    lm_head: Linear,
     rope_cos: Tensor,
     rope_sin: Tensor,
     device: Device,
@@ -84,9 +82,8 @@ impl Llama {
         format: WeightFormat,
         device: &Device,
     ) -> Result<Self> {
-        let linear = |file: &mut GgufFile, name: &str| -> Result<QMatMul> {
-            let q = file.tensor(name, device)?;
-            to_matmul(q, format, device)
+        let linear = |file: &mut GgufFile, name: &str| -> Result<Linear> {
+            Linear::new(file.tensor(name, device)?, format, device)
         };
         let vector = |file: &mut GgufFile, name: &str| -> Result<Tensor> {
             Ok(file.tensor(name, device)?.dequantize(device)?)
@@ -102,13 +99,8 @@ impl Llama {
         let lm_head = if file.has_tensor("output.weight") {
             linear(file, "output.weight")?
         } else {
-            match format {
-                WeightFormat::F32 => QMatMul::Tensor(embedding.clone()),
-                WeightFormat::Quantized => QMatMul::from_arc(Arc::new(embedding_q))?,
-                WeightFormat::Q8 => {
-                    QMatMul::from_arc(Arc::new(QTensor::quantize(&embedding, GgmlDType::Q8_0)?))?
-                }
-            }
+            // Tied embeddings: the output layer reuses the embedding matrix.
+            Linear::new(embedding_q, format, device)?
         };
         let mut layers = Vec::with_capacity(config.n_layers);
         for i in 0..config.n_layers {
@@ -164,6 +156,14 @@ impl Llama {
         let mut ids = Vec::new();
         let mut positions = Vec::new();
         let mut last_rows = Vec::with_capacity(chunks.len());
+        let spans: Vec<AttentionSpan> = chunks
+            .iter()
+            .map(|c| AttentionSpan {
+                seq: c.seq,
+                start: c.start,
+                len: c.tokens.len(),
+            })
+            .collect();
         for c in chunks {
             if c.tokens.is_empty() {
                 return Err(ModelError::InvalidInput(format!(
@@ -197,7 +197,7 @@ impl Llama {
         let mut x = self.embedding.index_select(&ids, 0)?;
         for (li, layer) in self.layers.iter().enumerate() {
             let h = rms_norm(&x, &layer.attn_norm, cfg.rms_eps as f32)?;
-            let attn = self.attention(li, layer, &h, &cos, &sin, chunks, kv)?;
+            let attn = self.attention(li, layer, &h, &cos, &sin, &spans, kv)?;
             x = (x + layer.wo.forward(&attn)?)?;
             let h = rms_norm(&x, &layer.ffn_norm, cfg.rms_eps as f32)?;
             let gate = candle_nn::ops::silu(&layer.w_gate.forward(&h)?)?;
@@ -218,67 +218,30 @@ impl Llama {
         h: &Tensor,
         cos: &Tensor,
         sin: &Tensor,
-        chunks: &[SeqChunk<'_>],
+        spans: &[AttentionSpan],
         kv: &mut dyn KvStore,
     ) -> Result<Tensor> {
         let cfg = &self.config;
         let (total, _) = h.dims2()?;
         let (nh, nkv, hd) = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim);
-        let group = cfg.group_size();
-        // [total, heads*hd] -> [1, heads, total, hd], as rope_i wants.
-        let heads = |t: Tensor, n: usize| -> Result<Tensor> {
-            Ok(t.reshape((total, n, hd))?
+        // rope_i wants [1, heads, rows, hd]; the KV store wants [rows, heads, hd].
+        let rotate = |t: Tensor, n: usize| -> Result<Tensor> {
+            let t = t
+                .reshape((total, n, hd))?
                 .transpose(0, 1)?
                 .contiguous()?
-                .unsqueeze(0)?)
+                .unsqueeze(0)?;
+            Ok(rope_i(&t, cos, sin)?
+                .squeeze(0)?
+                .transpose(0, 1)?
+                .contiguous()?)
         };
         let scale = 1.0 / (hd as f64).sqrt();
-        let q = rope_i(&heads(layer.wq.forward(h)?, nh)?, cos, sin)?.squeeze(0)?;
-        let q = (q * scale)?;
-        let k = rope_i(&heads(layer.wk.forward(h)?, nkv)?, cos, sin)?.squeeze(0)?;
-        let v = heads(layer.wv.forward(h)?, nkv)?.squeeze(0)?;
-
-        let mut outputs = Vec::with_capacity(chunks.len());
-        let mut row = 0;
-        for c in chunks {
-            let n = c.tokens.len();
-            let k_new = k.narrow(1, row, n)?;
-            let v_new = v.narrow(1, row, n)?;
-            let (k_all, v_all) = kv.write_and_read(c.seq, layer_index, c.start, &k_new, &v_new)?;
-            let len = c.start + n;
-            // Grouped-query attention: the `group` query heads of one KV head become rows.
-            let q_seq = q
-                .narrow(1, row, n)?
-                .contiguous()?
-                .reshape((nkv, group * n, hd))?;
-            let mut scores = q_seq.matmul(&k_all.t()?)?;
-            if n > 1 {
-                scores =
-                    scores.broadcast_add(&causal_mask(c.start, n, len, group, &self.device)?)?;
-            }
-            let probs = softmax_last_dim(&scores)?;
-            let out = probs.matmul(&v_all.contiguous()?)?; // [nkv, group*n, hd]
-            outputs.push(
-                out.reshape((nh, n, hd))?
-                    .transpose(0, 1)?
-                    .reshape((n, nh * hd))?,
-            );
-            row += n;
-        }
-        Ok(Tensor::cat(&outputs, 0)?)
+        let q = (rotate(layer.wq.forward(h)?, nh)? * scale)?;
+        let k = rotate(layer.wk.forward(h)?, nkv)?;
+        let v = layer.wv.forward(h)?.reshape((total, nkv, hd))?;
+        kv.attend(layer_index, spans, &q, &k, &v)
     }
-}
-
-fn to_matmul(q: QTensor, format: WeightFormat, device: &Device) -> Result<QMatMul> {
-    Ok(match format {
-        WeightFormat::F32 => QMatMul::Tensor(q.dequantize(device)?),
-        WeightFormat::Quantized => QMatMul::from_arc(Arc::new(q))?,
-        WeightFormat::Q8 if q.dtype() == GgmlDType::Q8_0 => QMatMul::from_arc(Arc::new(q))?,
-        WeightFormat::Q8 => QMatMul::from_arc(Arc::new(QTensor::quantize(
-            &q.dequantize(device)?,
-            GgmlDType::Q8_0,
-        )?))?,
-    })
 }
 
 fn check_shape(t: &Tensor, want: &[usize], name: &str) -> Result<()> {
@@ -292,30 +255,6 @@ fn check_shape(t: &Tensor, want: &[usize], name: &str) -> Result<()> {
         });
     }
     Ok(())
-}
-
-/// `[group * n, len]` additive mask: query `i` (at position `start + i`) sees keys `0..=start + i`.
-fn causal_mask(
-    start: usize,
-    n: usize,
-    len: usize,
-    group: usize,
-    device: &Device,
-) -> Result<Tensor> {
-    let mut mask = Vec::with_capacity(group * n * len);
-    for _ in 0..group {
-        for i in 0..n {
-            let visible = start + i + 1;
-            mask.extend((0..len).map(|j| {
-                if j < visible {
-                    0.0f32
-                } else {
-                    f32::NEG_INFINITY
-                }
-            }));
-        }
-    }
-    Ok(Tensor::from_vec(mask, (group * n, len), device)?)
 }
 
 /// Cosine and sine tables `[context_length, head_dim / 2]` for interleaved rotary embeddings.
@@ -344,20 +283,4 @@ fn rope_tables(
         Tensor::from_vec(cos, (cfg.context_length, half), device)?,
         Tensor::from_vec(sin, (cfg.context_length, half), device)?,
     ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn causal_mask_offsets_by_start() {
-        let m = causal_mask(2, 2, 4, 1, &Device::Cpu)
-            .unwrap()
-            .to_vec2::<f32>()
-            .unwrap();
-        assert_eq!(m[0][..3], [0.0, 0.0, 0.0]);
-        assert!(m[0][3].is_infinite());
-        assert_eq!(m[1], [0.0; 4]);
-    }
 }

@@ -37,8 +37,8 @@ pub struct GenerateArgs {
     /// Random seed: the same seed gives the same output.
     #[arg(long)]
     pub seed: Option<u64>,
-    /// How weights are held on CPU: q8 (re-quantized to Q8_0 at load, fastest decode),
-    /// f32 (dequantized at load, fastest prefill) or quantized (the file's own types).
+    /// How weights are held on CPU: q8 (re-quantized to Q8_0 at load; fastest decode, least
+    /// memory), f32 (dequantized; fastest prefill) or quantized (the file's own types).
     #[arg(long, default_value = "q8")]
     pub weights: WeightFormat,
 }

@@ -75,7 +75,8 @@ pub struct WorkerArgs {
     /// CPU threads for the model's math; default: all cores.
     #[arg(long)]
     pub threads: Option<usize>,
-    /// How weights are held on CPU (q8, f32, quantized).
+    /// How weights are held on CPU: q8 (re-quantized to Q8_0 at load; fastest decode, least
+    /// memory), f32 (dequantized; fastest prefill) or quantized (the file's own types).
     #[arg(long, default_value = "q8")]
     pub weights: WeightFormat,
     /// Slice this worker serves (label on metrics, `x-slice` header).

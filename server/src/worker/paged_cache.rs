@@ -1,8 +1,9 @@
 //! The paged KV cache's storage: one preallocated buffer per layer for keys and one for
 //! values, cut into blocks that [`BlockManager`] assigns to sequences.
 
-use candle_core::{Device, Tensor};
-use migserve_models::{KvStore, LlamaConfig, ModelError, SeqId};
+use candle_core::Tensor;
+use migserve_kernels::cpu::paged_attention::{paged_attention, AttentionShape, SeqQueries};
+use migserve_models::{AttentionSpan, KvStore, LlamaConfig, ModelError, SeqId};
 
 use super::block_manager::BlockManager;
 
@@ -73,46 +74,65 @@ impl PagedKvCache {
 }
 
 impl KvStore for PagedKvCache {
-    fn write_and_read(
+    fn attend(
         &mut self,
-        seq: SeqId,
         layer: usize,
-        start: usize,
+        spans: &[AttentionSpan],
+        q: &Tensor,
         k: &Tensor,
         v: &Tensor,
-    ) -> Result<(Tensor, Tensor), ModelError> {
-        let (_, n, _) = k.dims3()?;
-        let end = start + n;
+    ) -> Result<Tensor, ModelError> {
         if layer >= self.keys.len() {
             return Err(ModelError::InvalidInput(format!(
                 "layer {layer} out of range"
             )));
         }
-        // [kv_heads, n, hd] -> [n, kv_heads, hd]: one row per position.
-        let k_rows = k.transpose(0, 1)?.flatten_all()?.to_vec1::<f32>()?;
-        let v_rows = v.transpose(0, 1)?.flatten_all()?.to_vec1::<f32>()?;
+        let (rows, n_heads, _) = q.dims3()?;
+        let k_rows = k.flatten_all()?.to_vec1::<f32>()?;
+        let v_rows = v.flatten_all()?.to_vec1::<f32>()?;
         let row = self.row;
         let mut src = 0;
-        for (offset, count) in self.runs(seq, start, end)? {
-            let len = count * row;
-            self.keys[layer][offset..offset + len].copy_from_slice(&k_rows[src..src + len]);
-            self.values[layer][offset..offset + len].copy_from_slice(&v_rows[src..src + len]);
-            src += len;
+        for span in spans {
+            for (offset, count) in self.runs(span.seq, span.start, span.start + span.len)? {
+                let len = count * row;
+                self.keys[layer][offset..offset + len].copy_from_slice(&k_rows[src..src + len]);
+                self.values[layer][offset..offset + len].copy_from_slice(&v_rows[src..src + len]);
+                src += len;
+            }
         }
-        let mut k_all = Vec::with_capacity(end * row);
-        let mut v_all = Vec::with_capacity(end * row);
-        for (offset, count) in self.runs(seq, 0, end)? {
-            let len = count * row;
-            k_all.extend_from_slice(&self.keys[layer][offset..offset + len]);
-            v_all.extend_from_slice(&self.values[layer][offset..offset + len]);
+        let mut queries = Vec::with_capacity(spans.len());
+        let mut first_row = 0;
+        for span in spans {
+            let block_table = self.blocks.table(span.seq).unwrap_or(&[]);
+            queries.push(SeqQueries {
+                block_table,
+                row: first_row,
+                len: span.len,
+                start: span.start,
+            });
+            first_row += span.len;
         }
-        let shape = (end, self.n_kv_heads, self.head_dim);
-        let to_heads = |data: Vec<f32>| -> Result<Tensor, ModelError> {
-            Ok(Tensor::from_vec(data, shape, &Device::Cpu)?
-                .transpose(0, 1)?
-                .contiguous()?)
+        let shape = AttentionShape {
+            n_heads,
+            n_kv_heads: self.n_kv_heads,
+            head_dim: self.head_dim,
+            block_size: self.blocks.block_size(),
         };
-        Ok((to_heads(k_all)?, to_heads(v_all)?))
+        let q_rows = q.flatten_all()?.to_vec1::<f32>()?;
+        let mut out = vec![0.0f32; rows * n_heads * self.head_dim];
+        paged_attention(
+            shape,
+            &q_rows,
+            &self.keys[layer],
+            &self.values[layer],
+            &queries,
+            &mut out,
+        );
+        Ok(Tensor::from_vec(
+            out,
+            (rows, n_heads * self.head_dim),
+            q.device(),
+        )?)
     }
 
     fn release(&mut self, seq: SeqId) {
@@ -123,6 +143,7 @@ impl KvStore for PagedKvCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::Device;
     use migserve_models::DenseKvStore;
 
     fn config() -> LlamaConfig {
@@ -142,33 +163,53 @@ mod tests {
         }
     }
 
-    fn chunk(seed: f32, n: usize) -> Tensor {
-        let data: Vec<f32> = (0..2 * n * 3).map(|i| seed + i as f32).collect();
-        Tensor::from_vec(data, (2, n, 3), &Device::Cpu).unwrap()
+    fn rows(seed: f32, n: usize, heads: usize) -> Tensor {
+        let data: Vec<f32> = (0..n * heads * 3)
+            .map(|i| ((seed + i as f32) * 0.37).sin())
+            .collect();
+        Tensor::from_vec(data, (n, heads, 3), &Device::Cpu).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        let (a, b) = (
+            a.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            b.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        );
+        assert_eq!(a.len(), b.len());
+        a.iter().zip(&b).fold(0.0, |m, (x, y)| m.max((x - y).abs()))
     }
 
     #[test]
-    fn paged_store_reads_back_what_the_dense_store_does() {
+    fn paged_attention_equals_the_dense_reference_step_by_step() {
         let cfg = config();
         let mut paged = PagedKvCache::new(&cfg, 8, 2);
         let mut dense = DenseKvStore::new(cfg.n_layers);
-        // Two sequences interleaved so their blocks are not contiguous.
-        let writes = [
-            (1u64, 0usize, 3usize),
-            (2, 0, 1),
-            (1, 3, 1),
-            (2, 1, 4),
-            (1, 4, 1),
+        // Steps mixing prefill and decode of two sequences whose blocks interleave.
+        let steps: [&[(u64, usize, usize)]; 4] = [
+            &[(1, 0, 3)],
+            &[(1, 3, 1), (2, 0, 2)],
+            &[(2, 2, 3), (1, 4, 1)],
+            &[(1, 5, 1), (2, 5, 1)],
         ];
-        for (i, (seq, start, n)) in writes.into_iter().enumerate() {
-            paged.blocks_mut().ensure(seq, start + n).unwrap();
+        for (i, step) in steps.iter().enumerate() {
+            let spans: Vec<AttentionSpan> = step
+                .iter()
+                .map(|&(seq, start, len)| AttentionSpan { seq, start, len })
+                .collect();
+            for s in &spans {
+                paged.blocks_mut().ensure(s.seq, s.start + s.len).unwrap();
+            }
+            let n: usize = spans.iter().map(|s| s.len).sum();
             for layer in 0..cfg.n_layers {
-                let k = chunk(100.0 * i as f32 + layer as f32, n);
-                let v = chunk(-100.0 * i as f32 - layer as f32, n);
-                let (pk, pv) = paged.write_and_read(seq, layer, start, &k, &v).unwrap();
-                let (dk, dv) = dense.write_and_read(seq, layer, start, &k, &v).unwrap();
-                assert_eq!(pk.to_vec3::<f32>().unwrap(), dk.to_vec3::<f32>().unwrap());
-                assert_eq!(pv.to_vec3::<f32>().unwrap(), dv.to_vec3::<f32>().unwrap());
+                let seed = (i * 10 + layer) as f32;
+                let (q, k, v) = (
+                    rows(seed, n, 4),
+                    rows(seed + 100.0, n, 2),
+                    rows(seed + 200.0, n, 2),
+                );
+                let want = dense.attend(layer, &spans, &q, &k, &v).unwrap();
+                let got = paged.attend(layer, &spans, &q, &k, &v).unwrap();
+                assert!(max_diff(&got, &want) < 1e-5, "step {i} layer {layer}");
             }
         }
     }
@@ -178,8 +219,19 @@ mod tests {
         let cfg = config();
         let mut paged = PagedKvCache::new(&cfg, 2, 2);
         paged.blocks_mut().ensure(7, 2).unwrap();
+        let spans = [AttentionSpan {
+            seq: 7,
+            start: 0,
+            len: 3,
+        }];
         let err = paged
-            .write_and_read(7, 0, 0, &chunk(0.0, 3), &chunk(0.0, 3))
+            .attend(
+                0,
+                &spans,
+                &rows(0.0, 3, 4),
+                &rows(0.0, 3, 2),
+                &rows(0.0, 3, 2),
+            )
             .unwrap_err();
         assert_eq!(err.error_type(), "kv_cache_full");
     }

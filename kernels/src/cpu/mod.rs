@@ -1,0 +1,3 @@
+//! CPU kernels: the reference implementations (and the CPU path) of the GPU kernels.
+
+pub mod paged_attention;
