@@ -8,30 +8,49 @@ use candle_core::{Device, Module, Tensor};
 use crate::error::Result;
 use crate::llama::WeightFormat;
 
+/// candle's tiled int8 (AVX-512 VNNI) Q8_0 kernels need the input width to be a multiple of
+/// this; narrower layers fall back to a per-element dot product that is several times slower
+/// for batches. Q8 weights are zero-padded up to it (bench/results).
+const Q8_TILED_K: usize = 256;
+
 /// `y = x · Wᵀ` for a weight matrix `W` of shape `[out, in]`.
 ///
 /// Every format computes each output row from its input row alone, so a sequence gets the
-/// same result whatever else is in the batch (greedy output does not depend on load). A
-/// "hybrid" that switched to f32 GEMM for large batches was measured and dropped for
-/// breaking exactly that.
-pub struct Linear(QMatMul);
+/// same result whatever else is in the batch (greedy output does not depend on load).
+pub struct Linear {
+    weights: QMatMul,
+    /// Zero columns appended to the input to match padded weights.
+    pad: usize,
+}
 
 impl Linear {
     /// Builds the layer from a GGUF tensor in `format`.
     pub fn new(q: QTensor, format: WeightFormat, device: &Device) -> Result<Self> {
-        Ok(Linear(match format {
-            WeightFormat::F32 => QMatMul::Tensor(q.dequantize(device)?),
-            WeightFormat::Quantized => QMatMul::from_arc(Arc::new(q))?,
-            WeightFormat::Q8 if q.dtype() == GgmlDType::Q8_0 => QMatMul::from_arc(Arc::new(q))?,
+        let (weights, pad) = match format {
+            WeightFormat::F32 => (QMatMul::Tensor(q.dequantize(device)?), 0),
+            WeightFormat::Quantized => (QMatMul::from_arc(Arc::new(q))?, 0),
             WeightFormat::Q8 => {
-                let requantized = QTensor::quantize(&q.dequantize(device)?, GgmlDType::Q8_0)?;
-                QMatMul::from_arc(Arc::new(requantized))?
+                let (_, k) = q.shape().dims2()?;
+                let pad = k.next_multiple_of(Q8_TILED_K) - k;
+                if q.dtype() == GgmlDType::Q8_0 && pad == 0 {
+                    (QMatMul::from_arc(Arc::new(q))?, 0)
+                } else {
+                    let w = q.dequantize(device)?.pad_with_zeros(1, 0, pad)?;
+                    (
+                        QMatMul::from_arc(Arc::new(QTensor::quantize(&w, GgmlDType::Q8_0)?))?,
+                        pad,
+                    )
+                }
             }
-        }))
+        };
+        Ok(Self { weights, pad })
     }
 
     /// Applies the layer to `x` of shape `[rows, in]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(self.0.forward(x)?)
+        if self.pad == 0 {
+            return Ok(self.weights.forward(x)?);
+        }
+        Ok(self.weights.forward(&x.pad_with_zeros(1, 0, self.pad)?)?)
     }
 }

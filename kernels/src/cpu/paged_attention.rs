@@ -28,13 +28,16 @@ pub struct SeqQueries<'a> {
     pub start: usize,
 }
 
-/// Computes `out[row, head, :] = softmax(q · Kᵀ) · V` for every query row of every sequence.
-/// `q` and `out` are `[rows, n_heads, head_dim]`; queries are expected pre-scaled by
-/// `1/sqrt(head_dim)`. Uses a one-pass (online) softmax, so no score buffer is needed.
-///
-/// # Panics
-/// When a sequence's block table is too short for its positions, or slices are too short:
-/// callers size them from the same block manager.
+/// Runs `f` over disjoint ranges that together cover `0..n`, possibly on several threads.
+pub type ParallelFor<'a> = &'a (dyn Fn(usize, &(dyn Fn(std::ops::Range<usize>) + Sync)) + Sync);
+
+/// A [`ParallelFor`] on rayon's global pool.
+pub fn rayon_for(n: usize, f: &(dyn Fn(std::ops::Range<usize>) + Sync)) {
+    (0..n).into_par_iter().for_each(|i| f(i..i + 1));
+}
+
+/// Computes `out[row, head, :] = softmax(q · Kᵀ) · V` for every query row of every sequence,
+/// on rayon's pool. See [`paged_attention_with`].
 pub fn paged_attention(
     shape: AttentionShape,
     q: &[f32],
@@ -43,10 +46,28 @@ pub fn paged_attention(
     seqs: &[SeqQueries<'_>],
     out: &mut [f32],
 ) {
-    let hd = shape.head_dim;
-    let row_len = shape.n_heads * hd;
-    let group = shape.n_heads / shape.n_kv_heads;
-    let kv_row = shape.n_kv_heads * hd;
+    paged_attention_with(&rayon_for, shape, q, key_cache, value_cache, seqs, out)
+}
+
+/// Computes `out[row, head, :] = softmax(q · Kᵀ) · V` for every query row of every sequence,
+/// spreading rows over `parallel` (so a caller can use the thread pool its other math runs
+/// on, instead of two pools fighting over the cores). `q` and `out` are
+/// `[rows, n_heads, head_dim]`; queries are expected pre-scaled by `1/sqrt(head_dim)`. Uses
+/// a one-pass (online) softmax, so no score buffer is needed.
+///
+/// # Panics
+/// When a sequence's block table is too short for its positions, or `out` is shorter than
+/// the rows: callers size them from the same block manager.
+pub fn paged_attention_with(
+    parallel: ParallelFor<'_>,
+    shape: AttentionShape,
+    q: &[f32],
+    key_cache: &[f32],
+    value_cache: &[f32],
+    seqs: &[SeqQueries<'_>],
+    out: &mut [f32],
+) {
+    let row_len = shape.n_heads * shape.head_dim;
     // (sequence, row within it) for every output row.
     let mut owners = Vec::with_capacity(out.len() / row_len.max(1));
     for (s, seq) in seqs.iter().enumerate() {
@@ -54,44 +75,72 @@ pub fn paged_attention(
             owners.push((s, i));
         }
     }
-    out.par_chunks_mut(row_len)
-        .zip(owners.par_iter())
-        .for_each(|(out_row, &(s, i))| {
-            let seq = &seqs[s];
-            let q_row = &q[(seq.row + i) * row_len..(seq.row + i + 1) * row_len];
-            let visible = seq.start + i + 1;
-            let mut acc = vec![0.0f32; hd];
-            for h in 0..shape.n_heads {
-                let kv_head = h / group;
-                let qh = &q_row[h * hd..(h + 1) * hd];
-                acc.iter_mut().for_each(|a| *a = 0.0);
-                let mut max = f32::NEG_INFINITY;
-                let mut sum = 0.0f32;
-                for pos in 0..visible {
-                    let block = seq.block_table[pos / shape.block_size] as usize;
-                    let offset =
-                        (block * shape.block_size + pos % shape.block_size) * kv_row + kv_head * hd;
-                    let k = &key_cache[offset..offset + hd];
-                    let score = dot(qh, k);
-                    let v = &value_cache[offset..offset + hd];
-                    if score > max {
-                        // Rescale what was accumulated under the old maximum.
-                        let correction = (max - score).exp();
-                        sum *= correction;
-                        acc.iter_mut().for_each(|a| *a *= correction);
-                        max = score;
-                    }
-                    let weight = (score - max).exp();
-                    sum += weight;
-                    acc.iter_mut().zip(v).for_each(|(a, v)| *a += weight * v);
-                }
-                let inv = 1.0 / sum;
-                out_row[h * hd..(h + 1) * hd]
-                    .iter_mut()
-                    .zip(&acc)
-                    .for_each(|(o, a)| *o = a * inv);
+    assert!(
+        out.len() >= owners.len() * row_len,
+        "output too short for {} rows",
+        owners.len()
+    );
+    let out_addr = out.as_mut_ptr() as usize;
+    parallel(owners.len(), &|rows: std::ops::Range<usize>| {
+        for r in rows {
+            // SAFETY: `out` holds every row (asserted above), and the executor hands out
+            // disjoint ranges, so each row slice is written by exactly one thread while `out`
+            // stays mutably borrowed by this function.
+            let out_row = unsafe {
+                std::slice::from_raw_parts_mut((out_addr as *mut f32).add(r * row_len), row_len)
+            };
+            let (s, i) = owners[r];
+            attend_row(shape, q, key_cache, value_cache, &seqs[s], i, out_row);
+        }
+    });
+}
+
+/// One query row (all heads) of one sequence.
+fn attend_row(
+    shape: AttentionShape,
+    q: &[f32],
+    key_cache: &[f32],
+    value_cache: &[f32],
+    seq: &SeqQueries<'_>,
+    i: usize,
+    out_row: &mut [f32],
+) {
+    let hd = shape.head_dim;
+    let row_len = shape.n_heads * hd;
+    let group = shape.n_heads / shape.n_kv_heads;
+    let kv_row = shape.n_kv_heads * hd;
+    let q_row = &q[(seq.row + i) * row_len..(seq.row + i + 1) * row_len];
+    let visible = seq.start + i + 1;
+    let mut acc = vec![0.0f32; hd];
+    for h in 0..shape.n_heads {
+        let kv_head = h / group;
+        let qh = &q_row[h * hd..(h + 1) * hd];
+        acc.iter_mut().for_each(|a| *a = 0.0);
+        let mut max = f32::NEG_INFINITY;
+        let mut sum = 0.0f32;
+        for pos in 0..visible {
+            let block = seq.block_table[pos / shape.block_size] as usize;
+            let offset =
+                (block * shape.block_size + pos % shape.block_size) * kv_row + kv_head * hd;
+            let score = dot(qh, &key_cache[offset..offset + hd]);
+            let v = &value_cache[offset..offset + hd];
+            if score > max {
+                // Rescale what was accumulated under the old maximum.
+                let correction = (max - score).exp();
+                sum *= correction;
+                acc.iter_mut().for_each(|a| *a *= correction);
+                max = score;
             }
-        });
+            let weight = (score - max).exp();
+            sum += weight;
+            acc.iter_mut().zip(v).for_each(|(a, v)| *a += weight * v);
+        }
+        let inv = 1.0 / sum;
+        out_row[h * hd..(h + 1) * hd]
+            .iter_mut()
+            .zip(&acc)
+            .for_each(|(o, a)| *o = a * inv);
+    }
 }
 
 #[inline]

@@ -2,7 +2,7 @@
 //! values, cut into blocks that [`BlockManager`] assigns to sequences.
 
 use candle_core::Tensor;
-use migserve_kernels::cpu::paged_attention::{paged_attention, AttentionShape, SeqQueries};
+use migserve_kernels::cpu::paged_attention::{paged_attention_with, AttentionShape, SeqQueries};
 use migserve_models::{AttentionSpan, KvStore, LlamaConfig, ModelError, SeqId};
 
 use super::block_manager::BlockManager;
@@ -120,7 +120,13 @@ impl KvStore for PagedKvCache {
         };
         let q_rows = q.flatten_all()?.to_vec1::<f32>()?;
         let mut out = vec![0.0f32; rows * n_heads * self.head_dim];
-        paged_attention(
+        // candle's matmuls run on its barrier pool, whose workers spin between calls: running
+        // attention on that same pool keeps a second pool from fighting them for the cores.
+        let candle_pool = |n: usize, f: &(dyn Fn(std::ops::Range<usize>) + Sync)| {
+            candle_core::utils::barrier_pool().execute_chunked(n, f)
+        };
+        paged_attention_with(
+            &candle_pool,
             shape,
             &q_rows,
             &self.keys[layer],
