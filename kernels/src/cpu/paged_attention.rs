@@ -53,7 +53,7 @@ pub fn paged_attention(
 /// spreading rows over `parallel` (so a caller can use the thread pool its other math runs
 /// on, instead of two pools fighting over the cores). `q` and `out` are
 /// `[rows, n_heads, head_dim]`; queries are expected pre-scaled by `1/sqrt(head_dim)`. Uses
-/// a one-pass (online) softmax, so no score buffer is needed.
+/// a two-pass softmax over a small per-row score buffer.
 ///
 /// # Panics
 /// When a sequence's block table is too short for its positions, or `out` is shorter than
@@ -95,7 +95,9 @@ pub fn paged_attention_with(
     });
 }
 
-/// One query row (all heads) of one sequence.
+/// One query row (all heads) of one sequence. Works one KV head at a time: each key and
+/// value row is read once for all the query heads that share it, scores are kept in a small
+/// buffer, and the softmax is taken over the whole buffer (two passes, one `exp` per score).
 fn attend_row(
     shape: AttentionShape,
     q: &[f32],
@@ -111,35 +113,46 @@ fn attend_row(
     let kv_row = shape.n_kv_heads * hd;
     let q_row = &q[(seq.row + i) * row_len..(seq.row + i + 1) * row_len];
     let visible = seq.start + i + 1;
-    let mut acc = vec![0.0f32; hd];
-    for h in 0..shape.n_heads {
-        let kv_head = h / group;
-        let qh = &q_row[h * hd..(h + 1) * hd];
-        acc.iter_mut().for_each(|a| *a = 0.0);
-        let mut max = f32::NEG_INFINITY;
-        let mut sum = 0.0f32;
+    let offset_of = |pos: usize| {
+        let block = seq.block_table[pos / shape.block_size] as usize;
+        (block * shape.block_size + pos % shape.block_size) * kv_row
+    };
+    // scores[g * visible + pos]
+    let mut scores = vec![0.0f32; group * visible];
+    for kv_head in 0..shape.n_kv_heads {
+        let heads = kv_head * group..(kv_head + 1) * group;
         for pos in 0..visible {
-            let block = seq.block_table[pos / shape.block_size] as usize;
-            let offset =
-                (block * shape.block_size + pos % shape.block_size) * kv_row + kv_head * hd;
-            let score = dot(qh, &key_cache[offset..offset + hd]);
-            let v = &value_cache[offset..offset + hd];
-            if score > max {
-                // Rescale what was accumulated under the old maximum.
-                let correction = (max - score).exp();
-                sum *= correction;
-                acc.iter_mut().for_each(|a| *a *= correction);
-                max = score;
+            let k = &key_cache[offset_of(pos) + kv_head * hd..][..hd];
+            for (g, h) in heads.clone().enumerate() {
+                scores[g * visible + pos] = dot(&q_row[h * hd..(h + 1) * hd], k);
             }
-            let weight = (score - max).exp();
-            sum += weight;
-            acc.iter_mut().zip(v).for_each(|(a, v)| *a += weight * v);
         }
-        let inv = 1.0 / sum;
-        out_row[h * hd..(h + 1) * hd]
-            .iter_mut()
-            .zip(&acc)
-            .for_each(|(o, a)| *o = a * inv);
+        for g in 0..group {
+            let s = &mut scores[g * visible..(g + 1) * visible];
+            let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0.0f32;
+            for x in s.iter_mut() {
+                *x = (*x - max).exp();
+                sum += *x;
+            }
+            let inv = 1.0 / sum;
+            s.iter_mut().for_each(|x| *x *= inv);
+        }
+        for h in heads.clone() {
+            out_row[h * hd..(h + 1) * hd]
+                .iter_mut()
+                .for_each(|o| *o = 0.0);
+        }
+        for pos in 0..visible {
+            let v = &value_cache[offset_of(pos) + kv_head * hd..][..hd];
+            for (g, h) in heads.clone().enumerate() {
+                let w = scores[g * visible + pos];
+                out_row[h * hd..(h + 1) * hd]
+                    .iter_mut()
+                    .zip(v)
+                    .for_each(|(o, v)| *o += w * v);
+            }
+        }
     }
 }
 
