@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
-use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use std::borrow::Cow;
+
+use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{Device, Module, Tensor};
 
 use crate::error::Result;
@@ -46,6 +48,36 @@ impl Linear {
         Ok(Self { weights, pad })
     }
 
+    /// One layer computing several projections of the same input (Q, K and V; gate and up):
+    /// their weights stacked by rows, so the input is quantized once and the matmul is one
+    /// call. Split the output with [`split_columns`].
+    pub fn fused(parts: Vec<QTensor>, format: WeightFormat, device: &Device) -> Result<Self> {
+        let same_type = parts.windows(2).all(|w| w[0].dtype() == w[1].dtype());
+        let stacked = match format {
+            // Rows are whole blocks: stacking the raw bytes keeps the file's own encoding.
+            WeightFormat::Quantized if same_type => {
+                let dtype = parts[0].dtype();
+                let cols = parts[0].shape().dims2()?.1;
+                let mut rows = 0;
+                let mut bytes = Vec::new();
+                for p in &parts {
+                    rows += p.shape().dims2()?.0;
+                    bytes.extend_from_slice(&p.data()?);
+                }
+                let storage = QStorage::from_data(Cow::Owned(bytes), device, dtype)?;
+                QTensor::new(storage, (rows, cols))?
+            }
+            _ => {
+                let dense = parts
+                    .iter()
+                    .map(|p| p.dequantize(device))
+                    .collect::<candle_core::Result<Vec<_>>>()?;
+                QTensor::quantize(&Tensor::cat(&dense, 0)?, GgmlDType::F32)?
+            }
+        };
+        Self::new(stacked, format, device)
+    }
+
     /// Applies the layer to `x` of shape `[rows, in]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if self.pad == 0 {
@@ -53,4 +85,17 @@ impl Linear {
         }
         Ok(self.weights.forward(&x.pad_with_zeros(1, 0, self.pad)?)?)
     }
+}
+
+/// Splits `[rows, a + b + ...]` into `[rows, a]`, `[rows, b]`, ... (contiguous copies).
+pub fn split_columns(t: &Tensor, widths: &[usize]) -> Result<Vec<Tensor>> {
+    let mut start = 0;
+    widths
+        .iter()
+        .map(|&w| {
+            let part = t.narrow(1, start, w)?.contiguous()?;
+            start += w;
+            Ok(part)
+        })
+        .collect()
 }

@@ -10,7 +10,7 @@ use crate::config::LlamaConfig;
 use crate::error::{ModelError, Result};
 use crate::gguf::GgufFile;
 use crate::kv::{AttentionSpan, KvStore, SeqId};
-use crate::linear::Linear;
+use crate::linear::{split_columns, Linear};
 
 /// How linear-layer weights are kept in memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -52,13 +52,12 @@ pub struct SeqChunk<'a> {
 
 struct Layer {
     attn_norm: Tensor,
-    wq: Linear,
-    wk: Linear,
-    wv: Linear,
+    /// Q, K and V stacked: one matmul.
+    qkv: Linear,
     wo: Linear,
     ffn_norm: Tensor,
-    w_gate: Linear,
-    w_up: Linear,
+    /// Gate and up stacked: one matmul.
+    gate_up: Linear,
     w_down: Linear,
 }
 
@@ -85,6 +84,13 @@ impl Llama {
         let linear = |file: &mut GgufFile, name: &str| -> Result<Linear> {
             Linear::new(file.tensor(name, device)?, format, device)
         };
+        let fused = |file: &mut GgufFile, names: &[&str]| -> Result<Linear> {
+            let parts = names
+                .iter()
+                .map(|n| file.tensor(n, device))
+                .collect::<Result<Vec<_>>>()?;
+            Linear::fused(parts, format, device)
+        };
         let vector = |file: &mut GgufFile, name: &str| -> Result<Tensor> {
             Ok(file.tensor(name, device)?.dequantize(device)?)
         };
@@ -107,13 +113,10 @@ impl Llama {
             let p = |s: &str| format!("blk.{i}.{s}.weight");
             layers.push(Layer {
                 attn_norm: vector(file, &p("attn_norm"))?,
-                wq: linear(file, &p("attn_q"))?,
-                wk: linear(file, &p("attn_k"))?,
-                wv: linear(file, &p("attn_v"))?,
+                qkv: fused(file, &[&p("attn_q"), &p("attn_k"), &p("attn_v")])?,
                 wo: linear(file, &p("attn_output"))?,
                 ffn_norm: vector(file, &p("ffn_norm"))?,
-                w_gate: linear(file, &p("ffn_gate"))?,
-                w_up: linear(file, &p("ffn_up"))?,
+                gate_up: fused(file, &[&p("ffn_gate"), &p("ffn_up")])?,
                 w_down: linear(file, &p("ffn_down"))?,
             });
         }
@@ -200,8 +203,10 @@ impl Llama {
             let attn = self.attention(li, layer, &h, &cos, &sin, &spans, kv)?;
             x = (x + layer.wo.forward(&attn)?)?;
             let h = rms_norm(&x, &layer.ffn_norm, cfg.rms_eps as f32)?;
-            let gate = candle_nn::ops::silu(&layer.w_gate.forward(&h)?)?;
-            let up = layer.w_up.forward(&h)?;
+            let gate_up =
+                split_columns(&layer.gate_up.forward(&h)?, &[cfg.ffn_size, cfg.ffn_size])?;
+            let gate = candle_nn::ops::silu(&gate_up[0])?;
+            let up = &gate_up[1];
             x = (x + layer.w_down.forward(&(gate * up)?)?)?;
         }
         let last = Tensor::from_vec(last_rows, chunks.len(), &self.device)?;
@@ -237,9 +242,10 @@ impl Llama {
                 .contiguous()?)
         };
         let scale = 1.0 / (hd as f64).sqrt();
-        let q = (rotate(layer.wq.forward(h)?, nh)? * scale)?;
-        let k = rotate(layer.wk.forward(h)?, nkv)?;
-        let v = layer.wv.forward(h)?.reshape((total, nkv, hd))?;
+        let qkv = split_columns(&layer.qkv.forward(h)?, &[nh * hd, nkv * hd, nkv * hd])?;
+        let q = (rotate(qkv[0].clone(), nh)? * scale)?;
+        let k = rotate(qkv[1].clone(), nkv)?;
+        let v = qkv[2].reshape((total, nkv, hd))?;
         kv.attend(layer_index, spans, &q, &k, &v)
     }
 }
