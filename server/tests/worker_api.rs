@@ -135,12 +135,15 @@ async fn a_client_that_disconnects_mid_stream_frees_its_blocks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn with_a_small_kv_cache_thirty_two_concurrent_requests_all_complete_correctly() {
-    // 24 blocks of 16 = 384 positions; each request needs up to ~50, so 32 at once do not fit.
+    // 96 blocks of 4 = 384 positions; each request needs up to ~45 (12 blocks), so 32 at once
+    // do not fit. Small blocks make preemption certain rather than a matter of timing: the
+    // ~19 sequences admitted together (prompt blocks plus one spare each) keep growing during
+    // decode to about twice the cache.
     let w = Worker::start(&[
         "--kv-cache-tokens",
         "384",
         "--block-size",
-        "16",
+        "4",
         "--max-batch-size",
         "32",
     ]);
@@ -161,6 +164,7 @@ async fn with_a_small_kv_cache_thirty_two_concurrent_requests_all_complete_corre
     }
     let m = metrics(&c, &w).await;
     let preemptions = metric_value(&m, "migserve_preemptions_total").unwrap_or(0.0);
+    eprintln!("preemptions: {preemptions}");
     assert!(
         preemptions > 0.0,
         "the cache was meant to be too small:\n{m}"

@@ -158,17 +158,15 @@ impl Scheduler {
             let n = seq.remaining().min(budget);
             let needed = blocks.blocks_missing(seq.id, seq.computed + n);
             // Keep one free block per running sequence so admission does not force preemption.
-            let reserve = if self.running.is_empty() {
-                0
-            } else {
-                self.running.len()
-            };
+            let reserve = self.running.len();
             if needed + reserve > blocks.free_blocks()
                 || blocks.ensure(seq.id, seq.computed + n).is_err()
             {
                 break;
             }
-            let seq = self.waiting.pop_front().expect("front exists");
+            let Some(seq) = self.waiting.pop_front() else {
+                break;
+            };
             plan.chunks.push(ScheduledChunk {
                 seq: seq.id,
                 start: seq.computed,
