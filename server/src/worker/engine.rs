@@ -164,7 +164,6 @@ struct Active {
     sampler: Sampler,
     decoder: IncrementalDecoder,
     text: String,
-    prompt_len: usize,
     generated: usize,
     request: EngineRequest,
     first_scheduled: Option<Instant>,
@@ -235,7 +234,6 @@ impl Engine {
                 sampler,
                 decoder: IncrementalDecoder::new(),
                 text: String::new(),
-                prompt_len: s.request.prompt.len(),
                 generated: 0,
                 request: s.request,
                 first_scheduled: None,
@@ -411,7 +409,7 @@ impl Engine {
             }
             FinishEvent {
                 reason,
-                prompt_tokens: a.prompt_len,
+                prompt_tokens: a.request.prompt.len(),
                 generated_tokens: a.generated,
                 queue_time: first_scheduled.duration_since(a.request.arrived),
                 inference_time: now.duration_since(first_scheduled),
