@@ -38,13 +38,7 @@ async fn generate_ids(
 }
 
 async fn metrics(c: &reqwest::Client, w: &Worker) -> String {
-    c.get(w.at("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    common::metrics_text(c, &w.url).await
 }
 
 const PROMPTS: [&str; 8] = [

@@ -1,6 +1,8 @@
 //! Command-line interface: one subcommand per job.
 
 mod generate;
+mod serve;
+mod slices;
 
 use clap::{Parser, Subcommand};
 
@@ -24,6 +26,10 @@ pub enum Command {
     Generate(generate::GenerateArgs),
     /// Serve one model over HTTP (TGI and OpenAI APIs) with continuous batching.
     Worker(crate::worker::WorkerArgs),
+    /// List the GPU's MIG slices (or emulated / inventoried ones).
+    Slices(slices::SlicesArgs),
+    /// Run the supervisor and router: one worker per slice behind one endpoint.
+    Serve(serve::ServeArgs),
 }
 
 /// Runs the parsed command.
@@ -31,5 +37,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Generate(args) => generate::run(args),
         Command::Worker(args) => crate::worker::run(args),
+        Command::Slices(args) => slices::run(args),
+        Command::Serve(args) => serve::run(args),
     }
 }

@@ -24,7 +24,8 @@ use paged_cache::PagedKvCache;
 use scheduler::SchedulerConfig;
 
 /// Which device a worker runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum DeviceKind {
     Cpu,
     Cuda,
@@ -92,6 +93,7 @@ pub struct WorkerArgs {
 
 /// Runs `migserve worker` until SIGTERM or Ctrl-C.
 pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
+    exit_with_supervisor();
     if args.device == DeviceKind::Cuda {
         bail!("this build of migserve has no CUDA support (the `cuda` feature); use --device cpu");
     }
@@ -213,6 +215,31 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
         args.listen,
         Duration::from_secs(args.drain_timeout_secs),
     ))
+}
+
+/// Under a supervisor (`MIGSERVE_SUPERVISOR_PID` set), exits as soon as the supervisor is
+/// gone, so that no worker outlives it (backs up the `PR_SET_PDEATHSIG` set at spawn).
+fn exit_with_supervisor() {
+    let Some(supervisor) = std::env::var(crate::supervisor::process::SUPERVISOR_PID_ENV)
+        .ok()
+        .and_then(|pid| pid.parse::<u32>().ok())
+    else {
+        return;
+    };
+    let spawned = std::thread::Builder::new()
+        .name("supervisor-watch".into())
+        .spawn(move || loop {
+            // SAFETY: getppid(2) has no preconditions.
+            let parent = unsafe { libc::getppid() } as u32;
+            if parent != supervisor {
+                eprintln!("supervisor {supervisor} is gone; worker exiting");
+                std::process::exit(1);
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot watch the supervisor");
+    }
 }
 
 async fn serve(

@@ -23,6 +23,41 @@ pub fn model_path() -> PathBuf {
     path
 }
 
+/// Spawns `command` (stdout piped, stderr inherited, `RUST_LOG` default warn) and waits up to
+/// `timeout_secs` for a stdout line starting with `prefix`; returns the child and the rest of
+/// that line.
+pub fn spawn_until_line(
+    mut command: Command,
+    prefix: &'static str,
+    timeout_secs: u64,
+) -> (Child, String) {
+    let mut child = command
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn migserve");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(rest) = line.strip_prefix(prefix) {
+                let _ = tx.send(rest.to_string());
+            }
+        }
+    });
+    match rx.recv_timeout(Duration::from_secs(timeout_secs)) {
+        Ok(rest) => (child, rest),
+        Err(_) => {
+            let _ = child.kill();
+            panic!("no {prefix:?} line within {timeout_secs} s");
+        }
+    }
+}
+
 /// A worker process, killed when dropped.
 pub struct Worker {
     child: Child,
@@ -34,7 +69,8 @@ impl Worker {
     /// and waits for its ready line.
     pub fn start(extra: &[&str]) -> Self {
         let model = model_path();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_migserve"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_migserve"));
+        command
             .args([
                 "worker",
                 "--model",
@@ -42,31 +78,8 @@ impl Worker {
                 "--listen",
                 "127.0.0.1:0",
             ])
-            .args(extra)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn migserve worker");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(url) = line.strip_prefix("migserve worker listening on ") {
-                    let _ = tx.send(url.to_string());
-                }
-            }
-        });
-        let url = match rx.recv_timeout(Duration::from_secs(120)) {
-            Ok(url) => url,
-            Err(_) => {
-                let _ = child.kill();
-                panic!("worker did not report ready within 120 s");
-            }
-        };
+            .args(extra);
+        let (child, url) = spawn_until_line(command, "migserve worker listening on ", 120);
         Self { child, url }
     }
 
@@ -109,4 +122,145 @@ pub fn metric_value(text: &str, name: &str) -> Option<f64> {
         .find(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
+}
+
+/// A `migserve serve` process on a free port, killed when dropped.
+pub struct Serve {
+    pub child: Child,
+    pub url: String,
+}
+
+impl Serve {
+    /// Writes `config` (with `{model}` replaced by the real model's path) to a file and starts
+    /// `migserve serve` on it on 127.0.0.1:0; returns once the front listens.
+    pub fn start(name: &str, config: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("migserve-serve-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{name}.toml"));
+        let model = model_path();
+        std::fs::write(&path, config.replace("{model}", model.to_str().unwrap())).unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_migserve"));
+        command.args([
+            "serve",
+            "--config",
+            path.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ]);
+        let (child, url) = spawn_until_line(command, "migserve serving on ", 60);
+        Self { child, url }
+    }
+
+    /// Full URL of `path` on the front.
+    pub fn at(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
+    }
+
+    /// `GET /slices`.
+    pub async fn slices(&self, c: &reqwest::Client) -> Vec<serde_json::Value> {
+        c.get(self.at("/slices"))
+            .send()
+            .await
+            .expect("GET /slices")
+            .json()
+            .await
+            .expect("/slices JSON")
+    }
+
+    /// Polls `/slices` until `done` holds for it; panics after `timeout`.
+    pub async fn wait_slices(
+        &self,
+        c: &reqwest::Client,
+        timeout: Duration,
+        what: &str,
+        done: impl Fn(&[serde_json::Value]) -> bool,
+    ) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let slices = self.slices(c).await;
+            if done(&slices) {
+                return slices;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {slices:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Sends a signal to the serve process.
+    pub fn signal(&self, signal: &str) {
+        let _ = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status();
+    }
+
+    /// Waits for exit up to `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// True while a process exists and is not a zombie.
+pub fn process_alive(pid: u64) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name.
+        Ok(stat) => !matches!(
+            stat.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().chars().next()),
+            Some(Some('Z' | 'X'))
+        ),
+        Err(_) => false,
+    }
+}
+
+/// One variable of a process's environment, from /proc/PID/environ.
+pub fn process_env(pid: u64, name: &str) -> Option<String> {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    environ
+        .split(|b| *b == 0)
+        .filter_map(|entry| std::str::from_utf8(entry).ok())
+        .find_map(|entry| {
+            entry
+                .strip_prefix(name)?
+                .strip_prefix('=')
+                .map(str::to_string)
+        })
+}
+
+/// Parent pid of a process, from /proc/PID/stat.
+pub fn parent_pid(pid: u64) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// `GET {base}/metrics` as text.
+pub async fn metrics_text(c: &reqwest::Client, base: &str) -> String {
+    c.get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text")
 }

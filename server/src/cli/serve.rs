@@ -1,0 +1,120 @@
+//! `migserve serve`: discover slices, place models, supervise one worker per slice, and serve
+//! one endpoint in front of them.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+use crate::config::{placement, DeployConfig, EMBEDDED_DEFAULT};
+use crate::slices::ProbeError;
+use crate::supervisor::{Supervisor, Timings};
+
+/// Arguments of `migserve serve`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Deployment config (TOML); default: the embedded configs/local.toml (CPU, three
+    /// emulated slices, SmolLM2), with paths relative to ./configs.
+    #[arg(long, env = "MIGSERVE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Listen address; overrides the config's `listen`.
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Validate the config and print the placement, then exit without starting anything.
+    #[arg(long)]
+    pub check: bool,
+}
+
+/// Loads a config file, or the embedded default.
+pub fn load_config(path: Option<&Path>) -> anyhow::Result<DeployConfig> {
+    Ok(match path {
+        Some(path) => DeployConfig::from_file(path)?,
+        None => DeployConfig::from_str_at(
+            EMBEDDED_DEFAULT,
+            "embedded default (configs/local.toml)",
+            Path::new("configs"),
+        )?,
+    })
+}
+
+/// Runs `migserve serve` until SIGTERM or Ctrl-C.
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = load_config(args.config.as_deref())?;
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    let source = config.slice_source().map_err(anyhow::Error::msg)?;
+    let slices = source.probe().map_err(|e| match e {
+        ProbeError::NoDriver(reason) => anyhow::anyhow!(
+            "no NVIDIA driver ({reason}); set [slices] source = \"emulate\" or \"inventory\" in the config"
+        ),
+        other => other.into(),
+    })?;
+    let assignments = placement::place(&config, &slices)?;
+    for a in &assignments {
+        tracing::info!(
+            slice = %a.slice.id,
+            profile = %a.slice.profile,
+            model = %a.model.name,
+            device = ?a.device,
+            footprint_gb = a.footprint_bytes as f64 / 1e9,
+            "placed"
+        );
+    }
+    let idle: Vec<&str> = slices
+        .iter()
+        .filter(|s| !assignments.iter().any(|a| a.slice.id == s.id))
+        .map(|s| s.id.as_str())
+        .collect();
+    if !idle.is_empty() {
+        tracing::info!(slices = ?idle, "slices left idle (no model placed on them)");
+    }
+    if args.check {
+        for a in &assignments {
+            println!(
+                "{}\t{}\t{}\t{:?}\t{:.2} GB",
+                a.slice.id,
+                a.slice.profile,
+                a.model.name,
+                a.device,
+                a.footprint_bytes as f64 / 1e9
+            );
+        }
+        return Ok(());
+    }
+    let exe = std::env::current_exe().context("finding the migserve binary")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let timings = Timings::from(&config.supervisor);
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        let local = listener.local_addr()?;
+        let supervisor = Supervisor::start(assignments, timings.clone(), exe);
+        let front = crate::router::Front::new(supervisor.slots(), &config);
+        let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+        let server = axum::serve(listener, front.app()).with_graceful_shutdown(async move {
+            let _ = stop_rx.changed().await;
+        });
+        let server = tokio::spawn(async move { server.await });
+        // Machine-readable ready line (the workers may still be loading: see /slices).
+        println!("migserve serving on http://{local}");
+        tracing::info!(%local, "front listening");
+        crate::worker::shutdown_signal().await;
+        tracing::info!(
+            drain_secs = timings.drain.as_secs_f64(),
+            "shutting down: no new requests, draining"
+        );
+        let _ = stop_tx.send(true);
+        if tokio::time::timeout(timings.drain, server).await.is_err() {
+            tracing::warn!("drain timeout reached; stopping workers with requests in flight");
+        }
+        supervisor.shutdown().await;
+        tracing::info!("all workers stopped");
+        anyhow::Ok(())
+    })
+}

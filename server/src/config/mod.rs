@@ -1,0 +1,321 @@
+//! The deployment config (`migserve serve --config FILE`): where slices come from, which
+//! models run on them, and how the supervisor and router behave.
+//!
+//! Unknown keys are refused; relative paths are relative to the config file.
+
+pub mod placement;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::slices::emulate::{self, EmulationTarget};
+use crate::slices::{Profile, SliceSource};
+use crate::worker::DeviceKind;
+
+/// The embedded default deployment: CPU, three emulated slices, the real SmolLM2 model.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../../../configs/local.toml");
+
+/// Why a config was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("config {path}: {message}")]
+    Invalid { path: String, message: String },
+    #[error("placement: {0}")]
+    Placement(String),
+}
+
+/// The whole deployment config.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployConfig {
+    /// Address of the front endpoint.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Where slices come from.
+    pub slices: SlicesSection,
+    /// Supervisor timings and limits.
+    #[serde(default)]
+    pub supervisor: SupervisorSection,
+    /// Models and where they run.
+    #[serde(default)]
+    pub models: Vec<ModelSection>,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+
+/// Which source to read slices from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    Nvml,
+    Inventory,
+    Emulate,
+}
+
+/// `[slices]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlicesSection {
+    pub source: SourceKind,
+    /// Inventory file (`source = "inventory"`).
+    pub inventory: Option<PathBuf>,
+    /// Emulation spec such as `3x1g.10gb` (`source = "emulate"`).
+    pub emulate: Option<String>,
+    /// `cpu` (default), `gpu` or `gpu:N`.
+    pub emulate_on: Option<String>,
+}
+
+/// `[supervisor]`: how workers are started, watched and stopped.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SupervisorSection {
+    /// Seconds a worker may take to load its model and report ready.
+    pub ready_timeout_secs: f64,
+    /// Seconds between health checks of a ready worker.
+    pub health_interval_secs: f64,
+    /// Seconds one health check may take.
+    pub health_timeout_secs: f64,
+    /// Consecutive failed health checks after which a worker counts as hung and is restarted.
+    pub unhealthy_after: u32,
+    /// First restart delay in seconds; doubles with each crash in a row.
+    pub restart_backoff_secs: f64,
+    /// Longest restart delay in seconds.
+    pub restart_backoff_max_secs: f64,
+    /// Crashes within `crash_window_secs` after which the slice is marked failed.
+    pub max_crashes: u32,
+    pub crash_window_secs: f64,
+    /// Seconds in-flight requests may take to finish after SIGTERM.
+    pub drain_timeout_secs: f64,
+    /// Seconds a worker gets between SIGTERM and SIGKILL (after the drain).
+    pub stop_timeout_secs: f64,
+}
+
+impl Default for SupervisorSection {
+    fn default() -> Self {
+        Self {
+            ready_timeout_secs: 300.0,
+            health_interval_secs: 2.0,
+            health_timeout_secs: 2.0,
+            unhealthy_after: 3,
+            restart_backoff_secs: 0.5,
+            restart_backoff_max_secs: 30.0,
+            max_crashes: 5,
+            crash_window_secs: 300.0,
+            drain_timeout_secs: 30.0,
+            stop_timeout_secs: 10.0,
+        }
+    }
+}
+
+/// One `[[models]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// Name clients ask for (OpenAI `model`).
+    pub name: String,
+    /// GGUF file.
+    pub path: PathBuf,
+    /// Run on this many slices (any profile that fits).
+    pub replicas: Option<usize>,
+    /// Run on one slice of each listed profile.
+    pub profiles: Option<Vec<String>>,
+    /// Run on exactly these slices (ids such as `mig0-3` or UUIDs).
+    pub slices: Option<Vec<String>>,
+    /// Device of its workers; default: cpu on CPU slices, cuda otherwise.
+    pub device: Option<DeviceKind>,
+    /// Engine limits passed to its workers.
+    #[serde(default)]
+    pub engine: EngineSection,
+}
+
+/// `[models.engine]`: the worker flags of the same names.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineSection {
+    pub max_batch_size: Option<usize>,
+    pub max_batch_tokens: Option<usize>,
+    pub max_total_tokens: Option<usize>,
+    pub max_input_tokens: Option<usize>,
+    pub kv_cache_tokens: Option<usize>,
+    pub block_size: Option<usize>,
+    pub max_concurrent_requests: Option<usize>,
+    pub default_max_new_tokens: Option<usize>,
+    pub weights: Option<String>,
+}
+
+/// Worker default for `--kv-cache-tokens` (kept equal to the flag's default).
+pub const DEFAULT_KV_CACHE_TOKENS: usize = 16384;
+
+impl EngineSection {
+    /// The worker command-line flags this section sets.
+    pub fn to_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        let mut push = |flag: &str, value: Option<String>| {
+            if let Some(value) = value {
+                args.push(format!("--{flag}"));
+                args.push(value);
+            }
+        };
+        let s = |v: Option<usize>| v.map(|v| v.to_string());
+        push("max-batch-size", s(self.max_batch_size));
+        push("max-batch-tokens", s(self.max_batch_tokens));
+        push("max-total-tokens", s(self.max_total_tokens));
+        push("max-input-tokens", s(self.max_input_tokens));
+        push("kv-cache-tokens", s(self.kv_cache_tokens));
+        push("block-size", s(self.block_size));
+        push("max-concurrent-requests", s(self.max_concurrent_requests));
+        push("default-max-new-tokens", s(self.default_max_new_tokens));
+        push("weights", self.weights.clone());
+        args
+    }
+}
+
+impl DeployConfig {
+    /// Reads, parses and validates a config file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::from_str_at(&text, &path.display().to_string(), base)
+    }
+
+    /// Parses and validates config text; relative paths are resolved against `base`.
+    pub fn from_str_at(text: &str, name: &str, base: &Path) -> Result<Self, ConfigError> {
+        let mut config: DeployConfig = toml::from_str(text).map_err(|e| {
+            let line = e.span().map(|span| {
+                1 + text.as_bytes()[..span.start.min(text.len())]
+                    .iter()
+                    .filter(|b| **b == b'\n')
+                    .count()
+            });
+            ConfigError::Parse {
+                path: name.into(),
+                message: match line {
+                    Some(line) => format!("line {line}: {}", e.message()),
+                    None => e.message().to_string(),
+                },
+            }
+        })?;
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        for model in &mut config.models {
+            resolve(&mut model.path);
+        }
+        if let Some(p) = config.slices.inventory.as_mut() {
+            resolve(p);
+        }
+        config.validate().map_err(|message| ConfigError::Invalid {
+            path: name.into(),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    /// The slice source this config names.
+    pub fn slice_source(&self) -> Result<SliceSource, String> {
+        let s = &self.slices;
+        match s.source {
+            SourceKind::Nvml => Ok(SliceSource::Nvml),
+            SourceKind::Inventory => s
+                .inventory
+                .clone()
+                .map(SliceSource::Inventory)
+                .ok_or_else(|| "[slices] source = \"inventory\" needs `inventory = FILE`".into()),
+            SourceKind::Emulate => {
+                let spec = s.emulate.clone().ok_or(
+                    "[slices] source = \"emulate\" needs `emulate = SPEC` (e.g. \"3x1g.10gb\")",
+                )?;
+                emulate::parse_spec(&spec).map_err(|e| format!("[slices] emulate: {e}"))?;
+                let target: EmulationTarget = s
+                    .emulate_on
+                    .as_deref()
+                    .unwrap_or("cpu")
+                    .parse()
+                    .map_err(|e| format!("[slices] emulate_on: {e}"))?;
+                Ok(SliceSource::Emulate { spec, target })
+            }
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        self.slice_source()?;
+        if self.models.is_empty() {
+            return Err("no [[models]]: name at least one model to serve".into());
+        }
+        let sup = &self.supervisor;
+        for (name, value) in [
+            ("ready_timeout_secs", sup.ready_timeout_secs),
+            ("health_interval_secs", sup.health_interval_secs),
+            ("health_timeout_secs", sup.health_timeout_secs),
+            ("restart_backoff_secs", sup.restart_backoff_secs),
+            ("restart_backoff_max_secs", sup.restart_backoff_max_secs),
+            ("crash_window_secs", sup.crash_window_secs),
+            ("drain_timeout_secs", sup.drain_timeout_secs),
+            ("stop_timeout_secs", sup.stop_timeout_secs),
+        ] {
+            if !(value.is_finite() && value > 0.0) {
+                return Err(format!(
+                    "[supervisor] {name} must be a positive number of seconds"
+                ));
+            }
+        }
+        if sup.max_crashes == 0 || sup.unhealthy_after == 0 {
+            return Err("[supervisor] max_crashes and unhealthy_after must be at least 1".into());
+        }
+        for (i, model) in self.models.iter().enumerate() {
+            let at = format!("model {:?}", model.name);
+            if model.name.trim().is_empty() {
+                return Err(format!("[[models]] entry {} has an empty name", i + 1));
+            }
+            if self.models[..i].iter().any(|m| m.name == model.name) {
+                return Err(format!("{at} is named twice"));
+            }
+            if !model.path.is_file() {
+                return Err(format!(
+                    "{at}: model file {} does not exist",
+                    model.path.display()
+                ));
+            }
+            let ways = [
+                model.replicas.is_some(),
+                model.profiles.is_some(),
+                model.slices.is_some(),
+            ];
+            if ways.iter().filter(|w| **w).count() > 1 {
+                return Err(format!("{at}: give one of replicas, profiles or slices"));
+            }
+            if model.replicas == Some(0) {
+                return Err(format!("{at}: replicas must be at least 1"));
+            }
+            for profile in model.profiles.iter().flatten() {
+                if Profile::parse(profile).is_none() {
+                    return Err(format!(
+                        "{at}: unknown profile {profile:?} (expected a MIG profile such as 1g.10gb, or full)"
+                    ));
+                }
+            }
+            if let Some(weights) = &model.engine.weights {
+                weights
+                    .parse::<migserve_models::WeightFormat>()
+                    .map_err(|e| format!("{at}: {e}"))?;
+            }
+        }
+        Ok(())
+    }
+}

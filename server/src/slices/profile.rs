@@ -1,0 +1,164 @@
+//! MIG profile names (`1g.10gb`, `3g.40gb`, `1g.10gb+me`) and what they imply.
+
+use std::fmt;
+
+/// A parsed MIG profile name, or a whole GPU (`full`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    /// A MIG profile: `<compute>g.<memory>gb`, optionally with media extensions (`+me`).
+    Mig {
+        /// GPU compute slices (1 to 7 on H100 and A100).
+        compute_slices: u32,
+        /// Memory in decimal gigabytes, as the name says.
+        memory_gb: u32,
+        /// The `+me` media-extension variant.
+        media: bool,
+    },
+    /// A whole GPU.
+    Full,
+}
+
+/// Most GPU compute slices a GPU has (H100, H200, A100).
+pub const MAX_COMPUTE_SLICES: u32 = 7;
+
+impl Profile {
+    /// Parses a profile name; `None` when it is not one.
+    pub fn parse(name: &str) -> Option<Self> {
+        if name == "full" {
+            return Some(Profile::Full);
+        }
+        let (base, media) = match name.strip_suffix("+me") {
+            Some(base) => (base, true),
+            None => (name, false),
+        };
+        let (compute, memory) = base.split_once('.')?;
+        let compute_slices: u32 = compute.strip_suffix('g')?.parse().ok()?;
+        let memory_gb: u32 = memory.strip_suffix("gb")?.parse().ok()?;
+        if !(1..=MAX_COMPUTE_SLICES).contains(&compute_slices) || memory_gb == 0 {
+            return None;
+        }
+        Some(Profile::Mig {
+            compute_slices,
+            memory_gb,
+            media,
+        })
+    }
+
+    /// Memory the name promises, in bytes (decimal GB: never more than the real slice has).
+    pub fn memory_bytes(&self) -> Option<u64> {
+        match self {
+            Profile::Mig { memory_gb, .. } => Some(u64::from(*memory_gb) * 1_000_000_000),
+            Profile::Full => None,
+        }
+    }
+
+    /// Compute slices out of [`MAX_COMPUTE_SLICES`] (`full` counts as all of them).
+    pub fn compute_slices(&self) -> u32 {
+        match self {
+            Profile::Mig { compute_slices, .. } => *compute_slices,
+            Profile::Full => MAX_COMPUTE_SLICES,
+        }
+    }
+}
+
+impl fmt::Display for Profile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Profile::Mig {
+                compute_slices,
+                memory_gb,
+                media,
+            } => write!(
+                f,
+                "{compute_slices}g.{memory_gb}gb{}",
+                if *media { "+me" } else { "" }
+            ),
+            Profile::Full => f.write_str("full"),
+        }
+    }
+}
+
+/// Memory of a whole GPU guessed from its marketing name (`NVIDIA H100 80GB HBM3`, `NVIDIA
+/// H200`), for sources that do not report it (an `nvidia-smi -L` text).
+pub fn gpu_memory_from_name(name: &str) -> Option<u64> {
+    let upper = name.to_ascii_uppercase();
+    let from_digits = upper
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter_map(|word| word.strip_suffix("GB")?.parse::<u64>().ok())
+        .next_back();
+    let gb = from_digits.or_else(|| {
+        [("H200", 141), ("GH200", 96), ("H100 NVL", 94), ("A30", 24)]
+            .iter()
+            .find(|(model, _)| upper.contains(model))
+            .map(|(_, gb)| *gb)
+    })?;
+    Some(gb * 1_000_000_000)
+}
+
+/// Streaming multiprocessors per compute slice, by GPU family (H100/H200: 16, A100/A30: 14).
+pub fn sms_per_compute_slice(gpu_name: &str) -> Option<u32> {
+    let upper = gpu_name.to_ascii_uppercase();
+    if upper.contains("H100") || upper.contains("H200") || upper.contains("H800") {
+        Some(16)
+    } else if upper.contains("A100") || upper.contains("A30") || upper.contains("A800") {
+        Some(14)
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_prints_profiles() {
+        for name in [
+            "1g.10gb",
+            "3g.40gb",
+            "7g.80gb",
+            "1g.10gb+me",
+            "full",
+            "1g.18gb",
+        ] {
+            let profile = Profile::parse(name).unwrap_or_else(|| panic!("{name}"));
+            assert_eq!(profile.to_string(), name);
+        }
+        assert_eq!(
+            Profile::parse("2g.20gb").unwrap().memory_bytes(),
+            Some(20_000_000_000)
+        );
+        assert_eq!(Profile::parse("3g.40gb").unwrap().compute_slices(), 3);
+    }
+
+    #[test]
+    fn refuses_malformed_profiles() {
+        for name in [
+            "",
+            "1g",
+            "10gb",
+            "8g.80gb",
+            "0g.10gb",
+            "1g.0gb",
+            "1x.10gb",
+            "1g.10gb+xx",
+            "FULL",
+        ] {
+            assert!(Profile::parse(name).is_none(), "{name}");
+        }
+    }
+
+    #[test]
+    fn guesses_gpu_memory_from_names() {
+        assert_eq!(
+            gpu_memory_from_name("NVIDIA H100 80GB HBM3"),
+            Some(80_000_000_000)
+        );
+        assert_eq!(
+            gpu_memory_from_name("NVIDIA A100-SXM4-40GB"),
+            Some(40_000_000_000)
+        );
+        assert_eq!(gpu_memory_from_name("NVIDIA H200"), Some(141_000_000_000));
+        assert_eq!(gpu_memory_from_name("Tesla T4"), None);
+    }
+}

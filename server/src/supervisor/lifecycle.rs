@@ -1,0 +1,197 @@
+//! The life of one slot: start the worker, wait until ready, health-check it, restart it with
+//! backoff when it crashes or hangs, give up after too many crashes, stop it on shutdown.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use super::backoff::{Backoff, CrashWindow};
+use super::process::{spawn_worker, terminate, SpawnedWorker};
+use super::slot::{SlotState, WorkerSlot};
+use super::Timings;
+
+/// How one run of a worker ended.
+enum Ending {
+    /// Shutdown was asked for.
+    Shutdown,
+    /// It exited, failed to start, or stopped answering health checks.
+    Crashed { reason: String, up_for: Duration },
+}
+
+/// Runs the slot until shutdown or until it is marked failed.
+pub async fn run_slot(
+    slot: Arc<WorkerSlot>,
+    exe: PathBuf,
+    timings: Timings,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut backoff = Backoff::new(timings.restart_backoff, timings.restart_backoff_max);
+    let mut crashes = CrashWindow::new(timings.max_crashes, timings.crash_window);
+    let http = reqwest::Client::builder()
+        .timeout(timings.health_timeout)
+        .build()
+        .unwrap_or_default();
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        slot.update(|s| {
+            s.state = SlotState::Starting;
+            s.url = None;
+            s.pid = None;
+            s.generation += 1;
+        });
+        let ending = match spawn_worker(&exe, &slot.assignment, timings.drain) {
+            Ok(mut worker) => {
+                slot.update(|s| s.pid = Some(worker.pid));
+                tracing::info!(
+                    slice = slot.id(),
+                    model = slot.model(),
+                    pid = worker.pid,
+                    "worker started"
+                );
+                let ending = watch_worker(&slot, &mut worker, &http, &timings, &mut shutdown).await;
+                if matches!(ending, Ending::Shutdown) {
+                    slot.update(|s| s.state = SlotState::Stopping);
+                }
+                // Shutdown: let it drain; crash or hang: it is dead or stuck, stop it now.
+                let grace = match ending {
+                    Ending::Shutdown => timings.drain + timings.stop,
+                    Ending::Crashed { .. } => Duration::from_millis(200),
+                };
+                terminate(&mut worker.child, worker.pid, grace).await;
+                ending
+            }
+            Err(e) => Ending::Crashed {
+                reason: format!("cannot start {}: {e}", exe.display()),
+                up_for: Duration::ZERO,
+            },
+        };
+        match ending {
+            Ending::Shutdown => break,
+            Ending::Crashed { reason, up_for } => {
+                if *shutdown.borrow() {
+                    break;
+                }
+                if up_for >= timings.crash_window {
+                    backoff.reset();
+                }
+                let failed = crashes.record(Instant::now());
+                slot.update(|s| {
+                    s.url = None;
+                    s.pid = None;
+                    s.last_error = Some(reason.clone());
+                    s.restarts += 1;
+                    s.state = if failed {
+                        SlotState::Failed
+                    } else {
+                        SlotState::Restarting
+                    };
+                });
+                if failed {
+                    tracing::error!(
+                        slice = slot.id(),
+                        model = slot.model(),
+                        crashes = crashes.count(),
+                        window_secs = timings.crash_window.as_secs_f64(),
+                        %reason,
+                        "slice failed: its worker crashed too often; not restarting it"
+                    );
+                    return;
+                }
+                let delay = backoff.next_delay();
+                tracing::warn!(slice = slot.id(), %reason, delay_ms = delay.as_millis() as u64, "worker down; restarting");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.changed() => {}
+                }
+            }
+        }
+    }
+    slot.update(|s| {
+        s.state = SlotState::Stopped;
+        s.url = None;
+        s.pid = None;
+    });
+}
+
+/// Watches one running worker until it ends or shutdown is asked for.
+async fn watch_worker(
+    slot: &WorkerSlot,
+    worker: &mut SpawnedWorker,
+    http: &reqwest::Client,
+    timings: &Timings,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Ending {
+    let started = Instant::now();
+    let exited = |status: std::io::Result<std::process::ExitStatus>, worker: &SpawnedWorker| {
+        // A worker that exits with an error code says why in its last line ("error: …");
+        // one killed by a signal does not.
+        let last_line = match &status {
+            Ok(s) if s.code().is_some() => worker.last_log_line(),
+            _ => None,
+        };
+        let status = status
+            .map(|s| s.to_string())
+            .unwrap_or_else(|e| e.to_string());
+        match last_line {
+            Some(line) => format!("worker exited ({status}): {line}"),
+            None => format!("worker exited ({status})"),
+        }
+    };
+    // Phase 1: wait for the ready line.
+    let url = tokio::select! {
+        url = &mut worker.ready => match url {
+            Ok(url) => url,
+            // Its stdout closed without a ready line: it is exiting.
+            Err(_) => {
+                let status = worker.child.wait().await;
+                return Ending::Crashed { reason: exited(status, worker), up_for: started.elapsed() };
+            }
+        },
+        status = worker.child.wait() => {
+            return Ending::Crashed { reason: exited(status, worker), up_for: started.elapsed() };
+        }
+        _ = tokio::time::sleep(timings.ready_timeout) => {
+            return Ending::Crashed {
+                reason: format!("not ready after {:.0} s", timings.ready_timeout.as_secs_f64()),
+                up_for: started.elapsed(),
+            };
+        }
+        _ = shutdown.changed() => return Ending::Shutdown,
+    };
+    tracing::info!(slice = slot.id(), %url, load_secs = started.elapsed().as_secs_f64(), "worker ready");
+    slot.update(|s| {
+        s.state = SlotState::Ready;
+        s.url = Some(url.clone());
+    });
+    // Phase 2: health checks until it exits, hangs, or shutdown.
+    let ready_at = Instant::now();
+    let health_url = format!("{url}/health");
+    let mut failures = 0u32;
+    let mut ticker = tokio::time::interval(timings.health_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            status = worker.child.wait() => {
+                return Ending::Crashed { reason: exited(status, worker), up_for: ready_at.elapsed() };
+            }
+            _ = shutdown.changed() => return Ending::Shutdown,
+            _ = ticker.tick() => {
+                let healthy = matches!(
+                    http.get(&health_url).send().await,
+                    Ok(response) if response.status().is_success()
+                );
+                failures = if healthy { 0 } else { failures + 1 };
+                if failures >= timings.unhealthy_after {
+                    return Ending::Crashed {
+                        reason: format!("hung: {failures} health checks in a row failed"),
+                        up_for: ready_at.elapsed(),
+                    };
+                }
+            }
+        }
+    }
+}

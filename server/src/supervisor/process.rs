@@ -1,0 +1,189 @@
+//! Spawning one worker process pinned to its slice, forwarding its logs, and stopping it.
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::oneshot;
+
+use crate::config::placement::Assignment;
+use crate::worker::DeviceKind;
+
+/// The line a worker prints once it serves; the URL follows it.
+pub const READY_PREFIX: &str = "migserve worker listening on ";
+/// Environment variable through which a worker learns its supervisor's pid (it exits when
+/// that process goes away).
+pub const SUPERVISOR_PID_ENV: &str = "MIGSERVE_SUPERVISOR_PID";
+const KEPT_LOG_LINES: usize = 8;
+
+/// A spawned worker.
+pub struct SpawnedWorker {
+    pub child: Child,
+    pub pid: u32,
+    /// Resolves with the worker's base URL when it reports ready.
+    pub ready: oneshot::Receiver<String>,
+    /// Its last stderr lines, to explain a failed exit.
+    pub recent_log: Arc<Mutex<VecDeque<String>>>,
+}
+
+impl SpawnedWorker {
+    /// The last line the worker logged, if any.
+    pub fn last_log_line(&self) -> Option<String> {
+        self.recent_log.lock().ok()?.back().cloned()
+    }
+}
+
+/// The `migserve worker` arguments for an assignment.
+pub fn worker_args(assignment: &Assignment, drain_timeout: Duration) -> Vec<String> {
+    let slice = &assignment.slice;
+    let mut args = vec![
+        "worker".to_string(),
+        "--model".into(),
+        assignment.model.path.display().to_string(),
+        "--model-id".into(),
+        assignment.model.name.clone(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--device".into(),
+        match assignment.device {
+            DeviceKind::Cpu => "cpu".into(),
+            DeviceKind::Cuda => "cuda".into(),
+        },
+        "--slice".into(),
+        slice.id.clone(),
+        "--profile".into(),
+        slice.profile.clone(),
+        "--drain-timeout-secs".into(),
+        drain_timeout.as_secs().max(1).to_string(),
+    ];
+    if let Some(threads) = slice.threads() {
+        args.push("--threads".into());
+        args.push(threads.to_string());
+    }
+    args.extend(assignment.model.engine.to_args());
+    args
+}
+
+/// Spawns `exe worker …` for an assignment: `CUDA_VISIBLE_DEVICES` is exactly the slice's
+/// UUID, the process has its own process group (a terminal's Ctrl-C reaches only the
+/// supervisor), dies with the supervisor (`PR_SET_PDEATHSIG`), and CPU slices are pinned to
+/// their cores.
+pub fn spawn_worker(
+    exe: &Path,
+    assignment: &Assignment,
+    drain_timeout: Duration,
+) -> std::io::Result<SpawnedWorker> {
+    let slice = &assignment.slice;
+    let mut command = Command::new(exe);
+    command
+        .args(worker_args(assignment, drain_timeout))
+        .env("CUDA_VISIBLE_DEVICES", &slice.uuid)
+        .env("MIGSERVE_SLICE", &slice.id)
+        .env("MIGSERVE_PROFILE", &slice.profile)
+        .env(SUPERVISOR_PID_ENV, std::process::id().to_string())
+        // The worker's own log lines carry no colour codes into ours.
+        .env("NO_COLOR", "1")
+        .env_remove("MIGSERVE_MODEL")
+        .env_remove("MIGSERVE_LISTEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .process_group(0);
+    let cpus = slice.cpus.clone();
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: runs in the forked child before exec; only async-signal-safe libc calls, no
+    // allocation (the core list was allocated before the fork).
+    unsafe {
+        command.pre_exec(move || {
+            #[cfg(target_os = "linux")]
+            {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The supervisor may have died between fork and prctl.
+                if libc::getppid() != parent {
+                    return Err(std::io::Error::other("supervisor exited"));
+                }
+                if !cpus.is_empty() {
+                    let mut set: libc::cpu_set_t = std::mem::zeroed();
+                    for &cpu in &cpus {
+                        libc::CPU_SET(cpu, &mut set);
+                    }
+                    // Pinning is best effort: a container may forbid some cores.
+                    libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+                }
+            }
+            let _ = (&cpus, parent);
+            Ok(())
+        });
+    }
+    let mut child = command.spawn()?;
+    let pid = child.id().unwrap_or_default();
+    let (ready_tx, ready) = oneshot::channel();
+    let recent_log = Arc::new(Mutex::new(VecDeque::new()));
+    if let Some(stdout) = child.stdout.take() {
+        forward_lines(stdout, slice.id.clone(), Some(ready_tx), None);
+    }
+    if let Some(stderr) = child.stderr.take() {
+        forward_lines(stderr, slice.id.clone(), None, Some(recent_log.clone()));
+    }
+    Ok(SpawnedWorker {
+        child,
+        pid,
+        ready,
+        recent_log,
+    })
+}
+
+/// Copies a worker's output to our stderr, each line prefixed with its slice; the ready line
+/// goes to `ready`.
+fn forward_lines(
+    stream: impl AsyncRead + Unpin + Send + 'static,
+    slice: String,
+    mut ready: Option<oneshot::Sender<String>>,
+    recent: Option<Arc<Mutex<VecDeque<String>>>>,
+) {
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stream).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(url) = line.strip_prefix(READY_PREFIX) {
+                if let Some(tx) = ready.take() {
+                    let _ = tx.send(url.trim().to_string());
+                }
+            }
+            eprintln!("[{slice}] {line}");
+            if let Some(Ok(mut recent)) = recent.as_ref().map(|r| r.lock()) {
+                if recent.len() == KEPT_LOG_LINES {
+                    recent.pop_front();
+                }
+                recent.push_back(line);
+            }
+        }
+    });
+}
+
+/// Stops a worker: SIGTERM (it drains its in-flight requests), then SIGKILL after `timeout`.
+pub async fn terminate(child: &mut Child, pid: u32, timeout: Duration) -> Option<ExitStatus> {
+    if let Ok(Some(status)) = child.try_wait() {
+        return Some(status);
+    }
+    if pid != 0 {
+        // SAFETY: plain kill(2) on our own child's pid, which is not yet reaped.
+        unsafe {
+            libc::kill(pid as libc::pid_t, libc::SIGTERM);
+        }
+    }
+    match tokio::time::timeout(timeout, child.wait()).await {
+        Ok(status) => status.ok(),
+        Err(_) => {
+            tracing::warn!(pid, "worker did not stop after SIGTERM; killing it");
+            let _ = child.kill().await;
+            child.wait().await.ok()
+        }
+    }
+}
