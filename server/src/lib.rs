@@ -6,6 +6,7 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod fake_worker;
 pub mod logging;
 pub mod metrics;
 pub mod router;

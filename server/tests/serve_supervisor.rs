@@ -148,10 +148,10 @@ async fn serve_pins_restarts_and_drains_its_workers() {
     // SIGTERM to serve with a request in flight: it finishes, then nothing is left running.
     let now = serve.slices(&c).await;
     let worker_pids: Vec<u64> = now.iter().map(|s| s["pid"].as_u64().unwrap()).collect();
-    let url = by_id(&now, "cpu0")["url"].as_str().unwrap().to_string();
+    // Through the front: the router drains first, then the workers.
     let body = json!({"inputs": "Tell me a story.", "parameters": {"max_new_tokens": 48, "ignore_eos": true}});
     let response = c
-        .post(format!("{url}/generate_stream"))
+        .post(serve.at("/generate_stream"))
         .json(&body)
         .send()
         .await

@@ -30,6 +30,9 @@ pub enum Command {
     Slices(slices::SlicesArgs),
     /// Run the supervisor and router: one worker per slice behind one endpoint.
     Serve(serve::ServeArgs),
+    /// A stand-in worker with canned tokens at a set speed (router tests and benchmarks).
+    #[command(hide = true)]
+    FakeWorker(crate::fake_worker::FakeWorkerArgs),
 }
 
 /// Runs the parsed command.
@@ -39,5 +42,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Worker(args) => crate::worker::run(args),
         Command::Slices(args) => slices::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::FakeWorker(args) => crate::fake_worker::run(args),
     }
 }

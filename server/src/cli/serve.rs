@@ -43,13 +43,17 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(listen) = args.listen {
         config.listen = listen;
     }
-    let source = config.slice_source().map_err(anyhow::Error::msg)?;
-    let slices = source.probe().map_err(|e| match e {
-        ProbeError::NoDriver(reason) => anyhow::anyhow!(
-            "no NVIDIA driver ({reason}); set [slices] source = \"emulate\" or \"inventory\" in the config"
-        ),
-        other => other.into(),
-    })?;
+    let slices = if config.models.is_empty() {
+        Vec::new()
+    } else {
+        let source = config.slice_source().map_err(anyhow::Error::msg)?;
+        source.probe().map_err(|e| match e {
+            ProbeError::NoDriver(reason) => anyhow::anyhow!(
+                "no NVIDIA driver ({reason}); set [slices] source = \"emulate\" or \"inventory\" in the config"
+            ),
+            other => other.into(),
+        })?
+    };
     let assignments = placement::place(&config, &slices)?;
     for a in &assignments {
         tracing::info!(

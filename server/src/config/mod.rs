@@ -40,14 +40,78 @@ pub struct DeployConfig {
     /// Address of the front endpoint.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
-    /// Where slices come from.
-    pub slices: SlicesSection,
+    /// Where slices come from (needed when `[[models]]` are given).
+    pub slices: Option<SlicesSection>,
     /// Supervisor timings and limits.
     #[serde(default)]
     pub supervisor: SupervisorSection,
+    /// Request routing across slices.
+    #[serde(default)]
+    pub router: RouterSection,
     /// Models and where they run.
     #[serde(default)]
     pub models: Vec<ModelSection>,
+    /// Workers running elsewhere (other nodes), balanced like local ones.
+    #[serde(default)]
+    pub remote: Vec<RemoteSection>,
+}
+
+/// How the router picks a slice for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RoutingPolicy {
+    /// Where the request is expected to finish first: queued tokens times the slice's
+    /// measured time per token; near-ties broken by two random choices.
+    #[default]
+    EarliestCompletion,
+    /// In turn.
+    RoundRobin,
+    /// Fewest requests in flight.
+    LeastOutstanding,
+}
+
+/// `[router]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouterSection {
+    pub policy: RoutingPolicy,
+    /// Requests in flight per slice; when every candidate slice is full: 429.
+    pub max_queue_per_slice: usize,
+    /// Further slices tried when one fails before any byte reached the client.
+    pub max_retries: usize,
+    /// Model for TGI requests that name none (`x-model` header); default: the first model.
+    pub default_model: Option<String>,
+    /// New tokens assumed for a request that sets no limit (queue estimates only).
+    pub default_max_new_tokens: u64,
+    /// Largest request body in bytes (413 above).
+    pub max_body_bytes: usize,
+}
+
+impl Default for RouterSection {
+    fn default() -> Self {
+        Self {
+            policy: RoutingPolicy::default(),
+            max_queue_per_slice: 64,
+            max_retries: 2,
+            default_model: None,
+            default_max_new_tokens: 256,
+            max_body_bytes: 2 * 1024 * 1024,
+        }
+    }
+}
+
+/// One `[[remote]]` worker: a `migserve worker` (or any TGI-compatible server) elsewhere.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteSection {
+    /// Slice name used in `x-slice`, `/slices` and metrics.
+    pub name: String,
+    /// Base URL, e.g. `http://10.0.0.7:8081`.
+    pub url: String,
+    /// Model it serves.
+    pub model: String,
+    /// Profile label (default `remote`).
+    pub profile: Option<String>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -217,7 +281,7 @@ impl DeployConfig {
         for model in &mut config.models {
             resolve(&mut model.path);
         }
-        if let Some(p) = config.slices.inventory.as_mut() {
+        if let Some(p) = config.slices.as_mut().and_then(|s| s.inventory.as_mut()) {
             resolve(p);
         }
         config.validate().map_err(|message| ConfigError::Invalid {
@@ -227,9 +291,60 @@ impl DeployConfig {
         Ok(config)
     }
 
+    fn validate_router(&self) -> Result<(), String> {
+        let r = &self.router;
+        if r.max_queue_per_slice == 0 || r.max_body_bytes == 0 || r.default_max_new_tokens == 0 {
+            return Err("[router] max_queue_per_slice, max_body_bytes and default_max_new_tokens must be positive".into());
+        }
+        let names = self.model_names();
+        if let Some(model) = &r.default_model {
+            if !names.contains(&model.as_str()) {
+                return Err(format!(
+                    "[router] default_model {model:?} is not a served model ({})",
+                    names.join(", ")
+                ));
+            }
+        }
+        for (i, remote) in self.remote.iter().enumerate() {
+            let at = format!("remote {:?}", remote.name);
+            if remote.name.trim().is_empty() {
+                return Err(format!("[[remote]] entry {} has an empty name", i + 1));
+            }
+            if self.remote[..i].iter().any(|r| r.name == remote.name) {
+                return Err(format!("{at} is named twice"));
+            }
+            let rest = remote
+                .url
+                .strip_prefix("http://")
+                .ok_or_else(|| format!("{at}: url {:?} must start with http://", remote.url))?;
+            if rest.trim_end_matches('/').is_empty() {
+                return Err(format!("{at}: url {:?} has no host", remote.url));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every model name served, local first, in config order, without repeats.
+    pub fn model_names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = Vec::new();
+        for name in self
+            .models
+            .iter()
+            .map(|m| m.name.as_str())
+            .chain(self.remote.iter().map(|r| r.model.as_str()))
+        {
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        names
+    }
+
     /// The slice source this config names.
     pub fn slice_source(&self) -> Result<SliceSource, String> {
-        let s = &self.slices;
+        let Some(s) = &self.slices else {
+            return Err("no [slices] section: say where slices come from (source = \"nvml\", \"inventory\" or \"emulate\")".into());
+        };
         match s.source {
             SourceKind::Nvml => Ok(SliceSource::Nvml),
             SourceKind::Inventory => s
@@ -254,10 +369,13 @@ impl DeployConfig {
     }
 
     fn validate(&self) -> Result<(), String> {
-        self.slice_source()?;
-        if self.models.is_empty() {
-            return Err("no [[models]]: name at least one model to serve".into());
+        if !self.models.is_empty() || self.slices.is_some() {
+            self.slice_source()?;
         }
+        if self.models.is_empty() && self.remote.is_empty() {
+            return Err("no [[models]] and no [[remote]] workers: nothing to serve".into());
+        }
+        self.validate_router()?;
         let sup = &self.supervisor;
         for (name, value) in [
             ("ready_timeout_secs", sup.ready_timeout_secs),

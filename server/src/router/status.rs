@@ -1,4 +1,4 @@
-//! `/slices`, `/health` and `/metrics` of the front.
+//! `/slices`, `/health`, `/metrics` and `/v1/models` of the front.
 
 use std::fmt::Write;
 
@@ -8,10 +8,12 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
 
+use super::backend::{Backend, Target};
+use super::stats::StatsSnapshot;
 use super::SharedFront;
 use crate::api::error::ApiError;
+use crate::api::openai::{ModelCard, ModelList};
 use crate::slices::Slice;
-use crate::supervisor::{SlotState, SlotStatus};
 
 /// One slice in `GET /slices`.
 #[derive(Debug, Serialize)]
@@ -19,73 +21,190 @@ pub struct SliceReport {
     pub id: String,
     pub profile: String,
     pub model: String,
-    pub slice: Slice,
+    /// `local` (supervised here) or `remote`.
+    pub location: &'static str,
+    /// starting, ready, restarting, failed, stopping, stopped, suspended or unhealthy.
+    pub state: &'static str,
+    pub url: Option<String>,
+    pub pid: Option<u32>,
+    pub restarts: u32,
+    pub generation: u64,
+    pub last_error: Option<String>,
+    /// The router's measurements.
     #[serde(flatten)]
-    pub status: SlotStatus,
+    pub stats: StatsSnapshot,
+    /// The device, for local slices.
+    pub slice: Option<Slice>,
 }
 
-/// `GET /slices`: every slice with its model and worker status.
+fn report(backend: &Backend) -> SliceReport {
+    let stats = backend.stats.snapshot();
+    let (location, url, pid, generation, last_error, slice) = match &backend.target {
+        Target::Local(slot) => {
+            let status = slot.status();
+            (
+                "local",
+                status.url,
+                status.pid,
+                status.generation,
+                status.last_error,
+                Some(slot.assignment.slice.clone()),
+            )
+        }
+        Target::Remote { url, .. } => ("remote", Some(url.clone()), None, 0, None, None),
+    };
+    SliceReport {
+        id: backend.id.clone(),
+        profile: backend.profile.clone(),
+        model: backend.model.clone(),
+        location,
+        state: backend.state(),
+        url,
+        pid,
+        restarts: backend.restarts(),
+        generation,
+        last_error,
+        stats,
+        slice,
+    }
+}
+
+/// `GET /slices`: every slice with its model, worker status and the router's measurements.
 pub async fn slices(State(front): State<SharedFront>) -> Json<Vec<SliceReport>> {
-    Json(
-        front
-            .slots
-            .iter()
-            .map(|slot| SliceReport {
-                id: slot.id().to_string(),
-                profile: slot.profile().to_string(),
-                model: slot.model().to_string(),
-                slice: slot.assignment.slice.clone(),
-                status: slot.status(),
-            })
-            .collect(),
-    )
+    Json(front.backends.iter().map(|b| report(b)).collect())
 }
 
-/// `GET /health`: 200 when at least one worker is ready.
+/// `GET /health`: 200 when at least one slice can take requests.
 pub async fn health(State(front): State<SharedFront>) -> Response {
-    if front
-        .slots
-        .iter()
-        .any(|slot| slot.status().state == SlotState::Ready)
-    {
+    if front.backends.iter().any(|b| b.url().is_some()) {
         StatusCode::OK.into_response()
     } else {
         ApiError::Unhealthy("no worker is ready".into()).into_response()
     }
 }
 
-/// `GET /metrics`: per-slice supervisor series in Prometheus text.
+/// `GET /v1/models`: the models served.
+pub async fn models(State(front): State<SharedFront>) -> Json<ModelList> {
+    Json(ModelList {
+        object: "list".into(),
+        data: front
+            .models
+            .iter()
+            .map(|id| ModelCard {
+                id: id.clone(),
+                object: "model".into(),
+                created: 0,
+                owned_by: "migserve".into(),
+            })
+            .collect(),
+    })
+}
+
+const STATES: [&str; 8] = [
+    "starting",
+    "ready",
+    "restarting",
+    "failed",
+    "stopping",
+    "stopped",
+    "suspended",
+    "unhealthy",
+];
+
+/// `GET /metrics`: per-slice series in Prometheus text, labelled slice, profile, model.
 pub async fn metrics(State(front): State<SharedFront>) -> Response {
+    let reports: Vec<(String, SliceReport)> = front
+        .backends
+        .iter()
+        .map(|b| (labels(&b.id, &b.profile, &b.model), report(b)))
+        .collect();
     let mut out = String::new();
+    let mut family = |name: &str, kind: &str, help: &str, value: &dyn Fn(&SliceReport) -> f64| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for (labels, r) in &reports {
+            let _ = writeln!(out, "{name}{{{labels}}} {}", value(r));
+        }
+    };
+    family(
+        "migserve_router_in_flight",
+        "gauge",
+        "Requests the router has in flight on the slice",
+        &|r| r.stats.in_flight as f64,
+    );
+    family(
+        "migserve_router_queued_tokens",
+        "gauge",
+        "Estimated prompt plus requested tokens in flight on the slice",
+        &|r| r.stats.queued_tokens as f64,
+    );
+    family(
+        "migserve_router_requests_total",
+        "counter",
+        "Requests sent to the slice",
+        &|r| r.stats.requests as f64,
+    );
+    family(
+        "migserve_router_errors_total",
+        "counter",
+        "Requests the slice failed (connection errors, 5xx, broken streams)",
+        &|r| r.stats.errors as f64,
+    );
+    family(
+        "migserve_router_retries_total",
+        "counter",
+        "Requests moved from the slice to another after a failure or 429",
+        &|r| r.stats.retries as f64,
+    );
+    family(
+        "migserve_router_generated_tokens_total",
+        "counter",
+        "Output tokens relayed from the slice",
+        &|r| r.stats.generated_tokens as f64,
+    );
+    family(
+        "migserve_router_time_to_first_token_seconds",
+        "gauge",
+        "Moving average of time to first token",
+        &|r| r.stats.ttft_secs.unwrap_or(0.0),
+    );
+    family(
+        "migserve_router_time_per_output_token_seconds",
+        "gauge",
+        "Moving average of time per output token",
+        &|r| r.stats.tpot_secs.unwrap_or(0.0),
+    );
+    family(
+        "migserve_router_error_rate",
+        "gauge",
+        "Share of errors among the slice's last 50 outcomes",
+        &|r| r.stats.error_rate,
+    );
+    family(
+        "migserve_router_tokens_per_second",
+        "gauge",
+        "Output tokens per second over the last 30 s",
+        &|r| r.stats.tokens_per_second,
+    );
+    family(
+        "migserve_slice_restarts_total",
+        "counter",
+        "Worker restarts after crashes or hangs",
+        &|r| f64::from(r.restarts),
+    );
     let _ = writeln!(
         out,
-        "# HELP migserve_slice_state 1 for the state the slice's worker is in"
+        "# HELP migserve_slice_state 1 for the state the slice is in"
     );
     let _ = writeln!(out, "# TYPE migserve_slice_state gauge");
-    for slot in front.slots.iter() {
-        let status = slot.status();
-        for state in SlotState::ALL {
+    for (labels, r) in &reports {
+        for state in STATES {
             let _ = writeln!(
                 out,
-                "migserve_slice_state{{{},state=\"{}\"}} {}",
-                labels(slot.id(), slot.profile(), slot.model()),
-                state.as_str(),
-                u8::from(status.state == state)
+                "migserve_slice_state{{{labels},state=\"{state}\"}} {}",
+                u8::from(r.state == state)
             );
         }
-    }
-    let _ = writeln!(
-        out,
-        "# HELP migserve_slice_restarts_total Worker restarts after crashes or hangs"
-    );
-    let _ = writeln!(out, "# TYPE migserve_slice_restarts_total counter");
-    for slot in front.slots.iter() {
-        let _ = writeln!(
-            out,
-            "migserve_slice_restarts_total{{{}}} {}",
-            labels(slot.id(), slot.profile(), slot.model()),
-            slot.status().restarts
-        );
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

@@ -1,0 +1,173 @@
+//! A routable target: a supervised local worker or a remote one, with the router's view of it.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::stats::SliceStats;
+use crate::supervisor::{SlotState, WorkerSlot};
+
+/// Where requests for a backend go.
+#[derive(Debug)]
+pub enum Target {
+    /// A worker this process supervises.
+    Local(Arc<WorkerSlot>),
+    /// A worker elsewhere; `healthy` is kept by the health probe.
+    Remote { url: String, healthy: AtomicBool },
+}
+
+/// One slice as the router sees it.
+#[derive(Debug)]
+pub struct Backend {
+    /// Slice id (`cpu0`, `mig0-3`) or remote name: the `x-slice` value.
+    pub id: String,
+    pub model: String,
+    pub profile: String,
+    pub target: Target,
+    pub stats: Arc<SliceStats>,
+    /// Taken out of rotation after a failure: until this instant, or (local) until the
+    /// supervisor has started a new generation of the worker.
+    suspended: Mutex<Option<(Instant, u64)>>,
+}
+
+impl Backend {
+    pub fn local(slot: Arc<WorkerSlot>) -> Self {
+        Self {
+            id: slot.id().to_string(),
+            model: slot.model().to_string(),
+            profile: slot.profile().to_string(),
+            target: Target::Local(slot),
+            stats: Arc::default(),
+            suspended: Mutex::new(None),
+        }
+    }
+
+    pub fn remote(id: String, model: String, profile: String, url: String) -> Self {
+        Self {
+            id,
+            model,
+            profile,
+            target: Target::Remote {
+                url: url.trim_end_matches('/').to_string(),
+                healthy: AtomicBool::new(false),
+            },
+            stats: Arc::default(),
+            suspended: Mutex::new(None),
+        }
+    }
+
+    /// The base URL to send a request to, when the backend is in rotation.
+    pub fn url(&self) -> Option<String> {
+        if self.is_suspended() {
+            return None;
+        }
+        match &self.target {
+            Target::Local(slot) => {
+                let status = slot.status();
+                (status.state == SlotState::Ready)
+                    .then_some(status.url)
+                    .flatten()
+            }
+            Target::Remote { url, healthy } => healthy.load(Ordering::Acquire).then(|| url.clone()),
+        }
+    }
+
+    fn generation(&self) -> u64 {
+        match &self.target {
+            Target::Local(slot) => slot.status().generation,
+            Target::Remote { .. } => 0,
+        }
+    }
+
+    fn is_suspended(&self) -> bool {
+        let Ok(mut suspended) = self.suspended.lock() else {
+            return false;
+        };
+        match *suspended {
+            Some((until, generation))
+                if Instant::now() < until && generation == self.generation() =>
+            {
+                true
+            }
+            Some(_) => {
+                *suspended = None;
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Takes the backend out of rotation at once after a failure: a local worker comes back
+    /// when the supervisor reports a new one ready (or after `grace`, if it never died); a
+    /// remote one when its health probe succeeds again.
+    pub fn suspend(&self, grace: Duration) {
+        match &self.target {
+            Target::Remote { healthy, .. } => healthy.store(false, Ordering::Release),
+            Target::Local(_) => {
+                if let Ok(mut suspended) = self.suspended.lock() {
+                    *suspended = Some((Instant::now() + grace, self.generation()));
+                }
+            }
+        }
+    }
+
+    /// State name for `/slices` and metrics.
+    pub fn state(&self) -> &'static str {
+        let base = match &self.target {
+            Target::Local(slot) => slot.status().state.as_str(),
+            Target::Remote { healthy, .. } => {
+                if healthy.load(Ordering::Acquire) {
+                    "ready"
+                } else {
+                    "unhealthy"
+                }
+            }
+        };
+        if base == "ready" && self.is_suspended() {
+            "suspended"
+        } else {
+            base
+        }
+    }
+
+    /// Worker restarts (local backends).
+    pub fn restarts(&self) -> u32 {
+        match &self.target {
+            Target::Local(slot) => slot.status().restarts,
+            Target::Remote { .. } => 0,
+        }
+    }
+}
+
+/// Keeps each remote backend's `healthy` flag up to date by polling its `/health`.
+pub fn spawn_remote_probes(backends: &[Arc<Backend>], interval: Duration, timeout: Duration) {
+    let client = reqwest::Client::builder()
+        .timeout(timeout)
+        .build()
+        .unwrap_or_default();
+    for backend in backends {
+        let Target::Remote { url, .. } = &backend.target else {
+            continue;
+        };
+        let health_url = format!("{url}/health");
+        let backend = backend.clone();
+        let client = client.clone();
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                let ok = matches!(
+                    client.get(&health_url).send().await,
+                    Ok(r) if r.status().is_success()
+                );
+                if let Target::Remote { healthy, .. } = &backend.target {
+                    let was = healthy.swap(ok, Ordering::AcqRel);
+                    if was != ok {
+                        tracing::info!(slice = %backend.id, healthy = ok, "remote worker health changed");
+                    }
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,433 @@
+//! Forwarding API requests to a chosen slice: model selection, admission, retries before the
+//! first byte, streaming pass-through with an error event if the worker dies mid-stream.
+
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures_util::stream::{self, BoxStream, StreamExt};
+use serde_json::Value;
+
+use super::stats::InFlight;
+use super::{Pick, SharedFront};
+use crate::api::error::{ApiError, OpenAiError};
+
+/// Which wire API a request came in on (errors answer in its shape).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    Tgi,
+    OpenAi,
+}
+
+/// Header naming the model for TGI requests (which have no `model` field).
+pub const MODEL_HEADER: &str = "x-model";
+
+fn api_error(api: Api, error: ApiError) -> Response {
+    match api {
+        Api::Tgi => error.into_response(),
+        Api::OpenAi => OpenAiError(error).into_response(),
+    }
+}
+
+/// `POST /generate`.
+pub async fn tgi_generate(State(f): State<SharedFront>, h: HeaderMap, body: Bytes) -> Response {
+    forward(f, "/generate", Api::Tgi, h, body).await
+}
+
+/// `POST /generate_stream`.
+pub async fn tgi_generate_stream(
+    State(f): State<SharedFront>,
+    h: HeaderMap,
+    body: Bytes,
+) -> Response {
+    forward(f, "/generate_stream", Api::Tgi, h, body).await
+}
+
+/// `POST /` (TGI: streams when `stream` is true).
+pub async fn tgi_compat(State(f): State<SharedFront>, h: HeaderMap, body: Bytes) -> Response {
+    forward(f, "/", Api::Tgi, h, body).await
+}
+
+/// `POST /v1/completions`.
+pub async fn openai_completions(
+    State(f): State<SharedFront>,
+    h: HeaderMap,
+    body: Bytes,
+) -> Response {
+    forward(f, "/v1/completions", Api::OpenAi, h, body).await
+}
+
+/// `POST /v1/chat/completions`.
+pub async fn openai_chat(State(f): State<SharedFront>, h: HeaderMap, body: Bytes) -> Response {
+    forward(f, "/v1/chat/completions", Api::OpenAi, h, body).await
+}
+
+/// `GET /info`: the TGI info of a ready worker of the default model.
+pub async fn info(State(front): State<SharedFront>) -> Response {
+    let url = front
+        .backends
+        .iter()
+        .filter(|b| b.model == front.default_model)
+        .find_map(|b| b.url());
+    let Some(url) = url else {
+        return ApiError::Unhealthy("no worker is ready".into()).into_response();
+    };
+    match front.client.get(format!("{url}/info")).send().await {
+        Ok(r) => match r.bytes().await {
+            Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+            Err(e) => ApiError::Unhealthy(format!("worker info: {e}")).into_response(),
+        },
+        Err(e) => ApiError::Unhealthy(format!("worker info: {e}")).into_response(),
+    }
+}
+
+/// What the router reads from a request body.
+struct RequestFacts {
+    model: String,
+    stream: bool,
+    /// Estimated prompt plus requested new tokens.
+    tokens: u64,
+}
+
+fn facts(
+    front: &SharedFront,
+    path: &str,
+    api: Api,
+    headers: &HeaderMap,
+    body: &Value,
+) -> RequestFacts {
+    let named = match api {
+        Api::OpenAi => body.get("model").and_then(Value::as_str),
+        Api::Tgi => None,
+    }
+    .or_else(|| headers.get(MODEL_HEADER).and_then(|v| v.to_str().ok()))
+    .filter(|m| !m.is_empty());
+    let stream = path == "/generate_stream" || body.get("stream") == Some(&Value::Bool(true));
+    RequestFacts {
+        model: named.unwrap_or(&front.default_model).to_string(),
+        stream,
+        tokens: estimate_tokens(body, front.settings.default_max_new_tokens),
+    }
+}
+
+/// Prompt tokens (about 4 bytes each: the router does not tokenize) plus requested new ones.
+pub fn estimate_tokens(body: &Value, default_new: u64) -> u64 {
+    let mut prompt_bytes = 0usize;
+    for key in ["inputs", "prompt"] {
+        if let Some(text) = body.get(key).and_then(Value::as_str) {
+            prompt_bytes += text.len();
+        }
+    }
+    if let Some(messages) = body.get("messages").and_then(Value::as_array) {
+        prompt_bytes += messages
+            .iter()
+            .map(|m| m.get("content").map_or(0, |c| c.to_string().len()))
+            .sum::<usize>();
+    }
+    let new = body
+        .get("parameters")
+        .and_then(|p| p.get("max_new_tokens"))
+        .or_else(|| body.get("max_tokens"))
+        .or_else(|| body.get("max_completion_tokens"))
+        .and_then(Value::as_u64)
+        .unwrap_or(default_new);
+    (prompt_bytes / 4) as u64 + 1 + new
+}
+
+async fn forward(
+    front: SharedFront,
+    path: &'static str,
+    api: Api,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let arrived = Instant::now();
+    let parsed: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return api_error(api, ApiError::Validation(format!("invalid JSON body: {e}"))),
+    };
+    let facts = facts(&front, path, api, &headers, &parsed);
+    if !front.serves(&facts.model) {
+        let error = ApiError::NotFound(format!(
+            "model {:?} is not served here (models: {})",
+            facts.model,
+            front.models.join(", ")
+        ));
+        return api_error(api, error);
+    }
+    let mut tried: Vec<usize> = Vec::new();
+    let mut last_failure: Option<Response> = None;
+    for _attempt in 0..=front.settings.max_retries {
+        let (index, guard) = match front.pick(&facts.model, facts.tokens, &tried) {
+            Pick::Chosen(index, guard) => (index, guard),
+            Pick::AllFull if last_failure.is_none() => {
+                return api_error(
+                    api,
+                    ApiError::Overloaded(format!(
+                        "every slice serving {:?} is at its queue limit ({})",
+                        facts.model, front.settings.max_queue_per_slice
+                    )),
+                )
+            }
+            Pick::NoneHealthy if last_failure.is_none() => {
+                return api_error(
+                    api,
+                    ApiError::Unhealthy(format!("no healthy slice serves {:?}", facts.model)),
+                )
+            }
+            _ => break,
+        };
+        tried.push(index);
+        let backend = front.backends[index].clone();
+        let Some(url) = backend.url() else {
+            continue;
+        };
+        let sent = Instant::now();
+        let fail = |why: String| {
+            tracing::warn!(slice = %backend.id, %why, "slice failed a request; trying another");
+            backend.stats.record_error();
+            backend.stats.record_retry();
+        };
+        let upstream = match front
+            .client
+            .post(format!("{url}{path}"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(body.clone())
+            .send()
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                fail(format!("request failed: {e}"));
+                backend.suspend(front.suspend_grace);
+                continue;
+            }
+        };
+        let status = upstream.status();
+        let mut out_headers = relay_headers(upstream.headers(), &backend.id, sent - arrived);
+        if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+            // Keep the worker's answer in case no other slice can take the request.
+            if status.is_server_error() {
+                fail(format!("status {status}"));
+            } else {
+                backend.stats.record_retry();
+            }
+            let body = upstream.bytes().await.unwrap_or_default();
+            last_failure = Some((status, out_headers, body).into_response());
+            continue;
+        }
+        if !(facts.stream && status.is_success()) {
+            match upstream.bytes().await {
+                Ok(bytes) => {
+                    if status.is_success() {
+                        record_buffered(&guard, &out_headers, &bytes, sent);
+                    }
+                    add_router_time(&mut out_headers, arrived);
+                    return (status, out_headers, bytes).into_response();
+                }
+                Err(e) => {
+                    fail(format!("reading the response: {e}"));
+                    backend.suspend(front.suspend_grace);
+                    continue;
+                }
+            }
+        }
+        // Streaming: wait for the first chunk before committing, so a worker that dies
+        // before sending anything costs the client nothing.
+        let mut chunks = upstream.bytes_stream().boxed();
+        match chunks.next().await {
+            Some(Ok(first)) => {
+                let relay = StreamRelay {
+                    api,
+                    guard,
+                    backend: backend.clone(),
+                    grace: front.suspend_grace,
+                    sent,
+                    first_at: Instant::now(),
+                    events: count_events(&first),
+                };
+                return (
+                    status,
+                    out_headers,
+                    Body::from_stream(relay.run(first, chunks)),
+                )
+                    .into_response();
+            }
+            Some(Err(e)) => fail(format!("stream failed before its first byte: {e}")),
+            None => fail("stream ended before its first byte".into()),
+        }
+        backend.suspend(front.suspend_grace);
+    }
+    last_failure.unwrap_or_else(|| {
+        api_error(
+            api,
+            ApiError::Unhealthy(format!(
+                "every slice tried for {:?} failed the request",
+                facts.model
+            )),
+        )
+    })
+}
+
+/// The worker's content type and `x-*` headers, `x-slice` set to the backend, and the
+/// router's own wait added to `x-queue-time`.
+fn relay_headers(
+    upstream: &reqwest::header::HeaderMap,
+    slice: &str,
+    router_wait: std::time::Duration,
+) -> HeaderMap {
+    let mut out = HeaderMap::new();
+    for (name, value) in upstream {
+        let keep = name == header::CONTENT_TYPE
+            || name == header::CACHE_CONTROL
+            || name.as_str().starts_with("x-");
+        if keep {
+            out.append(name.clone(), value.clone());
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(slice) {
+        out.insert(HeaderName::from_static("x-slice"), v);
+    }
+    let router_ms = router_wait.as_millis() as u64;
+    if let Some(queue) = out
+        .get("x-queue-time")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        out.insert("x-queue-time", HeaderValue::from(queue + router_ms));
+    }
+    out.insert("x-router-queue-time", HeaderValue::from(router_ms));
+    out
+}
+
+/// `x-router-time`: milliseconds from arrival at the router to the response.
+fn add_router_time(headers: &mut HeaderMap, arrived: Instant) {
+    headers.insert(
+        "x-router-time",
+        HeaderValue::from(arrived.elapsed().as_millis() as u64),
+    );
+}
+
+/// Records a buffered success: tokens and time per token from TGI's headers, or OpenAI's
+/// `usage`.
+fn record_buffered(guard: &InFlight, headers: &HeaderMap, body: &[u8], sent: Instant) {
+    let header_num = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    let tokens = header_num("x-generated-tokens")
+        .map(|t| t as u64)
+        .or_else(|| {
+            serde_json::from_slice::<Value>(body)
+                .ok()?
+                .get("usage")?
+                .get("completion_tokens")?
+                .as_u64()
+        });
+    let tokens = tokens.unwrap_or(0);
+    let tpot = header_num("x-time-per-token")
+        .map(|ms| ms / 1000.0)
+        .or_else(|| (tokens > 0).then(|| sent.elapsed().as_secs_f64() / tokens as f64));
+    guard.stats().record_success(None, tpot, tokens);
+}
+
+/// Server-sent events in a chunk (`data:` lines, not counting OpenAI's `[DONE]`).
+fn count_events(chunk: &[u8]) -> u64 {
+    let data = chunk.windows(5).filter(|w| w == b"data:").count() as u64;
+    let done = chunk.windows(6).filter(|w| w == b"[DONE]").count() as u64;
+    data.saturating_sub(done)
+}
+
+/// A stream being relayed from a worker to the client.
+struct StreamRelay {
+    api: Api,
+    guard: InFlight,
+    backend: std::sync::Arc<super::backend::Backend>,
+    grace: std::time::Duration,
+    sent: Instant,
+    first_at: Instant,
+    events: u64,
+}
+
+impl StreamRelay {
+    fn run(
+        self,
+        first: Bytes,
+        rest: BoxStream<'static, reqwest::Result<Bytes>>,
+    ) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
+        let head = stream::once(async move { Ok::<Bytes, std::io::Error>(first) });
+        let tail = stream::unfold(Some((self, rest)), |state| async move {
+            let (mut relay, mut rest) = state?;
+            match rest.next().await {
+                Some(Ok(chunk)) => {
+                    relay.events += count_events(&chunk);
+                    Some((Ok(chunk), Some((relay, rest))))
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(slice = %relay.backend.id, error = %e, "worker stream broke; slice taken out of rotation");
+                    relay.backend.stats.record_error();
+                    relay.backend.suspend(relay.grace);
+                    Some((Ok(relay.error_event(&e.to_string())), None))
+                }
+                None => {
+                    relay.finish();
+                    None
+                }
+            }
+        });
+        head.chain(tail)
+    }
+
+    fn finish(&self) {
+        let ttft = self.first_at.duration_since(self.sent).as_secs_f64();
+        let tpot = (self.events > 1)
+            .then(|| self.first_at.elapsed().as_secs_f64() / (self.events - 1) as f64);
+        self.guard
+            .stats()
+            .record_success(Some(ttft), tpot, self.events);
+    }
+
+    /// The event that ends a stream whose worker went away, in the endpoint's shape.
+    fn error_event(&self, cause: &str) -> Bytes {
+        let message = format!(
+            "the worker on slice {} stopped mid-stream: {cause}",
+            self.backend.id
+        );
+        let error = ApiError::Generation(message);
+        let body = match self.api {
+            Api::Tgi => serde_json::to_string(&error.tgi_body()),
+            Api::OpenAi => serde_json::to_string(&error.openai_body()),
+        }
+        .unwrap_or_default();
+        Bytes::from(format!("data: {body}\n\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_estimates_use_prompt_size_and_limits() {
+        let tgi =
+            serde_json::json!({"inputs": "a".repeat(400), "parameters": {"max_new_tokens": 20}});
+        assert_eq!(estimate_tokens(&tgi, 256), 100 + 1 + 20);
+        let chat = serde_json::json!({"messages": [{"role": "user", "content": "hello"}], "max_tokens": 5});
+        assert_eq!(estimate_tokens(&chat, 256), 1 + 1 + 5);
+        assert_eq!(
+            estimate_tokens(&serde_json::json!({"prompt": ""}), 256),
+            257
+        );
+    }
+
+    #[test]
+    fn events_are_counted_without_done() {
+        assert_eq!(count_events(b"data: {}\n\ndata: {}\n\n"), 2);
+        assert_eq!(count_events(b"data: {}\n\ndata: [DONE]\n\n"), 1);
+        assert_eq!(count_events(b": keep-alive\n\n"), 0);
+    }
+}

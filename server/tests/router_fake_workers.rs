@@ -1,0 +1,265 @@
+//! The router of `migserve serve` against fake workers (real `migserve fake-worker`
+//! processes with set speeds, added as remote workers): balancing by speed, 429 when full,
+//! retries when a worker is killed under load.
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use common::{spawn_until_line, Serve};
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+
+/// A `migserve fake-worker` process, killed when dropped.
+struct FakeWorker {
+    child: Child,
+    url: String,
+}
+
+impl FakeWorker {
+    fn start(first_token_ms: u64, token_ms: u64) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_migserve"));
+        command.args([
+            "fake-worker",
+            "--first-token-delay-ms",
+            &first_token_ms.to_string(),
+            "--token-delay-ms",
+            &token_ms.to_string(),
+        ]);
+        let (child, url) = spawn_until_line(command, "migserve worker listening on ", 30);
+        Self { child, url }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for FakeWorker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A serve config with the workers as remotes `w0`, `w1`, … of model `fake`.
+fn config(workers: &[FakeWorker], router: &str) -> String {
+    let mut text = format!("[supervisor]\nhealth_interval_secs = 0.2\n[router]\n{router}\n");
+    for (i, w) in workers.iter().enumerate() {
+        text.push_str(&format!(
+            "[[remote]]\nname = \"w{i}\"\nurl = \"{}\"\nmodel = \"fake\"\n",
+            w.url
+        ));
+    }
+    text
+}
+
+async fn start(name: &str, workers: &[FakeWorker], router: &str) -> (Serve, reqwest::Client) {
+    let c = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let serve = Serve::start(name, &config(workers, router));
+    let n = workers.len();
+    serve
+        .wait_slices(&c, Duration::from_secs(20), "remote workers healthy", |s| {
+            s.len() == n && s.iter().all(|s| s["state"] == "ready")
+        })
+        .await;
+    (serve, c)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slice_three_times_slower_receives_clearly_fewer_requests() {
+    let workers = [
+        FakeWorker::start(10, 10),
+        FakeWorker::start(10, 10),
+        FakeWorker::start(30, 30),
+    ];
+    let (serve, c) = start("speed", &workers, "").await;
+    let url = serve.at("/generate");
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    let mut tasks = futures_util::stream::iter(0..90)
+        .map(|_| {
+            let c = c.clone();
+            let url = url.clone();
+            async move {
+                let r = c
+                    .post(url)
+                    .json(&json!({"inputs": "hello", "parameters": {"max_new_tokens": 10}}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200);
+                r.headers()["x-slice"].to_str().unwrap().to_string()
+            }
+        })
+        .buffer_unordered(12);
+    while let Some(slice) = tasks.next().await {
+        *counts.entry(slice).or_default() += 1;
+    }
+    let count = |s: &str| counts.get(s).copied().unwrap_or(0);
+    println!("requests per slice (w2 three times slower): {counts:?}");
+    assert_eq!(count("w0") + count("w1") + count("w2"), 90);
+    let slowest_fast = count("w0").min(count("w1"));
+    assert!(
+        (count("w2") as f64) < 0.6 * slowest_fast as f64,
+        "the slow slice got {} vs {slowest_fast}",
+        count("w2")
+    );
+    let slices = serve.slices(&c).await;
+    let tpot = |id: &str| {
+        slices.iter().find(|s| s["id"] == id).unwrap()["tpot_secs"]
+            .as_f64()
+            .unwrap()
+    };
+    assert!(
+        tpot("w2") > 2.0 * tpot("w0"),
+        "measured speeds: {slices:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_every_queue_full_the_router_answers_429_at_once() {
+    let workers = [FakeWorker::start(200, 200), FakeWorker::start(200, 200)];
+    let (serve, c) = start("full", &workers, "max_queue_per_slice = 2").await;
+    // Four long requests fill both queues (about 4 s each).
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let c = c.clone();
+        let url = serve.at("/generate");
+        held.push(tokio::spawn(async move {
+            c.post(url)
+                .json(&json!({"inputs": "x", "parameters": {"max_new_tokens": 20}}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }));
+    }
+    serve
+        .wait_slices(&c, Duration::from_secs(5), "both queues full", |s| {
+            s.iter().all(|s| s["in_flight"] == 2)
+        })
+        .await;
+    let started = Instant::now();
+    let r = c
+        .post(serve.at("/generate"))
+        .json(&json!({"inputs": "x", "parameters": {"max_new_tokens": 20}}))
+        .send()
+        .await
+        .unwrap();
+    let waited = started.elapsed();
+    assert_eq!(r.status(), 429);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error_type"], "overloaded", "{body}");
+    assert!(waited < Duration::from_millis(500), "429 took {waited:?}");
+    let r = c
+        .post(serve.at("/v1/chat/completions"))
+        .json(&json!({"model": "fake", "messages": [{"role": "user", "content": "x"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("queue limit"),
+        "{body}"
+    );
+    for h in held {
+        assert_eq!(h.await.unwrap(), 200);
+    }
+}
+
+/// One request's outcome: (slice, complete, ended with an error event).
+async fn one_request(c: reqwest::Client, base: String, i: usize) -> (String, bool, bool) {
+    let stream = i % 2 == 0;
+    let path = if stream {
+        "/generate_stream"
+    } else {
+        "/generate"
+    };
+    let r = c
+        .post(format!("{base}{path}"))
+        .json(&json!({"inputs": format!("request {i}"), "parameters": {"max_new_tokens": 10}}))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("request {i}: connection error {e}"));
+    assert_eq!(r.status(), 200, "request {i}");
+    let slice = r.headers()["x-slice"].to_str().unwrap().to_string();
+    if !stream {
+        let v: Value = r
+            .json()
+            .await
+            .unwrap_or_else(|e| panic!("request {i}: body {e}"));
+        return (
+            slice,
+            v["generated_text"] == " t0 t1 t2 t3 t4 t5 t6 t7 t8 t9",
+            false,
+        );
+    }
+    let mut text = String::new();
+    let mut body = r.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.unwrap_or_else(|e| panic!("request {i}: stream reset: {e}"));
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let events: Vec<Value> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .map(|d| serde_json::from_str(d.trim()).unwrap())
+        .collect();
+    let error = events.last().is_some_and(|e| e.get("error_type").is_some());
+    let complete = events.len() == 10 && events[9]["details"]["generated_tokens"] == 10;
+    (slice, complete, error)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_under_load_loses_no_request_that_had_not_started() {
+    let mut workers = vec![
+        FakeWorker::start(20, 20),
+        FakeWorker::start(20, 20),
+        FakeWorker::start(20, 20),
+    ];
+    let (serve, c) = start("kill", &workers, "").await;
+    let base = serve.url.clone();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..120 {
+        tasks.spawn(one_request(c.clone(), base.clone(), i));
+        if i == 40 {
+            // Under load: kill w1 with SIGKILL; requests keep arriving.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            workers[1].kill();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (mut complete, mut broken_on_w1, mut other) = (0, 0, 0);
+    while let Some(result) = tasks.join_next().await {
+        match result.unwrap() {
+            (_, true, false) => complete += 1,
+            (slice, false, true) if slice == "w1" => broken_on_w1 += 1,
+            outcome => {
+                other += 1;
+                eprintln!("unexpected outcome {outcome:?}");
+            }
+        }
+    }
+    println!("complete {complete}, streams cut on the killed worker {broken_on_w1}");
+    assert_eq!(other, 0);
+    // Only streams already running on w1 may end early (with an error event, no reset).
+    assert!(broken_on_w1 <= 20, "{broken_on_w1} streams cut");
+    assert_eq!(complete + broken_on_w1, 120);
+    let slices = serve.slices(&c).await;
+    let w1 = slices.iter().find(|s| s["id"] == "w1").unwrap();
+    assert_eq!(w1["state"], "unhealthy", "{w1:#}");
+    // Requests after the kill all went elsewhere.
+    for i in 0..6 {
+        let (slice, ok, _) = one_request(c.clone(), base.clone(), i).await;
+        assert!(ok && slice != "w1");
+    }
+}
