@@ -250,7 +250,7 @@ pub fn run(args: FakeWorkerArgs) -> anyhow::Result<()> {
             token_delay: Duration::from_millis(args.token_delay_ms),
             default_new_tokens: args.default_new_tokens,
         };
-        axum::serve(listener, app(config, Arc::default()))
+        axum::serve(crate::net::no_delay(listener), app(config, Arc::default()))
             .with_graceful_shutdown(crate::worker::shutdown_signal())
             .await?;
         anyhow::Ok(())

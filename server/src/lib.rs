@@ -9,6 +9,7 @@ pub mod config;
 pub mod fake_worker;
 pub mod logging;
 pub mod metrics;
+pub mod net;
 pub mod router;
 pub mod slices;
 pub mod supervisor;

@@ -101,9 +101,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         let supervisor = Supervisor::start(assignments, timings.clone(), exe);
         let front = crate::router::Front::new(supervisor.slots(), &config);
         let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-        let server = axum::serve(listener, front.app()).with_graceful_shutdown(async move {
-            let _ = stop_rx.changed().await;
-        });
+        let server = axum::serve(crate::net::no_delay(listener), front.app())
+            .with_graceful_shutdown(async move {
+                let _ = stop_rx.changed().await;
+            });
         let server = tokio::spawn(async move { server.await });
         // Machine-readable ready line (the workers may still be loading: see /slices).
         println!("migserve serving on http://{local}");

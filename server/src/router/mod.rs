@@ -141,11 +141,11 @@ impl Front {
             let loads: Vec<policy::Load> = healthy
                 .iter()
                 .map(|&i| {
-                    let s = self.backends[i].stats.snapshot();
+                    let (in_flight, queued_tokens, secs_per_token) = self.backends[i].stats.load();
                     policy::Load {
-                        in_flight: s.in_flight,
-                        queued_tokens: s.queued_tokens,
-                        secs_per_token: s.tpot_secs,
+                        in_flight,
+                        queued_tokens,
+                        secs_per_token,
                     }
                 })
                 .collect();

@@ -150,6 +150,16 @@ impl SliceStats {
         }
     }
 
+    /// What a routing policy needs, cheaply: in flight, queued tokens, time per token.
+    pub fn load(&self) -> (usize, u64, Option<f64>) {
+        let tpot = self.measured.lock().ok().and_then(|m| m.tpot.get());
+        (
+            self.in_flight.load(Ordering::Acquire),
+            self.queued_tokens.load(Ordering::Acquire),
+            tpot,
+        )
+    }
+
     /// Current values.
     pub fn snapshot(&self) -> StatsSnapshot {
         let mut snap = StatsSnapshot {

@@ -256,7 +256,7 @@ async fn serve(
     tracing::info!(%local, "listening");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let app = http::router(state);
-    let server = axum::serve(listener, app).with_graceful_shutdown({
+    let server = axum::serve(crate::net::no_delay(listener), app).with_graceful_shutdown({
         let mut rx = stop_rx.clone();
         async move {
             let _ = rx.changed().await;

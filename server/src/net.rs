@@ -1,0 +1,21 @@
+//! Listener set-up shared by every HTTP server in migserve.
+
+use axum::serve::{ListenerExt, TapIo};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A listener whose connections have Nagle's algorithm off.
+pub type NoDelayListener = TapIo<TcpListener, fn(&mut TcpStream)>;
+
+/// Turns Nagle's algorithm off on every accepted connection. Token streams are many small
+/// writes; with Nagle on, a response head and its first event can wait ~40 ms for a delayed
+/// ACK (bench/results/2026-11-21-router-overhead.md: time to first token 42 ms before, the
+/// worker's own 10 ms after).
+pub fn no_delay(listener: TcpListener) -> NoDelayListener {
+    listener.tap_io(set_nodelay as fn(&mut TcpStream))
+}
+
+fn set_nodelay(tcp: &mut TcpStream) {
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+    }
+}
