@@ -84,7 +84,7 @@ fn new_tokens(body: &Value, default: u64) -> u64 {
         .or_else(|| body.get("max_tokens"))
         .and_then(Value::as_u64)
         .unwrap_or(default)
-        .max(1)
+        .clamp(1, 1 << 16)
 }
 
 fn token_text(i: u64) -> String {

@@ -115,10 +115,14 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             "shutting down: no new requests, draining"
         );
         let _ = stop_tx.send(true);
+        let drain_started = std::time::Instant::now();
         if tokio::time::timeout(timings.drain, server).await.is_err() {
             tracing::warn!("drain timeout reached; stopping workers with requests in flight");
         }
-        supervisor.shutdown().await;
+        // Workers get what is left of the drain (for requests sent to them directly), then
+        // the stop timeout, between SIGTERM and SIGKILL.
+        let left = timings.drain.saturating_sub(drain_started.elapsed());
+        supervisor.shutdown(left + timings.stop).await;
         tracing::info!("all workers stopped");
         anyhow::Ok(())
     })

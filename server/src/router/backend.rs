@@ -58,17 +58,27 @@ impl Backend {
 
     /// The base URL to send a request to, when the backend is in rotation.
     pub fn url(&self) -> Option<String> {
+        self.route().map(|(url, _)| url)
+    }
+
+    /// The base URL and the worker generation it belongs to (pass that generation to
+    /// [`Backend::suspend`] if the request fails), when the backend is in rotation.
+    pub fn route(&self) -> Option<(String, u64)> {
         if self.is_suspended() {
             return None;
         }
         match &self.target {
             Target::Local(slot) => {
                 let status = slot.status();
+                let generation = status.generation;
                 (status.state == SlotState::Ready)
                     .then_some(status.url)
                     .flatten()
+                    .map(|url| (url, generation))
             }
-            Target::Remote { url, healthy } => healthy.load(Ordering::Acquire).then(|| url.clone()),
+            Target::Remote { url, healthy } => {
+                healthy.load(Ordering::Acquire).then(|| (url.clone(), 0))
+            }
         }
     }
 
@@ -97,15 +107,19 @@ impl Backend {
         }
     }
 
-    /// Takes the backend out of rotation at once after a failure: a local worker comes back
-    /// when the supervisor reports a new one ready (or after `grace`, if it never died); a
-    /// remote one when its health probe succeeds again.
-    pub fn suspend(&self, grace: Duration) {
+    /// Takes the backend out of rotation at once after a request to worker `generation`
+    /// failed: a local worker comes back when the supervisor reports a new one ready (or after
+    /// `grace`, if it never died); a remote one when its health probe succeeds again. A
+    /// failure of an older generation (already replaced) changes nothing.
+    pub fn suspend(&self, grace: Duration, generation: u64) {
         match &self.target {
             Target::Remote { healthy, .. } => healthy.store(false, Ordering::Release),
             Target::Local(_) => {
+                if generation != self.generation() {
+                    return;
+                }
                 if let Ok(mut suspended) = self.suspended.lock() {
-                    *suspended = Some((Instant::now() + grace, self.generation()));
+                    *suspended = Some((Instant::now() + grace, generation));
                 }
             }
         }

@@ -76,7 +76,9 @@ pub fn expected_completion(loads: &[Load], tokens: u64) -> Vec<f64> {
     };
     loads
         .iter()
-        .map(|l| (l.queued_tokens + tokens) as f64 * l.secs_per_token.unwrap_or(fallback))
+        .map(|l| {
+            l.queued_tokens.saturating_add(tokens) as f64 * l.secs_per_token.unwrap_or(fallback)
+        })
         .collect()
 }
 

@@ -21,6 +21,9 @@ pub enum Api {
     OpenAi,
 }
 
+/// A request body, or why it could not be read (too large: 413).
+type RequestBody = Result<Bytes, axum::extract::rejection::BytesRejection>;
+
 /// Header naming the model for TGI requests (which have no `model` field).
 pub const MODEL_HEADER: &str = "x-model";
 
@@ -32,7 +35,11 @@ fn api_error(api: Api, error: ApiError) -> Response {
 }
 
 /// `POST /generate`.
-pub async fn tgi_generate(State(f): State<SharedFront>, h: HeaderMap, body: Bytes) -> Response {
+pub async fn tgi_generate(
+    State(f): State<SharedFront>,
+    h: HeaderMap,
+    body: RequestBody,
+) -> Response {
     forward(f, "/generate", Api::Tgi, h, body).await
 }
 
@@ -40,13 +47,13 @@ pub async fn tgi_generate(State(f): State<SharedFront>, h: HeaderMap, body: Byte
 pub async fn tgi_generate_stream(
     State(f): State<SharedFront>,
     h: HeaderMap,
-    body: Bytes,
+    body: RequestBody,
 ) -> Response {
     forward(f, "/generate_stream", Api::Tgi, h, body).await
 }
 
 /// `POST /` (TGI: streams when `stream` is true).
-pub async fn tgi_compat(State(f): State<SharedFront>, h: HeaderMap, body: Bytes) -> Response {
+pub async fn tgi_compat(State(f): State<SharedFront>, h: HeaderMap, body: RequestBody) -> Response {
     forward(f, "/", Api::Tgi, h, body).await
 }
 
@@ -54,13 +61,17 @@ pub async fn tgi_compat(State(f): State<SharedFront>, h: HeaderMap, body: Bytes)
 pub async fn openai_completions(
     State(f): State<SharedFront>,
     h: HeaderMap,
-    body: Bytes,
+    body: RequestBody,
 ) -> Response {
     forward(f, "/v1/completions", Api::OpenAi, h, body).await
 }
 
 /// `POST /v1/chat/completions`.
-pub async fn openai_chat(State(f): State<SharedFront>, h: HeaderMap, body: Bytes) -> Response {
+pub async fn openai_chat(
+    State(f): State<SharedFront>,
+    h: HeaderMap,
+    body: RequestBody,
+) -> Response {
     forward(f, "/v1/chat/completions", Api::OpenAi, h, body).await
 }
 
@@ -132,18 +143,36 @@ pub fn estimate_tokens(body: &Value, default_new: u64) -> u64 {
         .or_else(|| body.get("max_tokens"))
         .or_else(|| body.get("max_completion_tokens"))
         .and_then(Value::as_u64)
-        .unwrap_or(default_new);
+        .unwrap_or(default_new)
+        .min(MAX_ESTIMATED_NEW_TOKENS);
     (prompt_bytes / 4) as u64 + 1 + new
 }
+
+/// Cap on a request's new tokens in queue estimates (a client may ask for anything; the
+/// worker refuses what is over its limit).
+const MAX_ESTIMATED_NEW_TOKENS: u64 = 1 << 20;
 
 async fn forward(
     front: SharedFront,
     path: &'static str,
     api: Api,
     headers: HeaderMap,
-    body: Bytes,
+    body: RequestBody,
 ) -> Response {
     let arrived = Instant::now();
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return api_error(
+                api,
+                ApiError::PayloadTooLarge(format!(
+                    "request body over {} bytes",
+                    front.settings.max_body_bytes
+                )),
+            )
+        }
+        Err(rejection) => return api_error(api, ApiError::Validation(rejection.body_text())),
+    };
     let parsed: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => return api_error(api, ApiError::Validation(format!("invalid JSON body: {e}"))),
@@ -181,7 +210,7 @@ async fn forward(
         };
         tried.push(index);
         let backend = front.backends[index].clone();
-        let Some(url) = backend.url() else {
+        let Some((url, generation)) = backend.route() else {
             continue;
         };
         let sent = Instant::now();
@@ -201,7 +230,7 @@ async fn forward(
             Ok(r) => r,
             Err(e) => {
                 fail(format!("request failed: {e}"));
-                backend.suspend(front.suspend_grace);
+                backend.suspend(front.suspend_grace, generation);
                 continue;
             }
         };
@@ -229,36 +258,45 @@ async fn forward(
                 }
                 Err(e) => {
                     fail(format!("reading the response: {e}"));
-                    backend.suspend(front.suspend_grace);
+                    backend.suspend(front.suspend_grace, generation);
                     continue;
                 }
             }
         }
-        // Streaming: wait for the first chunk before committing, so a worker that dies
-        // before sending anything costs the client nothing.
+        // Streaming: wait for the first event before committing (keep-alive comments do not
+        // count), so a worker that dies before sending a token costs the client nothing.
         let mut chunks = upstream.bytes_stream().boxed();
-        match chunks.next().await {
-            Some(Ok(first)) => {
+        let mut head: Vec<u8> = Vec::new();
+        let failure = loop {
+            match chunks.next().await {
+                Some(Ok(chunk)) => {
+                    head.extend_from_slice(&chunk);
+                    if count_events(&head) > 0 || head.windows(5).any(|w| w == b"data:") {
+                        break None;
+                    }
+                }
+                Some(Err(e)) => break Some(format!("stream failed before its first event: {e}")),
+                None => break Some("stream ended before its first event".to_string()),
+            }
+        };
+        match failure {
+            None => {
                 let relay = StreamRelay {
                     api,
+                    events: count_events(&head),
                     guard,
                     backend: backend.clone(),
                     grace: front.suspend_grace,
+                    generation,
                     sent,
                     first_at: Instant::now(),
-                    events: count_events(&first),
                 };
-                return (
-                    status,
-                    out_headers,
-                    Body::from_stream(relay.run(first, chunks)),
-                )
-                    .into_response();
+                let body = Body::from_stream(relay.run(Bytes::from(head), chunks));
+                return (status, out_headers, body).into_response();
             }
-            Some(Err(e)) => fail(format!("stream failed before its first byte: {e}")),
-            None => fail("stream ended before its first byte".into()),
+            Some(why) => fail(why),
         }
-        backend.suspend(front.suspend_grace);
+        backend.suspend(front.suspend_grace, generation);
     }
     last_failure.unwrap_or_else(|| {
         api_error(
@@ -297,6 +335,15 @@ fn relay_headers(
         .and_then(|v| v.parse::<u64>().ok())
     {
         out.insert("x-queue-time", HeaderValue::from(queue + router_ms));
+    }
+    for name in ["x-total-time", "x-compute-time"] {
+        if let Some(total) = out
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            out.insert(name, HeaderValue::from(total + router_ms));
+        }
     }
     out.insert("x-router-queue-time", HeaderValue::from(router_ms));
     out
@@ -348,6 +395,7 @@ struct StreamRelay {
     guard: InFlight,
     backend: std::sync::Arc<super::backend::Backend>,
     grace: std::time::Duration,
+    generation: u64,
     sent: Instant,
     first_at: Instant,
     events: u64,
@@ -370,7 +418,7 @@ impl StreamRelay {
                 Some(Err(e)) => {
                     tracing::warn!(slice = %relay.backend.id, error = %e, "worker stream broke; slice taken out of rotation");
                     relay.backend.stats.record_error();
-                    relay.backend.suspend(relay.grace);
+                    relay.backend.suspend(relay.grace, relay.generation);
                     Some((Ok(relay.error_event(&e.to_string())), None))
                 }
                 None => {

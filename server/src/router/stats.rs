@@ -78,7 +78,7 @@ impl SliceStats {
     /// Counts a request as sent to this slice until the returned guard is dropped.
     pub fn begin(self: &Arc<Self>, tokens: u64) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
-        self.queued_tokens.fetch_add(tokens, Ordering::AcqRel);
+        self.add_queued(tokens);
         self.requests.fetch_add(1, Ordering::Relaxed);
         InFlight {
             stats: self.clone(),
@@ -93,12 +93,20 @@ impl SliceStats {
                 (n < limit).then_some(n + 1)
             })
             .ok()?;
-        self.queued_tokens.fetch_add(tokens, Ordering::AcqRel);
+        self.add_queued(tokens);
         self.requests.fetch_add(1, Ordering::Relaxed);
         Some(InFlight {
             stats: self.clone(),
             tokens,
         })
+    }
+
+    fn add_queued(&self, tokens: u64) {
+        let _ = self
+            .queued_tokens
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                Some(q.saturating_add(tokens))
+            });
     }
 
     /// Requests in flight now.
@@ -208,9 +216,13 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.stats.in_flight.fetch_sub(1, Ordering::AcqRel);
-        self.stats
+        let tokens = self.tokens;
+        let _ = self
+            .stats
             .queued_tokens
-            .fetch_sub(self.tokens, Ordering::AcqRel);
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                Some(q.saturating_sub(tokens))
+            });
     }
 }
 

@@ -36,8 +36,8 @@ impl FromStr for EmulationTarget {
 pub struct EmulationProbe {
     pub spec: String,
     pub target: EmulationTarget,
-    /// Cores to share out on CPU (default: what the OS lets this process use).
-    pub cores: Option<usize>,
+    /// Cores to share out on CPU (default: the cores the OS lets this process run on).
+    pub cores: Option<Vec<usize>>,
 }
 
 /// Parses an emulation spec into its profiles, in order.
@@ -80,8 +80,8 @@ impl SliceProbe for EmulationProbe {
         let profiles = parse_spec(&self.spec).map_err(|e| self.error(e))?;
         match self.target {
             EmulationTarget::Cpu => {
-                let cores = self.cores.unwrap_or_else(available_cores).max(1);
-                let shares = share_cores(cores, profiles.len());
+                let cores = self.cores.clone().unwrap_or_else(allowed_cores);
+                let shares = share_cores(&cores, profiles.len());
                 Ok(profiles
                     .iter()
                     .zip(shares)
@@ -145,30 +145,53 @@ impl SliceProbe for EmulationProbe {
     }
 }
 
-/// Cores this process may run on.
-pub fn available_cores() -> usize {
-    std::thread::available_parallelism()
+/// The cores this process may run on (its affinity mask: a container's cpuset, `taskset`).
+pub fn allowed_cores() -> Vec<usize> {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: sched_getaffinity fills a zeroed cpu_set_t of the size we pass.
+        let cores: Vec<usize> = unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0 {
+                (0..libc::CPU_SETSIZE as usize)
+                    .filter(|&c| libc::CPU_ISSET(c, &set))
+                    .collect()
+            } else {
+                Vec::new()
+            }
+        };
+        if !cores.is_empty() {
+            return cores;
+        }
+    }
+    let n = std::thread::available_parallelism()
         .map(|n| n.get())
-        .unwrap_or(1)
+        .unwrap_or(1);
+    (0..n).collect()
 }
 
-/// Shares `cores` between `slices`: disjoint contiguous ranges when there are enough cores
-/// (the first ones get the remainder), otherwise one core each, reused round-robin.
-pub fn share_cores(cores: usize, slices: usize) -> Vec<Vec<usize>> {
-    let cores = cores.max(1);
-    if slices <= cores {
-        let (base, extra) = (cores / slices.max(1), cores % slices.max(1));
+/// Shares `cores` between `slices`: disjoint runs when there are enough cores (the first
+/// slices get the remainder), otherwise one core each, reused round-robin.
+pub fn share_cores(cores: &[usize], slices: usize) -> Vec<Vec<usize>> {
+    let fallback = [0];
+    let cores = if cores.is_empty() {
+        &fallback[..]
+    } else {
+        cores
+    };
+    if slices <= cores.len() {
+        let (base, extra) = (cores.len() / slices.max(1), cores.len() % slices.max(1));
         let mut next = 0;
         (0..slices)
             .map(|i| {
                 let n = base + usize::from(i < extra);
-                let range = (next..next + n).collect();
+                let run = cores[next..next + n].to_vec();
                 next += n;
-                range
+                run
             })
             .collect()
     } else {
-        (0..slices).map(|i| vec![i % cores]).collect()
+        (0..slices).map(|i| vec![cores[i % cores.len()]]).collect()
     }
 }
 
@@ -189,15 +212,19 @@ mod tests {
 
     #[test]
     fn cpu_slices_get_their_share_of_cores() {
+        let eight: Vec<usize> = (0..8).collect();
         assert_eq!(
-            share_cores(8, 3),
+            share_cores(&eight, 3),
             vec![vec![0, 1, 2], vec![3, 4, 5], vec![6, 7]]
         );
-        assert_eq!(share_cores(2, 3), vec![vec![0], vec![1], vec![0]]);
+        assert_eq!(share_cores(&[0, 1], 3), vec![vec![0], vec![1], vec![0]]);
+        // A cpuset that does not start at 0.
+        assert_eq!(share_cores(&[4, 5, 6, 7], 2), vec![vec![4, 5], vec![6, 7]]);
+        assert!(!allowed_cores().is_empty());
         let slices = EmulationProbe {
             spec: "3x1g.10gb".into(),
             target: EmulationTarget::Cpu,
-            cores: Some(7),
+            cores: Some((0..7).collect()),
         }
         .probe()
         .unwrap();

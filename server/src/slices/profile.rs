@@ -5,8 +5,11 @@ use std::fmt;
 /// A parsed MIG profile name, or a whole GPU (`full`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Profile {
-    /// A MIG profile: `<compute>g.<memory>gb`, optionally with media extensions (`+me`).
+    /// A MIG profile: `[<ci>c.]<compute>g.<memory>gb`, optionally with media extensions
+    /// (`+me`); `ci` is set for a compute instance smaller than its GPU instance.
     Mig {
+        /// Compute slices of a compute-instance profile (`1c.3g.40gb`), if it is one.
+        compute_instance: Option<u32>,
         /// GPU compute slices (1 to 7 on H100 and A100).
         compute_slices: u32,
         /// Memory in decimal gigabytes, as the name says.
@@ -31,13 +34,23 @@ impl Profile {
             Some(base) => (base, true),
             None => (name, false),
         };
+        let (compute_instance, base) = match base.split_once("c.") {
+            Some((ci, rest)) if !ci.is_empty() && ci.chars().all(|c| c.is_ascii_digit()) => {
+                (Some(ci.parse::<u32>().ok()?), rest)
+            }
+            _ => (None, base),
+        };
         let (compute, memory) = base.split_once('.')?;
         let compute_slices: u32 = compute.strip_suffix('g')?.parse().ok()?;
         let memory_gb: u32 = memory.strip_suffix("gb")?.parse().ok()?;
-        if !(1..=MAX_COMPUTE_SLICES).contains(&compute_slices) || memory_gb == 0 {
+        if !(1..=MAX_COMPUTE_SLICES).contains(&compute_slices)
+            || memory_gb == 0
+            || compute_instance.is_some_and(|ci| ci == 0 || ci > compute_slices)
+        {
             return None;
         }
         Some(Profile::Mig {
+            compute_instance,
             compute_slices,
             memory_gb,
             media,
@@ -52,10 +65,15 @@ impl Profile {
         }
     }
 
-    /// Compute slices out of [`MAX_COMPUTE_SLICES`] (`full` counts as all of them).
+    /// Compute slices out of [`MAX_COMPUTE_SLICES`] that a worker on it uses (a compute
+    /// instance's own count; `full` counts as all of them).
     pub fn compute_slices(&self) -> u32 {
         match self {
-            Profile::Mig { compute_slices, .. } => *compute_slices,
+            Profile::Mig {
+                compute_instance,
+                compute_slices,
+                ..
+            } => compute_instance.unwrap_or(*compute_slices),
             Profile::Full => MAX_COMPUTE_SLICES,
         }
     }
@@ -65,12 +83,16 @@ impl fmt::Display for Profile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Profile::Mig {
+                compute_instance,
                 compute_slices,
                 memory_gb,
                 media,
             } => write!(
                 f,
-                "{compute_slices}g.{memory_gb}gb{}",
+                "{}{compute_slices}g.{memory_gb}gb{}",
+                compute_instance
+                    .map(|ci| format!("{ci}c."))
+                    .unwrap_or_default(),
                 if *media { "+me" } else { "" }
             ),
             Profile::Full => f.write_str("full"),
@@ -129,6 +151,7 @@ mod tests {
             Some(20_000_000_000)
         );
         assert_eq!(Profile::parse("3g.40gb").unwrap().compute_slices(), 3);
+        assert_eq!(Profile::parse("2c.3g.40gb").unwrap().compute_slices(), 2);
     }
 
     #[test]

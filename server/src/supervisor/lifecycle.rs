@@ -25,7 +25,7 @@ pub async fn run_slot(
     slot: Arc<WorkerSlot>,
     exe: PathBuf,
     timings: Timings,
-    mut shutdown: watch::Receiver<bool>,
+    mut shutdown: watch::Receiver<Option<Duration>>,
 ) {
     let mut backoff = Backoff::new(timings.restart_backoff, timings.restart_backoff_max);
     let mut crashes = CrashWindow::new(timings.max_crashes, timings.crash_window);
@@ -34,7 +34,7 @@ pub async fn run_slot(
         .build()
         .unwrap_or_default();
     loop {
-        if *shutdown.borrow() {
+        if shutdown.borrow().is_some() {
             break;
         }
         slot.update(|s| {
@@ -56,9 +56,9 @@ pub async fn run_slot(
                 if matches!(ending, Ending::Shutdown) {
                     slot.update(|s| s.state = SlotState::Stopping);
                 }
-                // Shutdown: let it drain; crash or hang: it is dead or stuck, stop it now.
+                // Shutdown: the grace it was given; crash or hang: it is dead or stuck.
                 let grace = match ending {
-                    Ending::Shutdown => timings.drain + timings.stop,
+                    Ending::Shutdown => shutdown.borrow().unwrap_or(timings.stop),
                     Ending::Crashed { .. } => Duration::from_millis(200),
                 };
                 terminate(&mut worker.child, worker.pid, grace).await;
@@ -72,7 +72,7 @@ pub async fn run_slot(
         match ending {
             Ending::Shutdown => break,
             Ending::Crashed { reason, up_for } => {
-                if *shutdown.borrow() {
+                if shutdown.borrow().is_some() {
                     break;
                 }
                 if up_for >= timings.crash_window {
@@ -83,7 +83,9 @@ pub async fn run_slot(
                     s.url = None;
                     s.pid = None;
                     s.last_error = Some(reason.clone());
-                    s.restarts += 1;
+                    if !failed {
+                        s.restarts += 1;
+                    }
                     s.state = if failed {
                         SlotState::Failed
                     } else {
@@ -123,7 +125,7 @@ async fn watch_worker(
     worker: &mut SpawnedWorker,
     http: &reqwest::Client,
     timings: &Timings,
-    shutdown: &mut watch::Receiver<bool>,
+    shutdown: &mut watch::Receiver<Option<Duration>>,
 ) -> Ending {
     let started = Instant::now();
     let exited = |status: std::io::Result<std::process::ExitStatus>, worker: &SpawnedWorker| {
@@ -145,10 +147,17 @@ async fn watch_worker(
     let url = tokio::select! {
         url = &mut worker.ready => match url {
             Ok(url) => url,
-            // Its stdout closed without a ready line: it is exiting.
+            // Its stdout closed without a ready line: it is exiting (or stuck; bounded).
             Err(_) => {
-                let status = worker.child.wait().await;
-                return Ending::Crashed { reason: exited(status, worker), up_for: started.elapsed() };
+                tokio::select! {
+                    status = worker.child.wait() => {
+                        return Ending::Crashed { reason: exited(status, worker), up_for: started.elapsed() };
+                    }
+                    _ = tokio::time::sleep(timings.ready_timeout) => {
+                        return Ending::Crashed { reason: "closed its output without reporting ready".into(), up_for: started.elapsed() };
+                    }
+                    _ = shutdown.changed() => return Ending::Shutdown,
+                }
             }
         },
         status = worker.child.wait() => {

@@ -53,7 +53,8 @@ impl From<&SupervisorSection> for Timings {
 /// Running workers, one per slot.
 pub struct Supervisor {
     slots: Arc<[Arc<WorkerSlot>]>,
-    shutdown: watch::Sender<bool>,
+    /// `Some(grace)` once shutdown is asked for: workers get SIGTERM, then SIGKILL after grace.
+    shutdown: watch::Sender<Option<Duration>>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -65,7 +66,7 @@ impl Supervisor {
             .into_iter()
             .map(|a| Arc::new(WorkerSlot::new(a)))
             .collect();
-        let (shutdown, _) = watch::channel(false);
+        let (shutdown, _) = watch::channel(None);
         let tasks = slots
             .iter()
             .map(|slot| {
@@ -89,10 +90,10 @@ impl Supervisor {
         self.slots.clone()
     }
 
-    /// Stops every worker (SIGTERM: each drains its in-flight requests; SIGKILL after the
-    /// drain and stop timeouts) and waits until all have exited.
-    pub async fn shutdown(self) {
-        let _ = self.shutdown.send(true);
+    /// Stops every worker (SIGTERM: each finishes what it still has in flight; SIGKILL after
+    /// `grace`) and waits until all have exited.
+    pub async fn shutdown(self, grace: Duration) {
+        let _ = self.shutdown.send(Some(grace));
         for task in self.tasks {
             let _ = task.await;
         }

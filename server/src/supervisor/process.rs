@@ -111,7 +111,7 @@ pub fn spawn_worker(
                 }
                 if !cpus.is_empty() {
                     let mut set: libc::cpu_set_t = std::mem::zeroed();
-                    for &cpu in &cpus {
+                    for &cpu in cpus.iter().filter(|&&c| c < libc::CPU_SETSIZE as usize) {
                         libc::CPU_SET(cpu, &mut set);
                     }
                     // Pinning is best effort: a container may forbid some cores.
@@ -149,8 +149,19 @@ fn forward_lines(
     recent: Option<Arc<Mutex<VecDeque<String>>>>,
 ) {
     tokio::spawn(async move {
-        let mut lines = BufReader::new(stream).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
+        let mut reader = BufReader::new(stream);
+        let mut raw = Vec::new();
+        // Keep reading to the end whatever the bytes are: a closed pipe would make the
+        // worker's next write fail.
+        loop {
+            raw.clear();
+            match reader.read_until(b'\n', &mut raw).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            let line = String::from_utf8_lossy(&raw)
+                .trim_end_matches(['\n', '\r'])
+                .to_string();
             if let Some(url) = line.strip_prefix(READY_PREFIX) {
                 if let Some(tx) = ready.take() {
                     let _ = tx.send(url.trim().to_string());
