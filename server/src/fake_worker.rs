@@ -24,6 +24,10 @@ pub struct FakeWorkerConfig {
     pub token_delay: Duration,
     /// Tokens when a request sets no limit.
     pub default_new_tokens: u64,
+    /// Answer every Nth generation request with a 500 (0: never).
+    pub fail_every: u64,
+    /// Cut every Nth stream after its second token by dropping the connection (0: never).
+    pub cut_every: u64,
 }
 
 /// What a fake worker has seen.
@@ -66,10 +70,26 @@ struct Busy(Arc<FakeWorkerCounters>);
 
 impl Busy {
     fn new(counters: &Arc<FakeWorkerCounters>) -> Self {
-        counters.requests.fetch_add(1, Ordering::Relaxed);
         counters.in_flight.fetch_add(1, Ordering::AcqRel);
         Self(counters.clone())
     }
+}
+
+/// Counts a generation request; its 1-based number.
+fn arrive(s: &Shared) -> u64 {
+    s.counters.requests.fetch_add(1, Ordering::Relaxed) as u64 + 1
+}
+
+fn every(n: u64, every: u64) -> bool {
+    every > 0 && n % every == 0
+}
+
+fn injected_failure() -> Response {
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        Json(json!({"error": "injected failure", "error_type": "fake"})),
+    )
+        .into_response()
 }
 
 impl Drop for Busy {
@@ -92,6 +112,9 @@ fn token_text(i: u64) -> String {
 }
 
 async fn generate(State(s): State<Shared>, Json(body): Json<Value>) -> Response {
+    if every(arrive(&s), s.config.fail_every) {
+        return injected_failure();
+    }
     let _busy = Busy::new(&s.counters);
     let n = new_tokens(&body, s.config.default_new_tokens);
     let total = s.config.first_token_delay + s.config.token_delay * (n as u32 - 1);
@@ -119,16 +142,23 @@ async fn compat(state: State<Shared>, body: Json<Value>) -> Response {
     }
 }
 
-/// An SSE body of `n` events made by `event(i, last)`, paced like a worker.
+/// An SSE body of `n` events made by `event(i, last)`, paced like a worker (or a 500, or a
+/// stream cut after two events, as configured).
 fn paced_events(
     s: &Shared,
     n: u64,
     event: impl Fn(u64, bool) -> String + Send + 'static,
     trailer: Option<&'static str>,
 ) -> Response {
+    let number = arrive(s);
+    if every(number, s.config.fail_every) {
+        return injected_failure();
+    }
+    let cut = every(number, s.config.cut_every);
     let busy = Busy::new(&s.counters);
     let config = s.config.clone();
     let events = stream::unfold(0u64, move |i| {
+        let i = if i == u64::MAX { n + 1 } else { i };
         let config = config.clone();
         let event = &event;
         let out = if i < n {
@@ -147,6 +177,10 @@ fn paced_events(
         async move {
             let (delay, text, next) = out?;
             tokio::time::sleep(delay).await;
+            if cut && next == 3 {
+                // An error in the body makes the server drop the connection mid-stream.
+                return Some((Err(std::io::Error::other("injected cut")), u64::MAX));
+            }
             Some((Ok::<Bytes, std::io::Error>(Bytes::from(text)), next))
         }
     });
@@ -200,6 +234,9 @@ async fn openai(State(s): State<Shared>, Json(body): Json<Value>) -> Response {
             Some("[DONE]"),
         );
     }
+    if every(arrive(&s), s.config.fail_every) {
+        return injected_failure();
+    }
     let _busy = Busy::new(&s.counters);
     tokio::time::sleep(s.config.first_token_delay + s.config.token_delay * (n as u32 - 1)).await;
     let text: String = (0..n).map(token_text).collect();
@@ -231,6 +268,12 @@ pub struct FakeWorkerArgs {
     /// Tokens when a request sets no limit.
     #[arg(long, default_value_t = 16)]
     pub default_new_tokens: u64,
+    /// Answer every Nth generation request with a 500 (0: never).
+    #[arg(long, default_value_t = 0)]
+    pub fail_every: u64,
+    /// Cut every Nth stream after its second token (0: never).
+    #[arg(long, default_value_t = 0)]
+    pub cut_every: u64,
 }
 
 /// Runs `migserve fake-worker` until SIGTERM or Ctrl-C.
@@ -249,6 +292,8 @@ pub fn run(args: FakeWorkerArgs) -> anyhow::Result<()> {
             first_token_delay: Duration::from_millis(args.first_token_delay_ms),
             token_delay: Duration::from_millis(args.token_delay_ms),
             default_new_tokens: args.default_new_tokens,
+            fail_every: args.fail_every,
+            cut_every: args.cut_every,
         };
         axum::serve(crate::net::no_delay(listener), app(config, Arc::default()))
             .with_graceful_shutdown(crate::worker::shutdown_signal())

@@ -6,6 +6,7 @@ pub mod policy;
 pub mod proxy;
 pub mod stats;
 pub mod status;
+pub mod token_count;
 
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;

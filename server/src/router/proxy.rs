@@ -11,6 +11,7 @@ use futures_util::stream::{self, BoxStream, StreamExt};
 use serde_json::Value;
 
 use super::stats::InFlight;
+use super::token_count::TokenCounter;
 use super::{Pick, SharedFront};
 use crate::api::error::{ApiError, OpenAiError};
 
@@ -281,9 +282,11 @@ async fn forward(
         };
         match failure {
             None => {
+                let mut counter = TokenCounter::new(api);
+                counter.feed(&head);
                 let relay = StreamRelay {
                     api,
-                    events: count_events(&head),
+                    counter,
                     guard,
                     backend: backend.clone(),
                     grace: front.suspend_grace,
@@ -398,7 +401,7 @@ struct StreamRelay {
     generation: u64,
     sent: Instant,
     first_at: Instant,
-    events: u64,
+    counter: TokenCounter,
 }
 
 impl StreamRelay {
@@ -412,7 +415,7 @@ impl StreamRelay {
             let (mut relay, mut rest) = state?;
             match rest.next().await {
                 Some(Ok(chunk)) => {
-                    relay.events += count_events(&chunk);
+                    relay.counter.feed(&chunk);
                     Some((Ok(chunk), Some((relay, rest))))
                 }
                 Some(Err(e)) => {
@@ -432,11 +435,10 @@ impl StreamRelay {
 
     fn finish(&self) {
         let ttft = self.first_at.duration_since(self.sent).as_secs_f64();
-        let tpot = (self.events > 1)
-            .then(|| self.first_at.elapsed().as_secs_f64() / (self.events - 1) as f64);
-        self.guard
-            .stats()
-            .record_success(Some(ttft), tpot, self.events);
+        let tokens = self.counter.tokens();
+        let tpot =
+            (tokens > 1).then(|| self.first_at.elapsed().as_secs_f64() / (tokens - 1) as f64);
+        self.guard.stats().record_success(Some(ttft), tpot, tokens);
     }
 
     /// The event that ends a stream whose worker went away, in the endpoint's shape.

@@ -1,0 +1,284 @@
+//! Command line: `loadtest run` against any server, `loadtest compare` across migserve layouts.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use serde_json::json;
+use tokio::sync::watch;
+
+use crate::corpus::PromptSource;
+use crate::dist::LengthDist;
+use crate::metrics::{self, MetricsCheck};
+use crate::report::Report;
+use crate::request::{Api, Target};
+use crate::run::{run_level, Level, LoadShape};
+
+/// Load generator and benchmark reports for TGI- and OpenAI-compatible servers.
+#[derive(Debug, Parser)]
+#[command(name = "loadtest", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Put load on one server and write a report.
+    Run(RunArgs),
+    /// Start `migserve serve` in several layouts, put the same load on each, write one report.
+    Compare(crate::compare::CompareArgs),
+}
+
+/// The load: levels, lengths, prompts, duration.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LoadArgs {
+    /// API to speak.
+    #[arg(long, value_enum, default_value = "tgi")]
+    pub api: Api,
+    /// Model name (OpenAI `model`; `x-model` header for TGI).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Closed loop: a sweep of client counts, e.g. `1,4,16`.
+    #[arg(long, value_delimiter = ',')]
+    pub concurrency: Vec<usize>,
+    /// Open loop: a sweep of Poisson arrival rates (requests/s), e.g. `0.5,1,2`.
+    #[arg(long, value_delimiter = ',')]
+    pub rate: Vec<f64>,
+    /// Seconds per level.
+    #[arg(long, default_value_t = 30.0)]
+    pub duration: f64,
+    /// Requests per level (stops the level earlier when reached).
+    #[arg(long)]
+    pub requests: Option<u64>,
+    /// Prompt tokens: `N`, `uniform:LO-HI` or `normal:MEAN,SD`.
+    #[arg(long, default_value = "128")]
+    pub prompt_tokens: LengthDist,
+    /// Output tokens, same forms.
+    #[arg(long, default_value = "64")]
+    pub output_tokens: LengthDist,
+    /// Prompts from a JSONL file (`{"prompt": …}` per line) instead of the built-in corpus.
+    #[arg(long)]
+    pub prompts: Option<PathBuf>,
+    /// Let the server stop at eos (default: generate exactly the drawn output length, with
+    /// migserve's `ignore_eos`).
+    #[arg(long)]
+    pub allow_eos: bool,
+    /// Requests sent before measuring (not counted).
+    #[arg(long, default_value_t = 2)]
+    pub warmup: u64,
+    /// Most requests in flight in open loop; arrivals beyond are counted as dropped.
+    #[arg(long, default_value_t = 1024)]
+    pub max_in_flight: usize,
+    /// Seconds one request may take.
+    #[arg(long, default_value_t = 300.0)]
+    pub timeout: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// Arguments of `loadtest run`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// Base URL of the server.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    #[command(flatten)]
+    pub load: LoadArgs,
+    /// Folder for result.json, summary.md and the SVG charts.
+    #[arg(long, default_value = "loadtest-report")]
+    pub out: PathBuf,
+    /// Name of the run in the report.
+    #[arg(long, default_value = "run")]
+    pub name: String,
+}
+
+impl LoadArgs {
+    /// The levels: closed-loop ones first, then open-loop ones; `c=1` when none are given.
+    pub fn levels(&self) -> anyhow::Result<Vec<Level>> {
+        if self.concurrency.contains(&0) {
+            bail!("--concurrency values must be at least 1");
+        }
+        if self.rate.iter().any(|r| !(r.is_finite() && *r > 0.0)) {
+            bail!("--rate values must be positive");
+        }
+        let mut levels: Vec<Level> = self
+            .concurrency
+            .iter()
+            .map(|&c| Level::Closed { concurrency: c })
+            .chain(self.rate.iter().map(|&rate| Level::Open { rate }))
+            .collect();
+        if levels.is_empty() {
+            levels.push(Level::Closed { concurrency: 1 });
+        }
+        Ok(levels)
+    }
+
+    /// The load shape against `url`.
+    pub fn shape(&self, url: &str) -> anyhow::Result<LoadShape> {
+        let positive = |v: f64| v.is_finite() && v > 0.0;
+        if !positive(self.duration) || !positive(self.timeout) {
+            bail!("--duration and --timeout must be positive");
+        }
+        let prompts = match &self.prompts {
+            Some(path) => PromptSource::from_jsonl(path).map_err(anyhow::Error::msg)?,
+            None => PromptSource::Builtin,
+        };
+        Ok(LoadShape {
+            target: Target {
+                url: url.trim_end_matches('/').to_string(),
+                api: self.api,
+                model: self.model.clone(),
+                ignore_eos: !self.allow_eos,
+                timeout: Duration::from_secs_f64(self.timeout),
+            },
+            prompt_tokens: self.prompt_tokens,
+            output_tokens: self.output_tokens,
+            prompts,
+            duration: Duration::from_secs_f64(self.duration),
+            requests: self.requests,
+            max_in_flight: self.max_in_flight.max(1),
+            seed: self.seed,
+            progress: !self.quiet,
+        })
+    }
+
+    /// The load as recorded in reports.
+    pub fn describe(&self) -> serde_json::Value {
+        json!({
+            "prompt_tokens": self.prompt_tokens.to_string(),
+            "output_tokens": self.output_tokens.to_string(),
+            "prompts": self.prompts.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "builtin".into()),
+            "duration_secs": self.duration,
+            "requests_per_level": self.requests,
+            "ignore_eos": !self.allow_eos,
+            "seed": self.seed,
+        })
+    }
+}
+
+/// An HTTP client for load: many idle connections, no Nagle.
+pub fn http_client() -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .pool_max_idle_per_host(4096)
+        .tcp_nodelay(true)
+        .build()?)
+}
+
+/// Resolves when Ctrl-C arrives (turns `cancel` true).
+pub fn cancel_on_ctrl_c() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("interrupted: finishing the report with what was measured");
+            let _ = tx.send(true);
+        }
+    });
+    rx
+}
+
+/// Runs every level against `url`; stops early on cancel.
+pub async fn measure(
+    name: &str,
+    url: &str,
+    load: &LoadArgs,
+    client: &reqwest::Client,
+    cancel: &watch::Receiver<bool>,
+) -> anyhow::Result<Report> {
+    let shape = load.shape(url)?;
+    let levels = load.levels()?;
+    let started_unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    for i in 0..load.warmup {
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(i);
+        let prompt = shape
+            .prompts
+            .prompt(i, shape.prompt_tokens.sample(&mut rng), &mut rng);
+        crate::request::send(client, &shape.target, &prompt, 4, std::time::Instant::now()).await;
+    }
+    let before = metrics::snapshot(client, url).await;
+    let mut report = Report {
+        name: name.to_string(),
+        url: url.to_string(),
+        api: format!("{:?}", load.api).to_lowercase(),
+        model: load.model.clone(),
+        load: load.describe(),
+        started_unix,
+        levels: Vec::new(),
+        metrics_check: None,
+        interrupted: false,
+    };
+    for level in levels {
+        if *cancel.borrow() {
+            report.interrupted = true;
+            break;
+        }
+        let result = run_level(&shape, client, level, cancel.clone()).await;
+        if !load.quiet {
+            eprintln!(
+                "{name} {}: {} ok, {} failed, {:.1} output tok/s, e2e p50 {:.0} ms",
+                result.label,
+                result.requests_ok,
+                result.requests_failed,
+                result.output_tokens_per_sec,
+                result.e2e.p50 * 1e3
+            );
+        }
+        report.interrupted |= result.interrupted;
+        report.levels.push(result);
+    }
+    if let (Some(before), Some(after)) = (before, metrics::snapshot(client, url).await) {
+        // The server counts every request it answered, failed ones included.
+        let requests: u64 = report
+            .levels
+            .iter()
+            .map(|l| {
+                l.requests_ok
+                    + l.errors
+                        .iter()
+                        .filter(|(k, _)| k.starts_with("http_") || k.starts_with("stream_"))
+                        .map(|(_, v)| v)
+                        .sum::<u64>()
+            })
+            .sum();
+        let tokens: u64 = report.levels.iter().map(|l| l.output_tokens).sum();
+        report.metrics_check = Some(MetricsCheck::new(&before, &after, requests, tokens));
+    }
+    Ok(report)
+}
+
+/// Runs the parsed command; the exit code is 130 after Ctrl-C (the report is still written).
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Run(args) => {
+                let client = http_client()?;
+                let cancel = cancel_on_ctrl_c();
+                let report = measure(&args.name, &args.url, &args.load, &client, &cancel).await?;
+                report
+                    .write(&args.out)
+                    .with_context(|| format!("writing the report to {}", args.out.display()))?;
+                println!("{}", report.markdown());
+                eprintln!("report written to {}", args.out.display());
+                Ok(if report.interrupted {
+                    ExitCode::from(130)
+                } else {
+                    ExitCode::SUCCESS
+                })
+            }
+            Command::Compare(args) => crate::compare::run(args).await,
+        }
+    })
+}

@@ -1,0 +1,235 @@
+//! One streamed request: send it, time every token, classify failures.
+
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+
+/// The API a target speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Api {
+    /// TGI `POST /generate_stream`.
+    Tgi,
+    /// OpenAI `POST /v1/chat/completions` with `stream`.
+    OpenaiChat,
+    /// OpenAI `POST /v1/completions` with `stream`.
+    OpenaiCompletions,
+}
+
+/// Where requests go.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Target {
+    pub url: String,
+    pub api: Api,
+    /// OpenAI `model` (and the `x-model` header for TGI); none: the server's default.
+    pub model: Option<String>,
+    /// Ask the server to generate exactly the requested tokens (migserve's `ignore_eos`).
+    pub ignore_eos: bool,
+    #[serde(skip)]
+    pub timeout: Duration,
+}
+
+/// What one request measured.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct Sample {
+    /// Seconds from the start of its level to sending.
+    pub sent_at: f64,
+    /// Seconds to the first token.
+    pub ttft: Option<f64>,
+    /// Seconds between consecutive tokens.
+    pub itl: Vec<f64>,
+    /// Seconds to the end of the response.
+    pub e2e: f64,
+    pub output_tokens: u64,
+    pub prompt_tokens: Option<u64>,
+    /// The server's `x-slice` header.
+    pub slice: Option<String>,
+    /// Failure class, when it failed: connect, timeout, http_429, http_4xx, http_5xx,
+    /// stream_error (an error event), stream_broken (connection lost mid-stream),
+    /// invalid_response.
+    pub error: Option<String>,
+}
+
+impl Target {
+    fn path(&self) -> &'static str {
+        match self.api {
+            Api::Tgi => "/generate_stream",
+            Api::OpenaiChat => "/v1/chat/completions",
+            Api::OpenaiCompletions => "/v1/completions",
+        }
+    }
+
+    fn body(&self, prompt: &str, max_tokens: u64) -> Value {
+        match self.api {
+            Api::Tgi => json!({
+                "inputs": prompt,
+                "parameters": {"max_new_tokens": max_tokens, "details": true, "ignore_eos": self.ignore_eos}
+            }),
+            Api::OpenaiChat => json!({
+                "model": self.model.clone().unwrap_or_default(),
+                "messages": [{"role": "user", "content": prompt}],
+                "max_tokens": max_tokens, "stream": true, "ignore_eos": self.ignore_eos,
+                "stream_options": {"include_usage": true}
+            }),
+            Api::OpenaiCompletions => json!({
+                "model": self.model.clone().unwrap_or_default(),
+                "prompt": prompt,
+                "max_tokens": max_tokens, "stream": true, "ignore_eos": self.ignore_eos,
+                "stream_options": {"include_usage": true}
+            }),
+        }
+    }
+}
+
+/// Sends one request and measures it; never fails (failures are in [`Sample::error`]).
+pub async fn send(
+    client: &reqwest::Client,
+    target: &Target,
+    prompt: &str,
+    max_tokens: u64,
+    level_start: Instant,
+) -> Sample {
+    let started = Instant::now();
+    let mut sample = Sample {
+        sent_at: started.duration_since(level_start).as_secs_f64(),
+        ..Default::default()
+    };
+    let outcome = tokio::time::timeout(
+        target.timeout,
+        exchange(client, target, prompt, max_tokens, started, &mut sample),
+    )
+    .await;
+    if outcome.is_err() {
+        sample.error = Some("timeout".into());
+    }
+    sample.e2e = started.elapsed().as_secs_f64();
+    sample
+}
+
+async fn exchange(
+    client: &reqwest::Client,
+    target: &Target,
+    prompt: &str,
+    max_tokens: u64,
+    started: Instant,
+    sample: &mut Sample,
+) {
+    let mut request = client
+        .post(format!(
+            "{}{}",
+            target.url.trim_end_matches('/'),
+            target.path()
+        ))
+        .json(&target.body(prompt, max_tokens));
+    if let (Api::Tgi, Some(model)) = (target.api, &target.model) {
+        request = request.header("x-model", model);
+    }
+    let response = match request.send().await {
+        Ok(r) => r,
+        Err(e) => {
+            sample.error = Some(if e.is_timeout() { "timeout" } else { "connect" }.into());
+            return;
+        }
+    };
+    sample.slice = response
+        .headers()
+        .get("x-slice")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let status = response.status();
+    if !status.is_success() {
+        sample.error = Some(
+            match status.as_u16() {
+                429 => "http_429",
+                400..=499 => "http_4xx",
+                _ => "http_5xx",
+            }
+            .into(),
+        );
+        return;
+    }
+    let mut body = response.bytes_stream();
+    let mut buffer: Vec<u8> = Vec::new();
+    let mut events = 0u64;
+    let mut last_token: Option<Instant> = None;
+    let mut reported_tokens: Option<u64> = None;
+    let mut finished = false;
+    while let Some(chunk) = body.next().await {
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(_) => {
+                sample.error = Some("stream_broken".into());
+                break;
+            }
+        };
+        buffer.extend_from_slice(&chunk);
+        while let Some(end) = find_event_end(&buffer) {
+            let event: Vec<u8> = buffer.drain(..end).collect();
+            for line in String::from_utf8_lossy(&event).lines() {
+                let Some(data) = line.strip_prefix("data:").map(str::trim) else {
+                    continue;
+                };
+                if data == "[DONE]" {
+                    finished = true;
+                    continue;
+                }
+                let Ok(value) = serde_json::from_str::<Value>(data) else {
+                    sample.error = Some("invalid_response".into());
+                    continue;
+                };
+                if value.get("error").is_some() {
+                    sample.error = Some("stream_error".into());
+                    continue;
+                }
+                if let Some(usage) = value.get("usage").filter(|u| !u.is_null()) {
+                    reported_tokens = usage.get("completion_tokens").and_then(Value::as_u64);
+                    sample.prompt_tokens = usage.get("prompt_tokens").and_then(Value::as_u64);
+                }
+                if let Some(details) = value.get("details").filter(|d| !d.is_null()) {
+                    reported_tokens = details.get("generated_tokens").and_then(Value::as_u64);
+                    sample.prompt_tokens = details.get("input_length").and_then(Value::as_u64);
+                    finished = true;
+                }
+                if is_token_event(target.api, &value) {
+                    let now = Instant::now();
+                    match last_token {
+                        None => sample.ttft = Some(now.duration_since(started).as_secs_f64()),
+                        Some(prev) => sample.itl.push(now.duration_since(prev).as_secs_f64()),
+                    }
+                    last_token = Some(now);
+                    events += 1;
+                }
+            }
+        }
+    }
+    sample.output_tokens = reported_tokens.unwrap_or(events);
+    if sample.error.is_none() && !finished {
+        // The body ended cleanly but without its final event.
+        sample.error = Some("stream_broken".into());
+    }
+}
+
+/// End (exclusive) of the first complete SSE event in `buffer`.
+fn find_event_end(buffer: &[u8]) -> Option<usize> {
+    buffer.windows(2).position(|w| w == b"\n\n").map(|i| i + 2)
+}
+
+/// Whether an event carries a generated token (OpenAI's usage-only chunk does not).
+fn is_token_event(api: Api, value: &Value) -> bool {
+    match api {
+        Api::Tgi => value.get("token").is_some(),
+        Api::OpenaiChat | Api::OpenaiCompletions => value
+            .get("choices")
+            .and_then(Value::as_array)
+            .and_then(|c| c.first())
+            .map(|choice| {
+                let text = choice
+                    .get("delta")
+                    .and_then(|d| d.get("content"))
+                    .or_else(|| choice.get("text"));
+                text.and_then(Value::as_str).is_some_and(|t| !t.is_empty())
+            })
+            .unwrap_or(false),
+    }
+}

@@ -1,0 +1,103 @@
+//! Starting and stopping `migserve serve` for a layout.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde_json::Value;
+
+/// A running `migserve serve`, stopped when dropped.
+pub struct ServeProcess {
+    child: Child,
+    /// Front URL.
+    pub url: String,
+}
+
+impl ServeProcess {
+    /// Starts `migserve serve --config CONFIG --listen 127.0.0.1:0` and waits for its ready line.
+    pub fn start(migserve: &Path, config: &Path) -> anyhow::Result<Self> {
+        let mut child = Command::new(migserve)
+            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+            .arg(config)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting {}", migserve.display()))?;
+        let stdout = child.stdout.take().context("serve stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let url = loop {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(url) = line.strip_prefix("migserve serving on ") {
+                        break url.trim().to_string();
+                    }
+                }
+                _ => {
+                    let status = child.wait().ok();
+                    bail!(
+                        "migserve serve --config {} exited before serving ({status:?})",
+                        config.display()
+                    );
+                }
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        Ok(Self { child, url })
+    }
+
+    /// Waits until every slice is ready; returns `/slices`.
+    pub async fn wait_ready(
+        &self,
+        client: &reqwest::Client,
+        timeout: Duration,
+    ) -> anyhow::Result<Vec<Value>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(r) = client.get(format!("{}/slices", self.url)).send().await {
+                if let Ok(slices) = r.json::<Vec<Value>>().await {
+                    if !slices.is_empty() && slices.iter().all(|s| s["state"] == "ready") {
+                        return Ok(slices);
+                    }
+                    if slices.iter().any(|s| s["state"] == "failed") {
+                        bail!("a slice failed to start: {slices:?}");
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("slices not ready after {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// SIGTERM, then wait (SIGKILL after 60 s).
+    pub fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
