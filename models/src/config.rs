@@ -120,6 +120,9 @@ impl LlamaConfig {
     pub fn parameter_count(&self) -> usize {
         let attn = self.hidden_size * self.head_dim * (2 * self.n_heads + 2 * self.n_kv_heads);
         let ffn = 3 * self.hidden_size * self.ffn_size;
-        self.n_layers * (attn + ffn + 2 * self.hidden_size) + self.vocab_size * self.hidden_size
+        // Layers, the embedding (tied with the output) and the final norm.
+        self.n_layers * (attn + ffn + 2 * self.hidden_size)
+            + self.vocab_size * self.hidden_size
+            + self.hidden_size
     }
 }

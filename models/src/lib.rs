@@ -11,6 +11,7 @@ pub mod linear;
 pub mod llama;
 pub mod model;
 pub mod sampling;
+pub mod synth;
 pub mod tokenizer;
 
 pub use chat::{ChatMessage, ChatTemplate};

@@ -3,6 +3,7 @@
 mod generate;
 mod serve;
 mod slices;
+mod synth;
 
 use clap::{Parser, Subcommand};
 
@@ -30,6 +31,8 @@ pub enum Command {
     Slices(slices::SlicesArgs),
     /// Run the supervisor and router: one worker per slice behind one endpoint.
     Serve(serve::ServeArgs),
+    /// Write a model of a known shape with random weights (benchmarks without downloads).
+    Synth(synth::SynthArgs),
     /// A stand-in worker with canned tokens at a set speed (router tests and benchmarks).
     #[command(hide = true)]
     FakeWorker(crate::fake_worker::FakeWorkerArgs),
@@ -42,6 +45,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Worker(args) => crate::worker::run(args),
         Command::Slices(args) => slices::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::Synth(args) => synth::run(args),
         Command::FakeWorker(args) => crate::fake_worker::run(args),
     }
 }
