@@ -113,18 +113,32 @@ fn attend_row(
     let kv_row = shape.n_kv_heads * hd;
     let q_row = &q[(seq.row + i) * row_len..(seq.row + i + 1) * row_len];
     let visible = seq.start + i + 1;
-    let offset_of = |pos: usize| {
-        let block = seq.block_table[pos / shape.block_size] as usize;
-        (block * shape.block_size + pos % shape.block_size) * kv_row
+    let bs = shape.block_size;
+    // Positions come block by block: within a block they are contiguous, so the block table
+    // is read once per block instead of dividing for every position.
+    let runs = || {
+        seq.block_table
+            .iter()
+            .enumerate()
+            .map(move |(b, &block)| {
+                (
+                    b * bs,
+                    block as usize * bs * kv_row,
+                    bs.min(visible.saturating_sub(b * bs)),
+                )
+            })
+            .take_while(|&(_, _, n)| n > 0)
     };
-    // scores[g * visible + pos]
     let mut scores = vec![0.0f32; group * visible];
     for kv_head in 0..shape.n_kv_heads {
         let heads = kv_head * group..(kv_head + 1) * group;
-        for pos in 0..visible {
-            let k = &key_cache[offset_of(pos) + kv_head * hd..][..hd];
-            for (g, h) in heads.clone().enumerate() {
-                scores[g * visible + pos] = dot(&q_row[h * hd..(h + 1) * hd], k);
+        let head_offset = kv_head * hd;
+        for (first, base, n) in runs() {
+            for j in 0..n {
+                let k = &key_cache[base + j * kv_row + head_offset..][..hd];
+                for (g, h) in heads.clone().enumerate() {
+                    scores[g * visible + first + j] = dot(&q_row[h * hd..(h + 1) * hd], k);
+                }
             }
         }
         for g in 0..group {
@@ -138,39 +152,48 @@ fn attend_row(
             let inv = 1.0 / sum;
             s.iter_mut().for_each(|x| *x *= inv);
         }
-        for h in heads.clone() {
-            out_row[h * hd..(h + 1) * hd]
-                .iter_mut()
-                .for_each(|o| *o = 0.0);
-        }
-        for pos in 0..visible {
-            let v = &value_cache[offset_of(pos) + kv_head * hd..][..hd];
-            for (g, h) in heads.clone().enumerate() {
-                let w = scores[g * visible + pos];
-                out_row[h * hd..(h + 1) * hd]
-                    .iter_mut()
-                    .zip(v)
-                    .for_each(|(o, v)| *o += w * v);
+        let out_heads = &mut out_row[heads.start * hd..heads.end * hd];
+        out_heads.iter_mut().for_each(|o| *o = 0.0);
+        for (first, base, n) in runs() {
+            for j in 0..n {
+                let v = &value_cache[base + j * kv_row + head_offset..][..hd];
+                for (g, o) in out_heads.chunks_exact_mut(hd).enumerate() {
+                    let w = scores[g * visible + first + j];
+                    axpy(w, v, o);
+                }
             }
         }
     }
 }
 
+/// `out += w * v`.
 #[inline]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    // Four independent sums let the compiler vectorize without reassociation flags.
-    let mut s = [0.0f32; 8];
-    let chunks = a.len() / 8;
-    for c in 0..chunks {
+fn axpy(w: f32, v: &[f32], out: &mut [f32]) {
+    let (oc, or) = out.as_chunks_mut::<8>();
+    let (vc, vr) = v.as_chunks::<8>();
+    for (o, v) in oc.iter_mut().zip(vc) {
         for j in 0..8 {
-            s[j] += a[c * 8 + j] * b[c * 8 + j];
+            o[j] = v[j].mul_add(w, o[j]);
         }
     }
-    let mut total: f32 = s.iter().sum();
-    for j in chunks * 8..a.len() {
-        total += a[j] * b[j];
+    for (o, v) in or.iter_mut().zip(vr) {
+        *o += w * v;
     }
-    total
+}
+
+/// Dot product with eight independent accumulators (vectorizes to 8-wide FMAs).
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let (ac, ar) = a.as_chunks::<8>();
+    let (bc, br) = b.as_chunks::<8>();
+    let mut acc = [0.0f32; 8];
+    for (x, y) in ac.iter().zip(bc) {
+        for j in 0..8 {
+            acc[j] = x[j].mul_add(y[j], acc[j]);
+        }
+    }
+    let tail: f32 = ar.iter().zip(br).map(|(x, y)| x * y).sum();
+    acc.iter().sum::<f32>() + tail
 }
 
 #[cfg(test)]
