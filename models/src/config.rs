@@ -93,7 +93,7 @@ impl LlamaConfig {
         {
             return bad("block_count", "model has a zero dimension".into());
         }
-        if self.n_kv_heads == 0 || self.n_heads % self.n_kv_heads != 0 {
+        if self.n_kv_heads == 0 || !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return bad(
                 "attention.head_count_kv",
                 format!(
@@ -102,7 +102,7 @@ impl LlamaConfig {
                 ),
             );
         }
-        if self.head_dim == 0 || self.head_dim % 2 != 0 {
+        if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
             return bad(
                 "attention.key_length",
                 format!("head dimension {} must be even and non-zero", self.head_dim),

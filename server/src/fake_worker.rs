@@ -81,7 +81,7 @@ fn arrive(s: &Shared) -> u64 {
 }
 
 fn every(n: u64, every: u64) -> bool {
-    every > 0 && n % every == 0
+    every > 0 && n.is_multiple_of(every)
 }
 
 fn injected_failure() -> Response {

@@ -178,7 +178,7 @@ async fn with_every_queue_full_the_router_answers_429_at_once() {
 
 /// One request's outcome: (slice, complete, ended with an error event).
 async fn one_request(c: reqwest::Client, base: String, i: usize) -> (String, bool, bool) {
-    let stream = i % 2 == 0;
+    let stream = i.is_multiple_of(2);
     let path = if stream {
         "/generate_stream"
     } else {
