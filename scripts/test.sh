@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The project's test command: fetches the real model if needed, then runs every test.
+# The project's test command: fetches the real model if needed, checks the Kubernetes
+# manifests, then runs every test.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/fetch-model.sh
+bash scripts/check-k8s.sh
 cargo test --locked "$@"

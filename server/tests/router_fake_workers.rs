@@ -263,3 +263,39 @@ async fn a_worker_killed_under_load_loses_no_request_that_had_not_started() {
         assert!(ok && slice != "w1");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_found_through_dns_are_balanced_like_local_ones() {
+    let worker = FakeWorker::start(5, 5);
+    let port = worker.url.rsplit(':').next().unwrap().to_string();
+    // `localhost` resolves through the system resolver like a headless Service's name would.
+    let config = format!(
+        "[supervisor]\nhealth_interval_secs = 0.2\n[[discover]]\nname = \"pods\"\ndns = \"localhost:{port}\"\nmodel = \"fake\"\ninterval_secs = 0.5\n"
+    );
+    let c = reqwest::Client::new();
+    let serve = Serve::start("discover", &config);
+    let slices = serve
+        .wait_slices(
+            &c,
+            Duration::from_secs(20),
+            "the discovered worker ready",
+            |s| {
+                s.iter().any(|s| {
+                    s["id"] == "pods/127.0.0.1:".to_string() + &port && s["state"] == "ready"
+                })
+            },
+        )
+        .await;
+    assert!(slices.iter().all(|s| s["location"] == "remote"));
+    let r = c
+        .post(serve.at("/generate"))
+        .json(&json!({"inputs": "x", "parameters": {"max_new_tokens": 3}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["x-slice"],
+        format!("pods/127.0.0.1:{port}").as_str()
+    );
+}

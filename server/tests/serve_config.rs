@@ -150,35 +150,22 @@ fn unknown_keys_are_refused() {
 }
 
 #[test]
-fn the_embedded_default_and_every_file_in_configs_are_valid() {
+fn the_embedded_default_is_valid() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let check = |extra: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_migserve"))
-            .args(["serve", "--check"])
-            .args(extra)
-            .current_dir(&root)
-            .env("RUST_LOG", "warn")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{extra:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).lines().count()
-    };
-    assert_eq!(check(&[]), 3, "the embedded default places three workers");
-    let mut checked = 0;
-    for entry in std::fs::read_dir(root.join("configs")).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "toml") {
-            assert!(
-                check(&["--config", path.to_str().unwrap()]) >= 1,
-                "{}",
-                path.display()
-            );
-            checked += 1;
-        }
-    }
-    assert!(checked >= 2);
+    let out = Command::new(env!("CARGO_BIN_EXE_migserve"))
+        .args(["serve", "--check"])
+        .current_dir(&root)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().count(),
+        3,
+        "three workers placed"
+    );
 }

@@ -23,6 +23,10 @@ pub struct ServeArgs {
     /// Validate the config and print the placement, then exit without starting anything.
     #[arg(long)]
     pub check: bool,
+    /// Take slices from this inventory (`nvidia-smi -L` text or JSON) instead of the config's
+    /// `[slices]`: check a config against a recorded machine before deploying it.
+    #[arg(long)]
+    pub inventory: Option<PathBuf>,
 }
 
 /// Loads a config file, or the embedded default.
@@ -46,7 +50,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let slices = if config.models.is_empty() {
         Vec::new()
     } else {
-        let source = config.slice_source().map_err(anyhow::Error::msg)?;
+        let source = match &args.inventory {
+            Some(path) => crate::slices::SliceSource::Inventory(path.clone()),
+            None => config.slice_source().map_err(anyhow::Error::msg)?,
+        };
         source.probe().map_err(|e| match e {
             ProbeError::NoDriver(reason) => anyhow::anyhow!(
                 "no NVIDIA driver ({reason}); set [slices] source = \"emulate\" or \"inventory\" in the config"

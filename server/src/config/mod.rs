@@ -54,6 +54,31 @@ pub struct DeployConfig {
     /// Workers running elsewhere (other nodes), balanced like local ones.
     #[serde(default)]
     pub remote: Vec<RemoteSection>,
+    /// Workers found through DNS (e.g. a Kubernetes headless Service), re-resolved on an
+    /// interval.
+    #[serde(default)]
+    pub discover: Vec<DiscoverSection>,
+}
+
+/// One `[[discover]]` entry: every address `dns` resolves to is a worker of `model`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoverSection {
+    /// Prefix of the discovered slices' names (`NAME/IP:PORT`).
+    pub name: String,
+    /// `host:port` to resolve, e.g. `migserve-workers.migserve.svc.cluster.local:8081`.
+    pub dns: String,
+    /// Model the discovered workers serve.
+    pub model: String,
+    /// Profile label (default `remote`).
+    pub profile: Option<String>,
+    /// Seconds between lookups.
+    #[serde(default = "default_discover_interval")]
+    pub interval_secs: f64,
+}
+
+fn default_discover_interval() -> f64 {
+    5.0
 }
 
 /// How the router picks a slice for a request.
@@ -321,6 +346,30 @@ impl DeployConfig {
                 return Err(format!("{at}: url {:?} has no host", remote.url));
             }
         }
+        for (i, entry) in self.discover.iter().enumerate() {
+            let at = format!("discover {:?}", entry.name);
+            if entry.name.trim().is_empty() || entry.name.contains('/') {
+                return Err(format!(
+                    "[[discover]] entry {} needs a name without '/'",
+                    i + 1
+                ));
+            }
+            if self.discover[..i].iter().any(|d| d.name == entry.name)
+                || self.remote.iter().any(|r| r.name == entry.name)
+            {
+                return Err(format!("{at} is named twice"));
+            }
+            let port_ok = entry
+                .dns
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if !port_ok {
+                return Err(format!("{at}: dns {:?} must be HOST:PORT", entry.dns));
+            }
+            if !(entry.interval_secs.is_finite() && entry.interval_secs > 0.0) {
+                return Err(format!("{at}: interval_secs must be positive"));
+            }
+        }
         Ok(())
     }
 
@@ -332,6 +381,7 @@ impl DeployConfig {
             .iter()
             .map(|m| m.name.as_str())
             .chain(self.remote.iter().map(|r| r.model.as_str()))
+            .chain(self.discover.iter().map(|d| d.model.as_str()))
         {
             if !names.contains(&name) {
                 names.push(name);
@@ -372,8 +422,10 @@ impl DeployConfig {
         if !self.models.is_empty() || self.slices.is_some() {
             self.slice_source()?;
         }
-        if self.models.is_empty() && self.remote.is_empty() {
-            return Err("no [[models]] and no [[remote]] workers: nothing to serve".into());
+        if self.models.is_empty() && self.remote.is_empty() && self.discover.is_empty() {
+            return Err(
+                "no [[models]], [[remote]] or [[discover]] workers: nothing to serve".into(),
+            );
         }
         self.validate_router()?;
         let sup = &self.supervisor;

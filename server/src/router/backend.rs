@@ -28,6 +28,8 @@ pub struct Backend {
     /// Taken out of rotation after a failure: until this instant, or (local) until the
     /// supervisor has started a new generation of the worker.
     suspended: Mutex<Option<(Instant, u64)>>,
+    /// Removed from the router (a discovered worker that left DNS): its probe stops.
+    retired: AtomicBool,
 }
 
 impl Backend {
@@ -39,6 +41,7 @@ impl Backend {
             target: Target::Local(slot),
             stats: Arc::default(),
             suspended: Mutex::new(None),
+            retired: AtomicBool::new(false),
         }
     }
 
@@ -53,7 +56,13 @@ impl Backend {
             },
             stats: Arc::default(),
             suspended: Mutex::new(None),
+            retired: AtomicBool::new(false),
         }
+    }
+
+    /// Marks the backend removed: its health probe stops.
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
     }
 
     /// The base URL to send a request to, when the backend is in rotation.
@@ -153,35 +162,31 @@ impl Backend {
     }
 }
 
-/// Keeps each remote backend's `healthy` flag up to date by polling its `/health`.
-pub fn spawn_remote_probes(backends: &[Arc<Backend>], interval: Duration, timeout: Duration) {
-    let client = reqwest::Client::builder()
-        .timeout(timeout)
-        .build()
-        .unwrap_or_default();
-    for backend in backends {
-        let Target::Remote { url, .. } = &backend.target else {
-            continue;
-        };
-        let health_url = format!("{url}/health");
-        let backend = backend.clone();
-        let client = client.clone();
-        tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(interval);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticker.tick().await;
-                let ok = matches!(
-                    client.get(&health_url).send().await,
-                    Ok(r) if r.status().is_success()
-                );
-                if let Target::Remote { healthy, .. } = &backend.target {
-                    let was = healthy.swap(ok, Ordering::AcqRel);
-                    if was != ok {
-                        tracing::info!(slice = %backend.id, healthy = ok, "remote worker health changed");
-                    }
+/// Keeps a remote backend's `healthy` flag up to date by polling its `/health` until it is
+/// retired. Local backends need no probe (the supervisor checks them).
+pub fn spawn_probe(backend: Arc<Backend>, client: reqwest::Client, interval: Duration) {
+    let Target::Remote { url, .. } = &backend.target else {
+        return;
+    };
+    let health_url = format!("{url}/health");
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            if backend.retired.load(Ordering::Acquire) {
+                break;
+            }
+            let ok = matches!(
+                client.get(&health_url).send().await,
+                Ok(r) if r.status().is_success()
+            );
+            if let Target::Remote { healthy, .. } = &backend.target {
+                let was = healthy.swap(ok, Ordering::AcqRel);
+                if was != ok {
+                    tracing::info!(slice = %backend.id, healthy = ok, "remote worker health changed");
                 }
             }
-        });
-    }
+        }
+    });
 }

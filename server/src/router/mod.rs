@@ -2,6 +2,7 @@
 //! slices that hold the requested model, with per-slice queue and latency tracking.
 
 pub mod backend;
+pub mod discovery;
 pub mod policy;
 pub mod proxy;
 pub mod stats;
@@ -9,7 +10,7 @@ pub mod status;
 pub mod token_count;
 
 use std::sync::atomic::AtomicUsize;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
@@ -23,8 +24,12 @@ use stats::InFlight;
 
 /// The router's state, shared by its handlers.
 pub struct Front {
-    /// Local slots first (config order), then remote workers.
-    pub backends: Vec<Arc<Backend>>,
+    /// Local slots first (config order), then remote workers, then discovered ones. Replaced
+    /// whole when discovery changes it; readers take a snapshot.
+    backends: RwLock<Arc<Vec<Arc<Backend>>>>,
+    /// Health probing of remote workers.
+    probe_client: reqwest::Client,
+    probe_interval: Duration,
     /// Served model names; the first is the default unless `[router] default_model` says.
     pub models: Vec<String>,
     pub default_model: String,
@@ -42,7 +47,7 @@ pub type SharedFront = Arc<Front>;
 /// The outcome of picking a slice.
 pub enum Pick {
     /// Chosen, and counted in flight there.
-    Chosen(usize, InFlight),
+    Chosen(Arc<Backend>, InFlight),
     /// Every healthy candidate is at its queue limit.
     AllFull,
     /// No candidate is healthy (or all were tried).
@@ -70,11 +75,14 @@ impl Front {
             })
             .collect();
         let sup = &config.supervisor;
-        backend::spawn_remote_probes(
-            &remotes,
-            Duration::from_secs_f64(sup.health_interval_secs),
-            Duration::from_secs_f64(sup.health_timeout_secs),
-        );
+        let probe_client = reqwest::Client::builder()
+            .timeout(Duration::from_secs_f64(sup.health_timeout_secs))
+            .build()
+            .unwrap_or_default();
+        let probe_interval = Duration::from_secs_f64(sup.health_interval_secs);
+        for remote in &remotes {
+            backend::spawn_probe(remote.clone(), probe_client.clone(), probe_interval);
+        }
         backends.extend(remotes);
         let models: Vec<String> = config.model_names().into_iter().map(String::from).collect();
         let default_model = config
@@ -88,8 +96,10 @@ impl Front {
             .tcp_nodelay(true)
             .build()
             .unwrap_or_default();
-        Arc::new(Self {
-            backends,
+        let front = Arc::new(Self {
+            backends: RwLock::new(Arc::new(backends)),
+            probe_client,
+            probe_interval,
             models,
             default_model,
             settings: config.router.clone(),
@@ -98,7 +108,47 @@ impl Front {
             ),
             client,
             turn: AtomicUsize::new(0),
-        })
+        });
+        for entry in &config.discover {
+            discovery::spawn(front.clone(), entry.clone(), discovery::system_resolver());
+        }
+        front
+    }
+
+    /// The backends now (a snapshot).
+    pub fn backends(&self) -> Arc<Vec<Arc<Backend>>> {
+        match self.backends.read() {
+            Ok(b) => b.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Replaces the backends whose id starts with `prefix` by `fresh` (discovery): new ones
+    /// get a health probe, gone ones are retired. Backends kept keep their stats.
+    pub fn replace_group(&self, prefix: &str, fresh: Vec<Arc<Backend>>) {
+        let mut guard = match self.backends.write() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let current = guard.clone();
+        let mut next: Vec<Arc<Backend>> = Vec::with_capacity(current.len() + fresh.len());
+        for b in current.iter() {
+            let in_group = b.id.starts_with(prefix);
+            if !in_group || fresh.iter().any(|f| f.id == b.id) {
+                next.push(b.clone());
+            } else {
+                tracing::info!(slice = %b.id, "worker left discovery; removed");
+                b.retire();
+            }
+        }
+        for f in fresh {
+            if !next.iter().any(|b| b.id == f.id) {
+                tracing::info!(slice = %f.id, "worker discovered; added");
+                backend::spawn_probe(f.clone(), self.probe_client.clone(), self.probe_interval);
+                next.push(f);
+            }
+        }
+        *guard = Arc::new(next);
     }
 
     /// All routes of the front.
@@ -118,31 +168,33 @@ impl Front {
             .with_state(self.clone())
     }
 
-    /// Whether any backend serves `model`.
+    /// Whether `model` is served (configured, even if no worker of it is up now).
     pub fn serves(&self, model: &str) -> bool {
-        self.backends.iter().any(|b| b.model == model)
+        self.models.iter().any(|m| m == model) || self.backends().iter().any(|b| b.model == model)
     }
 
     /// Picks a slice for a request of `tokens` tokens for `model`, skipping `tried`, and
     /// counts it in flight there (never past the per-slice queue limit).
-    pub fn pick(&self, model: &str, tokens: u64, tried: &[usize]) -> Pick {
-        let mut healthy: Vec<usize> = (0..self.backends.len())
-            .filter(|i| !tried.contains(i))
-            .filter(|&i| self.backends[i].model == model && self.backends[i].url().is_some())
+    pub fn pick(&self, model: &str, tokens: u64, tried: &[Arc<Backend>]) -> Pick {
+        let backends = self.backends();
+        let mut healthy: Vec<&Arc<Backend>> = backends
+            .iter()
+            .filter(|b| !tried.iter().any(|t| Arc::ptr_eq(t, b)))
+            .filter(|b| b.model == model && b.url().is_some())
             .collect();
         if healthy.is_empty() {
             return Pick::NoneHealthy;
         }
         let limit = self.settings.max_queue_per_slice;
         loop {
-            healthy.retain(|&i| self.backends[i].stats.in_flight() < limit);
+            healthy.retain(|b| b.stats.in_flight() < limit);
             if healthy.is_empty() {
                 return Pick::AllFull;
             }
             let loads: Vec<policy::Load> = healthy
                 .iter()
-                .map(|&i| {
-                    let (in_flight, queued_tokens, secs_per_token) = self.backends[i].stats.load();
+                .map(|b| {
+                    let (in_flight, queued_tokens, secs_per_token) = b.stats.load();
                     policy::Load {
                         in_flight,
                         queued_tokens,
@@ -159,10 +211,10 @@ impl Front {
             ) else {
                 return Pick::AllFull;
             };
-            let index = healthy[k];
+            let chosen = healthy[k];
             // Another request may have filled it since the snapshot: then choose again.
-            if let Some(guard) = self.backends[index].stats.try_begin(tokens, limit) {
-                return Pick::Chosen(index, guard);
+            if let Some(guard) = chosen.stats.try_begin(tokens, limit) {
+                return Pick::Chosen(chosen.clone(), guard);
             }
         }
     }

@@ -1,6 +1,7 @@
 //! Forwarding API requests to a chosen slice: model selection, admission, retries before the
 //! first byte, streaming pass-through with an error event if the worker dies mid-stream.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::{Body, Bytes};
@@ -10,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, BoxStream, StreamExt};
 use serde_json::Value;
 
+use super::backend::Backend;
 use super::stats::InFlight;
 use super::token_count::TokenCounter;
 use super::{Pick, SharedFront};
@@ -79,7 +81,7 @@ pub async fn openai_chat(
 /// `GET /info`: the TGI info of a ready worker of the default model.
 pub async fn info(State(front): State<SharedFront>) -> Response {
     let url = front
-        .backends
+        .backends()
         .iter()
         .filter(|b| b.model == front.default_model)
         .find_map(|b| b.url());
@@ -187,11 +189,11 @@ async fn forward(
         ));
         return api_error(api, error);
     }
-    let mut tried: Vec<usize> = Vec::new();
+    let mut tried: Vec<Arc<Backend>> = Vec::new();
     let mut last_failure: Option<Response> = None;
     for _attempt in 0..=front.settings.max_retries {
-        let (index, guard) = match front.pick(&facts.model, facts.tokens, &tried) {
-            Pick::Chosen(index, guard) => (index, guard),
+        let (backend, guard) = match front.pick(&facts.model, facts.tokens, &tried) {
+            Pick::Chosen(backend, guard) => (backend, guard),
             Pick::AllFull if last_failure.is_none() => {
                 return api_error(
                     api,
@@ -209,8 +211,7 @@ async fn forward(
             }
             _ => break,
         };
-        tried.push(index);
-        let backend = front.backends[index].clone();
+        tried.push(backend.clone());
         let Some((url, generation)) = backend.route() else {
             continue;
         };
@@ -396,7 +397,7 @@ fn count_events(chunk: &[u8]) -> u64 {
 struct StreamRelay {
     api: Api,
     guard: InFlight,
-    backend: std::sync::Arc<super::backend::Backend>,
+    backend: Arc<Backend>,
     grace: std::time::Duration,
     generation: u64,
     sent: Instant,

@@ -71,12 +71,12 @@ fn report(backend: &Backend) -> SliceReport {
 
 /// `GET /slices`: every slice with its model, worker status and the router's measurements.
 pub async fn slices(State(front): State<SharedFront>) -> Json<Vec<SliceReport>> {
-    Json(front.backends.iter().map(|b| report(b)).collect())
+    Json(front.backends().iter().map(|b| report(b)).collect())
 }
 
 /// `GET /health`: 200 when at least one slice can take requests.
 pub async fn health(State(front): State<SharedFront>) -> Response {
-    if front.backends.iter().any(|b| b.url().is_some()) {
+    if front.backends().iter().any(|b| b.url().is_some()) {
         StatusCode::OK.into_response()
     } else {
         ApiError::Unhealthy("no worker is ready".into()).into_response()
@@ -114,7 +114,7 @@ const STATES: [&str; 8] = [
 /// `GET /metrics`: per-slice series in Prometheus text, labelled slice, profile, model.
 pub async fn metrics(State(front): State<SharedFront>) -> Response {
     let reports: Vec<(String, SliceReport)> = front
-        .backends
+        .backends()
         .iter()
         .map(|b| (labels(&b.id, &b.profile, &b.model), report(b)))
         .collect();
