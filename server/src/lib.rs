@@ -10,6 +10,7 @@ pub mod fake_worker;
 pub mod logging;
 pub mod metrics;
 pub mod net;
+pub mod plan;
 pub mod router;
 pub mod slices;
 pub mod supervisor;

@@ -1,6 +1,7 @@
 //! Command-line interface: one subcommand per job.
 
 mod generate;
+mod plan;
 mod serve;
 mod slices;
 mod synth;
@@ -33,6 +34,8 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Write a model of a known shape with random weights (benchmarks without downloads).
     Synth(synth::SynthArgs),
+    /// Recommend a MIG layout (mig-parted config + migserve config) for a set of models.
+    Plan(plan::PlanArgs),
     /// A stand-in worker with canned tokens at a set speed (router tests and benchmarks).
     #[command(hide = true)]
     FakeWorker(crate::fake_worker::FakeWorkerArgs),
@@ -46,6 +49,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Slices(args) => slices::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Synth(args) => synth::run(args),
+        Command::Plan(args) => plan::run(args),
         Command::FakeWorker(args) => crate::fake_worker::run(args),
     }
 }

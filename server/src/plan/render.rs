@@ -1,0 +1,92 @@
+//! A plan as a mig-parted config (YAML) and the matching migserve config (TOML).
+
+use std::fmt::Write;
+
+use super::Plan;
+
+/// The mig-parted config (`version: v1`, one named layout for every GPU of the node).
+pub fn mig_parted(plan: &Plan, layout_name: &str) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# mig-parted config for {} (apply with `nvidia-mig-parted apply -f FILE -c {layout_name}`",
+        plan.gpu.name
+    );
+    let _ = writeln!(
+        out,
+        "# or the GPU Operator's mig-manager: label the node nvidia.com/mig.config={layout_name})."
+    );
+    let _ = writeln!(out, "version: v1");
+    let _ = writeln!(out, "mig-configs:");
+    let _ = writeln!(out, "  all-disabled:");
+    let _ = writeln!(out, "    - devices: all");
+    let _ = writeln!(out, "      mig-enabled: false");
+    let _ = writeln!(out, "  {layout_name}:");
+    let _ = writeln!(out, "    - devices: all");
+    let _ = writeln!(out, "      mig-enabled: true");
+    let _ = writeln!(out, "      mig-devices:");
+    for (profile, count) in plan.profile_counts() {
+        let _ = writeln!(out, "        \"{profile}\": {count}");
+    }
+    out
+}
+
+/// The migserve config placing each model on its slices (slices from NVML).
+pub fn migserve_config(plan: &Plan) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# migserve config for the layout above ({}): `migserve serve --config FILE`.",
+        plan.gpu.name
+    );
+    let _ = writeln!(
+        out,
+        "listen = \"0.0.0.0:8080\"\n\n[slices]\nsource = \"nvml\""
+    );
+    for p in &plan.placed {
+        let path = p
+            .model
+            .path
+            .clone()
+            .unwrap_or_else(|| format!("/models/{}.gguf", p.model.name));
+        let profiles: Vec<String> = (0..p.replicas)
+            .map(|_| format!("\"{}\"", p.profile.name))
+            .collect();
+        let _ = writeln!(
+            out,
+            "\n# needs about {:.1} GB per worker; expected load {}\n[[models]]\nname = {}\npath = {}\nprofiles = [{}]",
+            p.model.bytes as f64 / 1e9,
+            p.model.load,
+            toml_string(&p.model.name),
+            toml_string(&path),
+            profiles.join(", ")
+        );
+    }
+    out
+}
+
+fn toml_string(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// A human summary: one line per model.
+pub fn summary(plan: &Plan) -> String {
+    let mut out = format!(
+        "{}: {} of 7 compute slices, {} of 8 memory slices\n",
+        plan.gpu.name,
+        plan.compute(),
+        plan.memory_eighths()
+    );
+    for p in &plan.placed {
+        let _ = writeln!(
+            out,
+            "  {:<24} {} x {:<8} (needs {:.1} GB, load {})",
+            p.model.name,
+            p.replicas,
+            p.profile.name,
+            p.model.bytes as f64 / 1e9,
+            p.model.load
+        );
+    }
+    out
+}
