@@ -88,7 +88,11 @@ pub async fn info(State(front): State<SharedFront>) -> Response {
     let Some(url) = url else {
         return ApiError::Unhealthy("no worker is ready".into()).into_response();
     };
-    match front.client.get(format!("{url}/info")).send().await {
+    let request = front
+        .client
+        .get(format!("{url}/info"))
+        .timeout(std::time::Duration::from_secs(10));
+    match request.send().await {
         Ok(r) => match r.bytes().await {
             Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
             Err(e) => ApiError::Unhealthy(format!("worker info: {e}")).into_response(),
