@@ -478,3 +478,43 @@ async fn sigterm_drains_in_flight_requests_then_exits() {
         "no longer accepting"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_streams_never_show_a_stop_sequence() {
+    let w = Worker::start(&[]);
+    let c = client();
+    // Greedy answer: "The capital of France is Paris." Stop at " Paris", which spans tokens'
+    // boundaries differently from the text around it.
+    let body = json!({
+        "messages": [{"role": "user", "content": FRANCE}],
+        "temperature": 0, "stream": true, "stop": [" Paris"], "max_tokens": 32
+    });
+    let r = c
+        .post(w.at("/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let raw = r.text().await.unwrap();
+    let mut streamed = String::new();
+    let mut finish = None;
+    for data in raw.lines().filter_map(|l| l.strip_prefix("data: ")) {
+        if data == "[DONE]" {
+            continue;
+        }
+        let v: Value = serde_json::from_str(data).unwrap();
+        if let Some(text) = v["choices"][0]["delta"]["content"].as_str() {
+            assert!(
+                !text.contains('P'),
+                "a piece of the stop sequence was streamed: {text:?}"
+            );
+            streamed.push_str(text);
+        }
+        if let Some(reason) = v["choices"][0]["finish_reason"].as_str() {
+            finish = Some(reason.to_string());
+        }
+    }
+    assert_eq!(streamed, "The capital of France is");
+    assert_eq!(finish.as_deref(), Some("stop"));
+}

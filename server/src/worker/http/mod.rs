@@ -1,6 +1,7 @@
 //! The worker's HTTP API: TGI and OpenAI routes over one engine.
 
 mod openai;
+mod stop_holdback;
 mod tgi;
 
 use std::sync::Arc;

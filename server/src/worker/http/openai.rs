@@ -12,6 +12,7 @@ use futures_util::stream::{self, Stream};
 use migserve_models::ChatMessage;
 use tokio::sync::mpsc::UnboundedReceiver;
 
+use super::stop_holdback::StopHoldBack;
 use super::tgi::json_event;
 use super::{
     collect, openai_finish_reason, stream_headers, submit, timing_headers, ApiJson, AppState,
@@ -169,7 +170,7 @@ async fn respond(
             .as_ref()
             .is_some_and(|o| o.include_usage);
         let chat = matches!(kind, Kind::Chat);
-        let chunks = openai_stream(ChunkState::new(rx, id, model, include_usage, chat));
+        let chunks = openai_stream(ChunkState::new(rx, id, model, include_usage, chat, stops));
         return (
             stream_headers(state),
             Sse::new(chunks).keep_alive(KeepAlive::default()),
@@ -266,6 +267,8 @@ struct ChunkState {
     chat: bool,
     /// Events still to send after the current one (usage chunk, `[DONE]`), last first.
     tail: Vec<Event>,
+    /// Keeps stop sequences (and their starts) out of the streamed text.
+    holdback: StopHoldBack,
     started: bool,
     done: bool,
 }
@@ -277,8 +280,10 @@ impl ChunkState {
         model: String,
         include_usage: bool,
         chat: bool,
+        stops: Vec<String>,
     ) -> Self {
         Self {
+            holdback: StopHoldBack::new(stops),
             rx,
             id,
             model,
@@ -349,7 +354,8 @@ impl ChunkState {
     }
 }
 
-/// An OpenAI stream: one chunk per token, then the usage chunk (when asked), then `[DONE]`.
+/// An OpenAI stream: one chunk per token (text that could start a stop sequence waits for the
+/// next one), then the usage chunk (when asked), then `[DONE]`.
 fn openai_stream(init: ChunkState) -> impl Stream<Item = Result<Event, Infallible>> {
     stream::unfold(init, |mut st| async move {
         if let Some(event) = st.tail.pop() {
@@ -358,32 +364,41 @@ fn openai_stream(init: ChunkState) -> impl Stream<Item = Result<Event, Infallibl
         if st.done {
             return None;
         }
-        let event = match st.rx.recv().await {
-            Some(EngineEvent::Token(t, finish)) => {
-                let first = !st.started;
-                st.started = true;
-                let reason = finish.as_ref().map(|f| openai_finish_reason(f.reason));
-                if let Some(f) = &finish {
+        let event = loop {
+            match st.rx.recv().await {
+                Some(EngineEvent::Token(t, finish)) => {
+                    let mut text = st.holdback.push(&t.text);
+                    if let Some(f) = &finish {
+                        text.push_str(&st.holdback.finish(f.reason == FinishReason::StopSequence));
+                    }
+                    let first = !st.started;
+                    if text.is_empty() && !first && finish.is_none() {
+                        continue; // all of it held back: nothing to send yet
+                    }
+                    st.started = true;
+                    let reason = finish.as_ref().map(|f| openai_finish_reason(f.reason));
+                    if let Some(f) = &finish {
+                        st.done = true;
+                        st.tail.push(Event::default().data("[DONE]"));
+                        if st.include_usage {
+                            let u = st.usage_chunk(Usage::new(f.prompt_tokens, f.generated_tokens));
+                            st.tail.push(u);
+                        }
+                    }
+                    break st.text_chunk(text, reason, first);
+                }
+                Some(EngineEvent::Failed(e)) => {
                     st.done = true;
                     st.tail.push(Event::default().data("[DONE]"));
-                    if st.include_usage {
-                        let u = st.usage_chunk(Usage::new(f.prompt_tokens, f.generated_tokens));
-                        st.tail.push(u);
-                    }
+                    crate::metrics::count_error(e.error_type());
+                    break json_event(&e.openai_body());
                 }
-                st.text_chunk(t.text, reason, first)
-            }
-            Some(EngineEvent::Failed(e)) => {
-                st.done = true;
-                st.tail.push(Event::default().data("[DONE]"));
-                crate::metrics::count_error(e.error_type());
-                json_event(&e.openai_body())
-            }
-            None => {
-                st.done = true;
-                let e = ApiError::Generation("the engine dropped the request".into());
-                crate::metrics::count_error(e.error_type());
-                json_event(&e.openai_body())
+                None => {
+                    st.done = true;
+                    let e = ApiError::Generation("the engine dropped the request".into());
+                    crate::metrics::count_error(e.error_type());
+                    break json_event(&e.openai_body());
+                }
             }
         };
         Some((Ok(event), st))
