@@ -79,11 +79,22 @@ pub struct LayoutResult {
     pub isolation: Option<Isolation>,
 }
 
+/// A layout that could not be measured, and why.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LayoutFailure {
+    pub name: String,
+    pub config: String,
+    pub error: String,
+}
+
 /// The whole comparison.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CompareReport {
     pub baseline: String,
     pub layouts: Vec<LayoutResult>,
+    /// Layouts that failed (the others are still reported).
+    #[serde(default)]
+    pub failed: Vec<LayoutFailure>,
     pub interrupted: bool,
 }
 
@@ -113,6 +124,7 @@ pub async fn run(args: CompareArgs) -> anyhow::Result<ExitCode> {
     let mut result = CompareReport {
         baseline: layouts[0].0.clone(),
         layouts: Vec::new(),
+        failed: Vec::new(),
         interrupted: false,
     };
     for (name, config) in &layouts {
@@ -120,37 +132,26 @@ pub async fn run(args: CompareArgs) -> anyhow::Result<ExitCode> {
             result.interrupted = true;
             break;
         }
-        eprintln!(
-            "layout {name}: starting migserve serve --config {}",
-            config.display()
-        );
-        let serve = ServeProcess::start(&args.migserve, config)?;
-        let slices = serve
-            .wait_ready(&client, Duration::from_secs_f64(args.ready_timeout))
-            .await
-            .with_context(|| format!("layout {name}"))?;
-        let report = measure(name, &serve.url, &args.load, &client, &cancel).await?;
-        let isolation = if args.isolation && slices.len() >= 2 && !report.interrupted {
-            Some(isolation(&args, &client, &slices, &cancel).await?)
-        } else {
-            None
-        };
-        result.interrupted |= report.interrupted;
-        result.layouts.push(LayoutResult {
-            name: name.clone(),
-            config: config.display().to_string(),
-            slices: slices
-                .iter()
-                .map(|s| SliceInfo {
-                    id: s["id"].as_str().unwrap_or_default().to_string(),
-                    profile: s["profile"].as_str().unwrap_or_default().to_string(),
-                    model: s["model"].as_str().unwrap_or_default().to_string(),
-                })
-                .collect(),
-            report,
-            isolation,
-        });
-        serve.stop();
+        // One layout failing (it does not start, a worker fails) must not lose the others.
+        match measure_layout(&args, name, config, &client, &cancel).await {
+            Ok(layout) => {
+                result.interrupted |= layout.report.interrupted
+                    || layout
+                        .isolation
+                        .as_ref()
+                        .is_some_and(Isolation::interrupted);
+                result.layouts.push(layout);
+            }
+            Err(e) => {
+                eprintln!("layout {name}: {e:#}");
+                result.interrupted |= *cancel.borrow();
+                result.failed.push(LayoutFailure {
+                    name: name.clone(),
+                    config: config.display().to_string(),
+                    error: format!("{e:#}"),
+                });
+            }
+        }
     }
     result.write(&args.out)?;
     println!("{}", result.markdown());
@@ -160,6 +161,50 @@ pub async fn run(args: CompareArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+async fn measure_layout(
+    args: &CompareArgs,
+    name: &str,
+    config: &std::path::Path,
+    client: &reqwest::Client,
+    cancel: &tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<LayoutResult> {
+    eprintln!(
+        "layout {name}: starting migserve serve --config {}",
+        config.display()
+    );
+    let timeout = Duration::from_secs_f64(args.ready_timeout);
+    let serve = ServeProcess::start(&args.migserve, config, timeout)?;
+    let slices = serve.wait_ready(client, timeout, cancel).await?;
+    let report = measure(name, &serve.url, &args.load, client, cancel).await?;
+    let isolation = if args.isolation && slices.len() >= 2 && !report.interrupted {
+        Some(isolation(args, client, &slices, cancel).await?)
+    } else {
+        None
+    };
+    serve.stop();
+    Ok(LayoutResult {
+        name: name.to_string(),
+        config: config.display().to_string(),
+        slices: slices
+            .iter()
+            .map(|s| SliceInfo {
+                id: s["id"].as_str().unwrap_or_default().to_string(),
+                profile: s["profile"].as_str().unwrap_or_default().to_string(),
+                model: s["model"].as_str().unwrap_or_default().to_string(),
+            })
+            .collect(),
+        report,
+        isolation,
+    })
+}
+
+impl Isolation {
+    /// Whether Ctrl-C cut any of its phases.
+    pub fn interrupted(&self) -> bool {
+        self.alone.interrupted || self.beside_heavy.interrupted || self.heavy.interrupted
+    }
 }
 
 async fn isolation(
@@ -175,10 +220,14 @@ async fn isolation(
             .context("slice without url")
     };
     let (heavy_slice, light_slice) = (&slices[0], &slices[1]);
+    // Each slice's own model (workers are called directly).
+    let model = |s: &Value| s["model"].as_str().map(str::to_string);
     let mut light = args.load.shape(&url(light_slice)?)?;
+    light.target.model = model(light_slice).or(light.target.model);
     light.duration = Duration::from_secs_f64(args.isolation_secs);
     light.requests = None;
     let mut heavy = args.load.shape(&url(heavy_slice)?)?;
+    heavy.target.model = model(heavy_slice).or(heavy.target.model);
     heavy.duration = light.duration;
     heavy.requests = None;
     heavy.progress = false;
@@ -233,6 +282,13 @@ impl CompareReport {
         let mut out = String::from("# Layout comparison\n\n");
         if self.interrupted {
             out.push_str("**Interrupted: partial report.**\n\n");
+        }
+        for f in &self.failed {
+            let _ = writeln!(
+                out,
+                "- **{}** (`{}`): **failed**: {}",
+                f.name, f.config, f.error
+            );
         }
         for l in &self.layouts {
             let slices: Vec<String> = l

@@ -33,6 +33,26 @@ fn ms(seconds: f64) -> String {
 }
 
 impl Report {
+    /// Requests the server's own counters should show: those a slice answered (`x-slice`,
+    /// failures included) when the server names slices, else successes plus HTTP and stream
+    /// failures.
+    pub fn server_side_requests(&self) -> u64 {
+        if self.levels.iter().any(|l| l.answered_by_a_slice > 0) {
+            return self.levels.iter().map(|l| l.answered_by_a_slice).sum();
+        }
+        self.levels
+            .iter()
+            .map(|l| {
+                l.requests_ok
+                    + l.errors
+                        .iter()
+                        .filter(|(k, _)| k.starts_with("http_") || k.starts_with("stream_"))
+                        .map(|(_, v)| v)
+                        .sum::<u64>()
+            })
+            .sum()
+    }
+
     /// Markdown: one table of levels, errors, per-slice breakdown, metrics check.
     pub fn markdown(&self) -> String {
         let mut out = String::new();
@@ -126,13 +146,14 @@ impl Report {
         if let Some(c) = &self.metrics_check {
             let _ = writeln!(
                 out,
-                "\nServer metrics (`{}`): {} requests and {} tokens counted by the server, {} and {} by loadtest (largest difference {:.2} %).",
+                "\nServer metrics (`{}`): {} requests and {} tokens counted by the server, {} and {} by loadtest (largest difference {:.2} %{}).",
                 c.metric,
                 c.server_requests,
                 c.server_tokens,
                 c.loadtest_requests,
                 c.loadtest_tokens,
-                c.max_relative_difference * 100.0
+                c.max_relative_difference * 100.0,
+                if c.max_relative_difference > 0.01 { ": **more than 1 %, check the run**" } else { "" }
             );
         }
         out

@@ -143,7 +143,8 @@ async fn exchange(
             match status.as_u16() {
                 429 => "http_429",
                 400..=499 => "http_4xx",
-                _ => "http_5xx",
+                500..=599 => "http_5xx",
+                _ => "http_other",
             }
             .into(),
         );
@@ -151,62 +152,95 @@ async fn exchange(
     }
     let mut body = response.bytes_stream();
     let mut buffer: Vec<u8> = Vec::new();
-    let mut events = 0u64;
-    let mut last_token: Option<Instant> = None;
-    let mut reported_tokens: Option<u64> = None;
-    let mut finished = false;
+    let mut parse = StreamParse::new(target.api, started);
+    let mut broken = false;
     while let Some(chunk) = body.next().await {
         let chunk = match chunk {
             Ok(c) => c,
             Err(_) => {
-                sample.error = Some("stream_broken".into());
+                broken = true;
                 break;
             }
         };
-        buffer.extend_from_slice(&chunk);
+        // CR LF and CR line ends are legal in SSE: keep only LF.
+        buffer.extend(chunk.iter().copied().filter(|b| *b != b'\r'));
         while let Some(end) = find_event_end(&buffer) {
             let event: Vec<u8> = buffer.drain(..end).collect();
-            for line in String::from_utf8_lossy(&event).lines() {
-                let Some(data) = line.strip_prefix("data:").map(str::trim) else {
-                    continue;
-                };
-                if data == "[DONE]" {
-                    finished = true;
-                    continue;
-                }
-                let Ok(value) = serde_json::from_str::<Value>(data) else {
-                    sample.error = Some("invalid_response".into());
-                    continue;
-                };
-                if value.get("error").is_some() {
-                    sample.error = Some("stream_error".into());
-                    continue;
-                }
-                if let Some(usage) = value.get("usage").filter(|u| !u.is_null()) {
-                    reported_tokens = usage.get("completion_tokens").and_then(Value::as_u64);
-                    sample.prompt_tokens = usage.get("prompt_tokens").and_then(Value::as_u64);
-                }
-                if let Some(details) = value.get("details").filter(|d| !d.is_null()) {
-                    reported_tokens = details.get("generated_tokens").and_then(Value::as_u64);
-                    sample.prompt_tokens = details.get("input_length").and_then(Value::as_u64);
-                    finished = true;
-                }
-                if is_token_event(target.api, &value) {
-                    let now = Instant::now();
-                    match last_token {
-                        None => sample.ttft = Some(now.duration_since(started).as_secs_f64()),
-                        Some(prev) => sample.itl.push(now.duration_since(prev).as_secs_f64()),
-                    }
-                    last_token = Some(now);
-                    events += 1;
-                }
-            }
+            parse.event(&event, sample);
         }
     }
-    sample.output_tokens = reported_tokens.unwrap_or(events);
-    if sample.error.is_none() && !finished {
+    if !broken && !buffer.is_empty() {
+        // A last event without its blank line.
+        parse.event(&buffer, sample);
+    }
+    sample.output_tokens = parse.reported_tokens.unwrap_or(parse.events);
+    if broken {
+        sample.error = Some("stream_broken".into());
+    } else if sample.error.is_none() && !parse.finished {
         // The body ended cleanly but without its final event.
         sample.error = Some("stream_broken".into());
+    }
+}
+
+/// What a stream has shown so far.
+struct StreamParse {
+    api: Api,
+    started: Instant,
+    events: u64,
+    last_token: Option<Instant>,
+    reported_tokens: Option<u64>,
+    finished: bool,
+}
+
+impl StreamParse {
+    fn new(api: Api, started: Instant) -> Self {
+        Self {
+            api,
+            started,
+            events: 0,
+            last_token: None,
+            reported_tokens: None,
+            finished: false,
+        }
+    }
+
+    /// Reads one SSE event (its `data:` lines).
+    fn event(&mut self, event: &[u8], sample: &mut Sample) {
+        for line in String::from_utf8_lossy(event).lines() {
+            let Some(data) = line.strip_prefix("data:").map(str::trim) else {
+                continue;
+            };
+            if data == "[DONE]" {
+                self.finished = true;
+                continue;
+            }
+            let Ok(value) = serde_json::from_str::<Value>(data) else {
+                sample.error = Some("invalid_response".into());
+                continue;
+            };
+            if value.get("error").is_some() {
+                sample.error = Some("stream_error".into());
+                continue;
+            }
+            if let Some(usage) = value.get("usage").filter(|u| !u.is_null()) {
+                self.reported_tokens = usage.get("completion_tokens").and_then(Value::as_u64);
+                sample.prompt_tokens = usage.get("prompt_tokens").and_then(Value::as_u64);
+            }
+            if let Some(details) = value.get("details").filter(|d| !d.is_null()) {
+                self.reported_tokens = details.get("generated_tokens").and_then(Value::as_u64);
+                sample.prompt_tokens = details.get("input_length").and_then(Value::as_u64);
+                self.finished = true;
+            }
+            if is_token_event(self.api, &value) {
+                let now = Instant::now();
+                match self.last_token {
+                    None => sample.ttft = Some(now.duration_since(self.started).as_secs_f64()),
+                    Some(prev) => sample.itl.push(now.duration_since(prev).as_secs_f64()),
+                }
+                self.last_token = Some(now);
+                self.events += 1;
+            }
+        }
     }
 }
 

@@ -158,7 +158,11 @@ pub async fn run_level(
             let mut cancelled = false;
             loop {
                 if let Some(gaps) = &gaps {
-                    next += Duration::from_secs_f64(gaps.sample(&mut rng));
+                    // Bounded: a gap past the level's end ends the level anyway.
+                    let gap = gaps
+                        .sample(&mut rng)
+                        .min(shape.duration.as_secs_f64() + 1.0);
+                    next += Duration::from_secs_f64(gap);
                 }
                 if next >= deadline {
                     break;
@@ -186,8 +190,22 @@ pub async fn run_level(
         }
     };
     bar.finish_and_clear();
-    let wall = shared.started.elapsed().as_secs_f64();
     let samples = shared.samples.lock().map(|s| s.clone()).unwrap_or_default();
+    // From the first request sent to the last one finished (open loop sends its first after
+    // a random gap), or the level's elapsed time when nothing was sent.
+    let first = samples
+        .iter()
+        .map(|s| s.sent_at)
+        .fold(f64::INFINITY, f64::min);
+    let last = samples
+        .iter()
+        .map(|s| s.sent_at + s.e2e)
+        .fold(0.0, f64::max);
+    let wall = if samples.is_empty() {
+        shared.started.elapsed().as_secs_f64()
+    } else {
+        (last - first).max(1e-6)
+    };
     let mut result = LevelResult::from_samples(level.label(), &samples, wall);
     match level {
         Level::Closed { concurrency } => result.concurrency = Some(concurrency),

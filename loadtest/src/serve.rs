@@ -16,8 +16,9 @@ pub struct ServeProcess {
 }
 
 impl ServeProcess {
-    /// Starts `migserve serve --config CONFIG --listen 127.0.0.1:0` and waits for its ready line.
-    pub fn start(migserve: &Path, config: &Path) -> anyhow::Result<Self> {
+    /// Starts `migserve serve --config CONFIG --listen 127.0.0.1:0` and waits (up to
+    /// `timeout`) for its ready line.
+    pub fn start(migserve: &Path, config: &Path, timeout: Duration) -> anyhow::Result<Self> {
         let mut child = Command::new(migserve)
             .args(["serve", "--listen", "127.0.0.1:0", "--config"])
             .arg(config)
@@ -30,35 +31,40 @@ impl ServeProcess {
             .spawn()
             .with_context(|| format!("starting {}", migserve.display()))?;
         let stdout = child.stdout.take().context("serve stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        let url = loop {
-            match lines.next() {
-                Some(Ok(line)) => {
-                    if let Some(url) = line.strip_prefix("migserve serving on ") {
-                        break url.trim().to_string();
-                    }
-                }
-                _ => {
-                    let status = child.wait().ok();
-                    bail!(
-                        "migserve serve --config {} exited before serving ({status:?})",
-                        config.display()
-                    );
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("migserve serving on ") {
+                    let _ = tx.send(url.trim().to_string());
                 }
             }
+        });
+        let url = match rx.recv_timeout(timeout) {
+            Ok(url) => url,
+            Err(_) => {
+                let _ = child.kill();
+                let status = child.wait().ok();
+                bail!(
+                    "migserve serve --config {} did not start serving within {timeout:?} ({status:?})",
+                    config.display()
+                );
+            }
         };
-        std::thread::spawn(move || for _ in lines {});
         Ok(Self { child, url })
     }
 
-    /// Waits until every slice is ready; returns `/slices`.
+    /// Waits until every slice is ready (or `cancel` turns true); returns `/slices`.
     pub async fn wait_ready(
         &self,
         client: &reqwest::Client,
         timeout: Duration,
+        cancel: &tokio::sync::watch::Receiver<bool>,
     ) -> anyhow::Result<Vec<Value>> {
         let deadline = Instant::now() + timeout;
         loop {
+            if *cancel.borrow() {
+                bail!("interrupted while the workers were starting");
+            }
             if let Ok(r) = client.get(format!("{}/slices", self.url)).send().await {
                 if let Ok(slices) = r.json::<Vec<Value>>().await {
                     if !slices.is_empty() && slices.iter().all(|s| s["state"] == "ready") {

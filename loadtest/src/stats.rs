@@ -71,6 +71,9 @@ pub struct LevelResult {
     pub e2e: Percentiles,
     /// By the server's `x-slice` header (`-` when absent).
     pub per_slice: BTreeMap<String, SliceResult>,
+    /// Requests a server behind `x-slice` answered (ok or not): what its counters count.
+    #[serde(default)]
+    pub answered_by_a_slice: u64,
     /// Cut short by Ctrl-C.
     pub interrupted: bool,
 }
@@ -130,6 +133,7 @@ impl LevelResult {
             ),
             e2e: e2e(&ok),
             per_slice,
+            answered_by_a_slice: samples.iter().filter(|s| s.slice.is_some()).count() as u64,
             ..Default::default()
         }
     }

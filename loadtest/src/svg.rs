@@ -24,7 +24,7 @@ fn nice_max(value: f64) -> f64 {
         return 1.0;
     }
     let magnitude = 10f64.powf(value.log10().floor());
-    [1.0, 2.0, 2.5, 5.0, 10.0]
+    [1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0]
         .iter()
         .map(|m| m * magnitude)
         .find(|m| *m >= value)
@@ -210,7 +210,8 @@ mod tests {
             &[("s".into(), vec![1.0, 2.0])],
         );
         assert_eq!(bars.matches("<rect x=").count(), 2 + 1);
-        assert_eq!(nice_max(7.3), 10.0);
+        assert_eq!(nice_max(7.3), 8.0);
+        assert_eq!(nice_max(5216.0), 6000.0);
         assert_eq!(nice_max(0.0), 1.0);
         assert_eq!(nice_max(230.0), 250.0);
     }

@@ -50,6 +50,7 @@ fn parse_model(text: &str, kv_cache_tokens: usize) -> anyhow::Result<ModelNeed> 
             bytes: (gb * 1e9) as u64,
             load,
             path: None,
+            kv_cache_tokens: None,
         });
     }
     let section = ModelSection {
@@ -72,6 +73,7 @@ fn parse_model(text: &str, kv_cache_tokens: usize) -> anyhow::Result<ModelNeed> 
         bytes,
         load,
         path: Some(path.display().to_string()),
+        kv_cache_tokens: Some(kv_cache_tokens),
     })
 }
 
@@ -90,6 +92,17 @@ pub fn run(args: PlanArgs) -> anyhow::Result<()> {
         .iter()
         .map(|m| parse_model(m, args.kv_cache_tokens))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let name_ok = !args.layout_name.is_empty()
+        && args
+            .layout_name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if !name_ok {
+        bail!(
+            "--layout-name {:?}: use letters, digits, '-', '_' and '.'",
+            args.layout_name
+        );
+    }
     let layout = plan(gpu, &models)?;
     let yaml = render::mig_parted(&layout, &args.layout_name);
     let toml = render::migserve_config(&layout);

@@ -332,8 +332,11 @@ impl DeployConfig {
         }
         for (i, remote) in self.remote.iter().enumerate() {
             let at = format!("remote {:?}", remote.name);
-            if remote.name.trim().is_empty() {
-                return Err(format!("[[remote]] entry {} has an empty name", i + 1));
+            if remote.name.trim().is_empty() || remote.name.contains('/') {
+                return Err(format!(
+                    "[[remote]] entry {} needs a name without '/'",
+                    i + 1
+                ));
             }
             if self.remote[..i].iter().any(|r| r.name == remote.name) {
                 return Err(format!("{at} is named twice"));
@@ -366,8 +369,12 @@ impl DeployConfig {
             if !port_ok {
                 return Err(format!("{at}: dns {:?} must be HOST:PORT", entry.dns));
             }
-            if !(entry.interval_secs.is_finite() && entry.interval_secs > 0.0) {
-                return Err(format!("{at}: interval_secs must be positive"));
+            if !(entry.interval_secs.is_finite()
+                && (0.05..=86_400.0).contains(&entry.interval_secs))
+            {
+                return Err(format!(
+                    "{at}: interval_secs must be between 0.05 and 86400"
+                ));
             }
         }
         Ok(())

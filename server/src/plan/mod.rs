@@ -19,6 +19,8 @@ pub struct ModelNeed {
     pub load: f64,
     /// The GGUF file, when known (goes into the migserve config).
     pub path: Option<String>,
+    /// KV cache tokens its footprint was sized with (written into the migserve config).
+    pub kv_cache_tokens: Option<usize>,
 }
 
 /// One model's share of the layout.
@@ -104,12 +106,21 @@ pub enum PlanError {
     },
     #[error("no models to plan for")]
     NoModels,
+    #[error("model {0:?} is named twice")]
+    Duplicate(String),
 }
 
 /// Plans a layout of `models` on one `gpu`.
 pub fn plan(gpu: &'static GpuSpec, models: &[ModelNeed]) -> Result<Plan, PlanError> {
     if models.is_empty() {
         return Err(PlanError::NoModels);
+    }
+    if let Some((_, m)) = models
+        .iter()
+        .enumerate()
+        .find(|(i, m)| models[..*i].iter().any(|o| o.name == m.name))
+    {
+        return Err(PlanError::Duplicate(m.name.clone()));
     }
     let mut placed = Vec::new();
     for m in models {
@@ -175,6 +186,7 @@ mod tests {
             bytes: (gb * 1e9) as u64,
             load,
             path: None,
+            kv_cache_tokens: None,
         }
     }
 

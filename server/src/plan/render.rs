@@ -61,6 +61,10 @@ pub fn migserve_config(plan: &Plan) -> String {
             toml_string(&path),
             profiles.join(", ")
         );
+        if let Some(kv) = p.model.kv_cache_tokens {
+            // The footprint above was sized with this cache.
+            let _ = writeln!(out, "[models.engine]\nkv_cache_tokens = {kv}");
+        }
     }
     out
 }
