@@ -6,6 +6,12 @@ use serde_json::Value;
 
 use super::proxy::Api;
 
+/// The number at `path` in a JSON event.
+fn parse_total(data: &[u8], path: &[&str]) -> Option<u64> {
+    let value: Value = serde_json::from_slice(data).ok()?;
+    path.iter().try_fold(&value, |v, key| v.get(key))?.as_u64()
+}
+
 /// Consumes a stream's bytes, event by event.
 #[derive(Debug)]
 pub struct TokenCounter {
@@ -39,41 +45,28 @@ impl TokenCounter {
     }
 
     fn data(&mut self, data: &[u8]) {
-        let Ok(value) = serde_json::from_slice::<Value>(data.trim_ascii()) else {
-            return; // `[DONE]` or not JSON
-        };
+        let data = data.trim_ascii();
+        // Cheap byte checks on the per-token path; JSON is parsed only for the event that
+        // carries the server's total.
+        let has = |needle: &[u8]| data.windows(needle.len()).any(|w| w == needle);
         match self.api {
             Api::Tgi => {
-                if value.get("token").is_some() {
+                if has(b"\"token\"") {
                     self.events += 1;
                 }
-                if let Some(n) = value
-                    .get("details")
-                    .and_then(|d| d.get("generated_tokens"))
-                    .and_then(Value::as_u64)
-                {
-                    self.reported = Some(n);
+                if has(b"\"generated_tokens\"") {
+                    self.reported = parse_total(data, &["details", "generated_tokens"]);
                 }
             }
             Api::OpenAi => {
-                let content = value
-                    .get("choices")
-                    .and_then(|c| c.get(0))
-                    .and_then(|c| {
-                        c.get("delta")
-                            .and_then(|d| d.get("content"))
-                            .or_else(|| c.get("text"))
-                    })
-                    .and_then(Value::as_str);
-                if content.is_some_and(|t| !t.is_empty()) {
+                if has(b"\"content\":\"") && !has(b"\"content\":\"\"")
+                    || has(b"\"text\":\"") && !has(b"\"text\":\"\"")
+                {
                     self.events += 1;
                 }
-                if let Some(n) = value
-                    .get("usage")
-                    .and_then(|u| u.get("completion_tokens"))
-                    .and_then(Value::as_u64)
-                {
-                    self.reported = Some(n);
+                if has(b"\"completion_tokens\"") {
+                    self.reported =
+                        parse_total(data, &["usage", "completion_tokens"]).or(self.reported);
                 }
             }
         }
