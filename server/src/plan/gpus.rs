@@ -38,19 +38,22 @@ const fn p(
     }
 }
 
+/// The profiles of the 80 GB parts (H100 80 GB and A100 80 GB share them).
+const PROFILES_80GB: &[ProfileSpec] = &[
+    p("1g.10gb", 1, 1, 10, 7),
+    p("1g.20gb", 1, 2, 20, 4),
+    p("2g.20gb", 2, 2, 20, 3),
+    p("3g.40gb", 3, 4, 40, 2),
+    p("4g.40gb", 4, 4, 40, 1),
+    p("7g.80gb", 7, 8, 80, 1),
+];
+
 /// The GPU types `migserve plan` knows.
 pub const GPUS: [GpuSpec; 4] = [
     GpuSpec {
         name: "h100-80gb",
         aliases: &["h100", "h100-sxm", "h100-pcie", "h800"],
-        profiles: &[
-            p("1g.10gb", 1, 1, 10, 7),
-            p("1g.20gb", 1, 2, 20, 4),
-            p("2g.20gb", 2, 2, 20, 3),
-            p("3g.40gb", 3, 4, 40, 2),
-            p("4g.40gb", 4, 4, 40, 1),
-            p("7g.80gb", 7, 8, 80, 1),
-        ],
+        profiles: PROFILES_80GB,
     },
     GpuSpec {
         name: "h200-141gb",
@@ -67,14 +70,7 @@ pub const GPUS: [GpuSpec; 4] = [
     GpuSpec {
         name: "a100-80gb",
         aliases: &["a100-sxm4-80gb"],
-        profiles: &[
-            p("1g.10gb", 1, 1, 10, 7),
-            p("1g.20gb", 1, 2, 20, 4),
-            p("2g.20gb", 2, 2, 20, 3),
-            p("3g.40gb", 3, 4, 40, 2),
-            p("4g.40gb", 4, 4, 40, 1),
-            p("7g.80gb", 7, 8, 80, 1),
-        ],
+        profiles: PROFILES_80GB,
     },
     GpuSpec {
         name: "a100-40gb",

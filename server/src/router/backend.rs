@@ -70,6 +70,19 @@ impl Backend {
         self.route().map(|(url, _)| url)
     }
 
+    /// Whether the backend is in rotation (what [`Backend::route`] answers, without copying).
+    pub fn routable(&self) -> bool {
+        if self.is_suspended() {
+            return false;
+        }
+        match &self.target {
+            Target::Local(slot) => {
+                slot.with_status(|s| s.state == SlotState::Ready && s.url.is_some())
+            }
+            Target::Remote { healthy, .. } => healthy.load(Ordering::Acquire),
+        }
+    }
+
     /// The base URL and the worker generation it belongs to (pass that generation to
     /// [`Backend::suspend`] if the request fails), when the backend is in rotation.
     pub fn route(&self) -> Option<(String, u64)> {
@@ -93,7 +106,7 @@ impl Backend {
 
     fn generation(&self) -> u64 {
         match &self.target {
-            Target::Local(slot) => slot.status().generation,
+            Target::Local(slot) => slot.with_status(|s| s.generation),
             Target::Remote { .. } => 0,
         }
     }

@@ -180,7 +180,7 @@ impl Front {
         let mut healthy: Vec<&Arc<Backend>> = backends
             .iter()
             .filter(|b| !tried.iter().any(|t| Arc::ptr_eq(t, b)))
-            .filter(|b| b.model == model && b.url().is_some())
+            .filter(|b| b.model == model && b.routable())
             .collect();
         if healthy.is_empty() {
             return Pick::NoneHealthy;

@@ -76,7 +76,7 @@ pub async fn slices(State(front): State<SharedFront>) -> Json<Vec<SliceReport>> 
 
 /// `GET /health`: 200 when at least one slice can take requests.
 pub async fn health(State(front): State<SharedFront>) -> Response {
-    if front.backends().iter().any(|b| b.url().is_some()) {
+    if front.backends().iter().any(|b| b.routable()) {
         StatusCode::OK.into_response()
     } else {
         ApiError::Unhealthy("no worker is ready".into()).into_response()

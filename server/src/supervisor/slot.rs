@@ -103,6 +103,11 @@ impl WorkerSlot {
         self.status.borrow().clone()
     }
 
+    /// Reads the status in place (no copy): for checks on the router's per-request path.
+    pub fn with_status<T>(&self, read: impl FnOnce(&SlotStatus) -> T) -> T {
+        read(&self.status.borrow())
+    }
+
     /// Notified on every status change.
     pub fn subscribe(&self) -> watch::Receiver<SlotStatus> {
         self.status.subscribe()

@@ -97,14 +97,7 @@ impl Worker {
 
     /// Waits for exit up to `timeout`; the exit status if it exited.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        None
+        wait_exit(&mut self.child, timeout)
     }
 }
 
@@ -196,16 +189,9 @@ impl Serve {
             .status();
     }
 
-    /// Waits for exit up to `timeout`.
+    /// Waits for exit up to `timeout`; the exit status if it exited.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        None
+        wait_exit(&mut self.child, timeout)
     }
 }
 
@@ -263,4 +249,16 @@ pub async fn metrics_text(c: &reqwest::Client, base: &str) -> String {
         .text()
         .await
         .expect("metrics text")
+}
+
+/// Waits for `child` to exit, up to `timeout`; its status if it did.
+pub fn wait_exit(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
 }
