@@ -1,4 +1,7 @@
 //! Compute kernels of migserve. Each op has a CPU implementation here, written over plain
-//! slices; CUDA versions (feature `cuda`, a later milestone) are tested against these.
+//! slices; the CUDA versions (feature `cuda`) are tested against these.
 
+pub mod batch;
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;

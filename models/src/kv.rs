@@ -145,8 +145,8 @@ impl KvStore for DenseKvStore {
                 .reshape((n_kv_heads, group * n, head_dim))?;
             let mut scores = q_seq.matmul(&k_all.t()?)?;
             if n > 1 {
-                scores =
-                    scores.broadcast_add(&causal_mask(span.start, n, len, group, q.device())?)?;
+                let mask = causal_mask(span.start, n, len, group, q.device())?;
+                scores = scores.broadcast_add(&mask.to_dtype(scores.dtype())?)?;
             }
             let probs = candle_nn::ops::softmax_last_dim(&scores)?;
             let out = probs.matmul(&v_all)?; // [nkv, group*n, hd]

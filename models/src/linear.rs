@@ -26,23 +26,30 @@ pub struct Linear {
 }
 
 impl Linear {
-    /// Builds the layer from a GGUF tensor in `format`.
+    /// Builds the layer on `device` from a GGUF tensor held on the CPU, in `format`.
     pub fn new(q: QTensor, format: WeightFormat, device: &Device) -> Result<Self> {
+        let cpu = &Device::Cpu;
         let (weights, pad) = match format {
-            WeightFormat::F32 => (QMatMul::Tensor(q.dequantize(device)?), 0),
-            WeightFormat::Quantized => (QMatMul::from_arc(Arc::new(q))?, 0),
+            WeightFormat::F32 => (QMatMul::Tensor(q.dequantize(cpu)?.to_device(device)?), 0),
+            WeightFormat::Bf16 => (
+                QMatMul::Tensor(
+                    q.dequantize(cpu)?
+                        .to_dtype(candle_core::DType::BF16)?
+                        .to_device(device)?,
+                ),
+                0,
+            ),
+            WeightFormat::Quantized => (QMatMul::from_arc(Arc::new(to_device(q, device)?))?, 0),
             WeightFormat::Q8 => {
                 let (_, k) = q.shape().dims2()?;
                 let pad = k.next_multiple_of(Q8_TILED_K) - k;
-                if q.dtype() == GgmlDType::Q8_0 && pad == 0 {
-                    (QMatMul::from_arc(Arc::new(q))?, 0)
+                let q8 = if q.dtype() == GgmlDType::Q8_0 && pad == 0 {
+                    q
                 } else {
-                    let w = q.dequantize(device)?.pad_with_zeros(1, 0, pad)?;
-                    (
-                        QMatMul::from_arc(Arc::new(QTensor::quantize(&w, GgmlDType::Q8_0)?))?,
-                        pad,
-                    )
-                }
+                    let w = q.dequantize(cpu)?.pad_with_zeros(1, 0, pad)?;
+                    QTensor::quantize(&w, GgmlDType::Q8_0)?
+                };
+                (QMatMul::from_arc(Arc::new(to_device(q8, device)?))?, pad)
             }
         };
         Ok(Self { weights, pad })
@@ -52,6 +59,7 @@ impl Linear {
     /// their weights stacked by rows, so the input is quantized once and the matmul is one
     /// call. Split the output with [`split_columns`].
     pub fn fused(parts: Vec<QTensor>, format: WeightFormat, device: &Device) -> Result<Self> {
+        let cpu = &Device::Cpu;
         let same_type = parts.windows(2).all(|w| w[0].dtype() == w[1].dtype());
         let stacked = match format {
             // Rows are whole blocks: stacking the raw bytes keeps the file's own encoding.
@@ -64,13 +72,13 @@ impl Linear {
                     rows += p.shape().dims2()?.0;
                     bytes.extend_from_slice(&p.data()?);
                 }
-                let storage = QStorage::from_data(Cow::Owned(bytes), device, dtype)?;
+                let storage = QStorage::from_data(Cow::Owned(bytes), cpu, dtype)?;
                 QTensor::new(storage, (rows, cols))?
             }
             _ => {
                 let dense = parts
                     .iter()
-                    .map(|p| p.dequantize(device))
+                    .map(|p| p.dequantize(cpu))
                     .collect::<candle_core::Result<Vec<_>>>()?;
                 QTensor::quantize(&Tensor::cat(&dense, 0)?, GgmlDType::F32)?
             }
@@ -85,6 +93,16 @@ impl Linear {
         }
         Ok(self.weights.forward(&x.pad_with_zeros(1, 0, self.pad)?)?)
     }
+}
+
+/// The same quantized tensor on `device` (the bytes are copied as they are).
+fn to_device(q: QTensor, device: &Device) -> Result<QTensor> {
+    if device.is_cpu() {
+        return Ok(q);
+    }
+    let shape = q.shape().clone();
+    let storage = QStorage::from_data(Cow::Owned(q.data()?.into_owned()), device, q.dtype())?;
+    Ok(QTensor::new(storage, shape)?)
 }
 
 /// Splits `[rows, a + b + ...]` into `[rows, a]`, `[rows, b]`, ... (contiguous copies).

@@ -23,6 +23,28 @@ pub enum WeightFormat {
     /// SIMD Q8_0 matmul (AVX2). The CPU default: 3x f32's single-stream decode (bench/results).
     #[default]
     Q8,
+    /// Dequantized to bf16 at load, activations in bf16 too: the GPU default (tensor-core
+    /// matmuls through cuBLAS). Also runs on CPU, slowly.
+    Bf16,
+}
+
+impl WeightFormat {
+    /// The dtype activations (and so the KV values handed to the store) have.
+    pub fn activation_dtype(self) -> DType {
+        match self {
+            Self::Bf16 => DType::BF16,
+            Self::F32 | Self::Quantized | Self::Q8 => DType::F32,
+        }
+    }
+
+    /// The default for a device: bf16 on a GPU, Q8_0 on the CPU.
+    pub fn default_for(device: &Device) -> Self {
+        if device.is_cpu() {
+            Self::Q8
+        } else {
+            Self::Bf16
+        }
+    }
 }
 
 impl std::str::FromStr for WeightFormat {
@@ -32,8 +54,9 @@ impl std::str::FromStr for WeightFormat {
             "f32" => Ok(Self::F32),
             "quantized" | "q" => Ok(Self::Quantized),
             "q8" | "q8_0" => Ok(Self::Q8),
+            "bf16" => Ok(Self::Bf16),
             other => Err(format!(
-                "unknown weight format `{other}` (use q8, f32 or quantized)"
+                "unknown weight format `{other}` (use q8, bf16, f32 or quantized)"
             )),
         }
     }
@@ -71,32 +94,43 @@ pub struct Llama {
     rope_cos: Tensor,
     rope_sin: Tensor,
     device: Device,
+    dtype: DType,
 }
 
 impl Llama {
-    /// Loads all weights from `file` onto `device`.
+    /// Loads all weights from `file` onto `device`. Tensors are read and converted on the
+    /// CPU, then moved, so a GPU only ever holds the final weights.
     pub fn load(
         file: &mut GgufFile,
         config: LlamaConfig,
         format: WeightFormat,
         device: &Device,
     ) -> Result<Self> {
+        let cpu = &Device::Cpu;
+        let dtype = format.activation_dtype();
         let linear = |file: &mut GgufFile, name: &str| -> Result<Linear> {
-            Linear::new(file.tensor(name, device)?, format, device)
+            Linear::new(file.tensor(name, cpu)?, format, device)
         };
         let fused = |file: &mut GgufFile, names: &[&str]| -> Result<Linear> {
             let parts = names
                 .iter()
-                .map(|n| file.tensor(n, device))
+                .map(|n| file.tensor(n, cpu))
                 .collect::<Result<Vec<_>>>()?;
             Linear::fused(parts, format, device)
         };
         let vector = |file: &mut GgufFile, name: &str| -> Result<Tensor> {
-            Ok(file.tensor(name, device)?.dequantize(device)?)
+            Ok(file
+                .tensor(name, cpu)?
+                .dequantize(cpu)?
+                .to_dtype(dtype)?
+                .to_device(device)?)
         };
 
-        let embedding_q = file.tensor("token_embd.weight", device)?;
-        let embedding = embedding_q.dequantize(device)?;
+        let embedding_q = file.tensor("token_embd.weight", cpu)?;
+        let embedding = embedding_q
+            .dequantize(cpu)?
+            .to_dtype(dtype)?
+            .to_device(device)?;
         check_shape(
             &embedding,
             &[config.vocab_size, config.hidden_size],
@@ -122,11 +156,19 @@ impl Llama {
         }
         let output_norm = vector(file, "output_norm.weight")?;
         let rope_factors = if file.has_tensor("rope_freqs.weight") {
-            Some(vector(file, "rope_freqs.weight")?.to_vec1::<f32>()?)
+            Some(
+                file.tensor("rope_freqs.weight", cpu)?
+                    .dequantize(cpu)?
+                    .to_vec1::<f32>()?,
+            )
         } else {
             None
         };
-        let (rope_cos, rope_sin) = rope_tables(&config, rope_factors.as_deref(), device)?;
+        let (rope_cos, rope_sin) = rope_tables(&config, rope_factors.as_deref(), cpu)?;
+        let (rope_cos, rope_sin) = (
+            rope_cos.to_dtype(dtype)?.to_device(device)?,
+            rope_sin.to_dtype(dtype)?.to_device(device)?,
+        );
         Ok(Self {
             config,
             embedding,
@@ -136,6 +178,7 @@ impl Llama {
             rope_cos,
             rope_sin,
             device: device.clone(),
+            dtype,
         })
     }
 
@@ -147,6 +190,11 @@ impl Llama {
     /// The device the weights live on.
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    /// The dtype of activations and of the keys and values handed to the KV store.
+    pub fn dtype(&self) -> DType {
+        self.dtype
     }
 
     /// Runs `chunks` as one batch, storing their keys/values in `kv`, and returns the logits

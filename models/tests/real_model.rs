@@ -35,7 +35,11 @@ fn greedy_france_answer_stops_at_eos() {
 
 #[test]
 fn every_weight_format_gives_the_same_greedy_answer() {
-    for format in [WeightFormat::Q8, WeightFormat::Quantized] {
+    for format in [
+        WeightFormat::Q8,
+        WeightFormat::Quantized,
+        WeightFormat::Bf16,
+    ] {
         let m = Model::load(&common::model_path(), format, &Device::Cpu).unwrap();
         let prompt = m.encode_chat(&[ChatMessage::new("user", FRANCE)]).unwrap();
         let g = generate(&m, &prompt, SamplingParams::greedy(), 64, |_| {}).unwrap();

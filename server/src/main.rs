@@ -12,7 +12,14 @@ fn main() -> ExitCode {
         Err(e) => {
             // One line, the whole cause chain.
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            if e.downcast_ref::<migserve::worker::DeviceUnusable>()
+                .is_some()
+            {
+                // The supervisor marks the slice failed at once instead of restarting.
+                ExitCode::from(migserve::worker::EXIT_DEVICE_UNUSABLE as u8)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -276,3 +276,80 @@ max_total_tokens = 1
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(by_id(&serve.slices(&c).await, "cpu1")["restarts"], 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_cannot_use_its_gpu_fails_its_slice_at_once_and_the_others_serve() {
+    let c = client();
+    // Real MIG slices from a recorded H100; their UUIDs are not this machine's (and a CPU
+    // build has no CUDA at all), so the CUDA worker cannot open its device. The other model
+    // runs on the CPU.
+    let inventory = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/nvidia-smi/h100-3g-2g-2x1g.txt");
+    let config = format!(
+        r#"
+[slices]
+source = "inventory"
+inventory = "{}"
+
+[supervisor]
+restart_backoff_secs = 0.1
+max_crashes = 3
+crash_window_secs = 60
+
+[[models]]
+name = "on-cpu"
+path = "{{model}}"
+slices = ["mig0-2"]
+device = "cpu"
+[models.engine]
+kv_cache_tokens = 2048
+
+[[models]]
+name = "on-gpu"
+path = "{{model}}"
+slices = ["mig0-3"]
+"#,
+        inventory.display()
+    );
+    let serve = Serve::start("unusable-device", &config);
+    let slices = serve
+        .wait_slices(
+            &c,
+            Duration::from_secs(180),
+            "mig0-3 failed, mig0-2 ready",
+            |s| by_id(s, "mig0-3")["state"] == "failed" && by_id(s, "mig0-2")["state"] == "ready",
+        )
+        .await;
+    let failed = by_id(&slices, "mig0-3");
+    assert_eq!(
+        failed["restarts"], 0,
+        "a device it cannot use is not retried"
+    );
+    let error = failed["last_error"].as_str().unwrap();
+    assert!(
+        error.contains("exit status: 3")
+            && (error.contains("no CUDA support") || error.contains("no usable CUDA device")),
+        "{error}"
+    );
+    assert!(
+        error.contains("MIG-9a3d5f7c-1e8b-4c2a-8d4f-7b6e0a9c3d58"),
+        "the line names the slice it was pinned to: {error}"
+    );
+    let good = by_id(&slices, "mig0-2")["url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let v = generate(&c, &good, 4).await;
+    assert!(!v["generated_text"].as_str().unwrap().is_empty());
+    // And through the front.
+    let r = c
+        .post(serve.at("/generate"))
+        .header("x-model", "on-cpu")
+        .json(&serde_json::json!({"inputs": "Hello", "parameters": {"max_new_tokens": 3}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(by_id(&serve.slices(&c).await, "mig0-3")["restarts"], 0);
+}

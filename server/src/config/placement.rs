@@ -27,20 +27,20 @@ pub fn footprint(model: &ModelSection, device: DeviceKind) -> Result<u64, String
     let config =
         LlamaConfig::from_gguf(&file).map_err(|e| format!("model {:?}: {e}", model.name))?;
     let params = config.parameter_count() as f64;
-    let weight_bytes = match device {
-        // bf16 on the GPU.
-        DeviceKind::Cuda => params * 2.0,
-        DeviceKind::Cpu => match model
-            .engine
-            .weights
-            .as_deref()
-            .and_then(|w| w.parse().ok())
-            .unwrap_or_default()
-        {
-            WeightFormat::Q8 => params * 34.0 / 32.0,
-            WeightFormat::F32 => params * 4.0,
-            WeightFormat::Quantized => file_size(&model.path) as f64,
-        },
+    let format = model
+        .engine
+        .weights
+        .as_deref()
+        .and_then(|w| w.parse().ok())
+        .unwrap_or(match device {
+            DeviceKind::Cuda => WeightFormat::Bf16,
+            DeviceKind::Cpu => WeightFormat::Q8,
+        });
+    let weight_bytes = match format {
+        WeightFormat::Q8 => params * 34.0 / 32.0,
+        WeightFormat::Bf16 => params * 2.0,
+        WeightFormat::F32 => params * 4.0,
+        WeightFormat::Quantized => file_size(&model.path) as f64,
     };
     let kv_element = match device {
         DeviceKind::Cuda => 2.0,

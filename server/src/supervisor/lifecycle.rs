@@ -11,6 +11,7 @@ use super::backoff::{Backoff, CrashWindow};
 use super::process::{spawn_worker, terminate, SpawnedWorker};
 use super::slot::{SlotState, WorkerSlot};
 use super::Timings;
+use crate::worker::EXIT_DEVICE_UNUSABLE;
 
 /// How one run of a worker ended.
 enum Ending {
@@ -18,6 +19,9 @@ enum Ending {
     Shutdown,
     /// It exited, failed to start, or stopped answering health checks.
     Crashed { reason: String, up_for: Duration },
+    /// It exited saying it cannot use its device (no driver, unknown GPU, too little memory):
+    /// restarting cannot help.
+    Unusable { reason: String },
 }
 
 /// Runs the slot until shutdown or until it is marked failed.
@@ -59,7 +63,7 @@ pub async fn run_slot(
                 // Shutdown: the grace it was given; crash or hang: it is dead or stuck.
                 let grace = match ending {
                     Ending::Shutdown => shutdown.borrow().unwrap_or(timings.stop),
-                    Ending::Crashed { .. } => Duration::from_millis(200),
+                    Ending::Crashed { .. } | Ending::Unusable { .. } => Duration::from_millis(200),
                 };
                 terminate(&mut worker.child, worker.pid, grace).await;
                 ending
@@ -71,6 +75,21 @@ pub async fn run_slot(
         };
         match ending {
             Ending::Shutdown => break,
+            Ending::Unusable { reason } => {
+                slot.update(|s| {
+                    s.url = None;
+                    s.pid = None;
+                    s.last_error = Some(reason.clone());
+                    s.state = SlotState::Failed;
+                });
+                tracing::error!(
+                    slice = slot.id(),
+                    model = slot.model(),
+                    %reason,
+                    "slice failed: its worker cannot use the device; not restarting it"
+                );
+                return;
+            }
             Ending::Crashed { reason, up_for } => {
                 if shutdown.borrow().is_some() {
                     break;
@@ -119,6 +138,37 @@ pub async fn run_slot(
     });
 }
 
+/// How a worker's exit ends its run: its status and (for an error exit) the last line it
+/// logged, which says why; exit status 3 means it cannot use its device.
+async fn exited(
+    status: std::io::Result<std::process::ExitStatus>,
+    worker: &mut SpawnedWorker,
+    up_for: Duration,
+) -> Ending {
+    let unusable = matches!(&status, Ok(s) if s.code() == Some(EXIT_DEVICE_UNUSABLE));
+    // A worker that exits with an error code says why in its last line ("error: …"); one
+    // killed by a signal does not. Its stderr may still hold that line: read it to the end.
+    let last_line = match &status {
+        Ok(s) if s.code().is_some() => {
+            worker.stderr_drained(Duration::from_secs(1)).await;
+            worker.last_log_line()
+        }
+        _ => None,
+    };
+    let status = status
+        .map(|s| s.to_string())
+        .unwrap_or_else(|e| e.to_string());
+    let reason = match last_line {
+        Some(line) => format!("worker exited ({status}): {line}"),
+        None => format!("worker exited ({status})"),
+    };
+    if unusable {
+        Ending::Unusable { reason }
+    } else {
+        Ending::Crashed { reason, up_for }
+    }
+}
+
 /// Watches one running worker until it ends or shutdown is asked for.
 async fn watch_worker(
     slot: &WorkerSlot,
@@ -128,21 +178,6 @@ async fn watch_worker(
     shutdown: &mut watch::Receiver<Option<Duration>>,
 ) -> Ending {
     let started = Instant::now();
-    let exited = |status: std::io::Result<std::process::ExitStatus>, worker: &SpawnedWorker| {
-        // A worker that exits with an error code says why in its last line ("error: …");
-        // one killed by a signal does not.
-        let last_line = match &status {
-            Ok(s) if s.code().is_some() => worker.last_log_line(),
-            _ => None,
-        };
-        let status = status
-            .map(|s| s.to_string())
-            .unwrap_or_else(|e| e.to_string());
-        match last_line {
-            Some(line) => format!("worker exited ({status}): {line}"),
-            None => format!("worker exited ({status})"),
-        }
-    };
     // Phase 1: wait for the ready line.
     let url = tokio::select! {
         url = &mut worker.ready => match url {
@@ -151,7 +186,7 @@ async fn watch_worker(
             Err(_) => {
                 tokio::select! {
                     status = worker.child.wait() => {
-                        return Ending::Crashed { reason: exited(status, worker), up_for: started.elapsed() };
+                        return exited(status, worker, started.elapsed()).await;
                     }
                     _ = tokio::time::sleep(timings.ready_timeout) => {
                         return Ending::Crashed { reason: "closed its output without reporting ready".into(), up_for: started.elapsed() };
@@ -161,7 +196,7 @@ async fn watch_worker(
             }
         },
         status = worker.child.wait() => {
-            return Ending::Crashed { reason: exited(status, worker), up_for: started.elapsed() };
+            return exited(status, worker, started.elapsed()).await;
         }
         _ = tokio::time::sleep(timings.ready_timeout) => {
             return Ending::Crashed {
@@ -185,7 +220,7 @@ async fn watch_worker(
     loop {
         tokio::select! {
             status = worker.child.wait() => {
-                return Ending::Crashed { reason: exited(status, worker), up_for: ready_at.elapsed() };
+                return exited(status, worker, ready_at.elapsed()).await;
             }
             _ = shutdown.changed() => return Ending::Shutdown,
             _ = ticker.tick() => {

@@ -28,9 +28,21 @@ pub struct SpawnedWorker {
     pub ready: oneshot::Receiver<String>,
     /// Its last stderr lines, to explain a failed exit.
     pub recent_log: Arc<Mutex<VecDeque<String>>>,
+    /// The task copying its stderr; ends when the worker's stderr closes.
+    stderr_reader: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl SpawnedWorker {
+    /// Waits (at most `timeout`) until the worker's stderr has been read to its end, so
+    /// the lines it wrote just before exiting are in `recent_log`.
+    pub async fn stderr_drained(&mut self, timeout: Duration) {
+        if let Some(reader) = self.stderr_reader.as_mut() {
+            if tokio::time::timeout(timeout, reader).await.is_ok() {
+                self.stderr_reader = None;
+            }
+        }
+    }
+
     /// The last line the worker logged, if any.
     pub fn last_log_line(&self) -> Option<String> {
         self.recent_log.lock().ok()?.back().cloned()
@@ -129,14 +141,16 @@ pub fn spawn_worker(
     if let Some(stdout) = child.stdout.take() {
         forward_lines(stdout, slice.id.clone(), Some(ready_tx), None);
     }
-    if let Some(stderr) = child.stderr.take() {
-        forward_lines(stderr, slice.id.clone(), None, Some(recent_log.clone()));
-    }
+    let stderr_reader = child
+        .stderr
+        .take()
+        .map(|stderr| forward_lines(stderr, slice.id.clone(), None, Some(recent_log.clone())));
     Ok(SpawnedWorker {
         child,
         pid,
         ready,
         recent_log,
+        stderr_reader,
     })
 }
 
@@ -147,7 +161,7 @@ fn forward_lines(
     slice: String,
     mut ready: Option<oneshot::Sender<String>>,
     recent: Option<Arc<Mutex<VecDeque<String>>>>,
-) {
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut reader = BufReader::new(stream);
         let mut raw = Vec::new();
@@ -175,7 +189,7 @@ fn forward_lines(
                 recent.push_back(line);
             }
         }
-    });
+    })
 }
 
 /// Stops a worker: SIGTERM (it drains its in-flight requests), then SIGKILL after `timeout`.

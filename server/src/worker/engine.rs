@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use migserve_models::{IncrementalDecoder, Model, Sampler, SamplingParams, SeqChunk, SeqId};
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::paged_cache::PagedKvCache;
+use super::paged_cache::PagedStore;
 use super::scheduler::{Scheduler, SchedulerConfig, Sequence, StepPlan};
 use crate::api::error::ApiError;
 use crate::metrics as m;
@@ -140,8 +140,13 @@ impl EngineHandle {
     }
 }
 
-/// Starts the engine thread over `model`.
-pub fn spawn(model: Arc<Model>, config: EngineConfig) -> std::io::Result<EngineHandle> {
+/// Starts the engine thread over `model`, keeping keys and values in `cache` (sized
+/// `config.kv_blocks` x `config.block_size`, on the model's device).
+pub fn spawn(
+    model: Arc<Model>,
+    config: EngineConfig,
+    cache: Box<dyn PagedStore>,
+) -> std::io::Result<EngineHandle> {
     let (tx, rx) = mpsc::channel();
     let status = Arc::new(EngineStatus {
         in_flight: AtomicUsize::new(0),
@@ -151,7 +156,7 @@ pub fn spawn(model: Arc<Model>, config: EngineConfig) -> std::io::Result<EngineH
     std::thread::Builder::new()
         .name("engine".into())
         .spawn(move || {
-            let mut engine = Engine::new(model, config, thread_status.clone());
+            let mut engine = Engine::new(model, config, thread_status.clone(), cache);
             engine.run(rx);
             thread_status.healthy.store(false, Ordering::Release);
         })?;
@@ -172,7 +177,7 @@ struct Active {
 
 struct Engine {
     model: Arc<Model>,
-    cache: PagedKvCache,
+    cache: Box<dyn PagedStore>,
     scheduler: Scheduler,
     active: HashMap<SeqId, Active>,
     next_id: SeqId,
@@ -180,8 +185,12 @@ struct Engine {
 }
 
 impl Engine {
-    fn new(model: Arc<Model>, config: EngineConfig, status: Arc<EngineStatus>) -> Self {
-        let cache = PagedKvCache::new(model.config(), config.kv_blocks, config.block_size);
+    fn new(
+        model: Arc<Model>,
+        config: EngineConfig,
+        status: Arc<EngineStatus>,
+        cache: Box<dyn PagedStore>,
+    ) -> Self {
         Self {
             model,
             cache,
@@ -333,7 +342,7 @@ impl Engine {
                 start: c.start,
             });
         }
-        let logits = self.model.llama.forward(&chunks, &mut self.cache)?;
+        let logits = self.model.llama.forward(&chunks, self.cache.as_mut())?;
         Ok(logits.to_vec2::<f32>()?)
     }
 

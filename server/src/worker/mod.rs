@@ -2,6 +2,9 @@
 //! TGI and OpenAI HTTP APIs.
 
 pub mod block_manager;
+#[cfg(feature = "cuda")]
+pub mod cuda_cache;
+pub mod device;
 pub mod engine;
 pub mod http;
 pub mod paged_cache;
@@ -14,13 +17,14 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use axum::http::HeaderValue;
-use migserve_models::{Device, Model, WeightFormat};
+use migserve_models::{Model, WeightFormat};
 
 use crate::api::tgi::Info;
 use crate::api::validation::Limits;
 use crate::metrics::MetricLabels;
+pub use device::{DeviceUnusable, EXIT_DEVICE_UNUSABLE};
 use engine::EngineConfig;
-use paged_cache::PagedKvCache;
+use paged_cache::{PagedKvCache, PagedStore};
 use scheduler::SchedulerConfig;
 
 /// Which device a worker runs on.
@@ -40,9 +44,9 @@ pub struct WorkerArgs {
     /// Address to listen on; port 0 picks a free port (the chosen address is printed).
     #[arg(long, default_value = "127.0.0.1:8081", env = "MIGSERVE_LISTEN")]
     pub listen: SocketAddr,
-    /// Device to run on.
-    #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
-    pub device: DeviceKind,
+    /// Device to run on; default: cuda when this build has CUDA and a GPU is visible, else cpu.
+    #[arg(long, value_enum)]
+    pub device: Option<DeviceKind>,
     /// Name clients use for this model (OpenAI `model`); default: the file name without `.gguf`.
     #[arg(long)]
     pub model_id: Option<String>,
@@ -58,9 +62,14 @@ pub struct WorkerArgs {
     /// Longest prompt; default: max_total_tokens - 1.
     #[arg(long)]
     pub max_input_tokens: Option<usize>,
-    /// KV cache size in token positions (shared by all sequences).
-    #[arg(long, default_value_t = 16384)]
-    pub kv_cache_tokens: usize,
+    /// KV cache size in token positions (shared by all sequences); default: 16384 on the
+    /// CPU, on a GPU what --kv-memory-fraction of the memory left after the weights holds.
+    #[arg(long)]
+    pub kv_cache_tokens: Option<usize>,
+    /// On a GPU: share of the memory CUDA reports free after loading the weights that the KV
+    /// cache takes (the rest is for activations and cuBLAS).
+    #[arg(long, default_value_t = 0.9)]
+    pub kv_memory_fraction: f64,
     /// Positions per KV cache block.
     #[arg(long, default_value_t = 16)]
     pub block_size: usize,
@@ -76,10 +85,11 @@ pub struct WorkerArgs {
     /// CPU threads for the model's math; default: all cores.
     #[arg(long)]
     pub threads: Option<usize>,
-    /// How weights are held on CPU: q8 (re-quantized to Q8_0 at load; fastest decode, least
-    /// memory), f32 (dequantized; fastest prefill) or quantized (the file's own types).
-    #[arg(long, default_value = "q8")]
-    pub weights: WeightFormat,
+    /// How weights are held: q8 (re-quantized to Q8_0 at load; the CPU default: fastest CPU
+    /// decode, least memory), bf16 (the GPU default), f32 (fastest CPU prefill) or quantized
+    /// (the file's own types).
+    #[arg(long)]
+    pub weights: Option<WeightFormat>,
     /// Slice this worker serves (label on metrics, `x-slice` header).
     #[arg(long, env = "MIGSERVE_SLICE")]
     pub slice: Option<String>,
@@ -94,9 +104,6 @@ pub struct WorkerArgs {
 /// Runs `migserve worker` until SIGTERM or Ctrl-C.
 pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
     exit_with_supervisor();
-    if args.device == DeviceKind::Cuda {
-        bail!("this build of migserve has no CUDA support (the `cuda` feature); use --device cpu");
-    }
     if let Some(threads) = args.threads {
         if threads == 0 {
             bail!("--threads must be at least 1");
@@ -104,20 +111,35 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
         // Read by candle's thread pool when it first starts, below.
         std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
     }
-    if args.block_size == 0 || args.kv_cache_tokens < args.block_size {
-        bail!(
-            "--kv-cache-tokens ({}) must hold at least one block of --block-size ({})",
-            args.kv_cache_tokens,
-            args.block_size
-        );
+    if args.block_size == 0 {
+        bail!("--block-size must be at least 1");
+    }
+    if !(args.kv_memory_fraction > 0.0 && args.kv_memory_fraction < 1.0) {
+        bail!("--kv-memory-fraction must be between 0 and 1 (exclusive)");
     }
     if args.max_batch_size == 0 || args.max_batch_tokens == 0 || args.max_concurrent_requests == 0 {
         bail!(
             "--max-batch-size, --max-batch-tokens and --max-concurrent-requests must be positive"
         );
     }
-    let model = Model::load(&args.model, args.weights, &Device::Cpu)
-        .with_context(|| format!("loading {}", args.model.display()))?;
+    let kind = device::resolve(args.device);
+    let device = device::open(kind)?;
+    let weights = args
+        .weights
+        .unwrap_or_else(|| WeightFormat::default_for(&device));
+    check_weights_fit(&args, &device, weights)?;
+    let model = Model::load(&args.model, weights, &device).map_err(|e| {
+        let e = anyhow::Error::new(e).context(format!("loading {}", args.model.display()));
+        if kind == DeviceKind::Cuda && format!("{e:#}").contains("OUT_OF_MEMORY") {
+            anyhow::Error::new(DeviceUnusable(format!(
+                "{e:#} (the GPU has too little memory for this model)"
+            )))
+        } else {
+            e
+        }
+    })?;
+    // Work queued while loading finishes before the engine thread (and its stream) starts.
+    device.synchronize()?;
     let config = model.config().clone();
     let model_id = args.model_id.clone().unwrap_or_else(|| {
         args.model
@@ -138,7 +160,25 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
     if max_input_tokens == 0 || max_input_tokens >= max_total_tokens {
         bail!("--max-input-tokens must be at least 1 and below --max-total-tokens ({max_total_tokens})");
     }
-    let kv_blocks = args.kv_cache_tokens / args.block_size;
+    let bytes_per_position = match kind {
+        DeviceKind::Cpu => PagedKvCache::bytes_per_position(&config),
+        DeviceKind::Cuda => config.n_layers * config.n_kv_heads * config.head_dim * 2 * 2,
+    };
+    let kv_cache_tokens = match (args.kv_cache_tokens, device::memory(&device)?) {
+        (Some(tokens), _) => tokens,
+        (None, None) => 16384,
+        (None, Some((free, _))) => {
+            device::kv_tokens_for(free, args.kv_memory_fraction, bytes_per_position)
+        }
+    };
+    let kv_blocks = kv_cache_tokens / args.block_size;
+    if kv_blocks == 0 {
+        return Err(DeviceUnusable(format!(
+            "no room for a KV cache: {kv_cache_tokens} positions is less than one block of {}",
+            args.block_size
+        ))
+        .into());
+    }
     let limits = Limits {
         max_input_tokens,
         max_total_tokens,
@@ -155,11 +195,18 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
         block_size: args.block_size,
         max_concurrent_requests: args.max_concurrent_requests,
     };
+    let cache: Box<dyn PagedStore> = match kind {
+        DeviceKind::Cpu => Box::new(PagedKvCache::new(&config, kv_blocks, args.block_size)),
+        DeviceKind::Cuda => new_cuda_cache(&config, kv_blocks, args.block_size, &device)?,
+    };
+    device.synchronize()?;
     tracing::info!(
         model = %model_id,
+        device = %device::describe(&device),
+        weights = ?weights,
         layers = config.n_layers,
         kv_cache_tokens = limits.kv_cache_tokens,
-        kv_cache_mib = (limits.kv_cache_tokens * PagedKvCache::bytes_per_position(&config)) >> 20,
+        kv_cache_mib = (limits.kv_cache_tokens * bytes_per_position) >> 20,
         "model loaded"
     );
     let labels = MetricLabels {
@@ -171,8 +218,11 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
     let info = Info {
         model_id: model_id.clone(),
         model_sha: None,
-        model_dtype: format!("{:?}", args.weights).to_lowercase(),
-        model_device_type: "cpu".into(),
+        model_dtype: format!("{weights:?}").to_lowercase(),
+        model_device_type: match kind {
+            DeviceKind::Cpu => "cpu".into(),
+            DeviceKind::Cuda => "cuda".into(),
+        },
         model_pipeline_tag: Some("text-generation".into()),
         max_concurrent_requests: args.max_concurrent_requests,
         max_best_of: 1,
@@ -191,7 +241,7 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
     };
     let model = Arc::new(model);
     let engine =
-        engine::spawn(model.clone(), engine_config).context("starting the engine thread")?;
+        engine::spawn(model.clone(), engine_config, cache).context("starting the engine thread")?;
     let state = Arc::new(http::AppState {
         engine,
         model,
@@ -298,4 +348,59 @@ pub async fn shutdown_signal() {
         _ = ctrl_c => {}
         _ = term => {}
     }
+}
+
+/// Refuses, before loading, a model whose weights cannot fit in the GPU's free memory.
+fn check_weights_fit(
+    args: &WorkerArgs,
+    device: &migserve_models::Device,
+    weights: WeightFormat,
+) -> anyhow::Result<()> {
+    let Some((free, total)) = device::memory(device)? else {
+        return Ok(());
+    };
+    let file = migserve_models::GgufFile::open(&args.model)
+        .with_context(|| format!("loading {}", args.model.display()))?;
+    let config = migserve_models::LlamaConfig::from_gguf(&file)?;
+    let params = config.parameter_count();
+    let need = match weights {
+        WeightFormat::Bf16 => params * 2,
+        WeightFormat::F32 => params * 4,
+        WeightFormat::Q8 => params * 34 / 32,
+        WeightFormat::Quantized => std::fs::metadata(&args.model).map_or(0, |m| m.len() as usize),
+    };
+    if need > free {
+        return Err(DeviceUnusable(format!(
+            "{} needs {} for its weights ({weights:?}) but the GPU has {} free of {}              (CUDA_VISIBLE_DEVICES={})",
+            args.model.display(),
+            device::gib(need),
+            device::gib(free),
+            device::gib(total),
+            std::env::var("CUDA_VISIBLE_DEVICES").unwrap_or_else(|_| "unset".into())
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+#[cfg(feature = "cuda")]
+fn new_cuda_cache(
+    config: &migserve_models::LlamaConfig,
+    kv_blocks: usize,
+    block_size: usize,
+    device: &migserve_models::Device,
+) -> anyhow::Result<Box<dyn PagedStore>> {
+    let cache = cuda_cache::CudaPagedKvCache::new(config, kv_blocks, block_size, device)
+        .map_err(|e| DeviceUnusable(format!("cannot allocate the KV cache on the GPU: {e}")))?;
+    Ok(Box::new(cache))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn new_cuda_cache(
+    _config: &migserve_models::LlamaConfig,
+    _kv_blocks: usize,
+    _block_size: usize,
+    _device: &migserve_models::Device,
+) -> anyhow::Result<Box<dyn PagedStore>> {
+    Err(DeviceUnusable("this build of migserve has no CUDA support".into()).into())
 }

@@ -1,11 +1,51 @@
 //! The paged KV cache's storage: one preallocated buffer per layer for keys and one for
 //! values, cut into blocks that [`BlockManager`] assigns to sequences.
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
+use migserve_kernels::batch::{BatchLayout, SpanBlocks};
+use migserve_kernels::cpu::kv_write::write_rows;
 use migserve_kernels::cpu::paged_attention::{paged_attention_with, AttentionShape, SeqQueries};
 use migserve_models::{AttentionSpan, KvStore, LlamaConfig, ModelError, SeqId};
 
 use super::block_manager::BlockManager;
+
+/// The flat layout of a step's spans over their block tables (which cache row each new token
+/// goes to, what each query row sees), shared by the CPU and CUDA caches.
+pub fn batch_layout(
+    blocks: &BlockManager,
+    spans: &[AttentionSpan],
+) -> Result<BatchLayout, ModelError> {
+    let tables: Vec<SpanBlocks<'_>> = spans
+        .iter()
+        .map(|s| SpanBlocks {
+            block_table: blocks.table(s.seq).unwrap_or(&[]),
+            start: s.start,
+            len: s.len,
+        })
+        .collect();
+    BatchLayout::new(&tables, blocks.block_size())
+        .map_err(|e| ModelError::KvCacheFull(e.to_string()))
+}
+
+/// A paged KV cache the engine can run on: the model's [`KvStore`] and the block
+/// bookkeeping the scheduler allocates from. The CPU cache here; the CUDA one in
+/// `cuda_cache` (feature `cuda`).
+pub trait PagedStore: KvStore + Send {
+    /// The block bookkeeping.
+    fn blocks(&self) -> &BlockManager;
+    /// The block bookkeeping, for allocation by the scheduler.
+    fn blocks_mut(&mut self) -> &mut BlockManager;
+}
+
+impl PagedStore for PagedKvCache {
+    fn blocks(&self) -> &BlockManager {
+        &self.blocks
+    }
+
+    fn blocks_mut(&mut self) -> &mut BlockManager {
+        &mut self.blocks
+    }
+}
 
 /// Keys and values of every layer, addressed through block tables.
 pub struct PagedKvCache {
@@ -38,39 +78,6 @@ impl PagedKvCache {
     pub fn bytes_per_position(config: &LlamaConfig) -> usize {
         2 * config.n_layers * config.n_kv_heads * config.head_dim * std::mem::size_of::<f32>()
     }
-
-    /// The block bookkeeping.
-    pub fn blocks(&self) -> &BlockManager {
-        &self.blocks
-    }
-
-    /// The block bookkeeping, for allocation by the scheduler.
-    pub fn blocks_mut(&mut self) -> &mut BlockManager {
-        &mut self.blocks
-    }
-
-    /// Offsets (in floats) of positions `from..to` of `seq`, as runs that are contiguous in
-    /// storage: `(storage offset, positions in the run)`.
-    fn runs(&self, seq: SeqId, from: usize, to: usize) -> Result<Vec<(usize, usize)>, ModelError> {
-        let bs = self.blocks.block_size();
-        let table = self.blocks.table(seq).unwrap_or(&[]);
-        if to > table.len() * bs {
-            return Err(ModelError::KvCacheFull(format!(
-                "sequence {seq} has blocks for {} positions, {to} needed",
-                table.len() * bs
-            )));
-        }
-        let mut runs = Vec::new();
-        let mut pos = from;
-        while pos < to {
-            let block = table[pos / bs] as usize;
-            let slot = pos % bs;
-            let n = (bs - slot).min(to - pos);
-            runs.push(((block * bs + slot) * self.row, n));
-            pos += n;
-        }
-        Ok(runs)
-    }
 }
 
 impl KvStore for PagedKvCache {
@@ -88,18 +95,19 @@ impl KvStore for PagedKvCache {
             )));
         }
         let (rows, n_heads, _) = q.dims3()?;
-        let k_rows = k.flatten_all()?.to_vec1::<f32>()?;
-        let v_rows = v.flatten_all()?.to_vec1::<f32>()?;
-        let row = self.row;
-        let mut src = 0;
-        for span in spans {
-            for (offset, count) in self.runs(span.seq, span.start, span.start + span.len)? {
-                let len = count * row;
-                self.keys[layer][offset..offset + len].copy_from_slice(&k_rows[src..src + len]);
-                self.values[layer][offset..offset + len].copy_from_slice(&v_rows[src..src + len]);
-                src += len;
-            }
+        let f32_rows = |t: &Tensor| t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>();
+        let k_rows = f32_rows(k)?;
+        let v_rows = f32_rows(v)?;
+        let layout = batch_layout(&self.blocks, spans)?;
+        if layout.slots.len() * self.row > k_rows.len() {
+            return Err(ModelError::InvalidInput(format!(
+                "{} new positions but {} key values",
+                layout.slots.len(),
+                k_rows.len()
+            )));
         }
+        write_rows(&k_rows, &layout.slots, self.row, &mut self.keys[layer]);
+        write_rows(&v_rows, &layout.slots, self.row, &mut self.values[layer]);
         let mut queries = Vec::with_capacity(spans.len());
         let mut first_row = 0;
         for span in spans {
@@ -118,7 +126,7 @@ impl KvStore for PagedKvCache {
             head_dim: self.head_dim,
             block_size: self.blocks.block_size(),
         };
-        let q_rows = q.flatten_all()?.to_vec1::<f32>()?;
+        let q_rows = f32_rows(q)?;
         let mut out = vec![0.0f32; rows * n_heads * self.head_dim];
         // candle's matmuls run on its barrier pool, whose workers spin between calls: running
         // attention on that same pool keeps a second pool from fighting them for the cores.
@@ -134,11 +142,10 @@ impl KvStore for PagedKvCache {
             &queries,
             &mut out,
         );
-        Ok(Tensor::from_vec(
-            out,
-            (rows, n_heads * self.head_dim),
-            q.device(),
-        )?)
+        Ok(
+            Tensor::from_vec(out, (rows, n_heads * self.head_dim), q.device())?
+                .to_dtype(q.dtype())?,
+        )
     }
 
     fn release(&mut self, seq: SeqId) {

@@ -1,0 +1,195 @@
+//! CUDA kernels (feature `cuda`): PTX built from `cuda/*.cu` by build.rs, loaded once per
+//! device through candle's cudarc and launched on candle's stream, so they order with
+//! candle's own ops. Each kernel has its CPU reference in [`crate::cpu`].
+
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaSlice, CudaView, CudaViewMut, LaunchConfig, PushKernelArg,
+};
+use candle_core::cuda_backend::CudaDevice;
+use half::bf16;
+
+use crate::cpu::paged_attention::AttentionShape;
+
+/// PTX of `cuda/paged_attention.cu`.
+pub const PAGED_ATTENTION_PTX: &str =
+    include_str!(concat!(env!("OUT_DIR"), "/paged_attention.ptx"));
+const MODULE: &str = "migserve_paged_attention";
+/// Warps per attention block (`WARPS` in the .cu file).
+const WARPS: u32 = 4;
+/// Largest query-heads-per-KV-head and head_dim the attention kernel's register tiles hold.
+pub const MAX_GROUP: usize = 8;
+pub const MAX_HEAD_DIM: usize = 256;
+
+/// Why a kernel could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error("unsupported attention shape: {0}")]
+    Unsupported(String),
+    #[error("buffer too small: {0}")]
+    BadLength(String),
+    #[error("CUDA: {0}")]
+    Cuda(String),
+}
+
+fn cuda<E: std::fmt::Display>(e: E) -> KernelError {
+    KernelError::Cuda(e.to_string())
+}
+
+/// Checks that the attention kernel supports `shape`.
+pub fn check_shape(shape: AttentionShape) -> Result<(), KernelError> {
+    if shape.n_kv_heads == 0 || !shape.n_heads.is_multiple_of(shape.n_kv_heads) {
+        return Err(KernelError::Unsupported(format!(
+            "{} query heads do not split over {} KV heads",
+            shape.n_heads, shape.n_kv_heads
+        )));
+    }
+    let group = shape.n_heads / shape.n_kv_heads;
+    if group > MAX_GROUP || shape.head_dim == 0 || shape.head_dim > MAX_HEAD_DIM {
+        return Err(KernelError::Unsupported(format!(
+            "{group} query heads per KV head (at most {MAX_GROUP}) and head_dim {} (at most {MAX_HEAD_DIM})",
+            shape.head_dim
+        )));
+    }
+    if shape.block_size == 0 {
+        return Err(KernelError::Unsupported("block_size 0".into()));
+    }
+    Ok(())
+}
+
+/// Writes `rows` new key and value rows (`[rows][n_kv_heads * head_dim]` bf16) into cache
+/// rows `slots` of `key_cache` / `value_cache`. Reference: [`crate::cpu::kv_write::write_rows`].
+#[allow(clippy::too_many_arguments)]
+pub fn kv_write(
+    device: &CudaDevice,
+    k: &CudaView<'_, bf16>,
+    v: &CudaView<'_, bf16>,
+    slots: &CudaView<'_, u32>,
+    kv_row: usize,
+    key_cache: &mut CudaSlice<bf16>,
+    value_cache: &mut CudaSlice<bf16>,
+) -> Result<(), KernelError> {
+    let rows = slots.len();
+    if rows == 0 {
+        return Ok(());
+    }
+    if k.len() < rows * kv_row || v.len() < rows * kv_row {
+        return Err(KernelError::BadLength(format!(
+            "{rows} rows of {kv_row} values need {} keys/values, got {} / {}",
+            rows * kv_row,
+            k.len(),
+            v.len()
+        )));
+    }
+    let func = device
+        .get_or_load_custom_func("migserve_kv_write_bf16", MODULE, PAGED_ATTENTION_PTX)
+        .map_err(cuda)?;
+    let kv_row_arg = kv_row as u32;
+    let cfg = LaunchConfig {
+        grid_dim: (rows as u32, 1, 1),
+        block_dim: (kv_row.clamp(32, 256) as u32, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let mut launch = func.builder();
+    launch
+        .arg(k)
+        .arg(v)
+        .arg(slots)
+        .arg(key_cache)
+        .arg(value_cache)
+        .arg(&kv_row_arg);
+    // SAFETY: argument types and order match the kernel's signature; every slot was
+    // produced by the block manager that sized the caches, and k/v hold `rows` rows (checked).
+    unsafe { launch.launch(cfg) }.map_err(cuda)?;
+    Ok(())
+}
+
+/// Device copies of a step's [`crate::batch::BatchLayout`] that the attention kernel reads.
+pub struct DeviceLayout {
+    pub row_seq: CudaSlice<u32>,
+    pub row_visible: CudaSlice<u32>,
+    pub block_tables: CudaSlice<u32>,
+    pub slots: CudaSlice<u32>,
+    pub max_blocks: usize,
+    pub rows: usize,
+}
+
+impl DeviceLayout {
+    /// Uploads `layout` (on the device's stream, ordered before the kernels that read it).
+    pub fn upload(
+        device: &CudaDevice,
+        layout: &crate::batch::BatchLayout,
+    ) -> Result<Self, KernelError> {
+        let stream = device.cuda_stream();
+        Ok(Self {
+            row_seq: stream.clone_htod(&layout.row_seq).map_err(cuda)?,
+            row_visible: stream.clone_htod(&layout.row_visible).map_err(cuda)?,
+            block_tables: stream.clone_htod(&layout.block_tables).map_err(cuda)?,
+            slots: stream.clone_htod(&layout.slots).map_err(cuda)?,
+            max_blocks: layout.max_blocks,
+            rows: layout.row_seq.len(),
+        })
+    }
+}
+
+/// `out[row, head, :] = softmax(q · Kᵀ) · V` for every query row (`q`, `out`:
+/// `[rows][n_heads][head_dim]` bf16, `q` pre-scaled), reading keys and values through the
+/// block tables in `layout`. Reference: [`crate::cpu::paged_attention::paged_attention`].
+pub fn paged_attention(
+    device: &CudaDevice,
+    shape: AttentionShape,
+    q: &CudaView<'_, bf16>,
+    key_cache: &CudaSlice<bf16>,
+    value_cache: &CudaSlice<bf16>,
+    layout: &DeviceLayout,
+    out: &mut CudaViewMut<'_, bf16>,
+) -> Result<(), KernelError> {
+    check_shape(shape)?;
+    let rows = layout.rows;
+    if rows == 0 {
+        return Ok(());
+    }
+    let row_len = shape.n_heads * shape.head_dim;
+    if q.len() < rows * row_len || out.len() < rows * row_len {
+        return Err(KernelError::BadLength(format!(
+            "{rows} query rows of {row_len} values, q has {}, out {}",
+            q.len(),
+            out.len()
+        )));
+    }
+    let func = device
+        .get_or_load_custom_func("migserve_paged_attention_bf16", MODULE, PAGED_ATTENTION_PTX)
+        .map_err(cuda)?;
+    let group = shape.n_heads / shape.n_kv_heads;
+    let dims = [
+        shape.n_heads as u32,
+        shape.n_kv_heads as u32,
+        shape.head_dim as u32,
+        shape.block_size as u32,
+        layout.max_blocks as u32,
+    ];
+    let cfg = LaunchConfig {
+        grid_dim: (rows as u32, shape.n_kv_heads as u32, 1),
+        block_dim: (WARPS * 32, 1, 1),
+        shared_mem_bytes: WARPS * (group * shape.head_dim * std::mem::size_of::<f32>()) as u32,
+    };
+    let mut launch = func.builder();
+    launch
+        .arg(q)
+        .arg(key_cache)
+        .arg(value_cache)
+        .arg(&layout.block_tables)
+        .arg(&layout.row_seq)
+        .arg(&layout.row_visible)
+        .arg(out);
+    for d in &dims {
+        launch.arg(d);
+    }
+    // SAFETY: argument types and order match the kernel's signature; the shape is within
+    // the kernel's tiles (check_shape), q/out hold every row (checked), and the block
+    // tables and visible counts come from the block manager that sized the caches.
+    unsafe { launch.launch(cfg) }.map_err(cuda)?;
+    Ok(())
+}
+
+/// The element type of the CUDA KV cache.
+pub use half::bf16 as Bf16;

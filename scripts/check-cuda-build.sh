@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Compile-checks the `cuda` feature on a machine with no GPU and no system CUDA (CI does this):
+# sets up the CUDA toolchain from PyPI wheels, builds `migserve --features cuda`, lints it,
+# runs the GPU tests (each prints why it is skipped when no GPU is visible; on a GPU machine
+# they run), and checks that the CUDA binary, finding no usable GPU, exits with one clear
+# line and status 3.
+#
+# The toolchain and the CUDA build's target dir live under ~/.cache/migserve so later runs on
+# the same machine reuse them (candle's CUDA kernels take most of a clean build).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/migserve"
+export MIGSERVE_CUDA_TOOLS="${MIGSERVE_CUDA_TOOLS:-$CACHE/cuda-tools}"
+export CARGO_TARGET_DIR="${MIGSERVE_CUDA_TARGET:-$CACHE/cuda-target}"
+bash scripts/cuda-toolchain.sh
+# shellcheck disable=SC1091
+source "$MIGSERVE_CUDA_TOOLS/env.sh"
+
+echo "== cuda: build"
+cargo build --locked -p migserve --features cuda
+echo "== cuda: lints"
+cargo clippy --locked -p migserve -p migserve-kernels -p migserve-models --features cuda \
+  --all-targets -- -D warnings
+echo "== cuda: GPU tests (skip lines when no GPU is visible)"
+cargo test --locked -p migserve-kernels --features cuda --test cuda_kernels -- --nocapture
+cargo test --locked -p migserve --features cuda --test gpu -- --nocapture
+
+echo "== cuda: a worker that finds no usable GPU says so in one line and exits 3"
+bash scripts/fetch-model.sh >/dev/null
+model="$(ls models-data/*.gguf | head -n1)"
+set +e
+CUDA_VISIBLE_DEVICES=MIG-00000000-0000-0000-0000-000000000000 \
+  "$CARGO_TARGET_DIR/debug/migserve" worker --model "$model" --device cuda \
+  --listen 127.0.0.1:0 >/dev/null 2>"$CACHE/unusable.err"
+rc=$?
+set -e
+cat "$CACHE/unusable.err"
+lines=$(grep -c '' "$CACHE/unusable.err")
+if [[ $rc -ne 3 || $lines -ne 1 ]] || ! grep -q '^error: no usable CUDA device (CUDA_VISIBLE_DEVICES=MIG-0' "$CACHE/unusable.err"; then
+  echo "expected exit 3 and one 'error: no usable CUDA device' line; got exit $rc, $lines lines" >&2
+  exit 1
+fi
+echo "cuda: ok"

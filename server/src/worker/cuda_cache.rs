@@ -1,0 +1,173 @@
+//! The paged KV cache on a CUDA device: one bf16 buffer per layer for keys and one for
+//! values (layout as the CPU cache), written and read by migserve's own kernels
+//! (`migserve_kernels::cuda`) on candle's stream.
+
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView};
+use candle_core::cuda_backend::{CudaDevice, CudaStorage};
+use candle_core::op::BackpropOp;
+use candle_core::{DType, Device, Storage, Tensor};
+use migserve_kernels::cpu::paged_attention::AttentionShape;
+use migserve_kernels::cuda::{self as kernels, Bf16, DeviceLayout};
+use migserve_models::{AttentionSpan, KvStore, LlamaConfig, ModelError, SeqId};
+
+use super::block_manager::BlockManager;
+use super::paged_cache::{batch_layout, PagedStore};
+
+/// Keys and values of every layer in device memory, addressed through block tables.
+pub struct CudaPagedKvCache {
+    blocks: BlockManager,
+    device: CudaDevice,
+    keys: Vec<CudaSlice<Bf16>>,
+    values: Vec<CudaSlice<Bf16>>,
+    shape: AttentionShape,
+    /// The current step's layout on the device: built at layer 0, read by every layer.
+    step: Option<DeviceLayout>,
+}
+
+fn kernel_error(e: impl std::fmt::Display) -> ModelError {
+    ModelError::Tensor(candle_core::Error::Msg(e.to_string()))
+}
+
+impl CudaPagedKvCache {
+    /// Allocates `total_blocks` blocks of `block_size` positions on `device` (a CUDA device).
+    pub fn new(
+        config: &LlamaConfig,
+        total_blocks: usize,
+        block_size: usize,
+        device: &Device,
+    ) -> Result<Self, ModelError> {
+        let device = device.as_cuda_device()?.clone();
+        let shape = AttentionShape {
+            n_heads: config.n_heads,
+            n_kv_heads: config.n_kv_heads,
+            head_dim: config.head_dim,
+            block_size,
+        };
+        kernels::check_shape(shape).map_err(kernel_error)?;
+        let len = total_blocks * block_size * config.n_kv_heads * config.head_dim;
+        let mut keys = Vec::with_capacity(config.n_layers);
+        let mut values = Vec::with_capacity(config.n_layers);
+        for _ in 0..config.n_layers {
+            keys.push(device.alloc_zeros::<Bf16>(len)?);
+            values.push(device.alloc_zeros::<Bf16>(len)?);
+        }
+        Ok(Self {
+            blocks: BlockManager::new(total_blocks, block_size),
+            device,
+            keys,
+            values,
+            shape,
+            step: None,
+        })
+    }
+
+    /// Bytes one cached position takes over all layers (bf16 keys and values).
+    pub fn bytes_per_position(config: &LlamaConfig) -> usize {
+        2 * config.n_layers * config.n_kv_heads * config.head_dim * std::mem::size_of::<Bf16>()
+    }
+
+    fn upload_layout(&mut self, spans: &[AttentionSpan]) -> Result<(), ModelError> {
+        let layout = batch_layout(&self.blocks, spans)?;
+        self.step = Some(DeviceLayout::upload(&self.device, &layout).map_err(kernel_error)?);
+        Ok(())
+    }
+}
+
+/// A contiguous bf16 CUDA tensor's elements as a device view.
+fn view<'a>(storage: &'a Storage, t: &Tensor) -> Result<CudaView<'a, Bf16>, ModelError> {
+    let Storage::Cuda(s) = storage else {
+        return Err(kernel_error(
+            "the CUDA KV cache got a tensor that is not on the GPU",
+        ));
+    };
+    let start = t.layout().start_offset();
+    Ok(s.as_cuda_slice::<Bf16>()?
+        .slice(start..start + t.elem_count()))
+}
+
+impl KvStore for CudaPagedKvCache {
+    fn attend(
+        &mut self,
+        layer: usize,
+        spans: &[AttentionSpan],
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+    ) -> Result<Tensor, ModelError> {
+        if layer >= self.keys.len() {
+            return Err(ModelError::InvalidInput(format!(
+                "layer {layer} out of range"
+            )));
+        }
+        if layer == 0 || self.step.is_none() {
+            self.upload_layout(spans)?;
+        }
+        let Some(step) = self.step.as_ref() else {
+            return Err(kernel_error("no step layout"));
+        };
+        let (rows, n_heads, head_dim) = q.dims3()?;
+        if rows != step.rows {
+            return Err(ModelError::InvalidInput(format!(
+                "{rows} query rows for a step laid out with {}",
+                step.rows
+            )));
+        }
+        let bf16 = |t: &Tensor| t.to_dtype(DType::BF16)?.contiguous();
+        let (q, k, v) = (bf16(q)?, bf16(k)?, bf16(v)?);
+        let kv_row = self.shape.n_kv_heads * self.shape.head_dim;
+        {
+            let (k_store, _) = k.storage_and_layout();
+            let (v_store, _) = v.storage_and_layout();
+            let (k_view, v_view) = (view(&k_store, &k)?, view(&v_store, &v)?);
+            let (keys, values) = (&mut self.keys[layer], &mut self.values[layer]);
+            kernels::kv_write(
+                &self.device,
+                &k_view,
+                &v_view,
+                &step.slots.slice(..),
+                kv_row,
+                keys,
+                values,
+            )
+            .map_err(kernel_error)?;
+        }
+        let row_len = n_heads * head_dim;
+        // SAFETY: every element is written by the attention kernel before it is read.
+        let mut out = unsafe { self.device.alloc::<Bf16>(rows * row_len)? };
+        {
+            let (q_store, _) = q.storage_and_layout();
+            let q_view = view(&q_store, &q)?;
+            kernels::paged_attention(
+                &self.device,
+                self.shape,
+                &q_view,
+                &self.keys[layer],
+                &self.values[layer],
+                step,
+                &mut out.slice_mut(..),
+            )
+            .map_err(kernel_error)?;
+        }
+        let storage = Storage::Cuda(CudaStorage::wrap_cuda_slice(out, self.device.clone()));
+        Ok(Tensor::from_storage(
+            storage,
+            (rows, row_len),
+            BackpropOp::none(),
+            false,
+        ))
+    }
+
+    fn release(&mut self, seq: SeqId) {
+        self.blocks.release(seq);
+    }
+}
+
+impl PagedStore for CudaPagedKvCache {
+    fn blocks(&self) -> &BlockManager {
+        &self.blocks
+    }
+
+    fn blocks_mut(&mut self) -> &mut BlockManager {
+        &mut self.blocks
+    }
+}

@@ -1,0 +1,135 @@
+//! The worker's device: choosing it, opening it with one clear error when it cannot be used,
+//! and the memory CUDA reports inside this process (on a MIG slice: the slice's own memory;
+//! NVML would report the parent GPU's).
+
+use migserve_models::Device;
+
+use super::DeviceKind;
+
+/// Exit status of a worker that cannot use its device. The supervisor marks the slice failed
+/// at once instead of restarting a worker that would fail the same way.
+pub const EXIT_DEVICE_UNUSABLE: i32 = 3;
+
+/// The worker cannot use the device it was given (no driver, no such GPU, too little memory,
+/// a build without CUDA).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct DeviceUnusable(pub String);
+
+/// `--device` when given; otherwise CUDA when this build has it and a GPU is visible.
+pub fn resolve(requested: Option<DeviceKind>) -> DeviceKind {
+    requested.unwrap_or_else(|| {
+        if cuda_device_count() > 0 {
+            DeviceKind::Cuda
+        } else {
+            DeviceKind::Cpu
+        }
+    })
+}
+
+/// What `CUDA_VISIBLE_DEVICES` says, for error messages.
+fn visible_devices() -> String {
+    std::env::var("CUDA_VISIBLE_DEVICES").unwrap_or_else(|_| "unset".into())
+}
+
+/// GPUs CUDA can see (0 without a driver, or in a build without CUDA).
+#[cfg(feature = "cuda")]
+pub fn cuda_device_count() -> usize {
+    use candle_core::cuda_backend::cudarc::driver::CudaContext;
+    CudaContext::device_count().map_or(0, |n| n.max(0) as usize)
+}
+
+/// GPUs CUDA can see (0 without a driver, or in a build without CUDA).
+#[cfg(not(feature = "cuda"))]
+pub fn cuda_device_count() -> usize {
+    0
+}
+
+/// Opens `kind`: the CPU, or the one GPU this process sees (the supervisor pins each
+/// worker to its slice with `CUDA_VISIBLE_DEVICES`).
+pub fn open(kind: DeviceKind) -> Result<Device, DeviceUnusable> {
+    match kind {
+        DeviceKind::Cpu => Ok(Device::Cpu),
+        DeviceKind::Cuda => open_cuda(),
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn open_cuda() -> Result<Device, DeviceUnusable> {
+    Device::new_cuda(0).map_err(|e| {
+        let e = e.to_string();
+        let e = e.lines().next().unwrap_or_default();
+        DeviceUnusable(format!(
+            "no usable CUDA device (CUDA_VISIBLE_DEVICES={}): {e}",
+            visible_devices()
+        ))
+    })
+}
+
+#[cfg(not(feature = "cuda"))]
+fn open_cuda() -> Result<Device, DeviceUnusable> {
+    Err(DeviceUnusable(format!(
+        "this build of migserve has no CUDA support (built without the `cuda` feature; \
+         CUDA_VISIBLE_DEVICES={}); use --device cpu",
+        visible_devices()
+    )))
+}
+
+/// Free and total bytes of the device's memory as CUDA reports them inside this process;
+/// `None` on the CPU.
+pub fn memory(device: &Device) -> Result<Option<(usize, usize)>, DeviceUnusable> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(cuda) = device {
+        let stream = cuda.cuda_stream();
+        return stream
+            .context()
+            .mem_get_info()
+            .map(Some)
+            .map_err(|e| DeviceUnusable(format!("cannot read the GPU's free memory: {e}")));
+    }
+    let _ = device;
+    Ok(None)
+}
+
+/// The GPU's name (with its MIG profile on a slice), or "cpu".
+pub fn describe(device: &Device) -> String {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(cuda) = device {
+        return cuda
+            .cuda_stream()
+            .context()
+            .name()
+            .unwrap_or_else(|_| "cuda".into());
+    }
+    let _ = device;
+    "cpu".into()
+}
+
+/// Positions of KV cache that `fraction` of `free_bytes` holds at `bytes_per_position`.
+pub fn kv_tokens_for(free_bytes: usize, fraction: f64, bytes_per_position: usize) -> usize {
+    ((free_bytes as f64 * fraction) / bytes_per_position.max(1) as f64) as usize
+}
+
+/// GiB with one decimal, for messages.
+pub fn gib(bytes: usize) -> String {
+    format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kv_tokens_scale_with_memory_and_fraction() {
+        assert_eq!(kv_tokens_for(1 << 30, 0.5, 1024), 1 << 19);
+        assert_eq!(kv_tokens_for(0, 0.9, 1024), 0);
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn a_cpu_build_refuses_cuda_in_one_line() {
+        let e = open(DeviceKind::Cuda).unwrap_err().to_string();
+        assert!(e.contains("no CUDA support") && !e.contains('\n'), "{e}");
+        assert_eq!(resolve(None), DeviceKind::Cpu);
+    }
+}
