@@ -164,7 +164,9 @@ mod gpu {
     #[test]
     fn cuda_kernels_match_cpu_references() {
         let Some(dev) = device() else { return };
-        let mut rng = rand::rngs::StdRng::seed_from_u64(rand::random());
+        let seed: u64 = rand::random();
+        eprintln!("random inputs from seed {seed}");
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         // SmolLM2 (9/3 heads, 64), Qwen 0.5B (14/2, 64), Llama 3.2 1B (32/8, 64), and
         // head_dim 128 with 8 heads per KV head.
         for (n_heads, n_kv_heads, head_dim) in [(9, 3, 64), (14, 2, 64), (32, 8, 64), (32, 4, 128)]

@@ -99,13 +99,22 @@ impl KvStore for CudaPagedKvCache {
                 "layer {layer} out of range"
             )));
         }
+        let (rows, n_heads, head_dim) = q.dims3()?;
+        // The model's activation dtype (bf16 by default; f32 for the other weight formats).
+        let out_dtype = q.dtype();
+        if rows == 0 {
+            return Ok(Tensor::zeros(
+                (0, n_heads * head_dim),
+                out_dtype,
+                q.device(),
+            )?);
+        }
         if layer == 0 || self.step.is_none() {
             self.upload_layout(spans)?;
         }
         let Some(step) = self.step.as_ref() else {
             return Err(kernel_error("no step layout"));
         };
-        let (rows, n_heads, head_dim) = q.dims3()?;
         if rows != step.rows {
             return Err(ModelError::InvalidInput(format!(
                 "{rows} query rows for a step laid out with {}",
@@ -149,12 +158,10 @@ impl KvStore for CudaPagedKvCache {
             .map_err(kernel_error)?;
         }
         let storage = Storage::Cuda(CudaStorage::wrap_cuda_slice(out, self.device.clone()));
-        Ok(Tensor::from_storage(
-            storage,
-            (rows, row_len),
-            BackpropOp::none(),
-            false,
-        ))
+        Ok(
+            Tensor::from_storage(storage, (rows, row_len), BackpropOp::none(), false)
+                .to_dtype(out_dtype)?,
+        )
     }
 
     fn release(&mut self, seq: SeqId) {
