@@ -116,6 +116,12 @@ impl LlamaConfig {
         self.n_heads / self.n_kv_heads
     }
 
+    /// Bytes one cached position takes over all layers (keys and values) at `element_bytes`
+    /// per value.
+    pub fn kv_bytes_per_position(&self, element_bytes: usize) -> usize {
+        2 * self.n_layers * self.n_kv_heads * self.head_dim * element_bytes
+    }
+
     /// Number of parameters in the transformer (embedding counted once).
     pub fn parameter_count(&self) -> usize {
         let attn = self.hidden_size * self.head_dim * (2 * self.n_heads + 2 * self.n_kv_heads);

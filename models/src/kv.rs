@@ -39,6 +39,13 @@ pub trait KvStore {
         v: &Tensor,
     ) -> Result<Tensor>;
 
+    /// Called once per forward pass, before the first layer's [`KvStore::attend`], with the
+    /// step's spans (the same for every layer): a store can lay the step out here once
+    /// instead of in every layer.
+    fn begin_step(&mut self, _spans: &[AttentionSpan]) -> Result<()> {
+        Ok(())
+    }
+
     /// Forgets everything stored for `seq`.
     fn release(&mut self, seq: SeqId);
 }

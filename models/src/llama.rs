@@ -37,12 +37,15 @@ impl WeightFormat {
         }
     }
 
-    /// The default for a device: bf16 on a GPU, Q8_0 on the CPU.
-    pub fn default_for(device: &Device) -> Self {
-        if device.is_cpu() {
-            Self::Q8
-        } else {
-            Self::Bf16
+    /// Bytes the weights of a model with `params` parameters take in this format;
+    /// `file_bytes` (the GGUF file's size) stands for the file's own types.
+    pub fn weight_bytes(self, params: usize, file_bytes: u64) -> u64 {
+        let params = params as u64;
+        match self {
+            Self::Q8 => params * 34 / 32,
+            Self::Bf16 => params * 2,
+            Self::F32 => params * 4,
+            Self::Quantized => file_bytes,
         }
     }
 }
@@ -94,7 +97,6 @@ pub struct Llama {
     rope_cos: Tensor,
     rope_sin: Tensor,
     device: Device,
-    dtype: DType,
 }
 
 impl Llama {
@@ -178,7 +180,6 @@ impl Llama {
             rope_cos,
             rope_sin,
             device: device.clone(),
-            dtype,
         })
     }
 
@@ -190,11 +191,6 @@ impl Llama {
     /// The device the weights live on.
     pub fn device(&self) -> &Device {
         &self.device
-    }
-
-    /// The dtype of activations and of the keys and values handed to the KV store.
-    pub fn dtype(&self) -> DType {
-        self.dtype
     }
 
     /// Runs `chunks` as one batch, storing their keys/values in `kv`, and returns the logits
@@ -246,6 +242,7 @@ impl Llama {
         let sin = self.rope_sin.index_select(&positions, 0)?;
 
         let mut x = self.embedding.index_select(&ids, 0)?;
+        kv.begin_step(&spans)?;
         for (li, layer) in self.layers.iter().enumerate() {
             let h = rms_norm(&x, &layer.attn_norm, cfg.rms_eps as f32)?;
             let attn = self.attention(li, layer, &h, &cos, &sin, &spans, kv)?;

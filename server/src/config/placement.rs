@@ -26,35 +26,19 @@ pub fn footprint(model: &ModelSection, device: DeviceKind) -> Result<u64, String
     let file = GgufFile::open(&model.path).map_err(|e| format!("model {:?}: {e}", model.name))?;
     let config =
         LlamaConfig::from_gguf(&file).map_err(|e| format!("model {:?}: {e}", model.name))?;
-    let params = config.parameter_count() as f64;
     let format = model
         .engine
         .weights
         .as_deref()
-        .and_then(|w| w.parse().ok())
-        .unwrap_or(match device {
-            DeviceKind::Cuda => WeightFormat::Bf16,
-            DeviceKind::Cpu => WeightFormat::Q8,
-        });
-    let weight_bytes = match format {
-        WeightFormat::Q8 => params * 34.0 / 32.0,
-        WeightFormat::Bf16 => params * 2.0,
-        WeightFormat::F32 => params * 4.0,
-        WeightFormat::Quantized => file_size(&model.path) as f64,
-    };
-    let kv_element = match device {
-        DeviceKind::Cuda => 2.0,
-        DeviceKind::Cpu => 4.0,
-    };
+        .and_then(|w| w.parse::<WeightFormat>().ok())
+        .unwrap_or(device.default_weights());
+    let weight_bytes = format.weight_bytes(config.parameter_count(), file_size(&model.path));
     let kv_tokens = model
         .engine
         .kv_cache_tokens
-        .unwrap_or(DEFAULT_KV_CACHE_TOKENS) as f64;
-    let kv_bytes = kv_tokens
-        * 2.0
-        * (config.n_layers * config.n_kv_heads * config.head_dim) as f64
-        * kv_element;
-    Ok(((weight_bytes + kv_bytes) * 1.1) as u64)
+        .unwrap_or(DEFAULT_KV_CACHE_TOKENS);
+    let kv_bytes = kv_tokens * config.kv_bytes_per_position(device.kv_element_bytes());
+    Ok(((weight_bytes + kv_bytes as u64) as f64 * 1.1) as u64)
 }
 
 fn file_size(path: &Path) -> u64 {

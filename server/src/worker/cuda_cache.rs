@@ -20,7 +20,7 @@ pub struct CudaPagedKvCache {
     keys: Vec<CudaSlice<Bf16>>,
     values: Vec<CudaSlice<Bf16>>,
     shape: AttentionShape,
-    /// The current step's layout on the device: built at layer 0, read by every layer.
+    /// The current step's layout on the device, from `begin_step`, read by every layer.
     step: Option<DeviceLayout>,
 }
 
@@ -60,17 +60,6 @@ impl CudaPagedKvCache {
             step: None,
         })
     }
-
-    /// Bytes one cached position takes over all layers (bf16 keys and values).
-    pub fn bytes_per_position(config: &LlamaConfig) -> usize {
-        2 * config.n_layers * config.n_kv_heads * config.head_dim * std::mem::size_of::<Bf16>()
-    }
-
-    fn upload_layout(&mut self, spans: &[AttentionSpan]) -> Result<(), ModelError> {
-        let layout = batch_layout(&self.blocks, spans)?;
-        self.step = Some(DeviceLayout::upload(&self.device, &layout).map_err(kernel_error)?);
-        Ok(())
-    }
 }
 
 /// A contiguous bf16 CUDA tensor's elements as a device view.
@@ -86,10 +75,19 @@ fn view<'a>(storage: &'a Storage, t: &Tensor) -> Result<CudaView<'a, Bf16>, Mode
 }
 
 impl KvStore for CudaPagedKvCache {
+    fn begin_step(&mut self, spans: &[AttentionSpan]) -> Result<(), ModelError> {
+        self.step = None;
+        let layout = batch_layout(&self.blocks, spans)?;
+        if !layout.slots.is_empty() {
+            self.step = Some(DeviceLayout::upload(&self.device, &layout).map_err(kernel_error)?);
+        }
+        Ok(())
+    }
+
     fn attend(
         &mut self,
         layer: usize,
-        spans: &[AttentionSpan],
+        _spans: &[AttentionSpan],
         q: &Tensor,
         k: &Tensor,
         v: &Tensor,
@@ -109,11 +107,8 @@ impl KvStore for CudaPagedKvCache {
                 q.device(),
             )?);
         }
-        if layer == 0 || self.step.is_none() {
-            self.upload_layout(spans)?;
-        }
         let Some(step) = self.step.as_ref() else {
-            return Err(kernel_error("no step layout"));
+            return Err(kernel_error("attend before begin_step"));
         };
         if rows != step.rows {
             return Err(ModelError::InvalidInput(format!(

@@ -35,6 +35,24 @@ pub enum DeviceKind {
     Cuda,
 }
 
+impl DeviceKind {
+    /// The weight format a worker holds when none is asked for: Q8_0 on the CPU, bf16 on a GPU.
+    pub fn default_weights(self) -> WeightFormat {
+        match self {
+            DeviceKind::Cpu => WeightFormat::Q8,
+            DeviceKind::Cuda => WeightFormat::Bf16,
+        }
+    }
+
+    /// Bytes of one cached key or value element: f32 in the CPU cache, bf16 in the CUDA one.
+    pub fn kv_element_bytes(self) -> usize {
+        match self {
+            DeviceKind::Cpu => 4,
+            DeviceKind::Cuda => 2,
+        }
+    }
+}
+
 /// Arguments of `migserve worker`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct WorkerArgs {
@@ -124,9 +142,7 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
     }
     let kind = device::resolve(args.device);
     let device = device::open(kind)?;
-    let weights = args
-        .weights
-        .unwrap_or_else(|| WeightFormat::default_for(&device));
+    let weights = args.weights.unwrap_or(kind.default_weights());
     check_weights_fit(&args, &device, weights)?;
     let model = Model::load(&args.model, weights, &device).map_err(|e| {
         let e = anyhow::Error::new(e).context(format!("loading {}", args.model.display()));
@@ -160,10 +176,7 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
     if max_input_tokens == 0 || max_input_tokens >= max_total_tokens {
         bail!("--max-input-tokens must be at least 1 and below --max-total-tokens ({max_total_tokens})");
     }
-    let bytes_per_position = match kind {
-        DeviceKind::Cpu => PagedKvCache::bytes_per_position(&config),
-        DeviceKind::Cuda => config.n_layers * config.n_kv_heads * config.head_dim * 2 * 2,
-    };
+    let bytes_per_position = config.kv_bytes_per_position(kind.kv_element_bytes());
     let kv_cache_tokens = match (args.kv_cache_tokens, device::memory(&device)?) {
         (Some(tokens), _) => tokens,
         (None, None) => 16384,
@@ -362,13 +375,8 @@ fn check_weights_fit(
     let file = migserve_models::GgufFile::open(&args.model)
         .with_context(|| format!("loading {}", args.model.display()))?;
     let config = migserve_models::LlamaConfig::from_gguf(&file)?;
-    let params = config.parameter_count();
-    let need = match weights {
-        WeightFormat::Bf16 => params * 2,
-        WeightFormat::F32 => params * 4,
-        WeightFormat::Q8 => params * 34 / 32,
-        WeightFormat::Quantized => std::fs::metadata(&args.model).map_or(0, |m| m.len() as usize),
-    };
+    let file_bytes = std::fs::metadata(&args.model).map_or(0, |m| m.len());
+    let need = weights.weight_bytes(config.parameter_count(), file_bytes) as usize;
     if need > free {
         return Err(DeviceUnusable(format!(
             "{} needs {} for its weights ({weights:?}) but the GPU has {} free of {}              (CUDA_VISIBLE_DEVICES={})",

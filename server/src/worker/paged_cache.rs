@@ -57,6 +57,8 @@ pub struct PagedKvCache {
     row: usize,
     n_kv_heads: usize,
     head_dim: usize,
+    /// The current step's layout, from [`KvStore::begin_step`].
+    step: BatchLayout,
 }
 
 impl PagedKvCache {
@@ -71,16 +73,17 @@ impl PagedKvCache {
             row,
             n_kv_heads: config.n_kv_heads,
             head_dim: config.head_dim,
+            step: BatchLayout::default(),
         }
-    }
-
-    /// Bytes one cached position takes over all layers (keys and values).
-    pub fn bytes_per_position(config: &LlamaConfig) -> usize {
-        2 * config.n_layers * config.n_kv_heads * config.head_dim * std::mem::size_of::<f32>()
     }
 }
 
 impl KvStore for PagedKvCache {
+    fn begin_step(&mut self, spans: &[AttentionSpan]) -> Result<(), ModelError> {
+        self.step = batch_layout(&self.blocks, spans)?;
+        Ok(())
+    }
+
     fn attend(
         &mut self,
         layer: usize,
@@ -98,16 +101,17 @@ impl KvStore for PagedKvCache {
         let f32_rows = |t: &Tensor| t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>();
         let k_rows = f32_rows(k)?;
         let v_rows = f32_rows(v)?;
-        let layout = batch_layout(&self.blocks, spans)?;
-        if layout.slots.len() * self.row > k_rows.len() {
+        let slots = &self.step.slots;
+        if slots.len() != rows || rows * self.row > k_rows.len().min(v_rows.len()) {
             return Err(ModelError::InvalidInput(format!(
-                "{} new positions but {} key values",
-                layout.slots.len(),
-                k_rows.len()
+                "{rows} query rows and {} key values for a step laid out with {} new positions \
+                 (begin_step not called for this batch?)",
+                k_rows.len(),
+                slots.len()
             )));
         }
-        write_rows(&k_rows, &layout.slots, self.row, &mut self.keys[layer]);
-        write_rows(&v_rows, &layout.slots, self.row, &mut self.values[layer]);
+        write_rows(&k_rows, slots, self.row, &mut self.keys[layer]);
+        write_rows(&v_rows, slots, self.row, &mut self.values[layer]);
         let mut queries = Vec::with_capacity(spans.len());
         let mut first_row = 0;
         for span in spans {
@@ -213,6 +217,8 @@ mod tests {
                 paged.blocks_mut().ensure(s.seq, s.start + s.len).unwrap();
             }
             let n: usize = spans.iter().map(|s| s.len).sum();
+            paged.begin_step(&spans).unwrap();
+            dense.begin_step(&spans).unwrap();
             for layer in 0..cfg.n_layers {
                 let seed = (i * 10 + layer) as f32;
                 let (q, k, v) = (
@@ -237,16 +243,18 @@ mod tests {
             start: 0,
             len: 3,
         }];
-        let err = paged
+        let err = paged.begin_step(&spans).unwrap_err();
+        assert_eq!(err.error_type(), "kv_cache_full");
+        // Attending anyway is an error too, not a write past the blocks.
+        assert!(paged
             .attend(
                 0,
                 &spans,
                 &rows(0.0, 3, 4),
                 &rows(0.0, 3, 2),
-                &rows(0.0, 3, 2),
+                &rows(0.0, 3, 2)
             )
-            .unwrap_err();
-        assert_eq!(err.error_type(), "kv_cache_full");
+            .is_err());
     }
 
     #[test]
