@@ -90,14 +90,10 @@ impl Backend {
             return None;
         }
         match &self.target {
-            Target::Local(slot) => {
-                let status = slot.status();
-                let generation = status.generation;
-                (status.state == SlotState::Ready)
-                    .then_some(status.url)
-                    .flatten()
-                    .map(|url| (url, generation))
-            }
+            Target::Local(slot) => slot.with_status(|s| {
+                let url = s.url.as_ref().filter(|_| s.state == SlotState::Ready)?;
+                Some((url.clone(), s.generation))
+            }),
             Target::Remote { url, healthy } => {
                 healthy.load(Ordering::Acquire).then(|| (url.clone(), 0))
             }
@@ -150,7 +146,7 @@ impl Backend {
     /// State name for `/slices` and metrics.
     pub fn state(&self) -> &'static str {
         let base = match &self.target {
-            Target::Local(slot) => slot.status().state.as_str(),
+            Target::Local(slot) => slot.with_status(|s| s.state.as_str()),
             Target::Remote { healthy, .. } => {
                 if healthy.load(Ordering::Acquire) {
                     "ready"
@@ -169,7 +165,7 @@ impl Backend {
     /// Worker restarts (local backends).
     pub fn restarts(&self) -> u32 {
         match &self.target {
-            Target::Local(slot) => slot.status().restarts,
+            Target::Local(slot) => slot.with_status(|s| s.restarts),
             Target::Remote { .. } => 0,
         }
     }

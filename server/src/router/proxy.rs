@@ -141,7 +141,11 @@ pub fn estimate_tokens(body: &Value, default_new: u64) -> u64 {
     if let Some(messages) = body.get("messages").and_then(Value::as_array) {
         prompt_bytes += messages
             .iter()
-            .map(|m| m.get("content").map_or(0, |c| c.to_string().len()))
+            .map(|m| match m.get("content") {
+                Some(Value::String(text)) => text.len(),
+                Some(other) => other.to_string().len(),
+                None => 0,
+            })
             .sum::<usize>();
     }
     let new = body
@@ -273,11 +277,13 @@ async fn forward(
         // count), so a worker that dies before sending a token costs the client nothing.
         let mut chunks = upstream.bytes_stream().boxed();
         let mut head: Vec<u8> = Vec::new();
+        let mut counter = TokenCounter::new(api);
         let failure = loop {
             match chunks.next().await {
                 Some(Ok(chunk)) => {
                     head.extend_from_slice(&chunk);
-                    if count_events(&head) > 0 || head.windows(5).any(|w| w == b"data:") {
+                    counter.feed(&chunk);
+                    if counter.data_events() > 0 {
                         break None;
                     }
                 }
@@ -287,8 +293,6 @@ async fn forward(
         };
         match failure {
             None => {
-                let mut counter = TokenCounter::new(api);
-                counter.feed(&head);
                 let relay = StreamRelay {
                     api,
                     counter,
@@ -390,13 +394,6 @@ fn record_buffered(guard: &InFlight, headers: &HeaderMap, body: &[u8], sent: Ins
     guard.stats().record_success(None, tpot, tokens);
 }
 
-/// Server-sent events in a chunk (`data:` lines, not counting OpenAI's `[DONE]`).
-fn count_events(chunk: &[u8]) -> u64 {
-    let data = chunk.windows(5).filter(|w| w == b"data:").count() as u64;
-    let done = chunk.windows(6).filter(|w| w == b"[DONE]").count() as u64;
-    data.saturating_sub(done)
-}
-
 /// A stream being relayed from a worker to the client.
 struct StreamRelay {
     api: Api,
@@ -453,12 +450,13 @@ impl StreamRelay {
             self.backend.id
         );
         let error = ApiError::Generation(message);
-        let body = match self.api {
-            Api::Tgi => serde_json::to_string(&error.tgi_body()),
-            Api::OpenAi => serde_json::to_string(&error.openai_body()),
-        }
-        .unwrap_or_default();
-        Bytes::from(format!("data: {body}\n\n"))
+        // As a worker ends a failed stream: OpenAI clients also get `[DONE]`.
+        let event =
+            |body: serde_json::Result<String>| format!("data: {}\n\n", body.unwrap_or_default());
+        Bytes::from(match self.api {
+            Api::Tgi => event(serde_json::to_string(&error.tgi_body())),
+            Api::OpenAi => event(serde_json::to_string(&error.openai_body())) + "data: [DONE]\n\n",
+        })
     }
 }
 
@@ -477,12 +475,5 @@ mod tests {
             estimate_tokens(&serde_json::json!({"prompt": ""}), 256),
             257
         );
-    }
-
-    #[test]
-    fn events_are_counted_without_done() {
-        assert_eq!(count_events(b"data: {}\n\ndata: {}\n\n"), 2);
-        assert_eq!(count_events(b"data: {}\n\ndata: [DONE]\n\n"), 1);
-        assert_eq!(count_events(b": keep-alive\n\n"), 0);
     }
 }

@@ -43,6 +43,15 @@ struct Measured {
     completions: VecDeque<(Instant, u64)>,
 }
 
+impl Measured {
+    fn push_outcome(&mut self, error: bool) {
+        if self.outcomes.len() == OUTCOME_WINDOW {
+            self.outcomes.pop_front();
+        }
+        self.outcomes.push_back(error);
+    }
+}
+
 /// Counters and averages of one slice.
 #[derive(Debug, Default)]
 pub struct SliceStats {
@@ -145,16 +154,13 @@ impl SliceStats {
             {
                 m.completions.pop_front();
             }
+            m.push_outcome(false);
         }
-        self.push_outcome(false);
     }
 
     fn push_outcome(&self, error: bool) {
         if let Ok(mut m) = self.measured.lock() {
-            if m.outcomes.len() == OUTCOME_WINDOW {
-                m.outcomes.pop_front();
-            }
-            m.outcomes.push_back(error);
+            m.push_outcome(error);
         }
     }
 

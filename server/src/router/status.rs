@@ -14,6 +14,7 @@ use super::SharedFront;
 use crate::api::error::ApiError;
 use crate::api::openai::{ModelCard, ModelList};
 use crate::slices::Slice;
+use crate::supervisor::slot::SlotState;
 
 /// One slice in `GET /slices`.
 #[derive(Debug, Serialize)]
@@ -100,16 +101,13 @@ pub async fn models(State(front): State<SharedFront>) -> Json<ModelList> {
     })
 }
 
-const STATES: [&str; 8] = [
-    "starting",
-    "ready",
-    "restarting",
-    "failed",
-    "stopping",
-    "stopped",
-    "suspended",
-    "unhealthy",
-];
+/// Every state a slice can report: the supervisor's, and the router's own two.
+fn states() -> impl Iterator<Item = &'static str> {
+    SlotState::ALL
+        .iter()
+        .map(|s| s.as_str())
+        .chain(["suspended", "unhealthy"])
+}
 
 /// `GET /metrics`: per-slice series in Prometheus text, labelled slice, profile, model.
 pub async fn metrics(State(front): State<SharedFront>) -> Response {
@@ -198,7 +196,7 @@ pub async fn metrics(State(front): State<SharedFront>) -> Response {
     );
     let _ = writeln!(out, "# TYPE migserve_slice_state gauge");
     for (labels, r) in &reports {
-        for state in STATES {
+        for state in states() {
             let _ = writeln!(
                 out,
                 "migserve_slice_state{{{labels},state=\"{state}\"}} {}",

@@ -17,7 +17,10 @@ fn parse_total(data: &[u8], path: &[&str]) -> Option<u64> {
 pub struct TokenCounter {
     api: Api,
     pending: Vec<u8>,
+    /// Token events.
     events: u64,
+    /// `data:` events of any kind except OpenAI's `[DONE]`.
+    data_events: u64,
     reported: Option<u64>,
 }
 
@@ -27,25 +30,38 @@ impl TokenCounter {
             api,
             pending: Vec::new(),
             events: 0,
+            data_events: 0,
             reported: None,
         }
     }
 
-    /// Feeds the next chunk (events may span chunks).
+    /// Feeds the next chunk (events may span chunks). Complete events are read in place;
+    /// only an unfinished tail stays buffered.
     pub fn feed(&mut self, chunk: &[u8]) {
-        self.pending.extend_from_slice(chunk);
-        while let Some(end) = self.pending.windows(2).position(|w| w == b"\n\n") {
-            let event: Vec<u8> = self.pending.drain(..end + 2).collect();
-            for line in event.split(|b| *b == b'\n') {
+        let mut pending = std::mem::take(&mut self.pending);
+        // A boundary can straddle the old tail and the chunk: rescan one byte of the tail.
+        let mut scan = pending.len().saturating_sub(1);
+        pending.extend_from_slice(chunk);
+        let mut start = 0;
+        while let Some(at) = pending[scan..].windows(2).position(|w| w == b"\n\n") {
+            let end = scan + at;
+            for line in pending[start..end].split(|b| *b == b'\n') {
                 if let Some(data) = line.strip_prefix(b"data:") {
                     self.data(data);
                 }
             }
+            start = end + 2;
+            scan = start;
         }
+        pending.drain(..start);
+        self.pending = pending;
     }
 
     fn data(&mut self, data: &[u8]) {
         let data = data.trim_ascii();
+        if data != b"[DONE]" {
+            self.data_events += 1;
+        }
         // Cheap byte checks on the per-token path; JSON is parsed only for the event that
         // carries the server's total.
         let has = |needle: &[u8]| data.windows(needle.len()).any(|w| w == needle);
@@ -73,8 +89,14 @@ impl TokenCounter {
     }
 
     /// Token events seen so far.
+    #[cfg(test)]
     pub fn events(&self) -> u64 {
         self.events
+    }
+
+    /// Complete `data:` events seen so far (OpenAI's `[DONE]` not counted).
+    pub fn data_events(&self) -> u64 {
+        self.data_events
     }
 
     /// The server's total if it sent one, else the token events seen.
@@ -105,5 +127,27 @@ mod tests {
         assert_eq!(c.tokens(), 1);
         c.feed(b"data: {\"choices\":[],\"usage\":{\"completion_tokens\":3}}\n\ndata: [DONE]\n\n");
         assert_eq!((c.events(), c.tokens()), (1, 3));
+    }
+
+    fn data_events(bytes: &[u8]) -> u64 {
+        let mut c = TokenCounter::new(Api::OpenAi);
+        c.feed(bytes);
+        c.data_events()
+    }
+
+    #[test]
+    fn events_are_counted_without_done() {
+        assert_eq!(data_events(b"data: {}\n\ndata: {}\n\n"), 2);
+        assert_eq!(data_events(b"data: {}\n\ndata: [DONE]\n\n"), 1);
+        assert_eq!(data_events(b": keep-alive\n\n"), 0);
+    }
+
+    #[test]
+    fn an_event_boundary_split_over_chunks_is_found() {
+        let mut c = TokenCounter::new(Api::Tgi);
+        c.feed(b"data: {\"token\":{\"id\":1}}\n");
+        assert_eq!(c.data_events(), 0);
+        c.feed(b"\ndata: {\"tok");
+        assert_eq!(c.data_events(), 1);
     }
 }

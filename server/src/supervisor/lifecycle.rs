@@ -17,11 +17,14 @@ use crate::worker::EXIT_DEVICE_UNUSABLE;
 enum Ending {
     /// Shutdown was asked for.
     Shutdown,
-    /// It exited, failed to start, or stopped answering health checks.
-    Crashed { reason: String, up_for: Duration },
-    /// It exited saying it cannot use its device (no driver, unknown GPU, too little memory):
-    /// restarting cannot help.
-    Unusable { reason: String },
+    /// It exited, failed to start, or stopped answering health checks. `retry` is false
+    /// when it exited saying it cannot use its device (no driver, unknown GPU, too little
+    /// memory): restarting cannot help.
+    Crashed {
+        reason: String,
+        up_for: Duration,
+        retry: bool,
+    },
 }
 
 /// Runs the slot until shutdown or until it is marked failed.
@@ -63,7 +66,7 @@ pub async fn run_slot(
                 // Shutdown: the grace it was given; crash or hang: it is dead or stuck.
                 let grace = match ending {
                     Ending::Shutdown => shutdown.borrow().unwrap_or(timings.stop),
-                    Ending::Crashed { .. } | Ending::Unusable { .. } => Duration::from_millis(200),
+                    Ending::Crashed { .. } => Duration::from_millis(200),
                 };
                 terminate(&mut worker.child, worker.pid, grace).await;
                 ending
@@ -71,33 +74,23 @@ pub async fn run_slot(
             Err(e) => Ending::Crashed {
                 reason: format!("cannot start {}: {e}", exe.display()),
                 up_for: Duration::ZERO,
+                retry: true,
             },
         };
         match ending {
             Ending::Shutdown => break,
-            Ending::Unusable { reason } => {
-                slot.update(|s| {
-                    s.url = None;
-                    s.pid = None;
-                    s.last_error = Some(reason.clone());
-                    s.state = SlotState::Failed;
-                });
-                tracing::error!(
-                    slice = slot.id(),
-                    model = slot.model(),
-                    %reason,
-                    "slice failed: its worker cannot use the device; not restarting it"
-                );
-                return;
-            }
-            Ending::Crashed { reason, up_for } => {
+            Ending::Crashed {
+                reason,
+                up_for,
+                retry,
+            } => {
                 if shutdown.borrow().is_some() {
                     break;
                 }
                 if up_for >= timings.crash_window {
                     backoff.reset();
                 }
-                let failed = crashes.record(Instant::now());
+                let failed = !retry || crashes.record(Instant::now());
                 slot.update(|s| {
                     s.url = None;
                     s.pid = None;
@@ -112,13 +105,18 @@ pub async fn run_slot(
                     };
                 });
                 if failed {
+                    let why = if retry {
+                        "its worker crashed too often"
+                    } else {
+                        "its worker cannot use the device"
+                    };
                     tracing::error!(
                         slice = slot.id(),
                         model = slot.model(),
                         crashes = crashes.count(),
                         window_secs = timings.crash_window.as_secs_f64(),
                         %reason,
-                        "slice failed: its worker crashed too often; not restarting it"
+                        "slice failed: {why}; not restarting it"
                     );
                     return;
                 }
@@ -162,10 +160,10 @@ async fn exited(
         Some(line) => format!("worker exited ({status}): {line}"),
         None => format!("worker exited ({status})"),
     };
-    if unusable {
-        Ending::Unusable { reason }
-    } else {
-        Ending::Crashed { reason, up_for }
+    Ending::Crashed {
+        reason,
+        up_for,
+        retry: !unusable,
     }
 }
 
@@ -180,21 +178,9 @@ async fn watch_worker(
     let started = Instant::now();
     // Phase 1: wait for the ready line.
     let url = tokio::select! {
-        url = &mut worker.ready => match url {
-            Ok(url) => url,
-            // Its stdout closed without a ready line: it is exiting (or stuck; bounded).
-            Err(_) => {
-                tokio::select! {
-                    status = worker.child.wait() => {
-                        return exited(status, worker, started.elapsed()).await;
-                    }
-                    _ = tokio::time::sleep(timings.ready_timeout) => {
-                        return Ending::Crashed { reason: "closed its output without reporting ready".into(), up_for: started.elapsed() };
-                    }
-                    _ = shutdown.changed() => return Ending::Shutdown,
-                }
-            }
-        },
+        // If its stdout closes without a ready line this branch is switched off and the
+        // others decide (it is exiting, or stuck until the ready timeout).
+        Ok(url) = &mut worker.ready => url,
         status = worker.child.wait() => {
             return exited(status, worker, started.elapsed()).await;
         }
@@ -202,6 +188,7 @@ async fn watch_worker(
             return Ending::Crashed {
                 reason: format!("not ready after {:.0} s", timings.ready_timeout.as_secs_f64()),
                 up_for: started.elapsed(),
+                retry: true,
             };
         }
         _ = shutdown.changed() => return Ending::Shutdown,
@@ -233,6 +220,7 @@ async fn watch_worker(
                     return Ending::Crashed {
                         reason: format!("hung: {failures} health checks in a row failed"),
                         up_for: ready_at.elapsed(),
+                        retry: true,
                     };
                 }
             }
