@@ -209,7 +209,7 @@ pub async fn measure(
     let mut report = Report {
         name: name.to_string(),
         url: url.to_string(),
-        api: format!("{:?}", load.api).to_lowercase(),
+        api: load.api.name(),
         model: load.model.clone(),
         load: load.describe(),
         started_unix,

@@ -74,7 +74,9 @@ impl PromptSource {
         match self {
             PromptSource::File(prompts) => prompts[(index % prompts.len() as u64) as usize].clone(),
             PromptSource::Builtin => {
-                let words: Vec<&str> = CORPUS.split_whitespace().collect();
+                static WORDS: std::sync::LazyLock<Vec<&str>> =
+                    std::sync::LazyLock::new(|| CORPUS.split_whitespace().collect());
+                let words = &*WORDS;
                 // About 0.75 words per token for English prose.
                 let want = ((tokens as f64 * 0.75).round() as usize).max(1);
                 let start = rng.random_range(0..words.len());

@@ -5,6 +5,16 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
+impl Api {
+    /// The name on the command line and in reports (`tgi`, `openai-chat`, ...).
+    pub fn name(self) -> String {
+        use clap::ValueEnum;
+        self.to_possible_value()
+            .map(|v| v.get_name().to_string())
+            .unwrap_or_default()
+    }
+}
+
 /// The API a target speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -154,7 +164,10 @@ async fn exchange(
     let mut buffer: Vec<u8> = Vec::new();
     let mut parse = StreamParse::new(target.api, started);
     let mut broken = false;
+    let mut arrived = Instant::now();
     while let Some(chunk) = body.next().await {
+        // Token times are when their bytes arrived, not when parsing reached them.
+        arrived = Instant::now();
         let chunk = match chunk {
             Ok(c) => c,
             Err(_) => {
@@ -166,12 +179,12 @@ async fn exchange(
         buffer.extend(chunk.iter().copied().filter(|b| *b != b'\r'));
         while let Some(end) = find_event_end(&buffer) {
             let event: Vec<u8> = buffer.drain(..end).collect();
-            parse.event(&event, sample);
+            parse.event(&event, arrived, sample);
         }
     }
     if !broken && !buffer.is_empty() {
         // A last event without its blank line.
-        parse.event(&buffer, sample);
+        parse.event(&buffer, arrived, sample);
     }
     sample.output_tokens = parse.reported_tokens.unwrap_or(parse.events);
     if broken {
@@ -204,8 +217,8 @@ impl StreamParse {
         }
     }
 
-    /// Reads one SSE event (its `data:` lines).
-    fn event(&mut self, event: &[u8], sample: &mut Sample) {
+    /// Reads one SSE event (its `data:` lines) whose bytes arrived at `arrived`.
+    fn event(&mut self, event: &[u8], arrived: Instant, sample: &mut Sample) {
         for line in String::from_utf8_lossy(event).lines() {
             let Some(data) = line.strip_prefix("data:").map(str::trim) else {
                 continue;
@@ -232,7 +245,7 @@ impl StreamParse {
                 self.finished = true;
             }
             if is_token_event(self.api, &value) {
-                let now = Instant::now();
+                let now = arrived;
                 match self.last_token {
                     None => sample.ttft = Some(now.duration_since(self.started).as_secs_f64()),
                     Some(prev) => sample.itl.push(now.duration_since(prev).as_secs_f64()),

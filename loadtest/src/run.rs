@@ -92,9 +92,11 @@ impl Shared {
             .fetch_add(sample.output_tokens, Ordering::Relaxed)
             + sample.output_tokens;
         self.bar.inc(1);
-        let secs = self.started.elapsed().as_secs_f64().max(1e-9);
-        self.bar
-            .set_message(format!("{:.1} tok/s", tokens as f64 / secs));
+        if !self.bar.is_hidden() {
+            let secs = self.started.elapsed().as_secs_f64().max(1e-9);
+            self.bar
+                .set_message(format!("{:.1} tok/s", tokens as f64 / secs));
+        }
         if let Ok(mut samples) = self.samples.lock() {
             samples.push(sample);
         }
@@ -190,7 +192,11 @@ pub async fn run_level(
         }
     };
     bar.finish_and_clear();
-    let samples = shared.samples.lock().map(|s| s.clone()).unwrap_or_default();
+    let samples = shared
+        .samples
+        .lock()
+        .map(|mut s| std::mem::take(&mut *s))
+        .unwrap_or_default();
     // From the first request sent to the last one finished (open loop sends its first after
     // a random gap), or the level's elapsed time when nothing was sent.
     let first = samples

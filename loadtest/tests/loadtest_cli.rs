@@ -19,20 +19,9 @@ fn migserve() -> PathBuf {
     path
 }
 
-fn real_model() -> PathBuf {
-    let path = std::env::var_os("MIGSERVE_TEST_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../models-data/SmolLM2-135M-Instruct.Q4_1.gguf")
-        });
-    assert!(
-        path.is_file(),
-        "the real model is missing at {}: run scripts/fetch-model.sh",
-        path.display()
-    );
-    path
-}
+/// Where the real model is: the same lookup as the models crate's tests.
+#[path = "../../models/tests/common/mod.rs"]
+mod model_file;
 
 /// A child killed when dropped.
 struct Proc(Child);
@@ -225,7 +214,7 @@ fn ctrl_c_writes_a_partial_report() {
 
 #[test]
 fn counts_agree_with_the_servers_own_metrics() {
-    let model = real_model();
+    let model = model_file::model_path();
     let dir = temp_dir("metrics");
     let config = dir.join("serve.toml");
     std::fs::write(

@@ -48,17 +48,10 @@ async fn gpu_greedy_answers_equal_the_cpu_ones() {
     }
     let c = reqwest::Client::new();
     let gpu = Worker::start(&["--device", "cuda"]);
-    let info: serde_json::Value = c
-        .get(gpu.at("/info"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info: serde_json::Value = common::get_json(&c, gpu.at("/info")).await;
     assert_eq!(info["model_device_type"], "cuda");
     assert_eq!(info["model_dtype"], "bf16");
-    let france = "What is the capital of France? Answer in two sentences.";
+    let france = common::FRANCE;
     let cpu = Worker::start(&["--device", "cpu"]);
     let on_cpu = chat(&c, &cpu, france).await;
     assert_eq!(on_cpu, "The capital of France is Paris.");

@@ -149,23 +149,9 @@ async fn thirty_mixed_requests_through_the_front_all_succeed_on_all_three_slices
     assert_eq!(r.status(), 404);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error_type"], "not_found");
-    let models: Value = c
-        .get(serve.at("/v1/models"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let models: Value = common::get_json(&c, serve.at("/v1/models")).await;
     assert_eq!(models["data"][0]["id"], "smol");
-    let info: Value = c
-        .get(serve.at("/info"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info: Value = common::get_json(&c, serve.at("/info")).await;
     assert_eq!(info["model_id"], "smol");
     // Bad input is the worker's 422, relayed with the slice that judged it.
     let r = c

@@ -8,7 +8,7 @@ use common::{metric_value, Worker};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
-const FRANCE: &str = "What is the capital of France? Answer in two sentences.";
+use common::FRANCE;
 
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
@@ -285,14 +285,7 @@ async fn tgi_and_openai_endpoints_answer_the_france_prompt() {
     let w = Worker::start(&["--slice", "test-slice-0"]);
     let c = client();
     assert_eq!(c.get(w.at("/health")).send().await.unwrap().status(), 200);
-    let info: Value = c
-        .get(w.at("/info"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info: Value = common::get_json(&c, w.at("/info")).await;
     assert_eq!(info["model_id"], "SmolLM2-135M-Instruct.Q4_1");
     assert!(info["max_total_tokens"].as_u64().unwrap() > 0);
 
@@ -417,14 +410,7 @@ async fn tgi_and_openai_endpoints_answer_the_france_prompt() {
     assert_eq!(v["choices"][0]["finish_reason"], "length");
     assert_eq!(v["usage"]["completion_tokens"], 5);
 
-    let models: Value = c
-        .get(w.at("/v1/models"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let models: Value = common::get_json(&c, w.at("/v1/models")).await;
     assert_eq!(models["data"][0]["id"], "SmolLM2-135M-Instruct.Q4_1");
 }
 

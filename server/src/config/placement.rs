@@ -61,6 +61,17 @@ pub fn place(config: &DeployConfig, slices: &[Slice]) -> Result<Vec<Assignment>,
             _ => DeviceKind::Cuda,
         })
     };
+    // A model's footprint reads its GGUF header: once per model and device, not per slice tried.
+    let footprints = std::cell::RefCell::new(std::collections::HashMap::new());
+    let footprint_of = |model: &ModelSection, device: DeviceKind| -> Result<u64, ConfigError> {
+        let key = (model.name.clone(), device == DeviceKind::Cuda);
+        if let Some(bytes) = footprints.borrow().get(&key) {
+            return Ok(*bytes);
+        }
+        let bytes = footprint(model, device).map_err(err)?;
+        footprints.borrow_mut().insert(key, bytes);
+        Ok(bytes)
+    };
     let check_fit = |model: &ModelSection, slice: &Slice| -> Result<Assignment, ConfigError> {
         let device = device_for(model, slice);
         if device == DeviceKind::Cuda && slice.kind == SliceKind::Cpu {
@@ -69,7 +80,7 @@ pub fn place(config: &DeployConfig, slices: &[Slice]) -> Result<Vec<Assignment>,
                 model.name, slice.id
             )));
         }
-        let need = footprint(model, device).map_err(err)?;
+        let need = footprint_of(model, device)?;
         if let Some(have) = slice.memory_bytes {
             if need > have {
                 return Err(err(format!(

@@ -3,25 +3,13 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The real SmolLM2 GGUF (see scripts/fetch-model.sh); panics with instructions when absent.
-pub fn model_path() -> PathBuf {
-    let path = std::env::var_os("MIGSERVE_TEST_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../models-data/SmolLM2-135M-Instruct.Q4_1.gguf")
-        });
-    assert!(
-        path.is_file(),
-        "the real model is missing at {}: run scripts/fetch-model.sh",
-        path.display()
-    );
-    path
-}
+/// Where the real model is: the same lookup as the models crate's tests.
+#[path = "../../../models/tests/common/mod.rs"]
+mod model_file;
+pub use model_file::model_path;
 
 /// Spawns `command` (stdout piped, stderr inherited, `RUST_LOG` default warn) and waits up to
 /// `timeout_secs` for a stdout line starting with `prefix`; returns the child and the rest of
@@ -261,4 +249,19 @@ pub fn wait_exit(child: &mut Child, timeout: Duration) -> Option<std::process::E
         std::thread::sleep(Duration::from_millis(50));
     }
     None
+}
+
+/// The prompt whose greedy answer with the real model is known ("The capital of France is
+/// Paris.").
+pub const FRANCE: &str = "What is the capital of France? Answer in two sentences.";
+
+/// `GET url` as JSON; panics on a transport or JSON error.
+pub async fn get_json(c: &reqwest::Client, url: impl reqwest::IntoUrl) -> serde_json::Value {
+    c.get(url)
+        .send()
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("JSON body")
 }
