@@ -3,6 +3,7 @@
 
 pub mod chat;
 pub mod config;
+pub mod cpu_ops;
 pub mod error;
 pub mod generate;
 pub mod gguf;
@@ -10,6 +11,7 @@ pub mod kv;
 pub mod linear;
 pub mod llama;
 pub mod model;
+pub mod parallel;
 pub mod sampling;
 pub mod synth;
 pub mod tokenizer;

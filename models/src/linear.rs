@@ -6,9 +6,12 @@ use std::borrow::Cow;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{Device, Module, Tensor};
+use migserve_kernels::cpu::q8_matmul::{self, PackedQ8};
 
-use crate::error::Result;
+use crate::cpu_ops::with_f32;
+use crate::error::{ModelError, Result};
 use crate::llama::WeightFormat;
+use crate::parallel::candle_pool;
 
 /// candle's tiled int8 (AVX-512 VNNI) Q8_0 kernels need the input width to be a multiple of
 /// this; narrower layers fall back to a per-element dot product that is several times slower
@@ -19,16 +22,34 @@ const Q8_TILED_K: usize = 256;
 ///
 /// Every format computes each output row from its input row alone, so a sequence gets the
 /// same result whatever else is in the batch (greedy output does not depend on load).
-pub struct Linear {
-    weights: QMatMul,
-    /// Zero columns appended to the input to match padded weights.
-    pad: usize,
+pub enum Linear {
+    /// candle's matmul on weights kept as a candle tensor.
+    Candle {
+        weights: QMatMul,
+        /// Zero columns appended to the input to match padded weights.
+        pad: usize,
+    },
+    /// Q8 weights on a CPU with AVX-512 VNNI: `migserve_kernels`' 8-bit matmul, which reads
+    /// each weight once for a whole batch of rows (bench/results).
+    PackedQ8(PackedQ8),
 }
 
 impl Linear {
     /// Builds the layer on `device` from a GGUF tensor held on the CPU, in `format`.
     pub fn new(q: QTensor, format: WeightFormat, device: &Device) -> Result<Self> {
         let cpu = &Device::Cpu;
+        let (n, k) = q.shape().dims2()?;
+        if format == WeightFormat::Q8
+            && std::env::var_os("MIGSERVE_CANDLE_Q8").is_none()
+            && device.is_cpu()
+            && q8_matmul::simd_available()
+            && k % q8_matmul::BLOCK == 0
+        {
+            let dense = q.dequantize(cpu)?.flatten_all()?.to_vec1::<f32>()?;
+            return PackedQ8::quantize(&dense, n, k)
+                .map(Self::PackedQ8)
+                .map_err(|e| ModelError::Tensor(candle_core::Error::msg(e)));
+        }
         let (weights, pad) = match format {
             WeightFormat::F32 => (QMatMul::Tensor(q.dequantize(cpu)?.to_device(device)?), 0),
             WeightFormat::Bf16 => (
@@ -52,7 +73,7 @@ impl Linear {
                 (QMatMul::from_arc(Arc::new(to_device(q8, device)?))?, pad)
             }
         };
-        Ok(Self { weights, pad })
+        Ok(Self::Candle { weights, pad })
     }
 
     /// One layer computing several projections of the same input (Q, K and V; gate and up):
@@ -88,10 +109,22 @@ impl Linear {
 
     /// Applies the layer to `x` of shape `[rows, in]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if self.pad == 0 {
-            return Ok(self.weights.forward(x)?);
+        match self {
+            Self::Candle { weights, pad: 0 } => Ok(weights.forward(x)?),
+            Self::Candle { weights, pad } => Ok(weights.forward(&x.pad_with_zeros(1, 0, *pad)?)?),
+            Self::PackedQ8(w) => {
+                let (rows, k) = x.dims2()?;
+                if k != w.k() {
+                    return Err(ModelError::Tensor(candle_core::Error::msg(format!(
+                        "input width {k} for a layer of input width {}",
+                        w.k()
+                    ))));
+                }
+                let mut out = vec![0.0f32; rows * w.n()];
+                with_f32(x, |x| q8_matmul::matmul(&candle_pool, w, x, rows, &mut out))?;
+                Ok(Tensor::from_vec(out, (rows, w.n()), x.device())?)
+            }
         }
-        Ok(self.weights.forward(&x.pad_with_zeros(1, 0, self.pad)?)?)
     }
 }
 

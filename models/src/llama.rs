@@ -7,10 +7,12 @@ use candle_nn::ops::rms_norm;
 use candle_nn::rotary_emb::rope_i;
 
 use crate::config::LlamaConfig;
+use crate::cpu_ops::{self, CpuRope};
 use crate::error::{ModelError, Result};
 use crate::gguf::GgufFile;
 use crate::kv::{AttentionSpan, KvStore, SeqId};
 use crate::linear::{split_columns, Linear};
+use migserve_kernels::cpu::layer_ops::QkvShape;
 
 /// How linear-layer weights are kept in memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -76,12 +78,35 @@ pub struct SeqChunk<'a> {
     pub start: usize,
 }
 
+/// An RMS-norm weight; with its values at hand when the CPU kernels apply it.
+struct Norm {
+    weight: Tensor,
+    cpu: Option<Vec<f32>>,
+}
+
+impl Norm {
+    fn new(weight: Tensor, cpu_kernels: bool) -> Result<Self> {
+        let cpu = match cpu_kernels {
+            true => Some(weight.to_vec1::<f32>()?),
+            false => None,
+        };
+        Ok(Self { weight, cpu })
+    }
+
+    fn apply(&self, x: &Tensor, eps: f64) -> Result<Tensor> {
+        match &self.cpu {
+            Some(w) => cpu_ops::rms_norm(x, w, eps as f32),
+            None => Ok(rms_norm(x, &self.weight, eps as f32)?),
+        }
+    }
+}
+
 struct Layer {
-    attn_norm: Tensor,
+    attn_norm: Norm,
     /// Q, K and V stacked: one matmul.
     qkv: Linear,
     wo: Linear,
-    ffn_norm: Tensor,
+    ffn_norm: Norm,
     /// Gate and up stacked: one matmul.
     gate_up: Linear,
     w_down: Linear,
@@ -92,10 +117,12 @@ pub struct Llama {
     config: LlamaConfig,
     embedding: Tensor,
     layers: Vec<Layer>,
-    output_norm: Tensor,
+    output_norm: Norm,
     lm_head: Linear,
     rope_cos: Tensor,
     rope_sin: Tensor,
+    /// Set on the CPU with f32 activations: the element-wise steps run as `cpu_ops` kernels.
+    cpu_rope: Option<CpuRope>,
     device: Device,
 }
 
@@ -110,6 +137,7 @@ impl Llama {
     ) -> Result<Self> {
         let cpu = &Device::Cpu;
         let dtype = format.activation_dtype();
+        let cpu_kernels = device.is_cpu() && dtype == DType::F32;
         let linear = |file: &mut GgufFile, name: &str| -> Result<Linear> {
             Linear::new(file.tensor(name, cpu)?, format, device)
         };
@@ -120,12 +148,13 @@ impl Llama {
                 .collect::<Result<Vec<_>>>()?;
             Linear::fused(parts, format, device)
         };
-        let vector = |file: &mut GgufFile, name: &str| -> Result<Tensor> {
-            Ok(file
+        let norm = |file: &mut GgufFile, name: &str| -> Result<Norm> {
+            let weight = file
                 .tensor(name, cpu)?
                 .dequantize(cpu)?
                 .to_dtype(dtype)?
-                .to_device(device)?)
+                .to_device(device)?;
+            Norm::new(weight, cpu_kernels)
         };
 
         let embedding_q = file.tensor("token_embd.weight", cpu)?;
@@ -148,15 +177,15 @@ impl Llama {
         for i in 0..config.n_layers {
             let p = |s: &str| format!("blk.{i}.{s}.weight");
             layers.push(Layer {
-                attn_norm: vector(file, &p("attn_norm"))?,
+                attn_norm: norm(file, &p("attn_norm"))?,
                 qkv: fused(file, &[&p("attn_q"), &p("attn_k"), &p("attn_v")])?,
                 wo: linear(file, &p("attn_output"))?,
-                ffn_norm: vector(file, &p("ffn_norm"))?,
+                ffn_norm: norm(file, &p("ffn_norm"))?,
                 gate_up: fused(file, &[&p("ffn_gate"), &p("ffn_up")])?,
                 w_down: linear(file, &p("ffn_down"))?,
             });
         }
-        let output_norm = vector(file, "output_norm.weight")?;
+        let output_norm = norm(file, "output_norm.weight")?;
         let rope_factors = if file.has_tensor("rope_freqs.weight") {
             Some(
                 file.tensor("rope_freqs.weight", cpu)?
@@ -167,6 +196,13 @@ impl Llama {
             None
         };
         let (rope_cos, rope_sin) = rope_tables(&config, rope_factors.as_deref(), cpu)?;
+        let cpu_rope = match cpu_kernels {
+            true => Some(CpuRope {
+                cos: rope_cos.flatten_all()?.to_vec1::<f32>()?,
+                sin: rope_sin.flatten_all()?.to_vec1::<f32>()?,
+            }),
+            false => None,
+        };
         let (rope_cos, rope_sin) = (
             rope_cos.to_dtype(dtype)?.to_device(device)?,
             rope_sin.to_dtype(dtype)?.to_device(device)?,
@@ -179,6 +215,7 @@ impl Llama {
             lm_head,
             rope_cos,
             rope_sin,
+            cpu_rope,
             device: device.clone(),
         })
     }
@@ -237,43 +274,70 @@ impl Llama {
         }
         let total = ids.len();
         let ids = Tensor::from_vec(ids, total, &self.device)?;
-        let positions = Tensor::from_vec(positions, total, &self.device)?;
-        let cos = self.rope_cos.index_select(&positions, 0)?;
-        let sin = self.rope_sin.index_select(&positions, 0)?;
+        let rope = match &self.cpu_rope {
+            Some(tables) => Rope::Cpu {
+                positions: &positions,
+                tables,
+            },
+            None => {
+                let positions = Tensor::from_vec(positions.clone(), total, &self.device)?;
+                Rope::Tensors {
+                    cos: self.rope_cos.index_select(&positions, 0)?,
+                    sin: self.rope_sin.index_select(&positions, 0)?,
+                }
+            }
+        };
 
         let mut x = self.embedding.index_select(&ids, 0)?;
         kv.begin_step(&spans)?;
         for (li, layer) in self.layers.iter().enumerate() {
-            let h = rms_norm(&x, &layer.attn_norm, cfg.rms_eps as f32)?;
-            let attn = self.attention(li, layer, &h, &cos, &sin, &spans, kv)?;
+            let h = layer.attn_norm.apply(&x, cfg.rms_eps)?;
+            let attn = self.attention(li, layer, &h, &rope, &spans, kv)?;
             x = (x + layer.wo.forward(&attn)?)?;
-            let h = rms_norm(&x, &layer.ffn_norm, cfg.rms_eps as f32)?;
-            let gate_up =
-                split_columns(&layer.gate_up.forward(&h)?, &[cfg.ffn_size, cfg.ffn_size])?;
-            let gate = candle_nn::ops::silu(&gate_up[0])?;
-            let up = &gate_up[1];
-            x = (x + layer.w_down.forward(&(gate * up)?)?)?;
+            let h = layer.ffn_norm.apply(&x, cfg.rms_eps)?;
+            let gate_up = layer.gate_up.forward(&h)?;
+            let gated = match self.cpu_rope {
+                Some(_) => cpu_ops::silu_mul(&gate_up, cfg.ffn_size)?,
+                None => {
+                    let parts = split_columns(&gate_up, &[cfg.ffn_size, cfg.ffn_size])?;
+                    (candle_nn::ops::silu(&parts[0])? * &parts[1])?
+                }
+            };
+            x = (x + layer.w_down.forward(&gated)?)?;
         }
         let last = Tensor::from_vec(last_rows, chunks.len(), &self.device)?;
         let x = x.index_select(&last, 0)?;
-        let x = rms_norm(&x, &self.output_norm, cfg.rms_eps as f32)?;
+        let x = self.output_norm.apply(&x, cfg.rms_eps)?;
         Ok(self.lm_head.forward(&x)?.to_dtype(DType::F32)?)
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
         layer_index: usize,
         layer: &Layer,
         h: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
+        rope: &Rope<'_>,
         spans: &[AttentionSpan],
         kv: &mut dyn KvStore,
     ) -> Result<Tensor> {
         let cfg = &self.config;
         let (total, _) = h.dims2()?;
         let (nh, nkv, hd) = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim);
+        let scale = 1.0 / (hd as f64).sqrt();
+        let qkv = layer.qkv.forward(h)?;
+        let (cos, sin) = match rope {
+            Rope::Cpu { positions, tables } => {
+                let shape = QkvShape {
+                    n_heads: nh,
+                    n_kv_heads: nkv,
+                    head_dim: hd,
+                };
+                let (q, k, v) =
+                    cpu_ops::split_qkv_rope(&qkv, shape, positions, tables, scale as f32)?;
+                return kv.attend(layer_index, spans, &q, &k, &v);
+            }
+            Rope::Tensors { cos, sin } => (cos, sin),
+        };
         // rope_i wants [1, heads, rows, hd]; the KV store wants [rows, heads, hd].
         let rotate = |t: Tensor, n: usize| -> Result<Tensor> {
             let t = t
@@ -286,13 +350,25 @@ impl Llama {
                 .transpose(0, 1)?
                 .contiguous()?)
         };
-        let scale = 1.0 / (hd as f64).sqrt();
-        let qkv = split_columns(&layer.qkv.forward(h)?, &[nh * hd, nkv * hd, nkv * hd])?;
+        let qkv = split_columns(&qkv, &[nh * hd, nkv * hd, nkv * hd])?;
         let q = (rotate(qkv[0].clone(), nh)? * scale)?;
         let k = rotate(qkv[1].clone(), nkv)?;
         let v = qkv[2].reshape((total, nkv, hd))?;
         kv.attend(layer_index, spans, &q, &k, &v)
     }
+}
+
+/// A step's rotary angles: the CPU kernels read the model's tables by position; candle's ops
+/// take the rows of the tables gathered for the step.
+enum Rope<'a> {
+    Cpu {
+        positions: &'a [u32],
+        tables: &'a CpuRope,
+    },
+    Tensors {
+        cos: Tensor,
+        sin: Tensor,
+    },
 }
 
 fn check_shape(t: &Tensor, want: &[usize], name: &str) -> Result<()> {

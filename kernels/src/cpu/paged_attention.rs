@@ -1,10 +1,13 @@
 //! Attention of a batch of query rows against keys and values kept in a paged cache.
 //!
-//! Cache layout (per layer): `[block][slot][kv_head][head_dim]` f32. A sequence's position
+//! Cache layout (per layer): `[block][slot][kv_head][head_dim]`, in f32 or f16 ([`KvElement`]). A sequence's position
 //! `p` lives in block `block_table[p / block_size]`, slot `p % block_size`. Grouped-query
 //! attention: query head `h` reads KV head `h / (n_heads / n_kv_heads)`.
 
 use rayon::prelude::*;
+
+use super::exp::exp_shifted_sum;
+use super::kv_element::KvElement;
 
 /// Shapes shared by every sequence of the batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,11 +41,11 @@ pub fn rayon_for(n: usize, f: &(dyn Fn(std::ops::Range<usize>) + Sync)) {
 
 /// Computes `out[row, head, :] = softmax(q · Kᵀ) · V` for every query row of every sequence,
 /// on rayon's pool. See [`paged_attention_with`].
-pub fn paged_attention(
+pub fn paged_attention<T: KvElement>(
     shape: AttentionShape,
     q: &[f32],
-    key_cache: &[f32],
-    value_cache: &[f32],
+    key_cache: &[T],
+    value_cache: &[T],
     seqs: &[SeqQueries<'_>],
     out: &mut [f32],
 ) {
@@ -58,12 +61,12 @@ pub fn paged_attention(
 /// # Panics
 /// When a sequence's block table is too short for its positions, or `out` is shorter than
 /// the rows: callers size them from the same block manager.
-pub fn paged_attention_with(
+pub fn paged_attention_with<T: KvElement>(
     parallel: ParallelFor<'_>,
     shape: AttentionShape,
     q: &[f32],
-    key_cache: &[f32],
-    value_cache: &[f32],
+    key_cache: &[T],
+    value_cache: &[T],
     seqs: &[SeqQueries<'_>],
     out: &mut [f32],
 ) {
@@ -98,11 +101,11 @@ pub fn paged_attention_with(
 /// One query row (all heads) of one sequence. Works one KV head at a time: each key and
 /// value row is read once for all the query heads that share it, scores are kept in a small
 /// buffer, and the softmax is taken over the whole buffer (two passes, one `exp` per score).
-fn attend_row(
+fn attend_row<T: KvElement>(
     shape: AttentionShape,
     q: &[f32],
-    key_cache: &[f32],
-    value_cache: &[f32],
+    key_cache: &[T],
+    value_cache: &[T],
     seq: &SeqQueries<'_>,
     i: usize,
     out_row: &mut [f32],
@@ -130,12 +133,16 @@ fn attend_row(
             .take_while(|&(_, _, n)| n > 0)
     };
     let mut scores = vec![0.0f32; group * visible];
+    let mut row_buf = vec![0.0f32; hd];
     for kv_head in 0..shape.n_kv_heads {
         let heads = kv_head * group..(kv_head + 1) * group;
         let head_offset = kv_head * hd;
         for (first, base, n) in runs() {
             for j in 0..n {
-                let k = &key_cache[base + j * kv_row + head_offset..][..hd];
+                let k = T::read(
+                    &key_cache[base + j * kv_row + head_offset..][..hd],
+                    &mut row_buf,
+                );
                 for (g, h) in heads.clone().enumerate() {
                     scores[g * visible + first + j] = dot(&q_row[h * hd..(h + 1) * hd], k);
                 }
@@ -144,19 +151,17 @@ fn attend_row(
         for g in 0..group {
             let s = &mut scores[g * visible..(g + 1) * visible];
             let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0.0f32;
-            for x in s.iter_mut() {
-                *x = (*x - max).exp();
-                sum += *x;
-            }
-            let inv = 1.0 / sum;
+            let inv = 1.0 / exp_shifted_sum(s, max);
             s.iter_mut().for_each(|x| *x *= inv);
         }
         let out_heads = &mut out_row[heads.start * hd..heads.end * hd];
         out_heads.iter_mut().for_each(|o| *o = 0.0);
         for (first, base, n) in runs() {
             for j in 0..n {
-                let v = &value_cache[base + j * kv_row + head_offset..][..hd];
+                let v = T::read(
+                    &value_cache[base + j * kv_row + head_offset..][..hd],
+                    &mut row_buf,
+                );
                 for (g, o) in out_heads.chunks_exact_mut(hd).enumerate() {
                     let w = scores[g * visible + first + j];
                     axpy(w, v, o);
@@ -247,6 +252,16 @@ mod tests {
 
     #[test]
     fn matches_naive_attention_with_scattered_blocks_and_gqa() {
+        check_against_naive::<f32>(|x| x, |x| x);
+    }
+
+    #[test]
+    fn an_f16_cache_matches_naive_attention_on_the_rounded_values() {
+        check_against_naive::<half::f16>(half::f16::from_f32, half::f16::to_f32);
+    }
+
+    /// Attention over a cache of `T` against the naive version on the values as `T` holds them.
+    fn check_against_naive<T: KvElement>(to: fn(f32) -> T, from: fn(T) -> f32) {
         let shape = AttentionShape {
             n_heads: 6,
             n_kv_heads: 2,
@@ -256,7 +271,7 @@ mod tests {
         let kv_row = shape.n_kv_heads * shape.head_dim;
         let num_blocks = 16;
         let mut seed = 7;
-        let mut key_cache = vec![0.0; num_blocks * shape.block_size * kv_row];
+        let mut key_cache = vec![T::default(); num_blocks * shape.block_size * kv_row];
         let mut value_cache = key_cache.clone();
         // Two sequences: one decoding at position 9, one prefilling 5 tokens from position 2.
         let tables: [Vec<u32>; 2] = [vec![5, 1, 12], vec![3, 9]];
@@ -265,12 +280,16 @@ mod tests {
         let mut values = keys.clone();
         for s in 0..2 {
             for p in 0..lens[s] {
-                let k: Vec<f32> = (0..kv_row).map(|_| lcg(&mut seed) * 4.0).collect();
-                let v: Vec<f32> = (0..kv_row).map(|_| lcg(&mut seed)).collect();
+                let k: Vec<T> = (0..kv_row).map(|_| to(lcg(&mut seed) * 4.0)).collect();
+                let v: Vec<T> = (0..kv_row).map(|_| to(lcg(&mut seed))).collect();
                 let block = tables[s][p / shape.block_size] as usize;
                 let off = (block * shape.block_size + p % shape.block_size) * kv_row;
                 key_cache[off..off + kv_row].copy_from_slice(&k);
                 value_cache[off..off + kv_row].copy_from_slice(&v);
+                let (k, v): (Vec<f32>, Vec<f32>) = (
+                    k.into_iter().map(from).collect(),
+                    v.into_iter().map(from).collect(),
+                );
                 keys[s].push(k);
                 values[s].push(v);
             }

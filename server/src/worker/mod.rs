@@ -44,11 +44,10 @@ impl DeviceKind {
         }
     }
 
-    /// Bytes of one cached key or value element: f32 in the CPU cache, bf16 in the CUDA one.
+    /// Bytes of one cached key or value element: f16 in the CPU cache, bf16 in the CUDA one.
     pub fn kv_element_bytes(self) -> usize {
         match self {
-            DeviceKind::Cpu => 4,
-            DeviceKind::Cuda => 2,
+            DeviceKind::Cpu | DeviceKind::Cuda => 2,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! values, cut into blocks that [`BlockManager`] assigns to sequences.
 
 use candle_core::{DType, Tensor};
+use half::f16;
 use migserve_kernels::batch::{BatchLayout, SpanBlocks};
 use migserve_kernels::cpu::kv_write::write_rows;
 use migserve_kernels::cpu::paged_attention::{paged_attention_with, AttentionShape, SeqQueries};
@@ -50,9 +51,10 @@ impl PagedStore for PagedKvCache {
 /// Keys and values of every layer, addressed through block tables.
 pub struct PagedKvCache {
     blocks: BlockManager,
-    /// Per layer: `[block][slot][kv_head][head_dim]` f32.
-    keys: Vec<Vec<f32>>,
-    values: Vec<Vec<f32>>,
+    /// Per layer: `[block][slot][kv_head][head_dim]` f16 (half of f32's memory traffic for
+    /// attention, which reads every cached row of a sequence at every step).
+    keys: Vec<Vec<f16>>,
+    values: Vec<Vec<f16>>,
     /// Floats in one position of one layer: kv_heads * head_dim.
     row: usize,
     n_kv_heads: usize,
@@ -68,8 +70,12 @@ impl PagedKvCache {
         let floats = total_blocks * block_size * row;
         Self {
             blocks: BlockManager::new(total_blocks, block_size),
-            keys: (0..config.n_layers).map(|_| vec![0.0; floats]).collect(),
-            values: (0..config.n_layers).map(|_| vec![0.0; floats]).collect(),
+            keys: (0..config.n_layers)
+                .map(|_| vec![f16::ZERO; floats])
+                .collect(),
+            values: (0..config.n_layers)
+                .map(|_| vec![f16::ZERO; floats])
+                .collect(),
             row,
             n_kv_heads: config.n_kv_heads,
             head_dim: config.head_dim,
@@ -98,9 +104,9 @@ impl KvStore for PagedKvCache {
             )));
         }
         let (rows, n_heads, _) = q.dims3()?;
-        let f32_rows = |t: &Tensor| t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>();
-        let k_rows = f32_rows(k)?;
-        let v_rows = f32_rows(v)?;
+        let f16_rows = |t: &Tensor| t.flatten_all()?.to_dtype(DType::F16)?.to_vec1::<f16>();
+        let k_rows = f16_rows(k)?;
+        let v_rows = f16_rows(v)?;
         let slots = &self.step.slots;
         if slots.len() != rows || rows * self.row > k_rows.len().min(v_rows.len()) {
             return Err(ModelError::InvalidInput(format!(
@@ -130,15 +136,10 @@ impl KvStore for PagedKvCache {
             head_dim: self.head_dim,
             block_size: self.blocks.block_size(),
         };
-        let q_rows = f32_rows(q)?;
+        let q_rows = q.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
         let mut out = vec![0.0f32; rows * n_heads * self.head_dim];
-        // candle's matmuls run on its barrier pool, whose workers spin between calls: running
-        // attention on that same pool keeps a second pool from fighting them for the cores.
-        let candle_pool = |n: usize, f: &(dyn Fn(std::ops::Range<usize>) + Sync)| {
-            candle_core::utils::barrier_pool().execute_chunked(n, f)
-        };
         paged_attention_with(
-            &candle_pool,
+            &migserve_models::parallel::candle_pool,
             shape,
             &q_rows,
             &self.keys[layer],
@@ -226,7 +227,10 @@ mod tests {
                     rows(seed + 100.0, n, 2),
                     rows(seed + 200.0, n, 2),
                 );
-                let want = dense.attend(layer, &spans, &q, &k, &v).unwrap();
+                // The paged cache keeps f16: the reference gets the same rounded keys/values.
+                let f16_values = |t: &Tensor| t.to_dtype(DType::F16)?.to_dtype(DType::F32);
+                let (k16, v16) = (f16_values(&k).unwrap(), f16_values(&v).unwrap());
+                let want = dense.attend(layer, &spans, &q, &k16, &v16).unwrap();
                 let got = paged.attend(layer, &spans, &q, &k, &v).unwrap();
                 assert!(max_diff(&got, &want) < 1e-5, "step {i} layer {layer}");
             }

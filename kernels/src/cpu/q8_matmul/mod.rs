@@ -1,0 +1,96 @@
+//! `y = x · Wᵀ` with 8-bit weights and 8-bit activations, for batches of rows.
+//!
+//! Weights are quantized once (blocks of 32 values along the input, one scale each, as
+//! GGUF's Q8_0) and packed in tiles of 16 output columns so that one AVX-512 VNNI
+//! `vpdpbusd` multiplies 4 input values of one row with the 16 columns at once. Activations
+//! are quantized per call the same way. A group of up to [`ROWS`] input rows is run against a
+//! group of [`TILES`] column tiles, so every weight byte loaded serves several rows: a batch
+//! of 16 decode rows costs a few times one row, not sixteen times.
+//!
+//! Every output element is computed by the same sequence of operations whatever the batch
+//! (integer sums per block, then one fused multiply-add per block in block order), so a row's
+//! result does not depend on which other rows share the call, and the scalar
+//! [`reference`] gives bit-identical results.
+
+mod avx512;
+mod pack;
+pub mod reference;
+
+pub use pack::{PackedQ8, QuantizedRows, BLOCK, TILE_COLS};
+
+use crate::cpu::paged_attention::ParallelFor;
+
+/// Input rows run together against one group of column tiles.
+pub const ROWS: usize = 6;
+/// Column tiles run together (so `TILES * TILE_COLS` output columns per group).
+pub const TILES: usize = 2;
+/// Rows handed to one work unit: keeps a unit's activations hot in cache while its weights
+/// are reused across them.
+const ROWS_PER_UNIT: usize = 64;
+
+/// Whether this CPU runs the SIMD kernel (x86-64 with AVX-512 F, BW and VNNI). Without it
+/// [`matmul`] runs the scalar reference, which is correct but slow: callers that have
+/// another fast path should take it instead.
+pub fn simd_available() -> bool {
+    avx512::available()
+}
+
+/// Computes `out[r, c] = Σ_k x[r, k] · w[c, k]` for the `rows` rows of `x` (`[rows, k]`,
+/// row-major), writing `out` (`[rows, n]`), with the work spread over `parallel`.
+///
+/// # Panics
+/// When `x` or `out` is not `rows` rows of the weights' input / output width.
+pub fn matmul(parallel: ParallelFor<'_>, w: &PackedQ8, x: &[f32], rows: usize, out: &mut [f32]) {
+    assert_eq!(
+        x.len(),
+        rows * w.k(),
+        "input is not {rows} rows of {}",
+        w.k()
+    );
+    assert_eq!(
+        out.len(),
+        rows * w.n(),
+        "output is not {rows} rows of {}",
+        w.n()
+    );
+    if rows == 0 {
+        return;
+    }
+    let acts = QuantizedRows::quantize(x, rows, w.k());
+    if !simd_available() {
+        reference::matmul(w, &acts, out);
+        return;
+    }
+    let groups = w.tiles().div_ceil(TILES);
+    let row_units = rows.div_ceil(ROWS_PER_UNIT);
+    let out_addr = out.as_mut_ptr() as usize;
+    parallel(groups * row_units, &|units: std::ops::Range<usize>| {
+        for unit in units {
+            // Unit order is tile group major: a thread's consecutive units reuse the same
+            // weights for the next rows.
+            let (group, row_unit) = (unit / row_units, unit % row_units);
+            let first_tile = group * TILES;
+            let tiles = (w.tiles() - first_tile).min(TILES);
+            let row_end = rows.min((row_unit + 1) * ROWS_PER_UNIT);
+            let mut row = row_unit * ROWS_PER_UNIT;
+            while row < row_end {
+                let n_rows = (row_end - row).min(ROWS);
+                // SAFETY: the SIMD features were checked above; units cover disjoint
+                // (row, tile) rectangles of `out`, whose size was asserted, and `out` stays
+                // mutably borrowed for the whole call.
+                unsafe {
+                    avx512::run_group(
+                        w,
+                        &acts,
+                        first_tile,
+                        tiles,
+                        row,
+                        n_rows,
+                        out_addr as *mut f32,
+                    )
+                };
+                row += n_rows;
+            }
+        }
+    });
+}

@@ -1,0 +1,81 @@
+//! The layer's element-wise steps on the CPU through `migserve_kernels::cpu::layer_ops`
+//! instead of candle's ops: one pass each instead of several (the Q/K/V split, transposes and
+//! rotation are one loop), no threads (candle's rotary embedding wakes rayon's pool for every
+//! call, which on a few cores fights the matmul pool), and a vectorized `exp` in SiLU.
+
+use candle_core::{DType, Storage, Tensor};
+use migserve_kernels::cpu::layer_ops::{self, QkvShape, RopeTables};
+
+use crate::error::{ModelError, Result};
+
+/// Runs `f` on the values of `t`, an f32 tensor on the CPU, without copying them when they
+/// are contiguous.
+pub fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else {
+        return Err(ModelError::Tensor(candle_core::Error::msg(
+            "a CPU kernel was given a tensor on another device",
+        )));
+    };
+    if t.dtype() != DType::F32 {
+        return Err(ModelError::Tensor(candle_core::Error::msg(format!(
+            "a CPU kernel takes f32 tensors, not {:?}",
+            t.dtype()
+        ))));
+    }
+    let values = &cpu.as_slice::<f32>()?[layout.start_offset()..][..t.elem_count()];
+    Ok(f(values))
+}
+
+/// The rotary tables of a model, as the kernels read them.
+pub struct CpuRope {
+    pub cos: Vec<f32>,
+    pub sin: Vec<f32>,
+}
+
+/// `q` (rotated, times `q_scale`, `[rows, n_heads, head_dim]`), `k` (rotated) and `v`
+/// (`[rows, n_kv_heads, head_dim]`) from the fused projection `qkv` (`[rows, width]`).
+pub fn split_qkv_rope(
+    qkv: &Tensor,
+    shape: QkvShape,
+    positions: &[u32],
+    rope: &CpuRope,
+    q_scale: f32,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let rows = positions.len();
+    let hd = shape.head_dim;
+    let mut q = vec![0.0; rows * shape.n_heads * hd];
+    let mut k = vec![0.0; rows * shape.n_kv_heads * hd];
+    let mut v = vec![0.0; rows * shape.n_kv_heads * hd];
+    let tables = RopeTables {
+        cos: &rope.cos,
+        sin: &rope.sin,
+    };
+    with_f32(qkv, |qkv| {
+        layer_ops::split_qkv_rope(
+            qkv, shape, positions, tables, q_scale, &mut q, &mut k, &mut v,
+        )
+    })?;
+    let device = qkv.device();
+    Ok((
+        Tensor::from_vec(q, (rows, shape.n_heads, hd), device)?,
+        Tensor::from_vec(k, (rows, shape.n_kv_heads, hd), device)?,
+        Tensor::from_vec(v, (rows, shape.n_kv_heads, hd), device)?,
+    ))
+}
+
+/// `silu(gate) * up` of rows `[gate | up]` (`[rows, 2 * ffn]`) -> `[rows, ffn]`.
+pub fn silu_mul(gate_up: &Tensor, ffn: usize) -> Result<Tensor> {
+    let (rows, _) = gate_up.dims2()?;
+    let mut out = vec![0.0; rows * ffn];
+    with_f32(gate_up, |g| layer_ops::silu_mul(g, ffn, &mut out))?;
+    Ok(Tensor::from_vec(out, (rows, ffn), gate_up.device())?)
+}
+
+/// RMS normalization of each row of `x` (`[rows, n]`) times `weight` (`[n]`).
+pub fn rms_norm(x: &Tensor, weight: &[f32], eps: f32) -> Result<Tensor> {
+    let mut out = vec![0.0; x.elem_count()];
+    with_f32(x, |x| layer_ops::rms_norm(x, weight, eps, &mut out))?;
+    Ok(Tensor::from_vec(out, x.shape(), x.device())?)
+}
