@@ -1,6 +1,6 @@
 //! The 8-bit matmul against its scalar reference (bit for bit) and against f32 math.
 
-use migserve_kernels::cpu::paged_attention::rayon_for;
+use migserve_kernels::cpu::parallel::rayon_for;
 use migserve_kernels::cpu::q8_matmul::{
     matmul, reference, simd_available, PackedQ8, QuantizedRows, BLOCK,
 };

@@ -2,11 +2,14 @@
 //! instead of candle's ops: one pass each instead of several (the Q/K/V split, transposes and
 //! rotation are one loop), no threads (candle's rotary embedding wakes rayon's pool for every
 //! call, which on a few cores fights the matmul pool), and a vectorized `exp` in SiLU.
+//! Only SiLU, the one with real work per value, is spread over threads.
 
 use candle_core::{DType, Storage, Tensor};
 use migserve_kernels::cpu::layer_ops::{self, QkvShape, RopeTables};
+use migserve_kernels::cpu::parallel::par_rows;
 
 use crate::error::{ModelError, Result};
+use crate::parallel::candle_pool;
 
 /// Runs `f` on the values of `t`, an f32 tensor on the CPU, without copying them when they
 /// are contiguous.
@@ -65,11 +68,16 @@ pub fn split_qkv_rope(
     ))
 }
 
-/// `silu(gate) * up` of rows `[gate | up]` (`[rows, 2 * ffn]`) -> `[rows, ffn]`.
+/// `silu(gate) * up` of rows `[gate | up]` (`[rows, 2 * ffn]`) -> `[rows, ffn]`, rows spread
+/// over candle's pool (an `exp` per value: the largest of these steps).
 pub fn silu_mul(gate_up: &Tensor, ffn: usize) -> Result<Tensor> {
     let (rows, _) = gate_up.dims2()?;
     let mut out = vec![0.0; rows * ffn];
-    with_f32(gate_up, |g| layer_ops::silu_mul(g, ffn, &mut out))?;
+    with_f32(gate_up, |g| {
+        par_rows(&candle_pool, &mut out, ffn, &|range, out| {
+            layer_ops::silu_mul(&g[range.start * 2 * ffn..range.end * 2 * ffn], ffn, out)
+        })
+    })?;
     Ok(Tensor::from_vec(out, (rows, ffn), gate_up.device())?)
 }
 

@@ -4,10 +4,9 @@
 //! `p` lives in block `block_table[p / block_size]`, slot `p % block_size`. Grouped-query
 //! attention: query head `h` reads KV head `h / (n_heads / n_kv_heads)`.
 
-use rayon::prelude::*;
-
 use super::exp::exp_shifted_sum;
 use super::kv_element::KvElement;
+use super::parallel::{rayon_for, ParallelFor};
 
 /// Shapes shared by every sequence of the batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,14 +28,6 @@ pub struct SeqQueries<'a> {
     pub len: usize,
     /// Position of the first query row; row `i` sees keys at positions `0..=start + i`.
     pub start: usize,
-}
-
-/// Runs `f` over disjoint ranges that together cover `0..n`, possibly on several threads.
-pub type ParallelFor<'a> = &'a (dyn Fn(usize, &(dyn Fn(std::ops::Range<usize>) + Sync)) + Sync);
-
-/// A [`ParallelFor`] on rayon's global pool.
-pub fn rayon_for(n: usize, f: &(dyn Fn(std::ops::Range<usize>) + Sync)) {
-    (0..n).into_par_iter().for_each(|i| f(i..i + 1));
 }
 
 /// Computes `out[row, head, :] = softmax(q · Kᵀ) · V` for every query row of every sequence,
@@ -98,9 +89,10 @@ pub fn paged_attention_with<T: KvElement>(
     });
 }
 
-/// One query row (all heads) of one sequence. Works one KV head at a time: each key and
-/// value row is read once for all the query heads that share it, scores are kept in a small
-/// buffer, and the softmax is taken over the whole buffer (two passes, one `exp` per score).
+/// One query row (all heads) of one sequence. Walks the cached rows in position order, each
+/// key and value row read once, whole (all KV heads: a block's rows are one contiguous run of
+/// memory, which the prefetcher streams), for every query head; scores are kept in a small
+/// buffer and the softmax is taken over the whole buffer (two passes, one `exp` per score).
 fn attend_row<T: KvElement>(
     shape: AttentionShape,
     q: &[f32],
@@ -132,40 +124,33 @@ fn attend_row<T: KvElement>(
             })
             .take_while(|&(_, _, n)| n > 0)
     };
-    let mut scores = vec![0.0f32; group * visible];
-    let mut row_buf = vec![0.0f32; hd];
-    for kv_head in 0..shape.n_kv_heads {
-        let heads = kv_head * group..(kv_head + 1) * group;
-        let head_offset = kv_head * hd;
-        for (first, base, n) in runs() {
-            for j in 0..n {
-                let k = T::read(
-                    &key_cache[base + j * kv_row + head_offset..][..hd],
-                    &mut row_buf,
-                );
-                for (g, h) in heads.clone().enumerate() {
-                    scores[g * visible + first + j] = dot(&q_row[h * hd..(h + 1) * hd], k);
-                }
+    // scores[head * visible + position]
+    let mut scores = vec![0.0f32; shape.n_heads * visible];
+    let mut row_buf = vec![0.0f32; kv_row];
+    for (first, base, n) in runs() {
+        for j in 0..n {
+            let k = T::read(&key_cache[base + j * kv_row..][..kv_row], &mut row_buf);
+            for (h, qh) in q_row.chunks_exact(hd).enumerate() {
+                let kh = &k[(h / group) * hd..][..hd];
+                scores[h * visible + first + j] = dot(qh, kh);
             }
         }
-        for g in 0..group {
-            let s = &mut scores[g * visible..(g + 1) * visible];
-            let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let inv = 1.0 / exp_shifted_sum(s, max);
-            s.iter_mut().for_each(|x| *x *= inv);
-        }
-        let out_heads = &mut out_row[heads.start * hd..heads.end * hd];
-        out_heads.iter_mut().for_each(|o| *o = 0.0);
-        for (first, base, n) in runs() {
-            for j in 0..n {
-                let v = T::read(
-                    &value_cache[base + j * kv_row + head_offset..][..hd],
-                    &mut row_buf,
+    }
+    for s in scores.chunks_exact_mut(visible) {
+        let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let inv = 1.0 / exp_shifted_sum(s, max);
+        s.iter_mut().for_each(|x| *x *= inv);
+    }
+    out_row.fill(0.0);
+    for (first, base, n) in runs() {
+        for j in 0..n {
+            let v = T::read(&value_cache[base + j * kv_row..][..kv_row], &mut row_buf);
+            for (h, o) in out_row.chunks_exact_mut(hd).enumerate() {
+                axpy(
+                    scores[h * visible + first + j],
+                    &v[(h / group) * hd..][..hd],
+                    o,
                 );
-                for (g, o) in out_heads.chunks_exact_mut(hd).enumerate() {
-                    let w = scores[g * visible + first + j];
-                    axpy(w, v, o);
-                }
             }
         }
     }

@@ -9,6 +9,8 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use migserve_kernels::cpu::exp::log_sum_exp;
+use migserve_kernels::cpu::parallel::par_rows;
+use migserve_models::parallel::candle_pool;
 use migserve_models::{IncrementalDecoder, Model, Sampler, SamplingParams, SeqChunk, SeqId};
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -321,9 +323,17 @@ impl Engine {
             }
         };
         let ready = self.scheduler.complete(&plan);
-        for (chunk, mut row) in plan.chunks.iter().zip(rows) {
+        // Each row's log-softmax normalizer (for the sampled token's log-probability), all
+        // rows at once on the CPU pool: a pass over the whole vocabulary per row.
+        let mut log_norms = vec![0.0f32; rows.len()];
+        par_rows(&candle_pool, &mut log_norms, 1, &|range, out| {
+            for (o, row) in out.iter_mut().zip(&rows[range]) {
+                *o = log_sum_exp(row);
+            }
+        });
+        for ((chunk, mut row), log_norm) in plan.chunks.iter().zip(rows).zip(log_norms) {
             if ready.contains(&chunk.seq) {
-                self.sample_and_emit(chunk.seq, &mut row);
+                self.sample_and_emit(chunk.seq, &mut row, log_norm);
             }
         }
     }
@@ -347,12 +357,13 @@ impl Engine {
         Ok(logits.to_vec2::<f32>()?)
     }
 
-    fn sample_and_emit(&mut self, id: SeqId, logits: &mut [f32]) {
+    /// Samples the next token of `id` from `logits`, whose log-softmax normalizer is
+    /// `logprob_base` (before any penalty edits them), and sends it out.
+    fn sample_and_emit(&mut self, id: SeqId, logits: &mut [f32], logprob_base: f32) {
         let Some(seq) = self.scheduler.get(id) else {
             return;
         };
         let history_len = seq.tokens.len();
-        let logprob_base = log_sum_exp(logits);
         let tokenizer = &self.model.tokenizer;
         let context = self.model.config().context_length;
         let Some(a) = self.active.get_mut(&id) else {

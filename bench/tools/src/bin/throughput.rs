@@ -1,6 +1,8 @@
 //! Aggregate output throughput of a running worker (or any TGI-compatible server) at a sweep
 //! of concurrency levels: each of C clients sends `/generate` requests back to back with a
 //! fixed prompt and a fixed number of new tokens (`ignore_eos`), for a fixed number of requests.
+//! With `--rounds N` the sweep is repeated N times (levels alternating within each round) and
+//! medians are reported, with each level's ratio to the first level taken round by round.
 
 use std::time::{Duration, Instant};
 
@@ -23,6 +25,9 @@ struct Args {
     /// New tokens per request.
     #[arg(long, default_value_t = 64)]
     max_new_tokens: usize,
+    /// Rounds of the whole sweep; medians over rounds are reported.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
 }
 
 const PROMPT: &str =
@@ -59,6 +64,48 @@ async fn one_request(
     Ok((n, started.elapsed()))
 }
 
+/// One level's run: output tokens, wall seconds, each request's latency in seconds.
+async fn measure(
+    client: &reqwest::Client,
+    args: &Args,
+    c: usize,
+    round: usize,
+) -> Result<(usize, f64, Vec<f64>)> {
+    let started = Instant::now();
+    let clients = (0..c).map(|i| {
+        let client = client.clone();
+        let url = args.url.clone();
+        let (n, per) = (args.max_new_tokens, args.requests_per_client);
+        tokio::spawn(async move {
+            let mut out = Vec::new();
+            for r in 0..per {
+                let seed = round * 1_000_000 + i * 1000 + r;
+                out.push(one_request(&client, &url, n, seed).await?);
+            }
+            anyhow::Ok(out)
+        })
+    });
+    let mut tokens = 0;
+    let mut latencies = Vec::new();
+    for handle in futures_util::future::join_all(clients).await {
+        for (n, d) in handle??.into_iter() {
+            tokens += n;
+            latencies.push(d.as_secs_f64());
+        }
+    }
+    Ok((tokens, started.elapsed().as_secs_f64(), latencies))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    if v.len().is_multiple_of(2) {
+        (v[mid - 1] + v[mid]) / 2.0
+    } else {
+        v[mid]
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
@@ -67,39 +114,52 @@ async fn main() -> Result<()> {
         .build()?;
     // Warm-up.
     one_request(&client, &args.url, 4, 0).await?;
-    println!("| concurrency | requests | output tokens | wall s | output tok/s | mean latency s | vs concurrency {} |", args.concurrency[0]);
-    println!("|---:|---:|---:|---:|---:|---:|---:|");
-    let mut base = None;
-    for &c in &args.concurrency {
-        let started = Instant::now();
-        let clients = (0..c).map(|i| {
-            let client = client.clone();
-            let url = args.url.clone();
-            let (n, per) = (args.max_new_tokens, args.requests_per_client);
-            tokio::spawn(async move {
-                let mut out = Vec::new();
-                for r in 0..per {
-                    out.push(one_request(&client, &url, n, i * 1000 + r).await?);
-                }
-                anyhow::Ok(out)
-            })
-        });
-        let mut tokens = 0;
-        let mut latencies = Vec::new();
-        for handle in futures_util::future::join_all(clients).await {
-            for (n, d) in handle??.into_iter() {
-                tokens += n;
-                latencies.push(d.as_secs_f64());
-            }
+    // rates[level][round]; the levels alternate within each round, so slow spells of a
+    // shared machine hit every level alike.
+    let levels = &args.concurrency;
+    let mut rates = vec![Vec::new(); levels.len()];
+    let mut latencies = vec![Vec::new(); levels.len()];
+    let mut tokens = vec![0; levels.len()];
+    for round in 0..args.rounds {
+        for (li, &c) in levels.iter().enumerate() {
+            let (n, wall, lat) = measure(&client, &args, c, round).await?;
+            rates[li].push(n as f64 / wall);
+            tokens[li] += n;
+            latencies[li].extend(lat);
         }
-        let wall = started.elapsed().as_secs_f64();
-        let rate = tokens as f64 / wall;
-        let base_rate = *base.get_or_insert(rate);
-        let mean = latencies.iter().sum::<f64>() / latencies.len() as f64;
+    }
+    let per_round_ratio = |li: usize| -> Vec<f64> {
+        rates[li]
+            .iter()
+            .zip(&rates[0])
+            .map(|(r, b)| r / b)
+            .collect()
+    };
+    println!(
+        "{} round(s), {} request(s) per client per level and round, {} new tokens each",
+        args.rounds, args.requests_per_client, args.max_new_tokens
+    );
+    println!(
+        "| concurrency | output tokens | output tok/s (median) | min | max | mean latency s | vs concurrency {} (median of rounds) | per-round range |",
+        levels[0]
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---|");
+    for (li, c) in levels.iter().enumerate() {
+        let r = &rates[li];
+        let min = r.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = r.iter().copied().fold(0.0, f64::max);
+        let lat = &latencies[li];
+        let ratios = per_round_ratio(li);
+        let (lo, hi) = (
+            ratios.iter().copied().fold(f64::INFINITY, f64::min),
+            ratios.iter().copied().fold(0.0, f64::max),
+        );
         println!(
-            "| {c} | {} | {tokens} | {wall:.1} | {rate:.1} | {mean:.2} | {:.2}x |",
-            latencies.len(),
-            rate / base_rate
+            "| {c} | {} | {:.1} | {min:.1} | {max:.1} | {:.2} | {:.2}x | {lo:.2}x-{hi:.2}x |",
+            tokens[li],
+            median(r.clone()),
+            lat.iter().sum::<f64>() / lat.len() as f64,
+            median(ratios.clone()),
         );
     }
     Ok(())

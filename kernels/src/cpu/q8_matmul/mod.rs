@@ -18,7 +18,7 @@ pub mod reference;
 
 pub use pack::{PackedQ8, QuantizedRows, BLOCK, TILE_COLS};
 
-use crate::cpu::paged_attention::ParallelFor;
+use crate::cpu::parallel::ParallelFor;
 
 /// Input rows run together against one group of column tiles.
 pub const ROWS: usize = 6;
