@@ -142,17 +142,36 @@ fn attend_row<T: KvElement>(
         s.iter_mut().for_each(|x| *x *= inv);
     }
     out_row.fill(0.0);
+    // A block's value rows, converted once; each head then sums over the block with its
+    // output in registers (not read and written back for every position).
+    let mut block_buf = vec![0.0f32; bs * kv_row];
     for (first, base, n) in runs() {
-        for j in 0..n {
-            let v = T::read(&value_cache[base + j * kv_row..][..kv_row], &mut row_buf);
-            for (h, o) in out_row.chunks_exact_mut(hd).enumerate() {
-                axpy(
-                    scores[h * visible + first + j],
-                    &v[(h / group) * hd..][..hd],
-                    o,
-                );
+        let values = T::read(&value_cache[base..][..n * kv_row], &mut block_buf);
+        for (h, o) in out_row.chunks_exact_mut(hd).enumerate() {
+            let weights = &scores[h * visible + first..][..n];
+            weighted_sum(weights, values, kv_row, (h / group) * hd, o);
+        }
+    }
+}
+
+/// `out += Σ_j weights[j] * rows[j * stride + offset..][..out.len()]`, in chunks of 64 outputs
+/// kept in registers across all the rows.
+fn weighted_sum(weights: &[f32], rows: &[f32], stride: usize, offset: usize, out: &mut [f32]) {
+    const CHUNK: usize = 64;
+    let (chunks, rest) = out.as_chunks_mut::<CHUNK>();
+    for (c, o) in chunks.iter_mut().enumerate() {
+        let mut acc = *o;
+        for (j, w) in weights.iter().enumerate() {
+            let v = &rows[j * stride + offset + c * CHUNK..][..CHUNK];
+            for t in 0..CHUNK {
+                acc[t] = v[t].mul_add(*w, acc[t]);
             }
         }
+        *o = acc;
+    }
+    let done = chunks.len() * CHUNK;
+    for (j, w) in weights.iter().enumerate() {
+        axpy(*w, &rows[j * stride + offset + done..][..rest.len()], rest);
     }
 }
 

@@ -102,7 +102,7 @@ mod x86 {
                 }
             };
         }
-        dispatch!(1, 2, 3, 4, 5, 6)
+        dispatch!(1, 2, 3, 4, 5, 6, 7, 8)
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]

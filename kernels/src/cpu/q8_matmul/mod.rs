@@ -21,9 +21,9 @@ pub use pack::{PackedQ8, QuantizedRows, BLOCK, TILE_COLS};
 use crate::cpu::parallel::ParallelFor;
 
 /// Input rows run together against one group of column tiles.
-pub const ROWS: usize = 6;
+pub const ROWS: usize = 8;
 /// Column tiles run together (so `TILES * TILE_COLS` output columns per group).
-pub const TILES: usize = 2;
+pub const TILES: usize = 1;
 /// Rows handed to one work unit: keeps a unit's activations hot in cache while its weights
 /// are reused across them.
 const ROWS_PER_UNIT: usize = 64;
