@@ -120,8 +120,14 @@ impl Linear {
                         w.k()
                     ))));
                 }
-                let mut out = vec![0.0f32; rows * w.n()];
-                with_f32(x, |x| q8_matmul::matmul(&candle_pool, w, x, rows, &mut out))?;
+                let len = rows * w.n();
+                let mut out = Vec::with_capacity(len);
+                with_f32(x, |x| {
+                    let dst = &mut out.spare_capacity_mut()[..len];
+                    q8_matmul::matmul_uninit(&candle_pool, w, x, rows, dst)
+                })?;
+                // SAFETY: `matmul_uninit` wrote all `len` values.
+                unsafe { out.set_len(len) };
                 Ok(Tensor::from_vec(out, (rows, w.n()), x.device())?)
             }
         }

@@ -126,14 +126,13 @@ fn attend_row<T: KvElement>(
     };
     // scores[head * visible + position]
     let mut scores = vec![0.0f32; shape.n_heads * visible];
-    let mut row_buf = vec![0.0f32; kv_row];
+    // A block's key (then value) rows, converted once for all the heads.
+    let mut block_buf = vec![0.0f32; bs * kv_row];
     for (first, base, n) in runs() {
-        for j in 0..n {
-            let k = T::read(&key_cache[base + j * kv_row..][..kv_row], &mut row_buf);
-            for (h, qh) in q_row.chunks_exact(hd).enumerate() {
-                let kh = &k[(h / group) * hd..][..hd];
-                scores[h * visible + first + j] = dot(qh, kh);
-            }
+        let keys = T::read(&key_cache[base..][..n * kv_row], &mut block_buf);
+        for (h, qh) in q_row.chunks_exact(hd).enumerate() {
+            let out = &mut scores[h * visible + first..][..n];
+            block_scores(qh, keys, kv_row, (h / group) * hd, out);
         }
     }
     for s in scores.chunks_exact_mut(visible) {
@@ -142,15 +141,76 @@ fn attend_row<T: KvElement>(
         s.iter_mut().for_each(|x| *x *= inv);
     }
     out_row.fill(0.0);
-    // A block's value rows, converted once; each head then sums over the block with its
-    // output in registers (not read and written back for every position).
-    let mut block_buf = vec![0.0f32; bs * kv_row];
+    // Each head sums over a block's value rows with its output in registers (not read and
+    // written back for every position).
     for (first, base, n) in runs() {
         let values = T::read(&value_cache[base..][..n * kv_row], &mut block_buf);
         for (h, o) in out_row.chunks_exact_mut(hd).enumerate() {
             let weights = &scores[h * visible + first..][..n];
             weighted_sum(weights, values, kv_row, (h / group) * hd, o);
         }
+    }
+}
+
+/// `out[j] = q · rows[j * stride + offset..][..q.len()]` for every `j` of `out`.
+fn block_scores(q: &[f32], rows: &[f32], stride: usize, offset: usize, out: &mut [f32]) {
+    let hd = q.len();
+    let mut done = 0;
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    ))]
+    if hd.is_multiple_of(8) {
+        while done + 8 <= out.len() {
+            // SAFETY: the features are enabled at compile time; the 8 rows lie inside `rows`
+            // (the slice indexing checks it) and `out` has 8 places from `done`.
+            unsafe {
+                let keys: [&[f32]; 8] =
+                    std::array::from_fn(|i| &rows[(done + i) * stride + offset..][..hd]);
+                avx2::dots8(q, keys, &mut out[done..done + 8]);
+            }
+            done += 8;
+        }
+    }
+    for (j, o) in out.iter_mut().enumerate().skip(done) {
+        *o = dot(q, &rows[j * stride + offset..][..hd]);
+    }
+}
+
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+))]
+mod avx2 {
+    use core::arch::x86_64::*;
+
+    /// `out[i] = q · keys[i]` for 8 key rows as long as `q` (a multiple of 8): eight 8-wide
+    /// accumulators, reduced together by a tree of horizontal adds (not one by one).
+    ///
+    /// # Safety
+    /// Needs AVX2 and FMA; every key row as long as `q`; `out` at least 8 long.
+    pub unsafe fn dots8(q: &[f32], keys: [&[f32]; 8], out: &mut [f32]) {
+        let mut acc = [_mm256_setzero_ps(); 8];
+        for d in (0..q.len()).step_by(8) {
+            let qv = _mm256_loadu_ps(q.as_ptr().add(d));
+            for (a, k) in acc.iter_mut().zip(&keys) {
+                *a = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k.as_ptr().add(d)), *a);
+            }
+        }
+        // Pairs, then quads: lane i of each 128-bit half ends up holding part of dot i.
+        let h01 = _mm256_hadd_ps(acc[0], acc[1]);
+        let h23 = _mm256_hadd_ps(acc[2], acc[3]);
+        let h45 = _mm256_hadd_ps(acc[4], acc[5]);
+        let h67 = _mm256_hadd_ps(acc[6], acc[7]);
+        let lo = _mm256_hadd_ps(h01, h23); // [d0 d1 d2 d3 | d0' d1' d2' d3']
+        let hi = _mm256_hadd_ps(h45, h67); // [d4 d5 d6 d7 | d4' d5' d6' d7']
+        let sums = _mm256_add_ps(
+            _mm256_permute2f128_ps(lo, hi, 0x20),
+            _mm256_permute2f128_ps(lo, hi, 0x31),
+        );
+        _mm256_storeu_ps(out.as_mut_ptr(), sums);
     }
 }
 
@@ -254,32 +314,47 @@ mod tests {
         ((*seed >> 33) as f32 / (1u64 << 31) as f32) - 0.5
     }
 
+    const SMALL: AttentionShape = AttentionShape {
+        n_heads: 6,
+        n_kv_heads: 2,
+        head_dim: 8,
+        block_size: 4,
+    };
+    /// Long enough runs of positions for the 8-at-a-time score path, with tails.
+    const WIDE: AttentionShape = AttentionShape {
+        n_heads: 6,
+        n_kv_heads: 2,
+        head_dim: 64,
+        block_size: 16,
+    };
+
     #[test]
     fn matches_naive_attention_with_scattered_blocks_and_gqa() {
-        check_against_naive::<f32>(|x| x, |x| x);
+        check_against_naive::<f32>(SMALL, |x| x, |x| x);
+        check_against_naive::<f32>(WIDE, |x| x, |x| x);
     }
 
     #[test]
     fn an_f16_cache_matches_naive_attention_on_the_rounded_values() {
-        check_against_naive::<half::f16>(half::f16::from_f32, half::f16::to_f32);
+        check_against_naive::<half::f16>(SMALL, half::f16::from_f32, half::f16::to_f32);
+        check_against_naive::<half::f16>(WIDE, half::f16::from_f32, half::f16::to_f32);
     }
 
     /// Attention over a cache of `T` against the naive version on the values as `T` holds them.
-    fn check_against_naive<T: KvElement>(to: fn(f32) -> T, from: fn(T) -> f32) {
-        let shape = AttentionShape {
-            n_heads: 6,
-            n_kv_heads: 2,
-            head_dim: 8,
-            block_size: 4,
-        };
+    fn check_against_naive<T: KvElement>(
+        shape: AttentionShape,
+        to: fn(f32) -> T,
+        from: fn(T) -> f32,
+    ) {
+        let bs = shape.block_size;
         let kv_row = shape.n_kv_heads * shape.head_dim;
         let num_blocks = 16;
         let mut seed = 7;
         let mut key_cache = vec![T::default(); num_blocks * shape.block_size * kv_row];
         let mut value_cache = key_cache.clone();
-        // Two sequences: one decoding at position 9, one prefilling 5 tokens from position 2.
+        // Two sequences: one decoding its last position, one prefilling its last 5 tokens.
         let tables: [Vec<u32>; 2] = [vec![5, 1, 12], vec![3, 9]];
-        let lens = [10usize, 7];
+        let lens = [2 * bs + 2, bs + 3];
         let mut keys: Vec<Vec<Vec<f32>>> = vec![Vec::new(), Vec::new()];
         let mut values = keys.clone();
         for s in 0..2 {
@@ -305,19 +380,19 @@ mod tests {
                 block_table: &tables[0],
                 row: 0,
                 len: 1,
-                start: 9,
+                start: lens[0] - 1,
             },
             SeqQueries {
                 block_table: &tables[1],
                 row: 1,
                 len: 5,
-                start: 2,
+                start: lens[1] - 5,
             },
         ];
         let mut out = vec![0.0; 6 * row];
         paged_attention(shape, &q, &key_cache, &value_cache, &seqs, &mut out);
-        let want0 = naive(&q[..row], &keys[0], &values[0], shape, 9, 1);
-        let want1 = naive(&q[row..], &keys[1], &values[1], shape, 2, 5);
+        let want0 = naive(&q[..row], &keys[0], &values[0], shape, lens[0] - 1, 1);
+        let want1 = naive(&q[row..], &keys[1], &values[1], shape, lens[1] - 5, 5);
         let want: Vec<f32> = want0.into_iter().chain(want1).collect();
         for (i, (a, b)) in out.iter().zip(&want).enumerate() {
             assert!((a - b).abs() < 1e-5, "element {i}: {a} vs {b}");

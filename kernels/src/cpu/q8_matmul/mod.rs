@@ -18,6 +18,8 @@ pub mod reference;
 
 pub use pack::{PackedQ8, QuantizedRows, BLOCK, TILE_COLS};
 
+use std::mem::MaybeUninit;
+
 use crate::cpu::parallel::ParallelFor;
 
 /// Input rows run together against one group of column tiles.
@@ -41,6 +43,23 @@ pub fn simd_available() -> bool {
 /// # Panics
 /// When `x` or `out` is not `rows` rows of the weights' input / output width.
 pub fn matmul(parallel: ParallelFor<'_>, w: &PackedQ8, x: &[f32], rows: usize, out: &mut [f32]) {
+    // SAFETY: same layout; `matmul_uninit` only ever writes initialized values.
+    let out = unsafe { &mut *(out as *mut [f32] as *mut [MaybeUninit<f32>]) };
+    matmul_uninit(parallel, w, x, rows, out)
+}
+
+/// [`matmul`] into memory that need not be initialized (a new output buffer skips being
+/// zeroed first): every element of `out` is written.
+///
+/// # Panics
+/// When `x` or `out` is not `rows` rows of the weights' input / output width.
+pub fn matmul_uninit(
+    parallel: ParallelFor<'_>,
+    w: &PackedQ8,
+    x: &[f32],
+    rows: usize,
+    out: &mut [MaybeUninit<f32>],
+) {
     assert_eq!(
         x.len(),
         rows * w.k(),
@@ -58,6 +77,11 @@ pub fn matmul(parallel: ParallelFor<'_>, w: &PackedQ8, x: &[f32], rows: usize, o
     }
     let acts = QuantizedRows::quantize(x, rows, w.k());
     if !simd_available() {
+        let out: &mut [f32] = {
+            out.fill(MaybeUninit::new(0.0));
+            // SAFETY: every element was initialized just above; same layout.
+            unsafe { &mut *(out as *mut [MaybeUninit<f32>] as *mut [f32]) }
+        };
         reference::matmul(w, &acts, out);
         return;
     }
@@ -76,8 +100,8 @@ pub fn matmul(parallel: ParallelFor<'_>, w: &PackedQ8, x: &[f32], rows: usize, o
             while row < row_end {
                 let n_rows = (row_end - row).min(ROWS);
                 // SAFETY: the SIMD features were checked above; units cover disjoint
-                // (row, tile) rectangles of `out`, whose size was asserted, and `out` stays
-                // mutably borrowed for the whole call.
+                // (row, tile) rectangles of `out`, whose size was asserted, and together all
+                // of it; `out` stays mutably borrowed for the whole call.
                 unsafe {
                     avx512::run_group(
                         w,
