@@ -16,6 +16,7 @@ pub unsafe fn quantize_blocks(_: &[f32], _: &mut [i8], _: &mut [f32], _: &mut [i
 
 /// Never called: [`available`] is false off x86-64.
 #[cfg(not(target_arch = "x86_64"))]
+#[allow(clippy::too_many_arguments)]
 pub unsafe fn run_group(
     _: &super::PackedQ8,
     _: &super::QuantizedRows,
@@ -23,6 +24,7 @@ pub unsafe fn run_group(
     _: usize,
     _: usize,
     _: usize,
+    _: Option<usize>,
     _: *mut f32,
 ) {
     unreachable!("the AVX-512 kernel exists only on x86-64")
@@ -32,7 +34,7 @@ pub unsafe fn run_group(
 mod x86 {
     use core::arch::x86_64::*;
 
-    use super::super::pack::{PackedQ8, QuantizedRows, BLOCK, TILE_COLS};
+    use super::super::pack::{PackedQ8, QuantizedRows, TileBlock, BLOCK, TILE_COLS};
     use super::super::{ROWS, TILES};
 
     /// Whether this CPU has the instructions the kernel uses.
@@ -83,6 +85,7 @@ mod x86 {
     /// The CPU must have the features [`available`] checks; `rows <= ROWS`, `tiles <= TILES`,
     /// the rows and tiles must exist, and `out` must be valid for writes of every row of
     /// `acts` times `w.n()` with no one else writing this rectangle.
+    #[allow(clippy::too_many_arguments)]
     pub unsafe fn run_group(
         w: &PackedQ8,
         acts: &QuantizedRows,
@@ -90,14 +93,16 @@ mod x86 {
         tiles: usize,
         row: usize,
         rows: usize,
+        prefetch: Option<usize>,
         out: *mut f32,
     ) {
         debug_assert!(rows <= ROWS && tiles <= TILES);
+        let ahead = prefetch.map(|t| w.tile(t));
         macro_rules! dispatch {
             ($($r:literal),*) => {
                 match (rows, tiles) {
-                    $(($r, 2) => group::<$r, 2>(w, acts, first_tile, row, out),
-                      ($r, _) => group::<$r, 1>(w, acts, first_tile, row, out),)*
+                    $(($r, 2) => group::<$r, 2>(w, acts, first_tile, row, ahead, out),
+                      ($r, _) => group::<$r, 1>(w, acts, first_tile, row, ahead, out),)*
                     _ => unreachable!("at most {ROWS} rows per group"),
                 }
             };
@@ -111,14 +116,22 @@ mod x86 {
         acts: &QuantizedRows,
         first_tile: usize,
         row: usize,
+        ahead: Option<&[TileBlock]>,
         out: *mut f32,
     ) {
         let k = w.k();
         let kb = k / BLOCK;
-        let tiles: [&[super::super::pack::TileBlock]; T] =
-            std::array::from_fn(|t| w.tile(first_tile + t));
+        let tiles: [&[TileBlock]; T] = std::array::from_fn(|t| w.tile(first_tile + t));
         let mut acc = [[_mm512_setzero_ps(); T]; R];
         for b in 0..kb {
+            // Ask for the same block of the tile this thread runs next, so that it streams in
+            // from memory while this one computes.
+            if let Some(next) = ahead {
+                let bytes = next.as_ptr().add(b) as *const i8;
+                for line in (0..std::mem::size_of::<TileBlock>()).step_by(64) {
+                    _mm_prefetch::<_MM_HINT_T0>(bytes.add(line));
+                }
+            }
             let mut sums = [[_mm512_setzero_si512(); T]; R];
             for (r, row_sums) in sums.iter_mut().enumerate() {
                 let offset = _mm512_set1_epi32(*acts.offsets.get_unchecked((row + r) * kb + b));

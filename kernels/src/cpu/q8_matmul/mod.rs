@@ -97,6 +97,10 @@ pub fn matmul_uninit(
             let tiles = (w.tiles() - first_tile).min(TILES);
             let row_end = rows.min((row_unit + 1) * ROWS_PER_UNIT);
             let mut row = row_unit * ROWS_PER_UNIT;
+            // The tiles after these are likely this thread's next unit: while the first row
+            // group reads these from memory, it asks for those.
+            let next = first_tile + tiles;
+            let mut prefetch = (next < w.tiles()).then_some(next);
             while row < row_end {
                 let n_rows = (row_end - row).min(ROWS);
                 // SAFETY: the SIMD features were checked above; units cover disjoint
@@ -110,6 +114,7 @@ pub fn matmul_uninit(
                         tiles,
                         row,
                         n_rows,
+                        prefetch.take(),
                         out_addr as *mut f32,
                     )
                 };
