@@ -136,3 +136,31 @@ fn widths_off_the_block_grid_are_refused() {
     assert!(PackedQ8::quantize(&[0.0; 40], 2, 20).is_err());
     assert!(PackedQ8::quantize(&[0.0; 40], 2, 32).is_err());
 }
+
+#[test]
+fn non_finite_and_tiny_activations_quantize_the_same_with_or_without_simd() {
+    let k = 128;
+    let mut x = vec![0.25f32; 4 * k];
+    x[3] = f32::NAN; // block 0
+    x[40] = f32::INFINITY; // block 1
+    x[70] = f32::NEG_INFINITY; // block 2
+    for v in &mut x[96..128] {
+        *v = 1e-39; // block 3: 1 / scale is not finite
+    }
+    x[200] = -3.0e38; // a huge but finite value
+    let simd = QuantizedRows::quantize(&x, 4, k);
+    let scalar = reference::quantize(&x, 4, k);
+    let w = PackedQ8::quantize(&vec![0.5; 16 * k], 16, k).unwrap();
+    let (mut a, mut b) = (vec![0.0; 4 * 16], vec![0.0; 4 * 16]);
+    reference::matmul(&w, &simd, &mut a);
+    reference::matmul(&w, &scalar, &mut b);
+    for (i, (a, b)) in a.iter().zip(&b).enumerate() {
+        assert!(
+            a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()),
+            "{i}: {a} vs {b}"
+        );
+    }
+    // A row with a NaN or an infinity comes out NaN, as f32 math would; the others do not.
+    assert!(a[..16].iter().all(|v| v.is_nan()));
+    assert!(a[16..].iter().all(|v| v.is_finite()));
+}

@@ -1,6 +1,7 @@
 //! Attention of a batch of query rows against keys and values kept in a paged cache.
 //!
-//! Cache layout (per layer): `[block][slot][kv_head][head_dim]`, in f32 or f16 ([`KvElement`]). A sequence's position
+//! Cache layout (per layer): `[block][slot][kv_head][head_dim]`, in f32 or f16
+//! ([`KvElement`]). A sequence's position
 //! `p` lives in block `block_table[p / block_size]`, slot `p % block_size`. Grouped-query
 //! attention: query head `h` reads KV head `h / (n_heads / n_kv_heads)`.
 
@@ -49,9 +50,11 @@ pub fn paged_attention<T: KvElement>(
 /// `[rows, n_heads, head_dim]`; queries are expected pre-scaled by `1/sqrt(head_dim)`. Uses
 /// a two-pass softmax over a small per-row score buffer.
 ///
+/// Block tables must cover every visible position (`batch::BatchLayout::new` checks that
+/// before a step): positions past a short table are left out of the softmax's sums.
+///
 /// # Panics
-/// When a sequence's block table is too short for its positions, or `out` is shorter than
-/// the rows: callers size them from the same block manager.
+/// When `out` is shorter than the rows, or a block lies outside the caches.
 pub fn paged_attention_with<T: KvElement>(
     parallel: ParallelFor<'_>,
     shape: AttentionShape,
@@ -77,13 +80,14 @@ pub fn paged_attention_with<T: KvElement>(
     let out_addr = out.as_mut_ptr() as usize;
     parallel(owners.len(), &|rows: std::ops::Range<usize>| {
         for r in rows {
+            // Indexing first keeps `r` below the number of rows `out` was checked to hold.
+            let (s, i) = owners[r];
             // SAFETY: `out` holds every row (asserted above), and the executor hands out
             // disjoint ranges, so each row slice is written by exactly one thread while `out`
             // stays mutably borrowed by this function.
             let out_row = unsafe {
                 std::slice::from_raw_parts_mut((out_addr as *mut f32).add(r * row_len), row_len)
             };
-            let (s, i) = owners[r];
             attend_row(shape, q, key_cache, value_cache, &seqs[s], i, out_row);
         }
     });

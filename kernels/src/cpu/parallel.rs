@@ -29,6 +29,7 @@ pub fn par_rows(
     let rows = out.len() / row_len;
     let addr = out.as_mut_ptr() as usize;
     parallel(rows, &|range: std::ops::Range<usize>| {
+        assert!(range.end <= rows, "rows {range:?} out of 0..{rows}");
         // SAFETY: `out` holds `rows` rows and stays mutably borrowed for the whole call;
         // `parallel` hands out disjoint ranges, so no two threads get the same rows.
         let chunk = unsafe {

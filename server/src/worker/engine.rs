@@ -9,7 +9,7 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use migserve_kernels::cpu::exp::log_sum_exp;
-use migserve_kernels::cpu::parallel::par_rows;
+use migserve_kernels::cpu::parallel::{par_rows, ParallelFor};
 use migserve_models::parallel::candle_pool;
 use migserve_models::{IncrementalDecoder, Model, Sampler, SamplingParams, SeqChunk, SeqId};
 use tokio::sync::mpsc::UnboundedSender;
@@ -323,10 +323,16 @@ impl Engine {
             }
         };
         let ready = self.scheduler.complete(&plan);
-        // Each row's log-softmax normalizer (for the sampled token's log-probability), all
-        // rows at once on the CPU pool: a pass over the whole vocabulary per row.
+        // Each row's log-softmax normalizer (for the sampled token's log-probability): a pass
+        // over the whole vocabulary per row, all rows at once on the CPU pool where the model
+        // runs on the CPU (a GPU worker does not start that pool's spinning threads for it).
         let mut log_norms = vec![0.0f32; rows.len()];
-        par_rows(&candle_pool, &mut log_norms, 1, &|range, out| {
+        let serial = |n: usize, f: &(dyn Fn(std::ops::Range<usize>) + Sync)| f(0..n);
+        let parallel: ParallelFor<'_> = match self.model.llama.device().is_cpu() {
+            true => &candle_pool,
+            false => &serial,
+        };
+        par_rows(parallel, &mut log_norms, 1, &|range, out| {
             for (o, row) in out.iter_mut().zip(&rows[range]) {
                 *o = log_sum_exp(row);
             }

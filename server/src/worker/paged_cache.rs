@@ -55,7 +55,7 @@ pub struct PagedKvCache {
     /// attention, which reads every cached row of a sequence at every step).
     keys: Vec<Vec<f16>>,
     values: Vec<Vec<f16>>,
-    /// Floats in one position of one layer: kv_heads * head_dim.
+    /// Values in one position of one layer: kv_heads * head_dim.
     row: usize,
     n_kv_heads: usize,
     head_dim: usize,
@@ -67,14 +67,14 @@ impl PagedKvCache {
     /// A cache of `total_blocks` blocks of `block_size` positions for this model.
     pub fn new(config: &LlamaConfig, total_blocks: usize, block_size: usize) -> Self {
         let row = config.n_kv_heads * config.head_dim;
-        let floats = total_blocks * block_size * row;
+        let elements = total_blocks * block_size * row;
         Self {
             blocks: BlockManager::new(total_blocks, block_size),
             keys: (0..config.n_layers)
-                .map(|_| vec![f16::ZERO; floats])
+                .map(|_| vec![f16::ZERO; elements])
                 .collect(),
             values: (0..config.n_layers)
-                .map(|_| vec![f16::ZERO; floats])
+                .map(|_| vec![f16::ZERO; elements])
                 .collect(),
             row,
             n_kv_heads: config.n_kv_heads,

@@ -34,7 +34,7 @@ pub unsafe fn run_group(
 mod x86 {
     use core::arch::x86_64::*;
 
-    use super::super::pack::{PackedQ8, QuantizedRows, TileBlock, BLOCK, TILE_COLS};
+    use super::super::pack::{block_inverse, PackedQ8, QuantizedRows, TileBlock, BLOCK, TILE_COLS};
     use super::super::{ROWS, TILES};
 
     /// Whether this CPU has the instructions the kernel uses.
@@ -59,17 +59,30 @@ mod x86 {
     ) {
         let blocks = x.len() / BLOCK;
         debug_assert!(qs.len() == x.len() && scales.len() == blocks && offsets.len() == blocks);
+        let infinity = _mm512_set1_ps(f32::INFINITY);
         for b in 0..blocks {
             let src = x.as_ptr().add(b * BLOCK);
             let lo = _mm512_loadu_ps(src);
             let hi = _mm512_loadu_ps(src.add(16));
-            let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(lo), _mm512_abs_ps(hi)));
+            let (alo, ahi) = (_mm512_abs_ps(lo), _mm512_abs_ps(hi));
+            // Lanes below infinity (false for NaN): all 32 must be finite.
+            let finite = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(alo, infinity)
+                & _mm512_cmp_ps_mask::<_CMP_LT_OQ>(ahi, infinity);
+            let dst = qs.as_mut_ptr().add(b * BLOCK);
+            if finite != 0xffff {
+                // As `quantize_block`: zeros and a NaN scale.
+                std::ptr::write_bytes(dst, 0, BLOCK);
+                *scales.get_unchecked_mut(b) = f32::NAN;
+                *offsets.get_unchecked_mut(b) = 0;
+                continue;
+            }
+            let amax = _mm512_reduce_max_ps(_mm512_max_ps(alo, ahi));
             let d = amax / 127.0;
-            let inv = _mm512_set1_ps(if d > 0.0 { 1.0 / d } else { 0.0 });
-            // The default rounding mode is to nearest, ties to even.
+            let inv = _mm512_set1_ps(block_inverse(d));
+            // The default rounding mode is to nearest, ties to even; |value| <= 127 here.
             let qlo = _mm512_cvtps_epi32(_mm512_mul_ps(lo, inv));
             let qhi = _mm512_cvtps_epi32(_mm512_mul_ps(hi, inv));
-            let dst = qs.as_mut_ptr().add(b * BLOCK) as *mut __m128i;
+            let dst = dst as *mut __m128i;
             _mm_storeu_si128(dst, _mm512_cvtsepi32_epi8(qlo));
             _mm_storeu_si128(dst.add(1), _mm512_cvtsepi32_epi8(qhi));
             *scales.get_unchecked_mut(b) = d;
@@ -102,8 +115,8 @@ mod x86 {
             ($($r:literal),*) => {
                 match (rows, tiles) {
                     $(($r, 2) => group::<$r, 2>(w, acts, first_tile, row, ahead, out),
-                      ($r, _) => group::<$r, 1>(w, acts, first_tile, row, ahead, out),)*
-                    _ => unreachable!("at most {ROWS} rows per group"),
+                      ($r, 1) => group::<$r, 1>(w, acts, first_tile, row, ahead, out),)*
+                    _ => unreachable!("at most {ROWS} rows and 2 tiles per group"),
                 }
             };
         }
@@ -128,9 +141,11 @@ mod x86 {
             // from memory while this one computes.
             if let Some(next) = ahead {
                 let bytes = next.as_ptr().add(b) as *const i8;
+                // 544 bytes at any 2-byte alignment: up to 10 cache lines.
                 for line in (0..std::mem::size_of::<TileBlock>()).step_by(64) {
                     _mm_prefetch::<_MM_HINT_T0>(bytes.add(line));
                 }
+                _mm_prefetch::<_MM_HINT_T0>(bytes.add(std::mem::size_of::<TileBlock>() - 1));
             }
             let mut sums = [[_mm512_setzero_si512(); T]; R];
             for (r, row_sums) in sums.iter_mut().enumerate() {

@@ -24,8 +24,12 @@ use crate::cpu::parallel::ParallelFor;
 
 /// Input rows run together against one group of column tiles.
 pub const ROWS: usize = 8;
-/// Column tiles run together (so `TILES * TILE_COLS` output columns per group).
+/// Column tiles run together (so `TILES * TILE_COLS` output columns per group): 1 or 2.
 pub const TILES: usize = 1;
+const _: () = assert!(
+    TILES == 1 || TILES == 2,
+    "the kernel is instantiated for 1 or 2 tiles"
+);
 /// Rows handed to one work unit: keeps a unit's activations hot in cache while its weights
 /// are reused across them.
 const ROWS_PER_UNIT: usize = 64;
@@ -90,6 +94,7 @@ pub fn matmul_uninit(
     let out_addr = out.as_mut_ptr() as usize;
     parallel(groups * row_units, &|units: std::ops::Range<usize>| {
         for unit in units {
+            assert!(unit < groups * row_units, "work unit {unit} out of range");
             // Unit order is tile group major: a thread's consecutive units reuse the same
             // weights for the next rows.
             let (group, row_unit) = (unit / row_units, unit % row_units);

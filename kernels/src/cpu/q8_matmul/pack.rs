@@ -36,14 +36,30 @@ pub enum PackError {
 }
 
 /// Scale and rounding of one block as GGUF's Q8_0 does it: the largest magnitude maps to 127.
+/// A block holding a NaN or an infinity gets zeros and a NaN scale (so the result is NaN, as
+/// f32 math would give); a block too small for `1 / scale` to be finite gets zeros.
 pub(crate) fn quantize_block(x: &[f32], q: &mut [i8]) -> f32 {
+    if !x.iter().all(|v| v.is_finite()) {
+        q.fill(0);
+        return f32::NAN;
+    }
     let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     let d = amax / 127.0;
-    let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+    let inv = block_inverse(d);
     for (q, v) in q.iter_mut().zip(x) {
         *q = (v * inv).round_ties_even() as i8;
     }
     d
+}
+
+/// `1 / d`, or 0 where that is not finite (`d` zero or below ~3e-39).
+pub(crate) fn block_inverse(d: f32) -> f32 {
+    let inv = 1.0 / d;
+    if inv.is_finite() {
+        inv
+    } else {
+        0.0
+    }
 }
 
 impl PackedQ8 {
