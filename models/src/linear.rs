@@ -45,8 +45,9 @@ impl Linear {
             && q8_matmul::simd_available()
             && k % q8_matmul::BLOCK == 0
         {
-            let dense = q.dequantize(cpu)?.flatten_all()?.to_vec1::<f32>()?;
-            return PackedQ8::quantize(&dense, n, k)
+            // Read in place: one f32 copy of the matrix at a time, not two.
+            let packed = with_f32(&q.dequantize(cpu)?, |dense| PackedQ8::quantize(dense, n, k))?;
+            return packed
                 .map(Self::PackedQ8)
                 .map_err(|e| ModelError::Tensor(candle_core::Error::msg(e)));
         }
