@@ -1,4 +1,4 @@
-//! The AVX-512 VNNI kernel: `R` activation rows against `T` column tiles at a time.
+//! The AVX-512 VNNI kernel: `R` activation rows against one column tile at a time.
 
 #[cfg(target_arch = "x86_64")]
 pub use x86::{available, quantize_blocks, run_group};
@@ -16,11 +16,9 @@ pub unsafe fn quantize_blocks(_: &[f32], _: &mut [i8], _: &mut [f32], _: &mut [i
 
 /// Never called: [`available`] is false off x86-64.
 #[cfg(not(target_arch = "x86_64"))]
-#[allow(clippy::too_many_arguments)]
 pub unsafe fn run_group(
     _: &super::PackedQ8,
     _: &super::QuantizedRows,
-    _: usize,
     _: usize,
     _: usize,
     _: usize,
@@ -35,7 +33,7 @@ mod x86 {
     use core::arch::x86_64::*;
 
     use super::super::pack::{block_inverse, PackedQ8, QuantizedRows, TileBlock, BLOCK, TILE_COLS};
-    use super::super::{ROWS, TILES};
+    use super::super::ROWS;
 
     /// Whether this CPU has the instructions the kernel uses.
     pub fn available() -> bool {
@@ -91,32 +89,28 @@ mod x86 {
         }
     }
 
-    /// Runs rows `row..row + rows` against tiles `first_tile..first_tile + tiles`, writing
-    /// their outputs into `out` (`[all rows, w.n()]`).
+    /// Runs rows `row..row + rows` against column tile `tile`, writing their outputs into
+    /// `out` (`[all rows, w.n()]`); asks for tile `prefetch` meanwhile.
     ///
     /// # Safety
-    /// The CPU must have the features [`available`] checks; `rows <= ROWS`, `tiles <= TILES`,
-    /// the rows and tiles must exist, and `out` must be valid for writes of every row of
-    /// `acts` times `w.n()` with no one else writing this rectangle.
-    #[allow(clippy::too_many_arguments)]
+    /// The CPU must have the features [`available`] checks; `rows <= ROWS`, the rows and tiles
+    /// must exist, and `out` must be valid for writes of every row of `acts` times `w.n()`
+    /// with no one else writing this rectangle.
     pub unsafe fn run_group(
         w: &PackedQ8,
         acts: &QuantizedRows,
-        first_tile: usize,
-        tiles: usize,
+        tile: usize,
         row: usize,
         rows: usize,
         prefetch: Option<usize>,
         out: *mut f32,
     ) {
-        debug_assert!(rows <= ROWS && tiles <= TILES);
         let ahead = prefetch.map(|t| w.tile(t));
         macro_rules! dispatch {
             ($($r:literal),*) => {
-                match (rows, tiles) {
-                    $(($r, 2) => group::<$r, 2>(w, acts, first_tile, row, ahead, out),
-                      ($r, 1) => group::<$r, 1>(w, acts, first_tile, row, ahead, out),)*
-                    _ => unreachable!("at most {ROWS} rows and 2 tiles per group"),
+                match rows {
+                    $($r => group::<$r>(w, acts, tile, row, ahead, out),)*
+                    _ => unreachable!("at most {ROWS} rows per group"),
                 }
             };
         }
@@ -124,19 +118,19 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    unsafe fn group<const R: usize, const T: usize>(
+    unsafe fn group<const R: usize>(
         w: &PackedQ8,
         acts: &QuantizedRows,
-        first_tile: usize,
+        tile: usize,
         row: usize,
         ahead: Option<&[TileBlock]>,
         out: *mut f32,
     ) {
         let k = w.k();
         let kb = k / BLOCK;
-        let tiles: [&[TileBlock]; T] = std::array::from_fn(|t| w.tile(first_tile + t));
-        let mut acc = [[_mm512_setzero_ps(); T]; R];
-        for b in 0..kb {
+        let blocks = w.tile(tile);
+        let mut acc = [_mm512_setzero_ps(); R];
+        for (b, block) in blocks.iter().enumerate() {
             // Ask for the same block of the tile this thread runs next, so that it streams in
             // from memory while this one computes.
             if let Some(next) = ahead {
@@ -147,48 +141,33 @@ mod x86 {
                 }
                 _mm_prefetch::<_MM_HINT_T0>(bytes.add(std::mem::size_of::<TileBlock>() - 1));
             }
-            let mut sums = [[_mm512_setzero_si512(); T]; R];
-            for (r, row_sums) in sums.iter_mut().enumerate() {
-                let offset = _mm512_set1_epi32(*acts.offsets.get_unchecked((row + r) * kb + b));
-                *row_sums = [offset; T];
-            }
+            let mut sums: [__m512i; R] = std::array::from_fn(|r| {
+                _mm512_set1_epi32(*acts.offsets.get_unchecked((row + r) * kb + b))
+            });
             let a = acts.qs.as_ptr().add(row * k + b * BLOCK);
             for g in 0..BLOCK / 4 {
-                let wv: [__m512i; T] = std::array::from_fn(|t| {
-                    _mm512_loadu_si512(
-                        tiles[t].get_unchecked(b).qs.as_ptr().add(g * TILE_COLS * 4) as *const _
-                    )
-                });
-                for (r, row_sums) in sums.iter_mut().enumerate() {
+                let wv = _mm512_loadu_si512(block.qs.as_ptr().add(g * TILE_COLS * 4) as *const _);
+                for (r, sum) in sums.iter_mut().enumerate() {
                     let four = (a.add(r * k + g * 4) as *const i32).read_unaligned();
-                    let av = _mm512_set1_epi32(four);
-                    for t in 0..T {
-                        row_sums[t] = _mm512_dpbusd_epi32(row_sums[t], wv[t], av);
-                    }
+                    *sum = _mm512_dpbusd_epi32(*sum, wv, _mm512_set1_epi32(four));
                 }
             }
-            for t in 0..T {
-                let scales = tiles[t].get_unchecked(b).scales.as_ptr();
-                let dw = _mm512_cvtph_ps(_mm256_loadu_si256(scales as *const __m256i));
-                for r in 0..R {
-                    let da = _mm512_set1_ps(*acts.scales.get_unchecked((row + r) * kb + b));
-                    let scale = _mm512_mul_ps(dw, da);
-                    acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums[r][t]), scale, acc[r][t]);
-                }
+            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(block.scales.as_ptr() as *const __m256i));
+            for (r, (acc, sum)) in acc.iter_mut().zip(&sums).enumerate() {
+                let da = _mm512_set1_ps(*acts.scales.get_unchecked((row + r) * kb + b));
+                *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(*sum), _mm512_mul_ps(dw, da), *acc);
             }
         }
         let n = w.n();
-        for (r, row_acc) in acc.iter().enumerate() {
-            for (t, v) in row_acc.iter().enumerate() {
-                let col = (first_tile + t) * TILE_COLS;
-                let width = (n - col).min(TILE_COLS);
-                let mask: __mmask16 = if width == TILE_COLS {
-                    !0
-                } else {
-                    (1u16 << width) - 1
-                };
-                _mm512_mask_storeu_ps(out.add((row + r) * n + col), mask, *v);
-            }
+        let col = tile * TILE_COLS;
+        let width = (n - col).min(TILE_COLS);
+        let mask: __mmask16 = if width == TILE_COLS {
+            !0
+        } else {
+            (1u16 << width) - 1
+        };
+        for (r, v) in acc.iter().enumerate() {
+            _mm512_mask_storeu_ps(out.add((row + r) * n + col), mask, *v);
         }
     }
 }

@@ -3,9 +3,9 @@
 //! Weights are quantized once (blocks of 32 values along the input, one scale each, as
 //! GGUF's Q8_0) and packed in tiles of 16 output columns so that one AVX-512 VNNI
 //! `vpdpbusd` multiplies 4 input values of one row with the 16 columns at once. Activations
-//! are quantized per call the same way. A group of up to [`ROWS`] input rows is run against a
-//! group of [`TILES`] column tiles, so every weight byte loaded serves several rows: a batch
-//! of 16 decode rows costs a few times one row, not sixteen times.
+//! are quantized per call the same way. A group of up to [`ROWS`] input rows is run against one
+//! column tile, so every weight byte loaded serves several rows: a batch of 16 decode rows
+//! costs a few times one row, not sixteen times.
 //!
 //! Every output element is computed by the same sequence of operations whatever the batch
 //! (integer sums per block, then one fused multiply-add per block in block order), so a row's
@@ -22,14 +22,9 @@ use std::mem::MaybeUninit;
 
 use crate::cpu::parallel::ParallelFor;
 
-/// Input rows run together against one group of column tiles.
+/// Input rows run together against one column tile (measured: 8 x 1 tile matches 6 x 2
+/// tiles on a batch and beats it on one row; more rows spill registers).
 pub const ROWS: usize = 8;
-/// Column tiles run together (so `TILES * TILE_COLS` output columns per group): 1 or 2.
-pub const TILES: usize = 1;
-const _: () = assert!(
-    TILES == 1 || TILES == 2,
-    "the kernel is instantiated for 1 or 2 tiles"
-);
 /// Rows handed to one work unit: keeps a unit's activations hot in cache while its weights
 /// are reused across them.
 const ROWS_PER_UNIT: usize = 64;
@@ -89,23 +84,20 @@ pub fn matmul_uninit(
         reference::matmul(w, &acts, out);
         return;
     }
-    let groups = w.tiles().div_ceil(TILES);
+    let tiles = w.tiles();
     let row_units = rows.div_ceil(ROWS_PER_UNIT);
     let out_addr = out.as_mut_ptr() as usize;
-    parallel(groups * row_units, &|units: std::ops::Range<usize>| {
+    parallel(tiles * row_units, &|units: std::ops::Range<usize>| {
         for unit in units {
-            assert!(unit < groups * row_units, "work unit {unit} out of range");
-            // Unit order is tile group major: a thread's consecutive units reuse the same
-            // weights for the next rows.
-            let (group, row_unit) = (unit / row_units, unit % row_units);
-            let first_tile = group * TILES;
-            let tiles = (w.tiles() - first_tile).min(TILES);
+            assert!(unit < tiles * row_units, "work unit {unit} out of range");
+            // Unit order is tile major: a thread's consecutive units reuse the same weights
+            // for the next rows.
+            let (tile, row_unit) = (unit / row_units, unit % row_units);
             let row_end = rows.min((row_unit + 1) * ROWS_PER_UNIT);
             let mut row = row_unit * ROWS_PER_UNIT;
-            // The tiles after these are likely this thread's next unit: while the first row
-            // group reads these from memory, it asks for those.
-            let next = first_tile + tiles;
-            let mut prefetch = (next < w.tiles()).then_some(next);
+            // The next tile is likely this thread's next unit: while the first row group
+            // reads this one from memory, it asks for that one.
+            let mut prefetch = (tile + 1 < tiles).then_some(tile + 1);
             while row < row_end {
                 let n_rows = (row_end - row).min(ROWS);
                 // SAFETY: the SIMD features were checked above; units cover disjoint
@@ -115,8 +107,7 @@ pub fn matmul_uninit(
                     avx512::run_group(
                         w,
                         &acts,
-                        first_tile,
-                        tiles,
+                        tile,
                         row,
                         n_rows,
                         prefetch.take(),
