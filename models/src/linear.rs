@@ -37,44 +37,22 @@ pub enum Linear {
 impl Linear {
     /// Builds the layer on `device` from a GGUF tensor held on the CPU, in `format`.
     pub fn new(q: QTensor, format: WeightFormat, device: &Device) -> Result<Self> {
-        let cpu = &Device::Cpu;
-        let (n, k) = q.shape().dims2()?;
-        if format == WeightFormat::Q8
-            && std::env::var_os("MIGSERVE_CANDLE_Q8").is_none()
-            && device.is_cpu()
-            && q8_matmul::simd_available()
-            && k % q8_matmul::BLOCK == 0
-        {
-            // Read in place: one f32 copy of the matrix at a time, not two.
-            let packed = with_f32(&q.dequantize(cpu)?, |dense| PackedQ8::quantize(dense, n, k))?;
-            return packed
-                .map(Self::PackedQ8)
-                .map_err(|e| ModelError::Tensor(candle_core::Error::msg(e)));
-        }
-        let (weights, pad) = match format {
-            WeightFormat::F32 => (QMatMul::Tensor(q.dequantize(cpu)?.to_device(device)?), 0),
-            WeightFormat::Bf16 => (
-                QMatMul::Tensor(
-                    q.dequantize(cpu)?
-                        .to_dtype(candle_core::DType::BF16)?
-                        .to_device(device)?,
-                ),
-                0,
-            ),
-            WeightFormat::Quantized => (QMatMul::from_arc(Arc::new(to_device(q, device)?))?, 0),
+        let (_, k) = q.shape().dims2()?;
+        // Kept in the file's own encoding: `quantized`, and Q8_0 that candle's tiles take as is.
+        let as_is = match format {
+            WeightFormat::Quantized => true,
             WeightFormat::Q8 => {
-                let (_, k) = q.shape().dims2()?;
-                let pad = k.next_multiple_of(Q8_TILED_K) - k;
-                let q8 = if q.dtype() == GgmlDType::Q8_0 && pad == 0 {
-                    q
-                } else {
-                    let w = q.dequantize(cpu)?.pad_with_zeros(1, 0, pad)?;
-                    QTensor::quantize(&w, GgmlDType::Q8_0)?
-                };
-                (QMatMul::from_arc(Arc::new(to_device(q8, device)?))?, pad)
+                q.dtype() == GgmlDType::Q8_0
+                    && k.is_multiple_of(Q8_TILED_K)
+                    && !packs_q8(format, device, k)
             }
+            WeightFormat::F32 | WeightFormat::Bf16 => false,
         };
-        Ok(Self::Candle { weights, pad })
+        if as_is {
+            let weights = QMatMul::from_arc(Arc::new(to_device(q, device)?))?;
+            return Ok(Self::Candle { weights, pad: 0 });
+        }
+        Self::from_dense(q.dequantize(&Device::Cpu)?, format, device)
     }
 
     /// One layer computing several projections of the same input (Q, K and V; gate and up):
@@ -83,29 +61,51 @@ impl Linear {
     pub fn fused(parts: Vec<QTensor>, format: WeightFormat, device: &Device) -> Result<Self> {
         let cpu = &Device::Cpu;
         let same_type = parts.windows(2).all(|w| w[0].dtype() == w[1].dtype());
-        let stacked = match format {
+        if format == WeightFormat::Quantized && same_type {
             // Rows are whole blocks: stacking the raw bytes keeps the file's own encoding.
-            WeightFormat::Quantized if same_type => {
-                let dtype = parts[0].dtype();
-                let cols = parts[0].shape().dims2()?.1;
-                let mut rows = 0;
-                let mut bytes = Vec::new();
-                for p in &parts {
-                    rows += p.shape().dims2()?.0;
-                    bytes.extend_from_slice(&p.data()?);
-                }
-                let storage = QStorage::from_data(Cow::Owned(bytes), cpu, dtype)?;
-                QTensor::new(storage, (rows, cols))?
+            let dtype = parts[0].dtype();
+            let cols = parts[0].shape().dims2()?.1;
+            let mut rows = 0;
+            let mut bytes = Vec::new();
+            for p in &parts {
+                rows += p.shape().dims2()?.0;
+                bytes.extend_from_slice(&p.data()?);
             }
-            _ => {
-                let dense = parts
-                    .iter()
-                    .map(|p| p.dequantize(cpu))
-                    .collect::<candle_core::Result<Vec<_>>>()?;
-                QTensor::quantize(&Tensor::cat(&dense, 0)?, GgmlDType::F32)?
+            let storage = QStorage::from_data(Cow::Owned(bytes), cpu, dtype)?;
+            return Self::new(QTensor::new(storage, (rows, cols))?, format, device);
+        }
+        let dense = parts
+            .iter()
+            .map(|p| p.dequantize(cpu))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Self::from_dense(Tensor::cat(&dense, 0)?, format, device)
+    }
+
+    /// The layer in `format` from f32 weights `[out, in]` on the CPU.
+    fn from_dense(w: Tensor, format: WeightFormat, device: &Device) -> Result<Self> {
+        let (n, k) = w.dims2()?;
+        if packs_q8(format, device, k) {
+            // Read in place: one f32 copy of the matrix at a time.
+            let packed = with_f32(&w, |dense| PackedQ8::quantize(dense, n, k))?;
+            return packed
+                .map(Self::PackedQ8)
+                .map_err(|e| ModelError::Tensor(candle_core::Error::msg(e)));
+        }
+        let (weights, pad) = match format {
+            WeightFormat::F32 | WeightFormat::Quantized => {
+                (QMatMul::Tensor(w.to_device(device)?), 0)
+            }
+            WeightFormat::Bf16 => (
+                QMatMul::Tensor(w.to_dtype(candle_core::DType::BF16)?.to_device(device)?),
+                0,
+            ),
+            WeightFormat::Q8 => {
+                let pad = k.next_multiple_of(Q8_TILED_K) - k;
+                let q8 = QTensor::quantize(&w.pad_with_zeros(1, 0, pad)?, GgmlDType::Q8_0)?;
+                (QMatMul::from_arc(Arc::new(to_device(q8, device)?))?, pad)
             }
         };
-        Self::new(stacked, format, device)
+        Ok(Self::Candle { weights, pad })
     }
 
     /// Applies the layer to `x` of shape `[rows, in]`.
@@ -133,6 +133,16 @@ impl Linear {
             }
         }
     }
+}
+
+/// Whether a layer of input width `k` in `format` on `device` runs our packed 8-bit matmul:
+/// Q8 on a CPU with AVX-512 VNNI, unless `MIGSERVE_CANDLE_Q8` asks for candle's (to compare).
+fn packs_q8(format: WeightFormat, device: &Device, k: usize) -> bool {
+    format == WeightFormat::Q8
+        && device.is_cpu()
+        && k.is_multiple_of(q8_matmul::BLOCK)
+        && q8_matmul::simd_available()
+        && std::env::var_os("MIGSERVE_CANDLE_Q8").is_none()
 }
 
 /// The same quantized tensor on `device` (the bytes are copied as they are).
