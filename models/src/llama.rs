@@ -78,27 +78,26 @@ pub struct SeqChunk<'a> {
     pub start: usize,
 }
 
-/// An RMS-norm weight; with its values at hand when the CPU kernels apply it.
-struct Norm {
-    weight: Tensor,
-    cpu: Option<Vec<f32>>,
+/// An RMS-norm weight: its values for the CPU kernels, or a tensor for candle's op.
+enum Norm {
+    Cpu(Vec<f32>),
+    Tensor(Tensor),
 }
 
 impl Norm {
-    fn new(weight: Tensor, cpu_kernels: bool) -> Result<Self> {
-        let cpu = match cpu_kernels {
-            true => Some(weight.to_vec1::<f32>()?),
-            false => None,
-        };
-        Ok(Self { weight, cpu })
-    }
-
     fn apply(&self, x: &Tensor, eps: f64) -> Result<Tensor> {
-        match &self.cpu {
-            Some(w) => cpu_ops::rms_norm(x, w, eps as f32),
-            None => Ok(rms_norm(x, &self.weight, eps as f32)?),
+        match self {
+            Self::Cpu(w) => cpu_ops::rms_norm(x, w, eps as f32),
+            Self::Tensor(w) => Ok(rms_norm(x, w, eps as f32)?),
         }
     }
+}
+
+/// The rotary tables `[context, head_dim / 2]`: plain values for the CPU kernels (which then
+/// run every element-wise step of a layer), or tensors for candle's ops on other devices.
+enum RopeTables {
+    Cpu(CpuRope),
+    Tensors { cos: Tensor, sin: Tensor },
 }
 
 struct Layer {
@@ -119,10 +118,8 @@ pub struct Llama {
     layers: Vec<Layer>,
     output_norm: Norm,
     lm_head: Linear,
-    rope_cos: Tensor,
-    rope_sin: Tensor,
-    /// Set on the CPU with f32 activations: the element-wise steps run as `cpu_ops` kernels.
-    cpu_rope: Option<CpuRope>,
+    /// `Cpu` on the CPU with f32 activations: the element-wise steps run as `cpu_ops` kernels.
+    rope: RopeTables,
     device: Device,
 }
 
@@ -149,12 +146,11 @@ impl Llama {
             Linear::fused(parts, format, device)
         };
         let norm = |file: &mut GgufFile, name: &str| -> Result<Norm> {
-            let weight = file
-                .tensor(name, cpu)?
-                .dequantize(cpu)?
-                .to_dtype(dtype)?
-                .to_device(device)?;
-            Norm::new(weight, cpu_kernels)
+            let weight = file.tensor(name, cpu)?.dequantize(cpu)?;
+            Ok(match cpu_kernels {
+                true => Norm::Cpu(weight.to_vec1::<f32>()?),
+                false => Norm::Tensor(weight.to_dtype(dtype)?.to_device(device)?),
+            })
         };
 
         let embedding_q = file.tensor("token_embd.weight", cpu)?;
@@ -195,27 +191,24 @@ impl Llama {
         } else {
             None
         };
-        let (rope_cos, rope_sin) = rope_tables(&config, rope_factors.as_deref(), cpu)?;
-        let cpu_rope = match cpu_kernels {
-            true => Some(CpuRope {
-                cos: rope_cos.flatten_all()?.to_vec1::<f32>()?,
-                sin: rope_sin.flatten_all()?.to_vec1::<f32>()?,
+        let (cos, sin) = rope_tables(&config, rope_factors.as_deref(), cpu)?;
+        let rope = match cpu_kernels {
+            true => RopeTables::Cpu(CpuRope {
+                cos: cos.flatten_all()?.to_vec1::<f32>()?,
+                sin: sin.flatten_all()?.to_vec1::<f32>()?,
             }),
-            false => None,
+            false => RopeTables::Tensors {
+                cos: cos.to_dtype(dtype)?.to_device(device)?,
+                sin: sin.to_dtype(dtype)?.to_device(device)?,
+            },
         };
-        let (rope_cos, rope_sin) = (
-            rope_cos.to_dtype(dtype)?.to_device(device)?,
-            rope_sin.to_dtype(dtype)?.to_device(device)?,
-        );
         Ok(Self {
             config,
             embedding,
             layers,
             output_norm,
             lm_head,
-            rope_cos,
-            rope_sin,
-            cpu_rope,
+            rope,
             device: device.clone(),
         })
     }
@@ -274,16 +267,16 @@ impl Llama {
         }
         let total = ids.len();
         let ids = Tensor::from_vec(ids, total, &self.device)?;
-        let rope = match &self.cpu_rope {
-            Some(tables) => Rope::Cpu {
+        let rope = match &self.rope {
+            RopeTables::Cpu(tables) => Rope::Cpu {
                 positions: &positions,
                 tables,
             },
-            None => {
-                let positions = Tensor::from_vec(positions.clone(), total, &self.device)?;
+            RopeTables::Tensors { cos, sin } => {
+                let positions = Tensor::from_slice(&positions, total, &self.device)?;
                 Rope::Tensors {
-                    cos: self.rope_cos.index_select(&positions, 0)?,
-                    sin: self.rope_sin.index_select(&positions, 0)?,
+                    cos: cos.index_select(&positions, 0)?,
+                    sin: sin.index_select(&positions, 0)?,
                 }
             }
         };
@@ -296,9 +289,9 @@ impl Llama {
             x = (x + layer.wo.forward(&attn)?)?;
             let h = layer.ffn_norm.apply(&x, cfg.rms_eps)?;
             let gate_up = layer.gate_up.forward(&h)?;
-            let gated = match self.cpu_rope {
-                Some(_) => cpu_ops::silu_mul(&gate_up, cfg.ffn_size)?,
-                None => {
+            let gated = match rope {
+                Rope::Cpu { .. } => cpu_ops::silu_mul(&gate_up, cfg.ffn_size)?,
+                Rope::Tensors { .. } => {
                     let parts = split_columns(&gate_up, &[cfg.ffn_size, cfg.ffn_size])?;
                     (candle_nn::ops::silu(&parts[0])? * &parts[1])?
                 }
@@ -358,8 +351,8 @@ impl Llama {
     }
 }
 
-/// A step's rotary angles: the CPU kernels read the model's tables by position; candle's ops
-/// take the rows of the tables gathered for the step.
+/// A step's rotary angles (and so which path the step takes): the CPU kernels read the
+/// model's tables by position; candle's ops take the rows of the tables gathered for the step.
 enum Rope<'a> {
     Cpu {
         positions: &'a [u32],
