@@ -11,22 +11,16 @@ use migserve_kernels::cpu::parallel::par_rows;
 use crate::error::{ModelError, Result};
 use crate::parallel::candle_pool;
 
-/// Runs `f` on the values of `t`, an f32 tensor on the CPU, without copying them when they
-/// are contiguous.
+/// Runs `f` on the values of `t`, a tensor on the CPU, as f32: without copying them when
+/// they are f32 and contiguous, converted otherwise.
 pub fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
-    let t = t.contiguous()?;
+    let t = t.to_dtype(DType::F32)?.contiguous()?;
     let (storage, layout) = t.storage_and_layout();
     let Storage::Cpu(cpu) = &*storage else {
         return Err(ModelError::Tensor(candle_core::Error::msg(
             "a CPU kernel was given a tensor on another device",
         )));
     };
-    if t.dtype() != DType::F32 {
-        return Err(ModelError::Tensor(candle_core::Error::msg(format!(
-            "a CPU kernel takes f32 tensors, not {:?}",
-            t.dtype()
-        ))));
-    }
     let values = &cpu.as_slice::<f32>()?[layout.start_offset()..][..t.elem_count()];
     Ok(f(values))
 }

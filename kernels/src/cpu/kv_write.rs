@@ -7,9 +7,27 @@
 /// When `rows` holds fewer than `slots.len()` rows or a slot lies outside `cache`: callers
 /// compute slots from the same block manager that sized the cache.
 pub fn write_rows<T: Copy>(rows: &[T], slots: &[u32], kv_row: usize, cache: &mut [T]) {
+    write_rows_with(rows, slots, kv_row, cache, <[T]>::copy_from_slice)
+}
+
+/// [`write_rows`] with each row stored by `put(cache_row, row)`: a conversion on the way,
+/// such as [`KvElement::write`](super::kv_element::KvElement::write) into an f16 cache.
+///
+/// # Panics
+/// As [`write_rows`].
+pub fn write_rows_with<S, T>(
+    rows: &[S],
+    slots: &[u32],
+    kv_row: usize,
+    cache: &mut [T],
+    put: impl Fn(&mut [T], &[S]),
+) {
     for (i, &slot) in slots.iter().enumerate() {
         let dst = slot as usize * kv_row;
-        cache[dst..dst + kv_row].copy_from_slice(&rows[i * kv_row..(i + 1) * kv_row]);
+        put(
+            &mut cache[dst..dst + kv_row],
+            &rows[i * kv_row..(i + 1) * kv_row],
+        );
     }
 }
 

@@ -11,7 +11,7 @@ use migserve_kernels::cuda::{self as kernels, Bf16, DeviceLayout};
 use migserve_models::{AttentionSpan, KvStore, LlamaConfig, ModelError, SeqId};
 
 use super::block_manager::BlockManager;
-use super::paged_cache::{batch_layout, PagedStore};
+use super::paged_cache::{batch_layout, check_layer, PagedStore};
 
 /// Keys and values of every layer in device memory, addressed through block tables.
 pub struct CudaPagedKvCache {
@@ -92,11 +92,7 @@ impl KvStore for CudaPagedKvCache {
         k: &Tensor,
         v: &Tensor,
     ) -> Result<Tensor, ModelError> {
-        if layer >= self.keys.len() {
-            return Err(ModelError::InvalidInput(format!(
-                "layer {layer} out of range"
-            )));
-        }
+        check_layer(layer, self.keys.len())?;
         let (rows, n_heads, head_dim) = q.dims3()?;
         // The model's activation dtype (bf16 by default; f32 for the other weight formats).
         let out_dtype = q.dtype();

@@ -1,11 +1,13 @@
 //! The paged KV cache's storage: one preallocated buffer per layer for keys and one for
 //! values, cut into blocks that [`BlockManager`] assigns to sequences.
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use half::f16;
 use migserve_kernels::batch::{BatchLayout, SpanBlocks};
-use migserve_kernels::cpu::kv_write::write_rows;
+use migserve_kernels::cpu::kv_element::KvElement;
+use migserve_kernels::cpu::kv_write::write_rows_with;
 use migserve_kernels::cpu::paged_attention::{paged_attention_with, AttentionShape, SeqQueries};
+use migserve_models::cpu_ops::with_f32;
 use migserve_models::{AttentionSpan, KvStore, LlamaConfig, ModelError, SeqId};
 
 use super::block_manager::BlockManager;
@@ -26,6 +28,16 @@ pub fn batch_layout(
         .collect();
     BatchLayout::new(&tables, blocks.block_size())
         .map_err(|e| ModelError::KvCacheFull(e.to_string()))
+}
+
+/// An error unless `layer` is one of the cache's `layers`.
+pub fn check_layer(layer: usize, layers: usize) -> Result<(), ModelError> {
+    if layer >= layers {
+        return Err(ModelError::InvalidInput(format!(
+            "layer {layer} out of range (the cache has {layers})"
+        )));
+    }
+    Ok(())
 }
 
 /// A paged KV cache the engine can run on: the model's [`KvStore`] and the block
@@ -98,26 +110,29 @@ impl KvStore for PagedKvCache {
         k: &Tensor,
         v: &Tensor,
     ) -> Result<Tensor, ModelError> {
-        if layer >= self.keys.len() {
-            return Err(ModelError::InvalidInput(format!(
-                "layer {layer} out of range"
-            )));
-        }
+        check_layer(layer, self.keys.len())?;
         let (rows, n_heads, _) = q.dims3()?;
-        let f16_rows = |t: &Tensor| t.flatten_all()?.to_dtype(DType::F16)?.to_vec1::<f16>();
-        let k_rows = f16_rows(k)?;
-        let v_rows = f16_rows(v)?;
         let slots = &self.step.slots;
-        if slots.len() != rows || rows * self.row > k_rows.len().min(v_rows.len()) {
+        if slots.len() != rows
+            || k.elem_count() < rows * self.row
+            || v.elem_count() < rows * self.row
+        {
             return Err(ModelError::InvalidInput(format!(
                 "{rows} query rows and {} key values for a step laid out with {} new positions \
                  (begin_step not called for this batch?)",
-                k_rows.len(),
+                k.elem_count(),
                 slots.len()
             )));
         }
-        write_rows(&k_rows, slots, self.row, &mut self.keys[layer]);
-        write_rows(&v_rows, slots, self.row, &mut self.values[layer]);
+        // New keys and values go straight from the model's rows into the f16 cache rows.
+        let store = |dst: &mut [f16], src: &[f32]| f16::write(src, dst);
+        let row = self.row;
+        with_f32(k, |k| {
+            write_rows_with(k, slots, row, &mut self.keys[layer], store)
+        })?;
+        with_f32(v, |v| {
+            write_rows_with(v, slots, row, &mut self.values[layer], store)
+        })?;
         let mut queries = Vec::with_capacity(spans.len());
         let mut first_row = 0;
         for span in spans {
@@ -136,17 +151,18 @@ impl KvStore for PagedKvCache {
             head_dim: self.head_dim,
             block_size: self.blocks.block_size(),
         };
-        let q_rows = q.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
         let mut out = vec![0.0f32; rows * n_heads * self.head_dim];
-        paged_attention_with(
-            &migserve_models::parallel::candle_pool,
-            shape,
-            &q_rows,
-            &self.keys[layer],
-            &self.values[layer],
-            &queries,
-            &mut out,
-        );
+        with_f32(q, |q| {
+            paged_attention_with(
+                &migserve_models::parallel::candle_pool,
+                shape,
+                q,
+                &self.keys[layer],
+                &self.values[layer],
+                &queries,
+                &mut out,
+            )
+        })?;
         Ok(
             Tensor::from_vec(out, (rows, n_heads * self.head_dim), q.device())?
                 .to_dtype(q.dtype())?,
@@ -161,7 +177,7 @@ impl KvStore for PagedKvCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
+    use candle_core::{DType, Device};
     use migserve_models::DenseKvStore;
 
     fn config() -> LlamaConfig {
