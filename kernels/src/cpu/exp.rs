@@ -1,6 +1,8 @@
 //! `exp` for softmax, in a form the compiler turns into SIMD code (libm's `expf` is a call
 //! per value).
 
+use super::lanes::{max_lanes, sum_lanes};
+
 const LOG2_E: f32 = std::f32::consts::LOG2_E;
 /// ln 2 split in two so that `k * LN2_HI` is exact for the `k` that occur.
 const LN2_HI: f32 = 0.693_145_75;
@@ -38,46 +40,22 @@ pub fn exp_shifted_sum(values: &mut [f32], max: f32) -> f32 {
     for v in values.iter_mut() {
         *v = exp_approx(*v - max);
     }
-    let (chunks, rest) = values.as_chunks::<8>();
-    let mut acc = [0.0f32; 8];
-    for c in chunks {
-        for j in 0..8 {
-            acc[j] += c[j];
-        }
-    }
-    acc.iter().sum::<f32>() + rest.iter().sum::<f32>()
+    sum_lanes(values, |v| v)
 }
 
 /// `ln Σ e^v` over `values` (the normalizer of a log-softmax), computed without overflow.
 /// `-inf` when `values` is empty or all `-inf`; NaN inputs give NaN.
 pub fn log_sum_exp(values: &[f32]) -> f32 {
-    let (chunks, rest) = values.as_chunks::<8>();
-    let mut lanes = [f32::NEG_INFINITY; 8];
-    for c in chunks {
-        for j in 0..8 {
-            lanes[j] = lanes[j].max(c[j]);
-        }
-    }
-    let max = rest
-        .iter()
-        .chain(&lanes)
-        .copied()
-        .fold(f32::NEG_INFINITY, f32::max);
-    if !max.is_finite() || values.iter().any(|v| v.is_nan()) {
+    // `max` skips NaNs; a NaN then reaches the sum below and makes the result NaN.
+    let max = max_lanes(values);
+    if !max.is_finite() {
         return if values.iter().any(|v| v.is_nan()) {
             f32::NAN
         } else {
             max
         };
     }
-    let mut acc = [0.0f32; 8];
-    for c in chunks {
-        for j in 0..8 {
-            acc[j] += exp_approx(c[j] - max);
-        }
-    }
-    let tail: f32 = rest.iter().map(|v| exp_approx(v - max)).sum();
-    max + (acc.iter().sum::<f32>() + tail).ln()
+    max + sum_lanes(values, |v| exp_approx(v - max)).ln()
 }
 
 #[cfg(test)]

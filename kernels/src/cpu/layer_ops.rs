@@ -3,6 +3,7 @@
 //! than waking a thread pool would.
 
 use super::exp::exp_approx;
+use super::lanes::sum_lanes;
 
 /// The shape of a fused Q/K/V projection's output rows: `[q heads | k heads | v heads]`, each
 /// head `head_dim` wide.
@@ -93,14 +94,7 @@ pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     let n = weight.len();
     assert!(x.len().is_multiple_of(n) && out.len() == x.len());
     for (src, dst) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
-        let (chunks, rest) = src.as_chunks::<8>();
-        let mut acc = [0.0f32; 8];
-        for c in chunks {
-            for j in 0..8 {
-                acc[j] += c[j] * c[j];
-            }
-        }
-        let sum = acc.iter().sum::<f32>() + rest.iter().map(|v| v * v).sum::<f32>();
+        let sum = sum_lanes(src, |v| v * v);
         let inv = 1.0 / (sum / n as f32 + eps).sqrt();
         for ((d, s), w) in dst.iter_mut().zip(src).zip(weight) {
             *d = *s * inv * *w;

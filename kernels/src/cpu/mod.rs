@@ -4,6 +4,7 @@
 pub mod exp;
 pub mod kv_element;
 pub mod kv_write;
+pub mod lanes;
 pub mod layer_ops;
 pub mod paged_attention;
 pub mod parallel;

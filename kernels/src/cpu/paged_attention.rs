@@ -7,6 +7,7 @@
 
 use super::exp::exp_shifted_sum;
 use super::kv_element::KvElement;
+use super::lanes::max_lanes;
 use super::parallel::{rayon_for, ParallelFor};
 
 /// Shapes shared by every sequence of the batch.
@@ -140,7 +141,7 @@ fn attend_row<T: KvElement>(
         }
     }
     for s in scores.chunks_exact_mut(visible) {
-        let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let max = max_lanes(s);
         let inv = 1.0 / exp_shifted_sum(s, max);
         s.iter_mut().for_each(|x| *x *= inv);
     }
