@@ -323,9 +323,11 @@ impl Engine {
             }
         };
         let ready = self.scheduler.complete(&plan);
-        // Each row's log-softmax normalizer (for the sampled token's log-probability): a pass
-        // over the whole vocabulary per row, all rows at once on the CPU pool where the model
-        // runs on the CPU (a GPU worker does not start that pool's spinning threads for it).
+        // Rows whose sequence samples a token now (not the middle of a chunked prompt).
+        let samples: Vec<bool> = plan.chunks.iter().map(|c| ready.contains(&c.seq)).collect();
+        // Each such row's log-softmax normalizer (for the sampled token's log-probability): a
+        // pass over the whole vocabulary per row, all rows at once on the CPU pool where the
+        // model runs on the CPU (a GPU worker does not start that pool's spinning threads).
         let mut log_norms = vec![0.0f32; rows.len()];
         let serial = |n: usize, f: &(dyn Fn(std::ops::Range<usize>) + Sync)| f(0..n);
         let parallel: ParallelFor<'_> = match self.model.llama.device().is_cpu() {
@@ -333,12 +335,19 @@ impl Engine {
             false => &serial,
         };
         par_rows(parallel, &mut log_norms, 1, &|range, out| {
-            for (o, row) in out.iter_mut().zip(&rows[range]) {
-                *o = log_sum_exp(row);
+            for ((o, row), samples) in out
+                .iter_mut()
+                .zip(&rows[range.clone()])
+                .zip(&samples[range])
+            {
+                if *samples {
+                    *o = log_sum_exp(row);
+                }
             }
         });
-        for ((chunk, mut row), log_norm) in plan.chunks.iter().zip(rows).zip(log_norms) {
-            if ready.contains(&chunk.seq) {
+        let rows = plan.chunks.iter().zip(rows).zip(log_norms).zip(samples);
+        for (((chunk, mut row), log_norm), samples) in rows {
+            if samples {
                 self.sample_and_emit(chunk.seq, &mut row, log_norm);
             }
         }
