@@ -8,6 +8,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde_json::Value;
 
+/// The start of `migserve serve`'s ready line (the contract in migserve's `contract.rs`;
+/// a test there checks that this copy matches).
+const SERVE_READY_PREFIX: &str = "migserve serving on ";
+
 /// A running `migserve serve`, stopped when dropped.
 pub struct ServeProcess {
     child: Child,
@@ -34,7 +38,7 @@ impl ServeProcess {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(url) = line.strip_prefix("migserve serving on ") {
+                if let Some(url) = line.strip_prefix(SERVE_READY_PREFIX) {
                     let _ = tx.send(url.trim().to_string());
                 }
             }

@@ -1,5 +1,5 @@
-//! `loadtest` black-box: real `migserve` processes (fake workers, and `serve` with the real
-//! model), real HTTP.
+//! `loadtest` black-box: real processes (`migserve-fake-worker`, and `migserve serve` with the
+//! real model), real HTTP.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -35,7 +35,12 @@ impl Drop for Proc {
 
 /// Starts a migserve subcommand and returns it with the URL from its ready line.
 fn start(args: &[&str], prefix: &'static str) -> (Proc, String) {
-    let mut child = Command::new(migserve())
+    start_binary(&migserve(), args, prefix)
+}
+
+/// Starts `binary` and returns it with the URL from its ready line.
+fn start_binary(binary: &Path, args: &[&str], prefix: &'static str) -> (Proc, String) {
+    let mut child = Command::new(binary)
         .args(args)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
@@ -53,16 +58,18 @@ fn start(args: &[&str], prefix: &'static str) -> (Proc, String) {
     (Proc(child), url)
 }
 
+/// A `migserve-fake-worker` (crate `migserve-testkit`: the worker's HTTP layer over a fake
+/// engine), built beside loadtest by `cargo test` at the workspace root.
 fn fake_worker(extra: &[&str]) -> (Proc, String) {
-    let mut args = vec![
-        "fake-worker",
-        "--first-token-delay-ms",
-        "5",
-        "--token-delay-ms",
-        "2",
-    ];
+    let binary = Path::new(env!("CARGO_BIN_EXE_loadtest")).with_file_name("migserve-fake-worker");
+    assert!(
+        binary.is_file(),
+        "{} missing: run `cargo test` at the workspace root (it builds migserve-testkit)",
+        binary.display()
+    );
+    let mut args = vec!["--first-token-delay-ms", "5", "--token-delay-ms", "2"];
     args.extend_from_slice(extra);
-    start(&args, "migserve worker listening on ")
+    start_binary(&binary, &args, "migserve worker listening on ")
 }
 
 /// `GET url` as JSON (`Null` on any failure).

@@ -31,6 +31,16 @@ pub enum WeightFormat {
 }
 
 impl WeightFormat {
+    /// The name `--weights` and configs take (`q8`, `bf16`, `f32`, `quantized`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::Quantized => "quantized",
+            Self::Q8 => "q8",
+            Self::Bf16 => "bf16",
+        }
+    }
+
     /// The dtype activations (and so the KV values handed to the store) have.
     pub fn activation_dtype(self) -> DType {
         match self {

@@ -1,12 +1,13 @@
 //! migserve: LLM inference serving for NVIDIA GPUs split into MIG slices.
 //!
-//! This crate holds the command line, the worker (engine and HTTP API), slice discovery,
-//! the deployment config, the supervisor and the router. Model code lives in `migserve-models`.
+//! This crate holds the command line, slice discovery, the deployment config and placement,
+//! the planner, the supervisor, the front router, and the worker process (its HTTP API over
+//! an engine). The engine lives in `migserve-engine`, model code in `migserve-models`.
 
 pub mod api;
 pub mod cli;
 pub mod config;
-pub mod fake_worker;
+pub mod contract;
 pub mod logging;
 pub mod metrics;
 pub mod net;

@@ -12,11 +12,14 @@ fn main() -> ExitCode {
         Err(e) => {
             // One line, the whole cause chain.
             eprintln!("error: {e:#}");
-            if e.downcast_ref::<migserve::worker::DeviceUnusable>()
+            use migserve::contract::{EXIT_DEVICE_UNUSABLE, EXIT_ENGINE_DIED};
+            if e.downcast_ref::<migserve_engine::DeviceUnusable>()
                 .is_some()
             {
                 // The supervisor marks the slice failed at once instead of restarting.
-                ExitCode::from(migserve::worker::EXIT_DEVICE_UNUSABLE as u8)
+                ExitCode::from(EXIT_DEVICE_UNUSABLE as u8)
+            } else if e.downcast_ref::<migserve::worker::EngineDied>().is_some() {
+                ExitCode::from(EXIT_ENGINE_DIED as u8)
             } else {
                 ExitCode::FAILURE
             }

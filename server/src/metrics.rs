@@ -1,38 +1,13 @@
-//! Metric names, buckets and the Prometheus recorder: the one place that defines them.
-//! Every series carries the global labels `slice`, `profile` and `model`.
+//! The worker's metrics: the engine's names (defined in `migserve_engine::metrics`, re-exported
+//! here), the error counter the HTTP layer keeps, buckets, and the Prometheus recorder. Every
+//! series carries the global labels `slice`, `profile` and `model`.
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-/// Requests waiting for a place in the running batch (gauge).
-pub const QUEUE_SIZE: &str = "migserve_queue_size";
-/// Sequences in the running batch (gauge).
-pub const BATCH_SIZE: &str = "migserve_batch_size";
-/// KV cache blocks owned by sequences (gauge).
-pub const KV_BLOCKS_USED: &str = "migserve_kv_blocks_used";
-/// KV cache blocks free (gauge).
-pub const KV_BLOCKS_FREE: &str = "migserve_kv_blocks_free";
-/// Requests accepted, whatever their outcome (counter).
-pub const REQUESTS: &str = "migserve_requests_total";
-/// Seconds from arrival to the last token (histogram).
-pub const REQUEST_DURATION: &str = "migserve_request_duration_seconds";
-/// Seconds from arrival to the first generated token (histogram).
-pub const TIME_TO_FIRST_TOKEN: &str = "migserve_time_to_first_token_seconds";
-/// Mean seconds between output tokens after the first, per request (histogram).
-pub const TIME_PER_OUTPUT_TOKEN: &str = "migserve_time_per_output_token_seconds";
-/// Seconds a request waited before its first scheduled step (histogram).
-pub const QUEUE_DURATION: &str = "migserve_queue_duration_seconds";
-/// Tokens generated (counter).
-pub const GENERATED_TOKENS: &str = "migserve_generated_tokens_total";
-/// Prompt tokens accepted (counter).
-pub const PROMPT_TOKENS: &str = "migserve_prompt_tokens_total";
-/// Sequences preempted for lack of KV blocks (counter).
-pub const PREEMPTIONS: &str = "migserve_preemptions_total";
-/// Requests cancelled because the client went away (counter).
-pub const CANCELLED: &str = "migserve_cancelled_total";
+pub use migserve_engine::metrics::*;
+
 /// Failed requests, label `error_type` (counter).
 pub const ERRORS: &str = "migserve_errors_total";
-/// Forward passes run (counter).
-pub const STEPS: &str = "migserve_engine_steps_total";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
@@ -104,21 +79,4 @@ fn describe() {
 /// Counts one failed request.
 pub fn count_error(error_type: &'static str) {
     metrics::counter!(ERRORS, "error_type" => error_type).increment(1);
-}
-
-/// Adds to a counter.
-pub fn counter_inc(name: &'static str, by: u64) {
-    if by > 0 {
-        metrics::counter!(name).increment(by);
-    }
-}
-
-/// Sets a gauge.
-pub fn gauge_set(name: &'static str, value: f64) {
-    metrics::gauge!(name).set(value);
-}
-
-/// Records a duration in seconds.
-pub fn histogram_record(name: &'static str, d: std::time::Duration) {
-    metrics::histogram!(name).record(d.as_secs_f64());
 }

@@ -11,7 +11,7 @@ fn skip_reason() -> Option<String> {
     if !cfg!(feature = "cuda") {
         return Some("migserve built without the `cuda` feature".into());
     }
-    if migserve::worker::device::cuda_device_count() == 0 {
+    if migserve_engine::device::cuda_device_count() == 0 {
         return Some(format!(
             "no CUDA device visible (CUDA_VISIBLE_DEVICES={})",
             std::env::var("CUDA_VISIBLE_DEVICES").unwrap_or_else(|_| "unset".into())

@@ -1,6 +1,6 @@
-//! The router of `migserve serve` against fake workers (real `migserve fake-worker`
-//! processes with set speeds, added as remote workers): balancing by speed, 429 when full,
-//! retries when a worker is killed under load.
+//! The router of `migserve serve` against fake workers (real `migserve-fake-worker`
+//! processes: the worker's HTTP layer over a fake engine with set speeds, added as remote
+//! workers): balancing by speed, 429 when full, retries when a worker is killed under load.
 
 mod common;
 
@@ -12,7 +12,7 @@ use common::{spawn_until_line, Serve};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
-/// A `migserve fake-worker` process, killed when dropped.
+/// A `migserve-fake-worker` process, killed when dropped.
 struct FakeWorker {
     child: Child,
     url: String,
@@ -20,9 +20,8 @@ struct FakeWorker {
 
 impl FakeWorker {
     fn start(first_token_ms: u64, token_ms: u64) -> Self {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_migserve"));
+        let mut command = Command::new(common::fake_worker_binary());
         command.args([
-            "fake-worker",
             "--first-token-delay-ms",
             &first_token_ms.to_string(),
             "--token-delay-ms",

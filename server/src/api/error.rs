@@ -3,6 +3,7 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use migserve_engine::EngineError;
 use serde::Serialize;
 
 /// An error returned to an API client.
@@ -26,6 +27,9 @@ pub enum ApiError {
     /// No such model or route (404).
     #[error("{0}")]
     NotFound(String),
+    /// The engine crashed while the request was in flight (500); the worker restarts.
+    #[error("{0}")]
+    Crashed(String),
 }
 
 impl ApiError {
@@ -38,6 +42,7 @@ impl ApiError {
             ApiError::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unhealthy(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Crashed(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -50,6 +55,7 @@ impl ApiError {
             ApiError::Overloaded(_) => "overloaded",
             ApiError::Unhealthy(_) => "unhealthy",
             ApiError::NotFound(_) => "not_found",
+            ApiError::Crashed(_) => "engine_crashed",
         }
     }
 
@@ -67,7 +73,9 @@ impl ApiError {
             ApiError::Validation(_) | ApiError::PayloadTooLarge(_) => "invalid_request_error",
             ApiError::NotFound(_) => "not_found_error",
             ApiError::Overloaded(_) => "rate_limit_error",
-            ApiError::Generation(_) | ApiError::Unhealthy(_) => "server_error",
+            ApiError::Generation(_) | ApiError::Unhealthy(_) | ApiError::Crashed(_) => {
+                "server_error"
+            }
         };
         OpenAiErrorBody {
             error: OpenAiErrorDetail {
@@ -80,13 +88,15 @@ impl ApiError {
     }
 }
 
-impl From<migserve_models::ModelError> for ApiError {
-    fn from(e: migserve_models::ModelError) -> Self {
+impl From<EngineError> for ApiError {
+    /// The engine's errors as HTTP errors (their `error_type` labels are kept).
+    fn from(e: EngineError) -> Self {
         match e {
-            migserve_models::ModelError::InvalidInput(_)
-            | migserve_models::ModelError::Template(_)
-            | migserve_models::ModelError::Tokenizer(_) => ApiError::Validation(e.to_string()),
-            other => ApiError::Generation(other.to_string()),
+            EngineError::Validation(m) => ApiError::Validation(m),
+            EngineError::Overloaded(m) => ApiError::Overloaded(m),
+            EngineError::Unavailable(m) => ApiError::Unhealthy(m),
+            EngineError::Generation(m) => ApiError::Generation(m),
+            EngineError::Crashed(m) => ApiError::Crashed(m),
         }
     }
 }

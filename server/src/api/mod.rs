@@ -1,7 +1,6 @@
-//! Wire types of the public API (TGI and OpenAI), their validation, and the error type that
-//! becomes an HTTP error body.
+//! Wire types of the public API (TGI and OpenAI) and the error type that becomes an HTTP
+//! error body. Validation of what the APIs share is the engine's (`migserve_engine::validate`).
 
 pub mod error;
 pub mod openai;
 pub mod tgi;
-pub mod validation;

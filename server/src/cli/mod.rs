@@ -36,9 +36,6 @@ pub enum Command {
     Synth(synth::SynthArgs),
     /// Recommend a MIG layout (mig-parted config + migserve config) for a set of models.
     Plan(plan::PlanArgs),
-    /// A stand-in worker with canned tokens at a set speed (router tests and benchmarks).
-    #[command(hide = true)]
-    FakeWorker(crate::fake_worker::FakeWorkerArgs),
 }
 
 /// Runs the parsed command.
@@ -50,6 +47,5 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => serve::run(args),
         Command::Synth(args) => synth::run(args),
         Command::Plan(args) => plan::run(args),
-        Command::FakeWorker(args) => crate::fake_worker::run(args),
     }
 }

@@ -5,9 +5,10 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 
 use crate::config::placement::footprint;
-use crate::config::{EngineSection, ModelSection};
+use crate::config::ModelSection;
+use crate::contract::DeviceKind;
 use crate::plan::{gpus, plan, render, ModelNeed};
-use crate::worker::DeviceKind;
+use migserve_engine::EngineFlags;
 
 /// Arguments of `migserve plan`.
 #[derive(Debug, Clone, clap::Args)]
@@ -20,7 +21,7 @@ pub struct PlanArgs {
     #[arg(long = "model", required = true)]
     pub models: Vec<String>,
     /// KV cache tokens per worker when the memory comes from a file.
-    #[arg(long, default_value_t = crate::config::DEFAULT_KV_CACHE_TOKENS)]
+    #[arg(long, default_value_t = migserve_engine::flags::DEFAULT_KV_CACHE_TOKENS)]
     pub kv_cache_tokens: usize,
     /// Write `mig-parted.yaml` and `migserve.toml` here (default: print them).
     #[arg(long)]
@@ -60,7 +61,7 @@ fn parse_model(text: &str, kv_cache_tokens: usize) -> anyhow::Result<ModelNeed> 
         profiles: None,
         slices: None,
         device: Some(DeviceKind::Cuda),
-        engine: EngineSection {
+        engine: EngineFlags {
             kv_cache_tokens: Some(kv_cache_tokens),
             ..Default::default()
         },

@@ -114,9 +114,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             });
         let server = tokio::spawn(async move { server.await });
         // Machine-readable ready line (the workers may still be loading: see /slices).
-        println!("migserve serving on http://{local}");
+        println!("{}http://{local}", crate::contract::SERVE_READY_PREFIX);
         tracing::info!(%local, "front listening");
-        crate::worker::shutdown_signal().await;
+        crate::net::shutdown_signal().await;
         tracing::info!(
             drain_secs = timings.drain.as_secs_f64(),
             "shutting down: no new requests, draining"

@@ -8,11 +8,12 @@ pub mod placement;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use migserve_engine::EngineFlags;
 use serde::Deserialize;
 
+use crate::contract::DeviceKind;
 use crate::slices::emulate::{self, EmulationTarget};
 use crate::slices::{Profile, SliceSource};
-use crate::worker::DeviceKind;
 
 /// The embedded default deployment: CPU, three emulated slices, the real SmolLM2 model.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../../../configs/local.toml");
@@ -223,51 +224,9 @@ pub struct ModelSection {
     pub slices: Option<Vec<String>>,
     /// Device of its workers; default: cpu on CPU slices, cuda otherwise.
     pub device: Option<DeviceKind>,
-    /// Engine limits passed to its workers.
+    /// Engine settings of its workers: `migserve worker`'s flags of the same names.
     #[serde(default)]
-    pub engine: EngineSection,
-}
-
-/// `[models.engine]`: the worker flags of the same names.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EngineSection {
-    pub max_batch_size: Option<usize>,
-    pub max_batch_tokens: Option<usize>,
-    pub max_total_tokens: Option<usize>,
-    pub max_input_tokens: Option<usize>,
-    pub kv_cache_tokens: Option<usize>,
-    pub block_size: Option<usize>,
-    pub max_concurrent_requests: Option<usize>,
-    pub default_max_new_tokens: Option<usize>,
-    pub weights: Option<String>,
-}
-
-/// Worker default for `--kv-cache-tokens` (kept equal to the flag's default).
-pub const DEFAULT_KV_CACHE_TOKENS: usize = 16384;
-
-impl EngineSection {
-    /// The worker command-line flags this section sets.
-    pub fn to_args(&self) -> Vec<String> {
-        let mut args = Vec::new();
-        let mut push = |flag: &str, value: Option<String>| {
-            if let Some(value) = value {
-                args.push(format!("--{flag}"));
-                args.push(value);
-            }
-        };
-        let s = |v: Option<usize>| v.map(|v| v.to_string());
-        push("max-batch-size", s(self.max_batch_size));
-        push("max-batch-tokens", s(self.max_batch_tokens));
-        push("max-total-tokens", s(self.max_total_tokens));
-        push("max-input-tokens", s(self.max_input_tokens));
-        push("kv-cache-tokens", s(self.kv_cache_tokens));
-        push("block-size", s(self.block_size));
-        push("max-concurrent-requests", s(self.max_concurrent_requests));
-        push("default-max-new-tokens", s(self.default_max_new_tokens));
-        push("weights", self.weights.clone());
-        args
-    }
+    pub engine: EngineFlags,
 }
 
 impl DeployConfig {
@@ -487,11 +446,10 @@ impl DeployConfig {
                     ));
                 }
             }
-            if let Some(weights) = &model.engine.weights {
-                weights
-                    .parse::<migserve_models::WeightFormat>()
-                    .map_err(|e| format!("{at}: {e}"))?;
-            }
+            model
+                .engine
+                .validate()
+                .map_err(|e| format!("{at}: [models.engine] {e}"))?;
         }
         Ok(())
     }

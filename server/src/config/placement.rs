@@ -3,11 +3,13 @@
 use std::path::Path;
 
 use migserve_models::gguf::GgufFile;
-use migserve_models::{LlamaConfig, WeightFormat};
+use migserve_models::LlamaConfig;
 
-use super::{ConfigError, DeployConfig, ModelSection, DEFAULT_KV_CACHE_TOKENS};
+use migserve_engine::flags::DEFAULT_KV_CACHE_TOKENS;
+
+use super::{ConfigError, DeployConfig, ModelSection};
+use crate::contract::DeviceKind;
 use crate::slices::{Slice, SliceKind};
-use crate::worker::DeviceKind;
 
 /// One worker to run: a model on a slice.
 #[derive(Debug, Clone)]
@@ -26,12 +28,7 @@ pub fn footprint(model: &ModelSection, device: DeviceKind) -> Result<u64, String
     let file = GgufFile::open(&model.path).map_err(|e| format!("model {:?}: {e}", model.name))?;
     let config =
         LlamaConfig::from_gguf(&file).map_err(|e| format!("model {:?}: {e}", model.name))?;
-    let format = model
-        .engine
-        .weights
-        .as_deref()
-        .and_then(|w| w.parse::<WeightFormat>().ok())
-        .unwrap_or(device.default_weights());
+    let format = model.engine.weights.unwrap_or(device.default_weights());
     let weight_bytes = format.weight_bytes(config.parameter_count(), file_size(&model.path));
     let kv_tokens = model
         .engine

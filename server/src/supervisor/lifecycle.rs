@@ -11,7 +11,7 @@ use super::backoff::{Backoff, CrashWindow};
 use super::process::{spawn_worker, terminate, SpawnedWorker};
 use super::slot::{SlotState, WorkerSlot};
 use super::Timings;
-use crate::worker::EXIT_DEVICE_UNUSABLE;
+use crate::contract::EXIT_DEVICE_UNUSABLE;
 
 /// How one run of a worker ended.
 enum Ending {

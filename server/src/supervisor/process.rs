@@ -11,13 +11,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
 
 use crate::config::placement::Assignment;
-use crate::worker::DeviceKind;
-
-/// The line a worker prints once it serves; the URL follows it.
-pub const READY_PREFIX: &str = "migserve worker listening on ";
-/// Environment variable through which a worker learns its supervisor's pid (it exits when
-/// that process goes away).
-pub const SUPERVISOR_PID_ENV: &str = "MIGSERVE_SUPERVISOR_PID";
+use crate::contract::{parse_worker_ready_line, PROFILE_ENV, SLICE_ENV, SUPERVISOR_PID_ENV};
 const KEPT_LOG_LINES: usize = 8;
 
 /// A spawned worker.
@@ -61,10 +55,7 @@ pub fn worker_args(assignment: &Assignment, drain_timeout: Duration) -> Vec<Stri
         "--listen".into(),
         "127.0.0.1:0".into(),
         "--device".into(),
-        match assignment.device {
-            DeviceKind::Cpu => "cpu".into(),
-            DeviceKind::Cuda => "cuda".into(),
-        },
+        assignment.device.name().into(),
         "--slice".into(),
         slice.id.clone(),
         "--profile".into(),
@@ -94,8 +85,8 @@ pub fn spawn_worker(
     command
         .args(worker_args(assignment, drain_timeout))
         .env("CUDA_VISIBLE_DEVICES", &slice.uuid)
-        .env("MIGSERVE_SLICE", &slice.id)
-        .env("MIGSERVE_PROFILE", &slice.profile)
+        .env(SLICE_ENV, &slice.id)
+        .env(PROFILE_ENV, &slice.profile)
         .env(SUPERVISOR_PID_ENV, std::process::id().to_string())
         // The worker's own log lines carry no colour codes into ours.
         .env("NO_COLOR", "1")
@@ -176,9 +167,9 @@ fn forward_lines(
             let line = String::from_utf8_lossy(&raw)
                 .trim_end_matches(['\n', '\r'])
                 .to_string();
-            if let Some(url) = line.strip_prefix(READY_PREFIX) {
+            if let Some(url) = parse_worker_ready_line(&line) {
                 if let Some(tx) = ready.take() {
-                    let _ = tx.send(url.trim().to_string());
+                    let _ = tx.send(url.to_string());
                 }
             }
             eprintln!("[{slice}] {line}");

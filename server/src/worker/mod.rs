@@ -1,14 +1,7 @@
-//! A worker: one model on one device, continuous batching over a paged KV cache, behind the
-//! TGI and OpenAI HTTP APIs.
+//! A worker process: one model on one device (the engine, `migserve-engine`), behind the TGI
+//! and OpenAI HTTP APIs ([`http`]).
 
-pub mod block_manager;
-#[cfg(feature = "cuda")]
-pub mod cuda_cache;
-pub mod device;
-pub mod engine;
 pub mod http;
-pub mod paged_cache;
-pub mod scheduler;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -16,41 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use axum::http::HeaderValue;
-use migserve_models::{Model, WeightFormat};
+use migserve_engine::{device, DeviceKind, Engine, EngineFlags, Health, LocalEngine, StartError};
 
-use crate::api::tgi::Info;
-use crate::api::validation::Limits;
+use crate::contract::{worker_ready_line, PROFILE_ENV, SLICE_ENV, SUPERVISOR_PID_ENV};
 use crate::metrics::MetricLabels;
-pub use device::{DeviceUnusable, EXIT_DEVICE_UNUSABLE};
-use engine::EngineConfig;
-use paged_cache::{PagedKvCache, PagedStore};
-use scheduler::SchedulerConfig;
-
-/// Which device a worker runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DeviceKind {
-    Cpu,
-    Cuda,
-}
-
-impl DeviceKind {
-    /// The weight format a worker holds when none is asked for: Q8_0 on the CPU, bf16 on a GPU.
-    pub fn default_weights(self) -> WeightFormat {
-        match self {
-            DeviceKind::Cpu => WeightFormat::Q8,
-            DeviceKind::Cuda => WeightFormat::Bf16,
-        }
-    }
-
-    /// Bytes of one cached key or value element: f16 in the CPU cache, bf16 in the CUDA one.
-    pub fn kv_element_bytes(self) -> usize {
-        match self {
-            DeviceKind::Cpu | DeviceKind::Cuda => 2,
-        }
-    }
-}
 
 /// Arguments of `migserve worker`.
 #[derive(Debug, Clone, clap::Args)]
@@ -67,58 +29,34 @@ pub struct WorkerArgs {
     /// Name clients use for this model (OpenAI `model`); default: the file name without `.gguf`.
     #[arg(long)]
     pub model_id: Option<String>,
-    /// Most sequences decoded together in one step.
-    #[arg(long, default_value_t = 32)]
-    pub max_batch_size: usize,
-    /// Token budget of one step: decode tokens first, prompt chunks fill the rest.
-    #[arg(long, default_value_t = 512)]
-    pub max_batch_tokens: usize,
-    /// Longest prompt plus generated tokens; default: the model's context, at most 4096.
-    #[arg(long)]
-    pub max_total_tokens: Option<usize>,
-    /// Longest prompt; default: max_total_tokens - 1.
-    #[arg(long)]
-    pub max_input_tokens: Option<usize>,
-    /// KV cache size in token positions (shared by all sequences); default: 16384 on the
-    /// CPU, on a GPU what --kv-memory-fraction of the memory left after the weights holds.
-    #[arg(long)]
-    pub kv_cache_tokens: Option<usize>,
-    /// On a GPU: share of the memory CUDA reports free after loading the weights that the KV
-    /// cache takes (the rest is for activations and cuBLAS).
-    #[arg(long, default_value_t = 0.9)]
-    pub kv_memory_fraction: f64,
-    /// Positions per KV cache block.
-    #[arg(long, default_value_t = 16)]
-    pub block_size: usize,
-    /// Requests waiting or running at once; more get 429.
-    #[arg(long, default_value_t = 256)]
-    pub max_concurrent_requests: usize,
-    /// Most stop sequences per request.
-    #[arg(long, default_value_t = 4)]
-    pub max_stop_sequences: usize,
-    /// New tokens when a request sets no limit.
-    #[arg(long, default_value_t = 256)]
-    pub default_max_new_tokens: usize,
+    #[command(flatten)]
+    pub engine: EngineFlags,
     /// CPU threads for the model's math; default: all cores.
     #[arg(long)]
     pub threads: Option<usize>,
-    /// How weights are held: q8 (re-quantized to Q8_0 at load; the CPU default: fastest CPU
-    /// decode, least memory), bf16 (the GPU default), f32 (fastest CPU prefill) or quantized
-    /// (the file's own types).
-    #[arg(long)]
-    pub weights: Option<WeightFormat>,
     /// Slice this worker serves (label on metrics, `x-slice` header).
-    #[arg(long, env = "MIGSERVE_SLICE")]
+    #[arg(long, env = SLICE_ENV)]
     pub slice: Option<String>,
     /// Profile of that slice (metric label).
-    #[arg(long, env = "MIGSERVE_PROFILE")]
+    #[arg(long, env = PROFILE_ENV)]
     pub profile: Option<String>,
     /// Seconds to let in-flight requests finish after SIGTERM / Ctrl-C.
     #[arg(long, default_value_t = 30)]
     pub drain_timeout_secs: u64,
 }
 
-/// Runs `migserve worker` until SIGTERM or Ctrl-C.
+/// The worker's engine died (its thread panicked); the process exits with
+/// [`crate::contract::EXIT_ENGINE_DIED`] so that its supervisor restarts it.
+#[derive(Debug, thiserror::Error)]
+#[error("the engine died: {0}")]
+pub struct EngineDied(pub String);
+
+/// How long a worker whose engine died lets the error events of its requests reach their
+/// clients before it exits.
+const ENGINE_DEATH_DRAIN: Duration = Duration::from_secs(2);
+
+/// Runs `migserve worker` until SIGTERM or Ctrl-C (`Ok`), or until its engine dies
+/// ([`EngineDied`]).
 pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
     exit_with_supervisor();
     if let Some(threads) = args.threads {
@@ -128,161 +66,50 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
         // Read by candle's thread pool when it first starts, below.
         std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
     }
-    if args.block_size == 0 {
-        bail!("--block-size must be at least 1");
-    }
-    if !(args.kv_memory_fraction > 0.0 && args.kv_memory_fraction < 1.0) {
-        bail!("--kv-memory-fraction must be between 0 and 1 (exclusive)");
-    }
-    if args.max_batch_size == 0 || args.max_batch_tokens == 0 || args.max_concurrent_requests == 0 {
-        bail!(
-            "--max-batch-size, --max-batch-tokens and --max-concurrent-requests must be positive"
-        );
-    }
+    args.engine.validate().map_err(anyhow::Error::msg)?;
     let kind = device::resolve(args.device);
     let device = device::open(kind)?;
-    let weights = args.weights.unwrap_or(kind.default_weights());
-    check_weights_fit(&args, &device, weights)?;
-    let model = Model::load(&args.model, weights, &device).map_err(|e| {
-        let e = anyhow::Error::new(e).context(format!("loading {}", args.model.display()));
-        if kind == DeviceKind::Cuda && format!("{e:#}").contains("OUT_OF_MEMORY") {
-            anyhow::Error::new(DeviceUnusable(format!(
-                "{e:#} (the GPU has too little memory for this model)"
-            )))
-        } else {
-            e
-        }
-    })?;
-    // Work queued while loading finishes before the engine thread (and its stream) starts.
-    device.synchronize()?;
-    let config = model.config().clone();
     let model_id = args.model_id.clone().unwrap_or_else(|| {
         args.model
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "model".into())
     });
-    let max_total_tokens = args
-        .max_total_tokens
-        .unwrap_or(config.context_length.min(4096));
-    if max_total_tokens < 2 || max_total_tokens > config.context_length {
-        bail!(
-            "--max-total-tokens must be between 2 and the model's context ({})",
-            config.context_length
-        );
-    }
-    let max_input_tokens = args.max_input_tokens.unwrap_or(max_total_tokens - 1);
-    if max_input_tokens == 0 || max_input_tokens >= max_total_tokens {
-        bail!("--max-input-tokens must be at least 1 and below --max-total-tokens ({max_total_tokens})");
-    }
-    let bytes_per_position = config.kv_bytes_per_position(kind.kv_element_bytes());
-    let kv_cache_tokens = match (args.kv_cache_tokens, device::memory(&device)?) {
-        (Some(tokens), _) => tokens,
-        (None, None) => 16384,
-        (None, Some((free, _))) => {
-            device::kv_tokens_for(free, args.kv_memory_fraction, bytes_per_position)
-        }
-    };
-    let kv_blocks = kv_cache_tokens / args.block_size;
-    if kv_blocks == 0 {
-        return Err(DeviceUnusable(format!(
-            "no room for a KV cache: {kv_cache_tokens} positions is less than one block of {}",
-            args.block_size
-        ))
-        .into());
-    }
-    let limits = Limits {
-        max_input_tokens,
-        max_total_tokens,
-        max_stop_sequences: args.max_stop_sequences,
-        default_max_new_tokens: args.default_max_new_tokens,
-        kv_cache_tokens: kv_blocks * args.block_size,
-    };
-    let engine_config = EngineConfig {
-        scheduler: SchedulerConfig {
-            max_batch_size: args.max_batch_size,
-            max_batch_tokens: args.max_batch_tokens,
-        },
-        kv_blocks,
-        block_size: args.block_size,
-        max_concurrent_requests: args.max_concurrent_requests,
-    };
-    let cache: Box<dyn PagedStore> = match kind {
-        DeviceKind::Cpu => Box::new(PagedKvCache::new(&config, kv_blocks, args.block_size)),
-        DeviceKind::Cuda => new_cuda_cache(&config, kv_blocks, args.block_size, &device)?,
-    };
-    device.synchronize()?;
-    tracing::info!(
-        model = %model_id,
-        device = %device::describe(&device),
-        weights = ?weights,
-        layers = config.n_layers,
-        kv_cache_tokens = limits.kv_cache_tokens,
-        kv_cache_mib = (limits.kv_cache_tokens * bytes_per_position) >> 20,
-        "model loaded"
-    );
+    let engine = LocalEngine::load(&args.model, model_id.clone(), kind, &device, &args.engine)
+        .map_err(|e| match e {
+            // Kept as its own type: the exit status says "do not restart".
+            StartError::DeviceUnusable(d) => anyhow::Error::new(d),
+            other => anyhow::Error::new(other),
+        })?;
     let labels = MetricLabels {
         slice: args.slice.clone().unwrap_or_else(|| "local".into()),
         profile: args.profile.clone().unwrap_or_else(|| "cpu".into()),
-        model: model_id.clone(),
+        model: model_id,
     };
     let metrics = crate::metrics::install(&labels)?;
-    let info = Info {
-        model_id: model_id.clone(),
-        model_sha: None,
-        model_dtype: format!("{weights:?}").to_lowercase(),
-        model_device_type: match kind {
-            DeviceKind::Cpu => "cpu".into(),
-            DeviceKind::Cuda => "cuda".into(),
-        },
-        model_pipeline_tag: Some("text-generation".into()),
-        max_concurrent_requests: args.max_concurrent_requests,
-        max_best_of: 1,
-        max_stop_sequences: args.max_stop_sequences,
-        max_input_tokens,
-        max_total_tokens,
-        max_batch_size: Some(args.max_batch_size),
-        max_client_batch_size: 1,
-        validation_workers: 1,
-        router: "migserve".into(),
-        version: env!("CARGO_PKG_VERSION").into(),
-        sha: None,
-        docker_label: None,
-        slice: args.slice.clone(),
-        kv_cache_tokens: limits.kv_cache_tokens,
-    };
-    let model = Arc::new(model);
-    let engine =
-        engine::spawn(model.clone(), engine_config, cache).context("starting the engine thread")?;
-    let state = Arc::new(http::AppState {
-        engine,
-        model,
-        model_id,
-        limits,
-        info,
+    let state = Arc::new(http::AppState::new(
+        Arc::new(engine),
         metrics,
-        slice: args
-            .slice
-            .as_deref()
-            .and_then(|s| HeaderValue::from_str(s).ok()),
-        compute_type: HeaderValue::from_static("cpu"),
-    });
+        args.slice.as_deref(),
+    ));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    let app = http::router(state.clone());
     runtime.block_on(serve(
-        state,
+        app,
+        state.engine.as_ref(),
         args.listen,
         Duration::from_secs(args.drain_timeout_secs),
     ))
 }
 
-/// Under a supervisor (`MIGSERVE_SUPERVISOR_PID` set), exits as soon as the supervisor is
-/// gone, so that no worker outlives it (backs up the `PR_SET_PDEATHSIG` set at spawn).
+/// Under a supervisor (its pid in the environment), exits as soon as the supervisor is gone,
+/// so that no worker outlives it (backs up the `PR_SET_PDEATHSIG` set at spawn).
 fn exit_with_supervisor() {
-    let Some(supervisor) = std::env::var(crate::supervisor::process::SUPERVISOR_PID_ENV)
+    let Some(supervisor) = std::env::var(SUPERVISOR_PID_ENV)
         .ok()
         .and_then(|pid| pid.parse::<u32>().ok())
     else {
@@ -304,8 +131,13 @@ fn exit_with_supervisor() {
     }
 }
 
-async fn serve(
-    state: http::SharedState,
+/// Serves `app` (the [`http::router`] over `engine`, perhaps wrapped) on `listen` until
+/// SIGTERM / Ctrl-C (then drains for up to `drain_timeout`) or until the engine dies (then
+/// lets the failed requests' answers out and returns [`EngineDied`]). Prints the ready line
+/// once it listens.
+pub async fn serve(
+    app: axum::Router,
+    engine: &dyn Engine,
     listen: SocketAddr,
     drain_timeout: Duration,
 ) -> anyhow::Result<()> {
@@ -314,10 +146,10 @@ async fn serve(
         .with_context(|| format!("binding {listen}"))?;
     let local = listener.local_addr()?;
     // Machine-readable ready line: the supervisor and tests read the chosen port from it.
-    println!("migserve worker listening on http://{local}");
+    println!("{}", worker_ready_line(local));
     tracing::info!(%local, "listening");
+    let died = engine_death(engine);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let app = http::router(state);
     let server = axum::serve(crate::net::no_delay(listener), app).with_graceful_shutdown({
         let mut rx = stop_rx.clone();
         async move {
@@ -325,89 +157,44 @@ async fn serve(
         }
     });
     let server = tokio::spawn(async move { server.await });
-    shutdown_signal().await;
-    tracing::info!(
-        ?drain_timeout,
-        "shutting down: no new connections, draining in-flight requests"
-    );
+    let (drain, death) = tokio::select! {
+        _ = crate::net::shutdown_signal() => (drain_timeout, None),
+        why = died => (ENGINE_DEATH_DRAIN, Some(why)),
+    };
+    match &death {
+        None => tracing::info!(
+            ?drain_timeout,
+            "shutting down: no new connections, draining in-flight requests"
+        ),
+        Some(why) => {
+            tracing::error!(reason = %why, "the engine died: failing in-flight requests, then exiting")
+        }
+    }
     let _ = stop_tx.send(true);
-    match tokio::time::timeout(drain_timeout, server).await {
+    match tokio::time::timeout(drain, server).await {
         Ok(Ok(Ok(()))) => tracing::info!("drained"),
         Ok(Ok(Err(e))) => return Err(e.into()),
         Ok(Err(e)) => return Err(e.into()),
         Err(_) => tracing::warn!("drain timeout reached; exiting with requests in flight"),
     }
-    Ok(())
+    match death {
+        Some(why) => Err(EngineDied(why).into()),
+        None => Ok(()),
+    }
 }
 
-/// Resolves on SIGTERM or Ctrl-C.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+/// Resolves with the reason once `engine` is dead.
+fn engine_death(engine: &dyn Engine) -> impl std::future::Future<Output = String> + 'static {
+    let mut health = engine.watch_health();
+    async move {
+        loop {
+            if let Health::Dead(why) = health.borrow_and_update().clone() {
+                return why;
             }
-            Err(_) => std::future::pending::<()>().await,
+            if health.changed().await.is_err() {
+                // The engine is gone without saying why: nothing more will change.
+                return "the engine stopped".into();
+            }
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
     }
-}
-
-/// Refuses, before loading, a model whose weights cannot fit in the GPU's free memory.
-fn check_weights_fit(
-    args: &WorkerArgs,
-    device: &migserve_models::Device,
-    weights: WeightFormat,
-) -> anyhow::Result<()> {
-    let Some((free, total)) = device::memory(device)? else {
-        return Ok(());
-    };
-    let file = migserve_models::GgufFile::open(&args.model)
-        .with_context(|| format!("loading {}", args.model.display()))?;
-    let config = migserve_models::LlamaConfig::from_gguf(&file)?;
-    let file_bytes = std::fs::metadata(&args.model).map_or(0, |m| m.len());
-    let need = weights.weight_bytes(config.parameter_count(), file_bytes) as usize;
-    if need > free {
-        return Err(DeviceUnusable(format!(
-            "{} needs {} for its weights ({weights:?}) but the GPU has {} free of {}              (CUDA_VISIBLE_DEVICES={})",
-            args.model.display(),
-            device::gib(need),
-            device::gib(free),
-            device::gib(total),
-            std::env::var("CUDA_VISIBLE_DEVICES").unwrap_or_else(|_| "unset".into())
-        ))
-        .into());
-    }
-    Ok(())
-}
-
-#[cfg(feature = "cuda")]
-fn new_cuda_cache(
-    config: &migserve_models::LlamaConfig,
-    kv_blocks: usize,
-    block_size: usize,
-    device: &migserve_models::Device,
-) -> anyhow::Result<Box<dyn PagedStore>> {
-    let cache = cuda_cache::CudaPagedKvCache::new(config, kv_blocks, block_size, device)
-        .map_err(|e| DeviceUnusable(format!("cannot allocate the KV cache on the GPU: {e}")))?;
-    Ok(Box::new(cache))
-}
-
-#[cfg(not(feature = "cuda"))]
-fn new_cuda_cache(
-    _config: &migserve_models::LlamaConfig,
-    _kv_blocks: usize,
-    _block_size: usize,
-    _device: &migserve_models::Device,
-) -> anyhow::Result<Box<dyn PagedStore>> {
-    Err(DeviceUnusable("this build of migserve has no CUDA support".into()).into())
 }

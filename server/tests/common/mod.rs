@@ -11,6 +11,19 @@ use std::time::{Duration, Instant};
 mod model_file;
 pub use model_file::model_path;
 
+/// The test stand-in worker (crate `migserve-testkit`), built beside migserve by `cargo test`
+/// at the workspace root.
+pub fn fake_worker_binary() -> std::path::PathBuf {
+    let path =
+        std::path::Path::new(env!("CARGO_BIN_EXE_migserve")).with_file_name("migserve-fake-worker");
+    assert!(
+        path.is_file(),
+        "{} missing: run `cargo test` at the workspace root (it builds migserve-testkit)",
+        path.display()
+    );
+    path
+}
+
 /// Spawns `command` (stdout piped, stderr inherited, `RUST_LOG` default warn) and waits up to
 /// `timeout_secs` for a stdout line starting with `prefix`; returns the child and the rest of
 /// that line.
@@ -56,6 +69,11 @@ impl Worker {
     /// Starts `migserve worker` on 127.0.0.1:0 with the real model and `extra` arguments,
     /// and waits for its ready line.
     pub fn start(extra: &[&str]) -> Self {
+        Self::start_with_env(extra, &[])
+    }
+
+    /// [`Worker::start`] with extra environment variables.
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Self {
         let model = model_path();
         let mut command = Command::new(env!("CARGO_BIN_EXE_migserve"));
         command
@@ -66,7 +84,8 @@ impl Worker {
                 "--listen",
                 "127.0.0.1:0",
             ])
-            .args(extra);
+            .args(extra)
+            .envs(env.iter().copied());
         let (child, url) = spawn_until_line(command, "migserve worker listening on ", 120);
         Self { child, url }
     }
@@ -115,6 +134,11 @@ impl Serve {
     /// Writes `config` (with `{model}` replaced by the real model's path) to a file and starts
     /// `migserve serve` on it on 127.0.0.1:0; returns once the front listens.
     pub fn start(name: &str, config: &str) -> Self {
+        Self::start_with_env(name, config, &[])
+    }
+
+    /// [`Serve::start`] with extra environment variables (its workers inherit them).
+    pub fn start_with_env(name: &str, config: &str, env: &[(&str, &str)]) -> Self {
         let dir = std::env::temp_dir().join(format!("migserve-serve-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join(format!("{name}.toml"));
@@ -128,6 +152,7 @@ impl Serve {
             "--listen",
             "127.0.0.1:0",
         ]);
+        command.envs(env.iter().copied());
         let (child, url) = spawn_until_line(command, "migserve serving on ", 60);
         Self { child, url }
     }

@@ -1,7 +1,7 @@
 //! Latency the front router adds over calling workers directly, at many concurrent streams.
 //!
-//! Starts `--workers` fake workers (`migserve fake-worker`: canned tokens at a set pace, so
-//! only HTTP and routing cost time) and `migserve serve` with them as remote workers, then
+//! Starts `--workers` fake workers (`migserve-fake-worker`: the worker's HTTP layer over a fake
+//! engine with canned tokens at a set pace, so only HTTP and routing cost time) and `migserve serve` with them as remote workers, then
 //! runs the same closed-loop streaming load directly against the workers (round-robin) and
 //! through the router, alternating rounds, and prints time-to-first-token and end-to-end
 //! percentiles of both and their differences.
@@ -21,6 +21,9 @@ struct Args {
     /// The migserve binary.
     #[arg(long, default_value = "target/release/migserve")]
     migserve: PathBuf,
+    /// The fake worker binary (crate `migserve-testkit`).
+    #[arg(long, default_value = "target/release/migserve-fake-worker")]
+    fake_worker: PathBuf,
     /// Fake workers behind the router.
     #[arg(long, default_value_t = 4)]
     workers: usize,
@@ -140,9 +143,8 @@ fn main() -> Result<()> {
     let mut workers = Vec::new();
     let mut urls = Vec::new();
     for _ in 0..args.workers {
-        let mut command = Command::new(&args.migserve);
+        let mut command = Command::new(&args.fake_worker);
         command.args([
-            "fake-worker",
             "--first-token-delay-ms",
             &args.first_token_ms.to_string(),
             "--token-delay-ms",

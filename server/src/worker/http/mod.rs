@@ -1,7 +1,9 @@
-//! The worker's HTTP API: TGI and OpenAI routes over one engine.
+//! The worker's HTTP API: TGI and OpenAI routes over one [`Engine`]. Handlers turn wire
+//! requests into [`GenerateRequest`]s (checking only what one API alone has), submit them on
+//! a blocking pool (tokenizing and templating a large body takes a while), and turn engine
+//! events into responses and server-sent events.
 
 mod openai;
-mod stop_holdback;
 mod tgi;
 
 use std::sync::Arc;
@@ -14,29 +16,64 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
-use migserve_models::Model;
+use migserve_engine::event::Collected;
+use migserve_engine::{Accepted, Engine, FinishEvent, FinishReason, GenerateRequest};
 use serde::de::DeserializeOwned;
-use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
-use super::engine::{
-    EngineEvent, EngineHandle, EngineRequest, FinishEvent, FinishReason, TokenEvent,
-};
 use crate::api::error::ApiError;
 use crate::api::tgi::Info;
-use crate::api::validation::Limits;
 
 /// Everything a handler needs.
 pub struct AppState {
-    pub engine: EngineHandle,
-    pub model: Arc<Model>,
-    pub model_id: String,
-    pub limits: Limits,
+    pub engine: Arc<dyn Engine>,
+    /// `/info`, made once from the engine's info.
     pub info: Info,
     pub metrics: PrometheusHandle,
     /// Value of the `x-slice` header (the slice this worker serves), if known.
     pub slice: Option<HeaderValue>,
-    /// Compute type for TGI's `x-compute-type` header ("cpu", "cuda").
+    /// Compute type for TGI's `x-compute-type` header (`cpu`, `cuda`).
     pub compute_type: HeaderValue,
+}
+
+impl AppState {
+    /// The state of a worker serving `engine` on `slice` (if known).
+    pub fn new(engine: Arc<dyn Engine>, metrics: PrometheusHandle, slice: Option<&str>) -> Self {
+        let e = engine.info();
+        let info = Info {
+            model_id: e.model_id.clone(),
+            model_sha: None,
+            model_dtype: e.dtype.clone(),
+            model_device_type: e.device.name().into(),
+            model_pipeline_tag: Some("text-generation".into()),
+            max_concurrent_requests: e.max_concurrent_requests,
+            max_best_of: 1,
+            max_stop_sequences: e.limits.max_stop_sequences,
+            max_input_tokens: e.limits.max_input_tokens,
+            max_total_tokens: e.limits.max_total_tokens,
+            max_batch_size: Some(e.max_batch_size),
+            max_client_batch_size: 1,
+            validation_workers: 1,
+            router: "migserve".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            sha: None,
+            docker_label: None,
+            slice: slice.map(str::to_string),
+            kv_cache_tokens: e.limits.kv_cache_tokens,
+        };
+        let compute_type = HeaderValue::from_static(e.device.name());
+        Self {
+            engine,
+            info,
+            metrics,
+            slice: slice.and_then(|s| HeaderValue::from_str(s).ok()),
+            compute_type,
+        }
+    }
+
+    /// The name clients use for the model.
+    pub fn model_id(&self) -> &str {
+        &self.info.model_id
+    }
 }
 
 /// Shared state handle.
@@ -63,15 +100,11 @@ pub fn router(state: SharedState) -> Router {
 }
 
 async fn health(State(state): State<SharedState>) -> Response {
-    if state
-        .engine
-        .status()
-        .healthy
-        .load(std::sync::atomic::Ordering::Acquire)
-    {
-        StatusCode::OK.into_response()
-    } else {
-        ApiError::Unhealthy("the engine has stopped".into()).into_response()
+    match state.engine.health() {
+        migserve_engine::Health::Healthy => StatusCode::OK.into_response(),
+        migserve_engine::Health::Dead(why) => {
+            ApiError::Unhealthy(format!("the engine has stopped: {why}")).into_response()
+        }
     }
 }
 
@@ -117,46 +150,18 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     }
 }
 
-/// Submits a validated request; its events arrive on the returned receiver.
-pub fn submit(
-    state: &AppState,
-    request: EngineRequest,
-) -> Result<UnboundedReceiver<EngineEvent>, ApiError> {
-    let (tx, rx) = unbounded_channel();
-    state.engine.submit(request, tx)?;
-    Ok(rx)
-}
-
-/// A whole generation, for non-streamed responses.
-pub struct Collected {
-    pub tokens: Vec<TokenEvent>,
-    pub text: String,
-    pub finish: FinishEvent,
+/// Submits a request on the blocking pool (tokenization and the chat template run there).
+pub async fn submit(state: &AppState, request: GenerateRequest) -> Result<Accepted, ApiError> {
+    let engine = state.engine.clone();
+    tokio::task::spawn_blocking(move || engine.submit(request))
+        .await
+        .map_err(|e| ApiError::Crashed(format!("submitting the request failed: {e}")))?
+        .map_err(ApiError::from)
 }
 
 /// Waits for every event of a request.
-pub async fn collect(mut rx: UnboundedReceiver<EngineEvent>) -> Result<Collected, ApiError> {
-    let mut tokens = Vec::new();
-    let mut text = String::new();
-    while let Some(event) = rx.recv().await {
-        match event {
-            EngineEvent::Token(t, finish) => {
-                text.push_str(&t.text);
-                tokens.push(t);
-                if let Some(finish) = finish {
-                    return Ok(Collected {
-                        tokens,
-                        text,
-                        finish,
-                    });
-                }
-            }
-            EngineEvent::Failed(e) => return Err(e),
-        }
-    }
-    Err(ApiError::Generation(
-        "the engine dropped the request".into(),
-    ))
+pub async fn collect(accepted: Accepted) -> Result<Collected, ApiError> {
+    accepted.events.collect().await.map_err(ApiError::from)
 }
 
 /// TGI's name of a finish reason.

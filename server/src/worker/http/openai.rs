@@ -9,10 +9,9 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::stream::{self, Stream};
+use migserve_engine::{EngineEvent, EventStream, GenerateRequest, Prompt, SamplingSpec};
 use migserve_models::ChatMessage;
-use tokio::sync::mpsc::UnboundedReceiver;
 
-use super::stop_holdback::StopHoldBack;
 use super::tgi::json_event;
 use super::{
     collect, openai_finish_reason, stream_headers, submit, timing_headers, ApiJson, AppState,
@@ -24,8 +23,6 @@ use crate::api::openai::{
     CompletionResponse, Delta, MessageContent, ModelCard, ModelList, ResponseMessage,
     SamplingFields, Usage,
 };
-use crate::api::validation::{build_request, RequestSpec};
-use crate::worker::engine::{EngineEvent, EngineRequest, FinishReason};
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -38,15 +35,21 @@ fn unix_now() -> u64 {
 
 fn check_model(state: &AppState, model: Option<&str>) -> Result<(), ApiError> {
     match model {
-        Some(m) if !m.is_empty() && m != state.model_id => Err(ApiError::NotFound(format!(
+        Some(m) if !m.is_empty() && m != state.model_id() => Err(ApiError::NotFound(format!(
             "model `{m}` is not served here (this worker serves `{}`)",
-            state.model_id
+            state.model_id()
         ))),
         _ => Ok(()),
     }
 }
 
-fn spec(s: &SamplingFields) -> Result<RequestSpec, ApiError> {
+/// An OpenAI request's fields as an engine request for `prompt`: checks what only OpenAI
+/// has, maps the rest (OpenAI's temperature defaults to 1; 0 is greedy).
+fn engine_request(
+    prompt: Prompt,
+    s: &SamplingFields,
+    arrived: Instant,
+) -> Result<GenerateRequest, ApiError> {
     if s.n.is_some_and(|n| n != 1) {
         return Err(ApiError::Validation("only `n` = 1 is supported".into()));
     }
@@ -57,27 +60,21 @@ fn spec(s: &SamplingFields) -> Result<RequestSpec, ApiError> {
         ));
     }
     let temperature = s.temperature.unwrap_or(1.0);
-    Ok(RequestSpec {
+    Ok(GenerateRequest {
         max_new_tokens: s.max_completion_tokens.or(s.max_tokens),
-        sample: temperature > 0.0,
-        temperature: Some(temperature),
-        top_k: s.top_k,
-        top_p: s.top_p,
-        repetition_penalty: s.repetition_penalty,
-        seed: s.seed,
+        sampling: SamplingSpec {
+            sample: temperature > 0.0,
+            temperature: Some(temperature),
+            top_k: s.top_k,
+            top_p: s.top_p,
+            repetition_penalty: s.repetition_penalty,
+            seed: s.seed,
+        },
         stop: s.stop.clone().map(|s| s.into_vec()).unwrap_or_default(),
         ignore_eos: s.ignore_eos,
+        arrived,
+        ..GenerateRequest::new(prompt)
     })
-}
-
-/// Text OpenAI clients see: the stop sequence that ended generation is not part of it.
-fn trim_stop(mut text: String, reason: FinishReason, stops: &[String]) -> String {
-    if reason == FinishReason::StopSequence {
-        if let Some(cut) = stops.iter().filter_map(|s| text.find(s.as_str())).min() {
-            text.truncate(cut);
-        }
-    }
-    text
 }
 
 /// `GET /v1/models`.
@@ -85,7 +82,7 @@ pub async fn models(State(state): State<SharedState>) -> Json<ModelList> {
     Json(ModelList {
         object: "list".into(),
         data: vec![ModelCard {
-            id: state.model_id.clone(),
+            id: state.model_id().to_string(),
             object: "model".into(),
             created: unix_now(),
             owned_by: "migserve".into(),
@@ -111,8 +108,7 @@ pub async fn completions(
                 ))
             }
         };
-        let ids = state.model.tokenizer.encode(&prompt, true)?;
-        let request = build_request(ids, spec(&req.sampling)?, &state.limits, arrived)?;
+        let request = engine_request(Prompt::Text(prompt.clone()), &req.sampling, arrived)?;
         let kind = Kind::Completion {
             echo: req.echo.then_some(prompt),
         };
@@ -129,7 +125,7 @@ pub async fn chat_completions(
     let arrived = Instant::now();
     let prepared = body.and_then(|ApiJson(req)| {
         check_model(&state, req.model.as_deref())?;
-        let request = chat_request(&state, &req, arrived)?;
+        let request = chat_request(&req, arrived)?;
         Ok((request, req.sampling, Kind::Chat))
     });
     respond(&state, prepared, arrived).await
@@ -146,7 +142,7 @@ enum Kind {
 /// Runs a prepared request and answers it, streamed or whole, in the endpoint's shape.
 async fn respond(
     state: &AppState,
-    prepared: Result<(EngineRequest, SamplingFields, Kind), ApiError>,
+    prepared: Result<(GenerateRequest, SamplingFields, Kind), ApiError>,
     arrived: Instant,
 ) -> Response {
     let (request, sampling, kind) = match prepared {
@@ -158,10 +154,9 @@ async fn respond(
         Kind::Chat => "chatcmpl",
     };
     let id = format!("{prefix}-{}", NEXT_ID.fetch_add(1, Ordering::Relaxed));
-    let model = state.model_id.clone();
-    let stops = request.stop.clone();
-    let rx = match submit(state, request) {
-        Ok(rx) => rx,
+    let model = state.model_id().to_string();
+    let accepted = match submit(state, request).await {
+        Ok(accepted) => accepted,
         Err(e) => return OpenAiError(e).into_response(),
     };
     if sampling.stream {
@@ -170,18 +165,24 @@ async fn respond(
             .as_ref()
             .is_some_and(|o| o.include_usage);
         let chat = matches!(kind, Kind::Chat);
-        let chunks = openai_stream(ChunkState::new(rx, id, model, include_usage, chat, stops));
+        let chunks = openai_stream(ChunkState::new(
+            accepted.events,
+            id,
+            model,
+            include_usage,
+            chat,
+        ));
         return (
             stream_headers(state),
             Sse::new(chunks).keep_alive(KeepAlive::default()),
         )
             .into_response();
     }
-    let c = match collect(rx).await {
+    let c = match collect(accepted).await {
         Ok(c) => c,
         Err(e) => return OpenAiError(e).into_response(),
     };
-    let text = trim_stop(c.text, c.finish.reason, &stops);
+    let text = c.visible_text();
     let finish_reason = Some(openai_finish_reason(c.finish.reason).to_string());
     let usage = Usage::new(c.finish.prompt_tokens, c.finish.generated_tokens);
     let headers = timing_headers(state, &c.finish, arrived);
@@ -228,11 +229,7 @@ async fn respond(
     }
 }
 
-fn chat_request(
-    state: &AppState,
-    req: &ChatRequest,
-    arrived: Instant,
-) -> Result<EngineRequest, ApiError> {
+fn chat_request(req: &ChatRequest, arrived: Instant) -> Result<GenerateRequest, ApiError> {
     if req.messages.is_empty() {
         return Err(ApiError::Validation("`messages` cannot be empty".into()));
     }
@@ -253,12 +250,11 @@ fn chat_request(
             ChatMessage::new(m.role.clone(), content)
         })
         .collect();
-    let ids = state.model.encode_chat(&messages)?;
-    build_request(ids, spec(&req.sampling)?, &state.limits, arrived)
+    engine_request(Prompt::Chat(messages), &req.sampling, arrived)
 }
 
 struct ChunkState {
-    rx: UnboundedReceiver<EngineEvent>,
+    events: EventStream,
     id: String,
     model: String,
     created: u64,
@@ -267,24 +263,20 @@ struct ChunkState {
     chat: bool,
     /// Events still to send after the current one (usage chunk, `[DONE]`), last first.
     tail: Vec<Event>,
-    /// Keeps stop sequences (and their starts) out of the streamed text.
-    holdback: StopHoldBack,
     started: bool,
     done: bool,
 }
 
 impl ChunkState {
     fn new(
-        rx: UnboundedReceiver<EngineEvent>,
+        events: EventStream,
         id: String,
         model: String,
         include_usage: bool,
         chat: bool,
-        stops: Vec<String>,
     ) -> Self {
         Self {
-            holdback: StopHoldBack::new(stops),
-            rx,
+            events,
             id,
             model,
             created: unix_now(),
@@ -354,6 +346,12 @@ impl ChunkState {
     }
 }
 
+/// An OpenAI error event, counted.
+fn error_event(e: ApiError) -> Event {
+    crate::metrics::count_error(e.error_type());
+    json_event(&e.openai_body())
+}
+
 /// An OpenAI stream: one chunk per token (text that could start a stop sequence waits for the
 /// next one), then the usage chunk (when asked), then `[DONE]`.
 fn openai_stream(init: ChunkState) -> impl Stream<Item = Result<Event, Infallible>> {
@@ -365,12 +363,10 @@ fn openai_stream(init: ChunkState) -> impl Stream<Item = Result<Event, Infallibl
             return None;
         }
         let event = loop {
-            match st.rx.recv().await {
+            match st.events.next().await {
                 Some(EngineEvent::Token(t, finish)) => {
-                    let mut text = st.holdback.push(&t.text);
-                    if let Some(f) = &finish {
-                        text.push_str(&st.holdback.finish(f.reason == FinishReason::StopSequence));
-                    }
+                    // The engine holds back text that could start a stop sequence.
+                    let text = t.visible;
                     let first = !st.started;
                     if text.is_empty() && !first && finish.is_none() {
                         continue; // all of it held back: nothing to send yet
@@ -390,14 +386,11 @@ fn openai_stream(init: ChunkState) -> impl Stream<Item = Result<Event, Infallibl
                 Some(EngineEvent::Failed(e)) => {
                     st.done = true;
                     st.tail.push(Event::default().data("[DONE]"));
-                    crate::metrics::count_error(e.error_type());
-                    break json_event(&e.openai_body());
+                    break error_event(ApiError::from(e));
                 }
                 None => {
                     st.done = true;
-                    let e = ApiError::Generation("the engine dropped the request".into());
-                    crate::metrics::count_error(e.error_type());
-                    break json_event(&e.openai_body());
+                    break error_event(ApiError::from(migserve_engine::event::dropped()));
                 }
             }
         };

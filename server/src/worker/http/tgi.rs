@@ -8,7 +8,10 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::stream::{self, Stream};
-use tokio::sync::mpsc::UnboundedReceiver;
+
+use migserve_engine::{
+    EngineEvent, EventStream, GenerateRequest as EngineRequest, Prompt, SamplingSpec,
+};
 
 use super::{
     collect, stream_headers, submit, tgi_finish_reason, timing_headers, ApiJson, AppState,
@@ -18,15 +21,9 @@ use crate::api::error::ApiError;
 use crate::api::tgi::{
     Details, GenerateRequest, GenerateResponse, PrefillToken, StreamDetails, StreamResponse, Token,
 };
-use crate::api::validation::{build_request, RequestSpec};
-use crate::worker::engine::{EngineEvent, EngineRequest};
 
-/// Validates a TGI request into an engine request.
-fn validate(
-    state: &AppState,
-    req: &GenerateRequest,
-    arrived: Instant,
-) -> Result<EngineRequest, ApiError> {
+/// A TGI request as an engine request: checks what only TGI has, maps the rest.
+fn engine_request(req: &GenerateRequest, arrived: Instant) -> Result<EngineRequest, ApiError> {
     let inputs = req
         .inputs
         .as_deref()
@@ -53,6 +50,7 @@ fn validate(
             "`typical_p`, `watermark` and `frequency_penalty` are not supported".into(),
         ));
     }
+    // TGI's own rule: a temperature, when given, is strictly positive (0 is not greedy there).
     if let Some(t) = p.temperature {
         if !(t.is_finite() && t > 0.0) {
             return Err(ApiError::Validation(format!(
@@ -60,34 +58,28 @@ fn validate(
             )));
         }
     }
-    let mut prompt = state.model.tokenizer.encode(inputs, true)?;
-    if let Some(keep) = p.truncate {
-        if keep == 0 {
-            return Err(ApiError::Validation(
-                "`truncate` must be strictly positive".into(),
-            ));
-        }
-        if prompt.len() > keep {
-            prompt.drain(..prompt.len() - keep);
-        }
-    }
     let sample = p.do_sample
         || p.temperature
             .is_some_and(|t| (t - 1.0).abs() > f32::EPSILON)
         || p.top_k.is_some()
         || p.top_p.is_some_and(|t| t < 1.0);
-    let spec = RequestSpec {
+    Ok(EngineRequest {
+        prompt: Prompt::Text(inputs.to_string()),
+        truncate: p.truncate,
         max_new_tokens: p.max_new_tokens,
-        sample,
-        temperature: p.temperature,
-        top_k: p.top_k,
-        top_p: p.top_p,
-        repetition_penalty: p.repetition_penalty,
-        seed: p.seed,
+        sampling: SamplingSpec {
+            sample,
+            temperature: p.temperature,
+            top_k: p.top_k,
+            top_p: p.top_p,
+            repetition_penalty: p.repetition_penalty,
+            seed: p.seed,
+        },
         stop: p.stop.clone(),
         ignore_eos: p.ignore_eos,
-    };
-    build_request(prompt, spec, &state.limits, arrived)
+        return_prompt_tokens: p.details && p.decoder_input_details,
+        arrived,
+    })
 }
 
 /// `POST /generate`.
@@ -107,11 +99,11 @@ async fn generate_inner(
 ) -> Result<(axum::http::HeaderMap, GenerateResponse), ApiError> {
     let arrived = Instant::now();
     let ApiJson(req) = body?;
-    let request = validate(state, &req, arrived)?;
-    let prompt = request.prompt.clone();
-    let collected = collect(submit(state, request)?).await?;
+    let accepted = submit(state, engine_request(&req, arrived)?).await?;
+    let prompt = accepted.prompt.clone();
+    let collected = collect(accepted).await?;
     let headers = timing_headers(state, &collected.finish, arrived);
-    let mut generated_text = collected.text;
+    let mut generated_text = collected.text();
     if req.parameters.return_full_text {
         generated_text.insert_str(0, req.inputs.as_deref().unwrap_or_default());
     }
@@ -119,22 +111,14 @@ async fn generate_inner(
         finish_reason: tgi_finish_reason(collected.finish.reason).to_string(),
         generated_tokens: collected.finish.generated_tokens,
         seed: collected.finish.seed,
-        prefill: if req.parameters.decoder_input_details {
-            prompt
-                .iter()
-                .map(|&id| PrefillToken {
-                    id,
-                    text: state
-                        .model
-                        .tokenizer
-                        .decode(&[id], false)
-                        .unwrap_or_default(),
-                    logprob: None,
-                })
-                .collect()
-        } else {
-            Vec::new()
-        },
+        prefill: prompt
+            .into_iter()
+            .map(|t| PrefillToken {
+                id: t.id,
+                text: t.text,
+                logprob: None,
+            })
+            .collect(),
         tokens: collected
             .tokens
             .iter()
@@ -161,18 +145,18 @@ pub async fn generate_stream(
     body: Result<ApiJson<GenerateRequest>, ApiError>,
 ) -> Response {
     let arrived = Instant::now();
-    let started = body.and_then(|ApiJson(req)| {
-        let request = validate(&state, &req, arrived)?;
-        let input_length = request.prompt.len();
+    let started = async {
+        let ApiJson(req) = body?;
+        let accepted = submit(&state, engine_request(&req, arrived)?).await?;
         let prefix = req
             .parameters
             .return_full_text
             .then(|| req.inputs.clone().unwrap_or_default());
-        Ok((submit(&state, request)?, input_length, prefix))
-    });
-    match started {
-        Ok((rx, input_length, prefix)) => {
-            let events = token_events(rx, input_length, prefix);
+        Ok::<_, ApiError>((accepted, prefix))
+    };
+    match started.await {
+        Ok((accepted, prefix)) => {
+            let events = token_events(accepted.events, accepted.prompt_tokens, prefix);
             (
                 stream_headers(&state),
                 Sse::new(events).keep_alive(KeepAlive::default()),
@@ -198,7 +182,7 @@ pub async fn compat_generate(
 }
 
 struct StreamState {
-    rx: UnboundedReceiver<EngineEvent>,
+    events: EventStream,
     index: usize,
     text: String,
     input_length: usize,
@@ -207,12 +191,12 @@ struct StreamState {
 
 /// TGI stream events: every token; the last one also carries `generated_text` and `details`.
 fn token_events(
-    rx: UnboundedReceiver<EngineEvent>,
+    events: EventStream,
     input_length: usize,
     prefix: Option<String>,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     let init = StreamState {
-        rx,
+        events,
         index: 0,
         text: prefix.unwrap_or_default(),
         input_length,
@@ -222,7 +206,7 @@ fn token_events(
         if st.done {
             return None;
         }
-        let event = match st.rx.recv().await {
+        let event = match st.events.next().await {
             Some(EngineEvent::Token(t, finish)) => {
                 st.index += 1;
                 st.text.push_str(&t.text);
@@ -255,18 +239,21 @@ fn token_events(
             }
             Some(EngineEvent::Failed(e)) => {
                 st.done = true;
-                crate::metrics::count_error(e.error_type());
-                json_event(&e.tgi_body())
+                error_event(ApiError::from(e))
             }
             None => {
                 st.done = true;
-                let e = ApiError::Generation("the engine dropped the request".into());
-                crate::metrics::count_error(e.error_type());
-                json_event(&e.tgi_body())
+                error_event(ApiError::from(migserve_engine::event::dropped()))
             }
         };
         Some((Ok(event), st))
     })
+}
+
+/// A TGI error event, counted.
+fn error_event(e: ApiError) -> Event {
+    crate::metrics::count_error(e.error_type());
+    json_event(&e.tgi_body())
 }
 
 /// An SSE event whose data is `value` as JSON.

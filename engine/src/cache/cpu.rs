@@ -1,54 +1,17 @@
-//! The paged KV cache's storage: one preallocated buffer per layer for keys and one for
-//! values, cut into blocks that [`BlockManager`] assigns to sequences.
+//! The paged KV cache in host memory: one preallocated f16 buffer per layer for keys and one
+//! for values, cut into blocks that [`BlockManager`] assigns to sequences.
 
 use candle_core::Tensor;
 use half::f16;
-use migserve_kernels::batch::{BatchLayout, SpanBlocks};
+use migserve_kernels::batch::BatchLayout;
 use migserve_kernels::cpu::kv_element::KvElement;
 use migserve_kernels::cpu::kv_write::write_rows_with;
 use migserve_kernels::cpu::paged_attention::{paged_attention_with, AttentionShape, SeqQueries};
 use migserve_models::cpu_ops::with_f32;
 use migserve_models::{AttentionSpan, KvStore, LlamaConfig, ModelError, SeqId};
 
-use super::block_manager::BlockManager;
-
-/// The flat layout of a step's spans over their block tables (which cache row each new token
-/// goes to, what each query row sees), shared by the CPU and CUDA caches.
-pub fn batch_layout(
-    blocks: &BlockManager,
-    spans: &[AttentionSpan],
-) -> Result<BatchLayout, ModelError> {
-    let tables: Vec<SpanBlocks<'_>> = spans
-        .iter()
-        .map(|s| SpanBlocks {
-            block_table: blocks.table(s.seq).unwrap_or(&[]),
-            start: s.start,
-            len: s.len,
-        })
-        .collect();
-    BatchLayout::new(&tables, blocks.block_size())
-        .map_err(|e| ModelError::KvCacheFull(e.to_string()))
-}
-
-/// An error unless `layer` is one of the cache's `layers`.
-pub fn check_layer(layer: usize, layers: usize) -> Result<(), ModelError> {
-    if layer >= layers {
-        return Err(ModelError::InvalidInput(format!(
-            "layer {layer} out of range (the cache has {layers})"
-        )));
-    }
-    Ok(())
-}
-
-/// A paged KV cache the engine can run on: the model's [`KvStore`] and the block
-/// bookkeeping the scheduler allocates from. The CPU cache here; the CUDA one in
-/// `cuda_cache` (feature `cuda`).
-pub trait PagedStore: KvStore + Send {
-    /// The block bookkeeping.
-    fn blocks(&self) -> &BlockManager;
-    /// The block bookkeeping, for allocation by the scheduler.
-    fn blocks_mut(&mut self) -> &mut BlockManager;
-}
+use super::{batch_layout, check_layer, PagedStore};
+use crate::block_manager::BlockManager;
 
 impl PagedStore for PagedKvCache {
     fn blocks(&self) -> &BlockManager {

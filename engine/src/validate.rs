@@ -1,53 +1,34 @@
-//! Turning a request (TGI or OpenAI) into an [`EngineRequest`], or a 422 that says what is wrong.
-
-use std::time::Instant;
+//! Turning a request and its prompt tokens into an [`EngineRequest`], or a validation error
+//! that says what is wrong. Every rule both APIs share is here; the HTTP layer only checks
+//! what one API alone has (TGI's `best_of`, OpenAI's `n`).
 
 use migserve_models::SamplingParams;
 
-use super::error::ApiError;
-use crate::worker::engine::EngineRequest;
+use crate::error::EngineError;
+use crate::request::{EngineRequest, GenerateRequest, Limits};
 
-/// What a worker accepts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    /// Longest prompt, in tokens.
-    pub max_input_tokens: usize,
-    /// Longest prompt plus new tokens.
-    pub max_total_tokens: usize,
-    /// Most stop sequences per request.
-    pub max_stop_sequences: usize,
-    /// New tokens when the request names no limit (capped by what is left of the total).
-    pub default_max_new_tokens: usize,
-    /// Positions the whole KV cache holds: a request needing more could never run.
-    pub kv_cache_tokens: usize,
+fn invalid<T>(message: impl Into<String>) -> Result<T, EngineError> {
+    Err(EngineError::Validation(message.into()))
 }
 
-/// Protocol-neutral request fields, as the client sent them.
-#[derive(Debug, Clone, Default)]
-pub struct RequestSpec {
-    pub max_new_tokens: Option<i64>,
-    /// Whether to sample at all (otherwise greedy).
-    pub sample: bool,
-    pub temperature: Option<f32>,
-    pub top_k: Option<i64>,
-    pub top_p: Option<f32>,
-    pub repetition_penalty: Option<f32>,
-    pub seed: Option<u64>,
-    pub stop: Vec<String>,
-    pub ignore_eos: bool,
+/// Applies TGI's `truncate` (keep the last `keep` tokens) to a tokenized prompt.
+pub fn truncate(prompt: &mut Vec<u32>, keep: Option<usize>) -> Result<(), EngineError> {
+    match keep {
+        Some(0) => invalid("`truncate` must be strictly positive"),
+        Some(keep) if prompt.len() > keep => {
+            prompt.drain(..prompt.len() - keep);
+            Ok(())
+        }
+        _ => Ok(()),
+    }
 }
 
-fn invalid<T>(message: impl Into<String>) -> Result<T, ApiError> {
-    Err(ApiError::Validation(message.into()))
-}
-
-/// Checks `spec` against `limits` for a prompt of `prompt` tokens.
+/// Checks `request` against `limits` for a prompt of `prompt` tokens (already truncated).
 pub fn build_request(
     prompt: Vec<u32>,
-    spec: RequestSpec,
+    request: &GenerateRequest,
     limits: &Limits,
-    arrived: Instant,
-) -> Result<EngineRequest, ApiError> {
+) -> Result<EngineRequest, EngineError> {
     if prompt.is_empty() {
         return invalid("`inputs` cannot be empty");
     }
@@ -59,7 +40,7 @@ pub fn build_request(
         ));
     }
     let room = limits.max_total_tokens.saturating_sub(input);
-    let max_new_tokens = match spec.max_new_tokens {
+    let max_new_tokens = match request.max_new_tokens {
         Some(n) if n <= 0 => {
             return invalid(format!(
                 "`max_new_tokens` must be strictly positive, got {n}"
@@ -90,16 +71,30 @@ pub fn build_request(
             limits.kv_cache_tokens
         ));
     }
-    if spec.stop.len() > limits.max_stop_sequences {
+    if request.stop.len() > limits.max_stop_sequences {
         return invalid(format!(
             "`stop` supports up to {} stop sequences. Given: {}",
             limits.max_stop_sequences,
-            spec.stop.len()
+            request.stop.len()
         ));
     }
-    if spec.stop.iter().any(String::is_empty) {
+    if request.stop.iter().any(String::is_empty) {
         return invalid("stop sequences cannot be empty");
     }
+    let params = sampling_params(request)?;
+    Ok(EngineRequest {
+        prompt,
+        params,
+        max_new_tokens,
+        stop: request.stop.clone(),
+        ignore_eos: request.ignore_eos,
+        arrived: request.arrived,
+    })
+}
+
+/// The sampler's parameters, after checking every value's range.
+fn sampling_params(request: &GenerateRequest) -> Result<SamplingParams, EngineError> {
+    let spec = &request.sampling;
     if let Some(t) = spec.temperature {
         if !t.is_finite() || t < 0.0 {
             return invalid(format!(
@@ -138,20 +133,14 @@ pub fn build_request(
     };
     params
         .validate()
-        .map_err(|e| ApiError::Validation(e.to_string()))?;
-    Ok(EngineRequest {
-        prompt,
-        params,
-        max_new_tokens,
-        stop: spec.stop,
-        ignore_eos: spec.ignore_eos,
-        arrived,
-    })
+        .map_err(|e| EngineError::Validation(e.to_string()))?;
+    Ok(params)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::request::{Prompt, SamplingSpec};
 
     const LIMITS: Limits = Limits {
         max_input_tokens: 10,
@@ -161,55 +150,48 @@ mod tests {
         kv_cache_tokens: 100,
     };
 
-    fn build(prompt_len: usize, spec: RequestSpec) -> Result<EngineRequest, ApiError> {
-        build_request(vec![1; prompt_len], spec, &LIMITS, Instant::now())
+    /// A request with these new-token limit, sampling fields and stops.
+    fn spec(max_new_tokens: Option<i64>, sampling: SamplingSpec) -> GenerateRequest {
+        GenerateRequest {
+            max_new_tokens,
+            sampling,
+            ..GenerateRequest::new(Prompt::Text("unused".into()))
+        }
     }
 
-    fn err(prompt_len: usize, spec: RequestSpec) -> String {
-        match build(prompt_len, spec) {
-            Err(ApiError::Validation(m)) => m,
+    fn build(prompt_len: usize, request: GenerateRequest) -> Result<EngineRequest, EngineError> {
+        build_request(vec![1; prompt_len], &request, &LIMITS)
+    }
+
+    fn err(prompt_len: usize, request: GenerateRequest) -> String {
+        match build(prompt_len, request) {
+            Err(EngineError::Validation(m)) => m,
             other => panic!("expected a validation error, got {other:?}"),
         }
     }
 
+    fn default() -> GenerateRequest {
+        spec(None, SamplingSpec::default())
+    }
+
+    fn sampling(s: SamplingSpec) -> GenerateRequest {
+        spec(None, s)
+    }
+
     #[test]
     fn limits_on_lengths() {
-        assert!(err(0, RequestSpec::default()).contains("cannot be empty"));
-        assert!(err(11, RequestSpec::default()).contains("less than 10"));
-        assert!(err(
-            5,
-            RequestSpec {
-                max_new_tokens: Some(0),
-                ..Default::default()
-            }
-        )
-        .contains("strictly positive"));
-        assert!(err(
-            5,
-            RequestSpec {
-                max_new_tokens: Some(16),
-                ..Default::default()
-            }
-        )
-        .contains("<= 20"));
+        assert!(err(0, default()).contains("cannot be empty"));
+        assert!(err(11, default()).contains("less than 10"));
+        assert!(err(5, spec(Some(0), SamplingSpec::default())).contains("strictly positive"));
+        assert!(err(5, spec(Some(16), SamplingSpec::default())).contains("<= 20"));
         assert_eq!(
-            build(
-                5,
-                RequestSpec {
-                    max_new_tokens: Some(15),
-                    ..Default::default()
-                }
-            )
-            .unwrap()
-            .max_new_tokens,
+            build(5, spec(Some(15), SamplingSpec::default()))
+                .unwrap()
+                .max_new_tokens,
             15
         );
-        assert_eq!(
-            build(5, RequestSpec::default()).unwrap().max_new_tokens,
-            8,
-            "default"
-        );
-        assert_eq!(build(10, RequestSpec::default()).unwrap().max_new_tokens, 8);
+        assert_eq!(build(5, default()).unwrap().max_new_tokens, 8, "default");
+        assert_eq!(build(10, default()).unwrap().max_new_tokens, 8);
     }
 
     #[test]
@@ -218,89 +200,90 @@ mod tests {
             kv_cache_tokens: 12,
             ..LIMITS
         };
-        let e = build_request(
-            vec![1; 5],
-            RequestSpec {
-                max_new_tokens: Some(8),
-                ..Default::default()
-            },
-            &small,
-            Instant::now(),
-        );
-        assert!(matches!(e, Err(ApiError::Validation(m)) if m.contains("KV cache")));
+        let e = build_request(vec![1; 5], &spec(Some(8), SamplingSpec::default()), &small);
+        assert!(matches!(e, Err(EngineError::Validation(m)) if m.contains("KV cache")));
     }
 
     #[test]
     fn sampling_values() {
         assert!(err(
             3,
-            RequestSpec {
+            sampling(SamplingSpec {
                 temperature: Some(-0.5),
                 ..Default::default()
-            }
+            })
         )
         .contains("temperature"));
         assert!(err(
             3,
-            RequestSpec {
+            sampling(SamplingSpec {
                 top_p: Some(0.0),
                 ..Default::default()
-            }
+            })
         )
         .contains("top_p"));
         assert!(err(
             3,
-            RequestSpec {
+            sampling(SamplingSpec {
                 top_p: Some(1.01),
                 ..Default::default()
-            }
+            })
         )
         .contains("top_p"));
         assert!(err(
             3,
-            RequestSpec {
+            sampling(SamplingSpec {
                 top_k: Some(0),
                 ..Default::default()
-            }
+            })
         )
         .contains("top_k"));
         assert!(err(
             3,
-            RequestSpec {
+            sampling(SamplingSpec {
                 repetition_penalty: Some(0.0),
                 ..Default::default()
-            }
+            })
         )
         .contains("repetition_penalty"));
-        let stops = vec!["a".to_string(), "b".into(), "c".into()];
-        assert!(err(
-            3,
-            RequestSpec {
-                stop: stops,
-                ..Default::default()
-            }
-        )
-        .contains("up to 2"));
+        let stops = GenerateRequest {
+            stop: vec!["a".to_string(), "b".into(), "c".into()],
+            ..default()
+        };
+        assert!(err(3, stops).contains("up to 2"));
         let greedy = build(
             3,
-            RequestSpec {
+            sampling(SamplingSpec {
                 temperature: Some(0.7),
                 ..Default::default()
-            },
+            }),
         )
         .unwrap();
         assert!(greedy.params.is_greedy(), "no sampling unless asked");
         let sampled = build(
             3,
-            RequestSpec {
+            sampling(SamplingSpec {
                 sample: true,
                 temperature: Some(0.7),
                 seed: Some(1),
                 ..Default::default()
-            },
+            }),
         )
         .unwrap();
         assert_eq!(sampled.params.temperature, 0.7);
         assert_eq!(sampled.params.seed, Some(1));
+    }
+
+    #[test]
+    fn truncate_keeps_the_last_tokens_and_refuses_zero() {
+        let mut prompt = vec![1, 2, 3, 4];
+        truncate(&mut prompt, Some(2)).unwrap();
+        assert_eq!(prompt, [3, 4]);
+        truncate(&mut prompt, Some(5)).unwrap();
+        assert_eq!(prompt, [3, 4]);
+        assert!(matches!(
+            truncate(&mut prompt, Some(0)),
+            Err(EngineError::Validation(m)) if m.contains("strictly positive")
+        ));
     }
 }

@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 
 use migserve_models::SeqId;
 
-use super::block_manager::BlockManager;
+use crate::block_manager::BlockManager;
 
 /// Limits of one step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

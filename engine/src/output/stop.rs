@@ -1,15 +1,17 @@
-//! Streaming text to OpenAI clients without ever showing a stop sequence: text that could be
-//! the start of one is held back until the next token shows whether it is.
+//! Stop sequences: finding them in generated text that arrives token by token, and releasing
+//! text without ever showing one: text that could be the start of a stop sequence is held
+//! back until the next token shows whether it is.
 
-/// Holds back the tail of the generated text that could begin a stop sequence.
+/// Watches the generated text for stop sequences, holding back the tail that could begin one.
 #[derive(Debug, Default)]
-pub struct StopHoldBack {
+pub struct StopMatcher {
     stops: Vec<String>,
     pending: String,
     stopped: bool,
 }
 
-impl StopHoldBack {
+impl StopMatcher {
+    /// A matcher for `stops` (empty ones are ignored).
     pub fn new(stops: Vec<String>) -> Self {
         Self {
             stops: stops.into_iter().filter(|s| !s.is_empty()).collect(),
@@ -17,7 +19,13 @@ impl StopHoldBack {
         }
     }
 
-    /// Feeds the next token's text; returns the text that can be shown now.
+    /// Whether a whole stop sequence has appeared.
+    pub fn stopped(&self) -> bool {
+        self.stopped
+    }
+
+    /// Feeds the next token's text; returns the text that can be shown now. Once a stop
+    /// sequence has appeared ([`StopMatcher::stopped`]), nothing more is released.
     pub fn push(&mut self, text: &str) -> String {
         if self.stopped {
             return String::new();
@@ -71,10 +79,32 @@ mod tests {
     use super::*;
 
     fn run(stops: &[&str], tokens: &[&str], ended_on_stop: bool) -> (Vec<String>, String) {
-        let mut h = StopHoldBack::new(stops.iter().map(|s| s.to_string()).collect());
+        let mut h = StopMatcher::new(stops.iter().map(|s| s.to_string()).collect());
         let shown: Vec<String> = tokens.iter().map(|t| h.push(t)).collect();
         let last = h.finish(ended_on_stop);
         (shown, last)
+    }
+
+    /// Whether `text`, fed as `text[..appended_from]` then the rest, stops on the second piece.
+    fn stop_sequence_hit(text: &str, appended_from: usize, stops: &[String]) -> bool {
+        let mut m = StopMatcher::new(stops.to_vec());
+        m.push(&text[..appended_from]);
+        let before = m.stopped();
+        m.push(&text[appended_from..]);
+        !before && m.stopped()
+    }
+
+    #[test]
+    fn stop_sequences_match_across_token_boundaries() {
+        let stops = vec!["\n\n".to_string(), "END".to_string()];
+        assert!(stop_sequence_hit("hello\n\n", 6, &stops));
+        assert!(!stop_sequence_hit("the EN", 4, &stops));
+        assert!(stop_sequence_hit("the END", 6, &stops));
+        assert!(!stop_sequence_hit("nothing here", 8, &stops));
+        assert!(
+            stop_sequence_hit("é\n\n", 3, &stops),
+            "multi-byte text before the window"
+        );
     }
 
     #[test]

@@ -2,13 +2,40 @@
 //! and the memory CUDA reports inside this process (on a MIG slice: the slice's own memory;
 //! NVML would report the parent GPU's).
 
-use migserve_models::Device;
+use migserve_models::{Device, WeightFormat};
 
-use super::DeviceKind;
+/// Which device a worker runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceKind {
+    Cpu,
+    Cuda,
+}
 
-/// Exit status of a worker that cannot use its device. The supervisor marks the slice failed
-/// at once instead of restarting a worker that would fail the same way.
-pub const EXIT_DEVICE_UNUSABLE: i32 = 3;
+impl DeviceKind {
+    /// The weight format a worker holds when none is asked for: Q8_0 on the CPU, bf16 on a GPU.
+    pub fn default_weights(self) -> WeightFormat {
+        match self {
+            DeviceKind::Cpu => WeightFormat::Q8,
+            DeviceKind::Cuda => WeightFormat::Bf16,
+        }
+    }
+
+    /// Bytes of one cached key or value element: f16 in the CPU cache, bf16 in the CUDA one.
+    pub fn kv_element_bytes(self) -> usize {
+        match self {
+            DeviceKind::Cpu | DeviceKind::Cuda => 2,
+        }
+    }
+
+    /// The name on the command line, in configs and in `/info` (`cpu`, `cuda`).
+    pub fn name(self) -> &'static str {
+        match self {
+            DeviceKind::Cpu => "cpu",
+            DeviceKind::Cuda => "cuda",
+        }
+    }
+}
 
 /// The worker cannot use the device it was given (no driver, no such GPU, too little memory,
 /// a build without CUDA).

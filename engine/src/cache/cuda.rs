@@ -10,8 +10,8 @@ use migserve_kernels::cpu::paged_attention::AttentionShape;
 use migserve_kernels::cuda::{self as kernels, Bf16, DeviceLayout};
 use migserve_models::{AttentionSpan, KvStore, LlamaConfig, ModelError, SeqId};
 
-use super::block_manager::BlockManager;
-use super::paged_cache::{batch_layout, check_layer, PagedStore};
+use super::{batch_layout, check_layer, PagedStore};
+use crate::block_manager::BlockManager;
 
 /// Keys and values of every layer in device memory, addressed through block tables.
 pub struct CudaPagedKvCache {

@@ -1,0 +1,76 @@
+//! The [`Engine`] trait: what a worker's HTTP layer needs from whatever generates tokens.
+
+use tokio::sync::watch;
+
+use crate::device::DeviceKind;
+use crate::error::EngineError;
+use crate::event::EventStream;
+use crate::request::{GenerateRequest, Limits};
+
+/// One prompt token, for TGI's `decoder_input_details`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PromptToken {
+    pub id: u32,
+    pub text: String,
+}
+
+/// A request the engine took.
+#[derive(Debug)]
+pub struct Accepted {
+    /// Tokens of the prompt after templating and truncation.
+    pub prompt_tokens: usize,
+    /// Those tokens with their texts, when the request asked for them (else empty).
+    pub prompt: Vec<PromptToken>,
+    /// Its events; dropping the stream cancels the request.
+    pub events: EventStream,
+}
+
+/// Whether an engine can take requests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    /// Running.
+    Healthy,
+    /// Stopped for good (it died, or was shut down), and why. A worker whose engine is dead
+    /// exits, so that its supervisor restarts it.
+    Dead(String),
+}
+
+impl Health {
+    /// Whether the engine is running.
+    pub fn is_healthy(&self) -> bool {
+        matches!(self, Health::Healthy)
+    }
+}
+
+/// What an engine serves and with which limits (the worker's `/info`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineInfo {
+    /// The name clients use for the model (OpenAI `model`).
+    pub model_id: String,
+    /// How the weights are held (`q8`, `bf16`, ...).
+    pub dtype: String,
+    /// The device the engine runs on.
+    pub device: DeviceKind,
+    pub limits: Limits,
+    pub max_batch_size: usize,
+    pub max_concurrent_requests: usize,
+}
+
+/// Something that turns requests into streams of tokens: [`crate::LocalEngine`] (the model on
+/// this worker's device), or a test stand-in behind the same HTTP layer.
+pub trait Engine: Send + Sync + 'static {
+    /// Tokenizes (or renders the chat template), validates and queues a request. May block
+    /// for as long as tokenizing a large prompt takes: call it on a blocking pool. Refuses with
+    /// [`EngineError::Validation`] (bad input), [`EngineError::Overloaded`] (too many in
+    /// flight) or [`EngineError::Unavailable`] (the engine is not running).
+    fn submit(&self, request: GenerateRequest) -> Result<Accepted, EngineError>;
+
+    /// Whether the engine is running now.
+    fn health(&self) -> Health;
+
+    /// Health changes, for a worker that must exit when its engine dies.
+    fn watch_health(&self) -> watch::Receiver<Health>;
+
+    /// What the engine serves.
+    fn info(&self) -> &EngineInfo;
+}

@@ -1,0 +1,124 @@
+//! What the engine sends back for a request: one event per generated token, the last one with
+//! the finish details, or a failure.
+
+use std::time::Duration;
+
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+
+use crate::error::EngineError;
+
+/// Why a sequence stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// `max_new_tokens` reached (or the model's context).
+    Length,
+    /// The model produced an end-of-sequence token.
+    EosToken,
+    /// The text produced one of the request's stop sequences.
+    StopSequence,
+}
+
+/// One generated token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenEvent {
+    pub id: u32,
+    /// New text this token completes (may be empty inside a multi-byte character; the last
+    /// token also carries whatever the decoder still held). The texts of all tokens together
+    /// are the whole generated text, stop sequence included (TGI's `generated_text`).
+    pub text: String,
+    /// New text that can be shown where a stop sequence must never appear (OpenAI): text
+    /// that could be the start of a stop sequence is held back until it is known not to be,
+    /// and nothing from a stop sequence on is ever released.
+    pub visible: String,
+    /// Log-probability of the token under the model (before sampling transforms).
+    pub logprob: f32,
+    /// Whether this is a special token (the end-of-sequence token).
+    pub special: bool,
+}
+
+/// Timings and counts of a finished request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FinishEvent {
+    pub reason: FinishReason,
+    pub prompt_tokens: usize,
+    pub generated_tokens: usize,
+    /// Arrival to first scheduled step.
+    pub queue_time: Duration,
+    /// First scheduled step to finish.
+    pub inference_time: Duration,
+    /// Arrival to first token.
+    pub time_to_first_token: Duration,
+    pub seed: Option<u64>,
+}
+
+/// One event of a request's stream.
+#[derive(Debug, Clone)]
+pub enum EngineEvent {
+    /// A token; the last one comes with the finish details.
+    Token(TokenEvent, Option<FinishEvent>),
+    /// The request failed; nothing follows.
+    Failed(EngineError),
+}
+
+/// The events of one request, in order. Dropping it cancels the request: the engine frees
+/// its KV blocks before its next step.
+#[derive(Debug)]
+pub struct EventStream {
+    rx: UnboundedReceiver<EngineEvent>,
+}
+
+impl EventStream {
+    /// A stream and the sender that feeds it.
+    pub fn channel() -> (UnboundedSender<EngineEvent>, Self) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        (tx, Self { rx })
+    }
+
+    /// The next event; `None` once the sender is gone. A stream that ends without a final
+    /// token or a failure was dropped by the engine (it died).
+    pub async fn next(&mut self) -> Option<EngineEvent> {
+        self.rx.recv().await
+    }
+
+    /// Everything of a request, for answers that are not streamed: the tokens and the finish
+    /// details, or the failure.
+    pub async fn collect(mut self) -> Result<Collected, EngineError> {
+        let mut tokens = Vec::new();
+        while let Some(event) = self.next().await {
+            match event {
+                EngineEvent::Token(t, finish) => {
+                    tokens.push(t);
+                    if let Some(finish) = finish {
+                        return Ok(Collected { tokens, finish });
+                    }
+                }
+                EngineEvent::Failed(e) => return Err(e),
+            }
+        }
+        Err(dropped())
+    }
+}
+
+/// The failure a stream that ended without its final event stands for.
+pub fn dropped() -> EngineError {
+    EngineError::Generation("the engine dropped the request".into())
+}
+
+/// A whole generation.
+#[derive(Debug, Clone)]
+pub struct Collected {
+    pub tokens: Vec<TokenEvent>,
+    pub finish: FinishEvent,
+}
+
+impl Collected {
+    /// The whole generated text, stop sequence included (TGI).
+    pub fn text(&self) -> String {
+        self.tokens.iter().map(|t| t.text.as_str()).collect()
+    }
+
+    /// The generated text up to (not including) a stop sequence (OpenAI).
+    pub fn visible_text(&self) -> String {
+        self.tokens.iter().map(|t| t.visible.as_str()).collect()
+    }
+}

@@ -1,0 +1,336 @@
+//! [`LocalEngine`]: the model on this process's device, behind the [`Engine`] trait.
+
+use std::path::Path;
+use std::sync::{mpsc, Arc};
+
+use migserve_models::{
+    ChatTemplate, Device, GgufFile, LlamaConfig, Model, Tokenizer, WeightFormat,
+};
+use tokio::sync::watch;
+
+use crate::cache::cpu::PagedKvCache;
+use crate::cache::PagedStore;
+use crate::device::{self, DeviceKind, DeviceUnusable};
+use crate::engine::{Accepted, Engine, EngineInfo, Health, PromptToken};
+use crate::error::{EngineError, StartError};
+use crate::event::EventStream;
+use crate::fault;
+use crate::flags::{EngineFlags, DEFAULT_KV_CACHE_TOKENS};
+use crate::request::{GenerateRequest, Limits, Prompt};
+use crate::scheduler::SchedulerConfig;
+use crate::step::StepModel;
+use crate::step_loop::{self, EngineStatus, Submission};
+use crate::validate;
+
+/// The pieces an engine is made of; [`LocalEngine::load`] makes them from a model file, tests
+/// from a step model of their own.
+pub struct EngineParts<M> {
+    pub model: M,
+    pub tokenizer: Tokenizer,
+    pub chat_template: ChatTemplate,
+    /// The KV cache, with `limits.kv_cache_tokens` positions.
+    pub cache: Box<dyn PagedStore>,
+    pub scheduler: SchedulerConfig,
+    pub info: EngineInfo,
+}
+
+/// A running engine: its thread, and what submitting to it needs (tokenizer, chat template,
+/// limits). Dropping every handle lets the thread finish what it holds and end.
+pub struct LocalEngine {
+    tx: mpsc::Sender<Submission>,
+    status: Arc<EngineStatus>,
+    tokenizer: Arc<Tokenizer>,
+    chat_template: ChatTemplate,
+    info: EngineInfo,
+}
+
+impl LocalEngine {
+    /// Loads the GGUF model at `path` onto `kind` (already opened as `device`) with `flags`
+    /// and starts its engine thread. With `MIGSERVE_FAULT_PANIC_AT_STEP` set, the engine
+    /// panics at that step (see [`fault`]).
+    pub fn load(
+        path: &Path,
+        model_id: String,
+        kind: DeviceKind,
+        device: &Device,
+        flags: &EngineFlags,
+    ) -> Result<Self, StartError> {
+        flags.validate().map_err(StartError::InvalidFlags)?;
+        let weights = flags.weights.unwrap_or(kind.default_weights());
+        check_weights_fit(path, device, weights)?;
+        let model = Model::load(path, weights, device).map_err(|source| {
+            let e = format!("loading {}: {source}", path.display());
+            if kind == DeviceKind::Cuda && e.contains("OUT_OF_MEMORY") {
+                StartError::DeviceUnusable(DeviceUnusable(format!(
+                    "{e} (the GPU has too little memory for this model)"
+                )))
+            } else {
+                StartError::Model {
+                    path: path.display().to_string(),
+                    source,
+                }
+            }
+        })?;
+        // Work queued while loading finishes before the engine thread (and its stream) starts.
+        sync(device)?;
+        let config = model.config().clone();
+        let bytes_per_position = config.kv_bytes_per_position(kind.kv_element_bytes());
+        let kv_cache_tokens = match (flags.kv_cache_tokens, device::memory(device)?) {
+            (Some(tokens), _) => tokens,
+            (None, None) => DEFAULT_KV_CACHE_TOKENS,
+            (None, Some((free, _))) => {
+                device::kv_tokens_for(free, flags.kv_memory_fraction, bytes_per_position)
+            }
+        };
+        let kv_blocks = kv_cache_tokens / flags.block_size;
+        if kv_blocks == 0 {
+            return Err(DeviceUnusable(format!(
+                "no room for a KV cache: {kv_cache_tokens} positions is less than one block of {}",
+                flags.block_size
+            ))
+            .into());
+        }
+        let limits = limits(flags, config.context_length, kv_blocks * flags.block_size)?;
+        let cache: Box<dyn PagedStore> = match kind {
+            DeviceKind::Cpu => Box::new(PagedKvCache::new(&config, kv_blocks, flags.block_size)),
+            DeviceKind::Cuda => cuda_cache(&config, kv_blocks, flags.block_size, device)?,
+        };
+        sync(device)?;
+        tracing::info!(
+            model = %model_id,
+            device = %device::describe(device),
+            weights = weights.name(),
+            layers = config.n_layers,
+            kv_cache_tokens = limits.kv_cache_tokens,
+            kv_cache_mib = (limits.kv_cache_tokens * bytes_per_position) >> 20,
+            "model loaded"
+        );
+        let Model {
+            llama,
+            tokenizer,
+            chat_template,
+        } = model;
+        let info = EngineInfo {
+            model_id,
+            dtype: weights.name().into(),
+            device: kind,
+            limits,
+            max_batch_size: flags.max_batch_size,
+            max_concurrent_requests: flags.max_concurrent_requests,
+        };
+        let scheduler = SchedulerConfig {
+            max_batch_size: flags.max_batch_size,
+            max_batch_tokens: flags.max_batch_tokens,
+        };
+        let model: Box<dyn StepModel> = match fault::panic_at_step_from_env() {
+            Some(at) => {
+                tracing::warn!(
+                    at,
+                    "fault injection armed: the engine panics at step {at} ({})",
+                    fault::PANIC_AT_STEP_ENV
+                );
+                Box::new(fault::PanicAtStep::new(llama, at))
+            }
+            None => Box::new(llama),
+        };
+        Self::start(EngineParts {
+            model,
+            tokenizer,
+            chat_template,
+            cache,
+            scheduler,
+            info,
+        })
+    }
+
+    /// Starts the engine thread over `parts`.
+    pub fn start<M: StepModel + 'static>(parts: EngineParts<M>) -> Result<Self, StartError> {
+        let status = Arc::new(EngineStatus::default());
+        let tokenizer = Arc::new(parts.tokenizer);
+        let tx = step_loop::spawn(
+            parts.model,
+            tokenizer.clone(),
+            parts.cache,
+            parts.scheduler,
+            status.clone(),
+        )?;
+        Ok(Self {
+            tx,
+            status,
+            tokenizer,
+            chat_template: parts.chat_template,
+            info: parts.info,
+        })
+    }
+
+    /// Requests waiting or running now.
+    pub fn in_flight(&self) -> usize {
+        self.status.in_flight()
+    }
+
+    /// The prompt's token ids: text through the tokenizer, a conversation through the chat
+    /// template first.
+    fn tokenize(&self, prompt: &Prompt) -> Result<Vec<u32>, EngineError> {
+        let ids = match prompt {
+            Prompt::Text(text) if text.is_empty() => {
+                return Err(EngineError::Validation("the prompt is empty".into()))
+            }
+            Prompt::Text(text) => self.tokenizer.encode(text, true)?,
+            Prompt::Chat(messages) if messages.is_empty() => {
+                return Err(EngineError::Validation("`messages` cannot be empty".into()))
+            }
+            Prompt::Chat(messages) => {
+                let text = self.chat_template.render(messages, true)?;
+                self.tokenizer.encode(&text, false)?
+            }
+        };
+        Ok(ids)
+    }
+}
+
+impl Engine for LocalEngine {
+    fn submit(&self, request: GenerateRequest) -> Result<Accepted, EngineError> {
+        if let Health::Dead(why) = self.status.health() {
+            return Err(EngineError::Unavailable(format!(
+                "the engine has stopped: {why}"
+            )));
+        }
+        let mut ids = self.tokenize(&request.prompt)?;
+        validate::truncate(&mut ids, request.truncate)?;
+        let prompt = match request.return_prompt_tokens {
+            true => ids
+                .iter()
+                .map(|&id| PromptToken {
+                    id,
+                    text: self.tokenizer.decode(&[id], false).unwrap_or_default(),
+                })
+                .collect(),
+            false => Vec::new(),
+        };
+        let request = validate::build_request(ids, &request, &self.info.limits)?;
+        let prompt_tokens = request.prompt.len();
+        let limit = self.info.max_concurrent_requests;
+        self.status.try_admit(limit).map_err(|in_flight| {
+            EngineError::Overloaded(format!(
+                "Model is overloaded: {in_flight} requests in flight (limit {limit})"
+            ))
+        })?;
+        let (events_tx, events) = EventStream::channel();
+        let submission = Submission {
+            request,
+            events: events_tx,
+        };
+        if self.tx.send(submission).is_err() {
+            self.status.release();
+            self.status.mark_dead("the engine thread is gone");
+            return Err(EngineError::Unavailable("the engine has stopped".into()));
+        }
+        Ok(Accepted {
+            prompt_tokens,
+            prompt,
+            events,
+        })
+    }
+
+    fn health(&self) -> Health {
+        self.status.health()
+    }
+
+    fn watch_health(&self) -> watch::Receiver<Health> {
+        self.status.watch()
+    }
+
+    fn info(&self) -> &EngineInfo {
+        &self.info
+    }
+}
+
+/// The request limits `flags` give a model of `context` positions and a KV cache of
+/// `kv_cache_tokens` positions.
+pub fn limits(
+    flags: &EngineFlags,
+    context: usize,
+    kv_cache_tokens: usize,
+) -> Result<Limits, StartError> {
+    let bad = |m: String| Err(StartError::InvalidFlags(m));
+    let max_total_tokens = flags.max_total_tokens.unwrap_or(context.min(4096));
+    if max_total_tokens < 2 || max_total_tokens > context {
+        return bad(format!(
+            "--max-total-tokens must be between 2 and the model's context ({context})"
+        ));
+    }
+    let max_input_tokens = flags.max_input_tokens.unwrap_or(max_total_tokens - 1);
+    if max_input_tokens == 0 || max_input_tokens >= max_total_tokens {
+        return bad(format!(
+            "--max-input-tokens must be at least 1 and below --max-total-tokens ({max_total_tokens})"
+        ));
+    }
+    Ok(Limits {
+        max_input_tokens,
+        max_total_tokens,
+        max_stop_sequences: flags.max_stop_sequences,
+        default_max_new_tokens: flags.default_max_new_tokens,
+        kv_cache_tokens,
+    })
+}
+
+fn sync(device: &Device) -> Result<(), StartError> {
+    device
+        .synchronize()
+        .map_err(|e| DeviceUnusable(format!("the device failed: {e}")).into())
+}
+
+/// Refuses, before loading, a model whose weights cannot fit in the GPU's free memory.
+fn check_weights_fit(
+    path: &Path,
+    device: &Device,
+    weights: WeightFormat,
+) -> Result<(), StartError> {
+    let Some((free, total)) = device::memory(device)? else {
+        return Ok(());
+    };
+    let model_error = |source| StartError::Model {
+        path: path.display().to_string(),
+        source,
+    };
+    let file = GgufFile::open(path).map_err(model_error)?;
+    let config = LlamaConfig::from_gguf(&file).map_err(model_error)?;
+    let file_bytes = std::fs::metadata(path).map_or(0, |m| m.len());
+    let need = weights.weight_bytes(config.parameter_count(), file_bytes) as usize;
+    if need > free {
+        return Err(DeviceUnusable(format!(
+            "{} needs {} for its weights ({}) but the GPU has {} free of {} \
+             (CUDA_VISIBLE_DEVICES={})",
+            path.display(),
+            device::gib(need),
+            weights.name(),
+            device::gib(free),
+            device::gib(total),
+            std::env::var("CUDA_VISIBLE_DEVICES").unwrap_or_else(|_| "unset".into())
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_cache(
+    config: &LlamaConfig,
+    kv_blocks: usize,
+    block_size: usize,
+    device: &Device,
+) -> Result<Box<dyn PagedStore>, StartError> {
+    let cache = crate::cache::cuda::CudaPagedKvCache::new(config, kv_blocks, block_size, device)
+        .map_err(|e| DeviceUnusable(format!("cannot allocate the KV cache on the GPU: {e}")))?;
+    Ok(Box::new(cache))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_cache(
+    _config: &LlamaConfig,
+    _kv_blocks: usize,
+    _block_size: usize,
+    _device: &Device,
+) -> Result<Box<dyn PagedStore>, StartError> {
+    Err(DeviceUnusable("this build of migserve has no CUDA support".into()).into())
+}

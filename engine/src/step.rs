@@ -1,0 +1,63 @@
+//! The model behind an engine step: one batched forward pass over chunks of many sequences,
+//! reading and writing their keys and values in the paged cache.
+
+use migserve_models::{Llama, ModelError, SeqChunk};
+
+use crate::cache::PagedStore;
+
+/// What the step loop needs from a model. [`Llama`] is the real one; tests put a model of
+/// their own here to run the scheduler, the cache bookkeeping and output processing without
+/// weights.
+pub trait StepModel: Send {
+    /// Runs `chunks` (positions `start..start + tokens.len()` of each sequence) through the
+    /// model, storing their keys and values in `cache`, and returns the logits of each
+    /// chunk's last position, one row per chunk in order.
+    fn forward(
+        &mut self,
+        chunks: &[SeqChunk<'_>],
+        cache: &mut dyn PagedStore,
+    ) -> Result<Vec<Vec<f32>>, ModelError>;
+
+    /// Longest sequence (prompt and generated tokens) the model can hold.
+    fn context_length(&self) -> usize;
+
+    /// Whether the model computes on the CPU (then per-row host work runs on its thread pool).
+    fn on_cpu(&self) -> bool;
+}
+
+impl StepModel for Llama {
+    fn forward(
+        &mut self,
+        chunks: &[SeqChunk<'_>],
+        cache: &mut dyn PagedStore,
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
+        let logits = Llama::forward(self, chunks, cache)?;
+        Ok(logits.to_vec2::<f32>()?)
+    }
+
+    fn context_length(&self) -> usize {
+        self.config().context_length
+    }
+
+    fn on_cpu(&self) -> bool {
+        self.device().is_cpu()
+    }
+}
+
+impl<M: StepModel + ?Sized> StepModel for Box<M> {
+    fn forward(
+        &mut self,
+        chunks: &[SeqChunk<'_>],
+        cache: &mut dyn PagedStore,
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
+        (**self).forward(chunks, cache)
+    }
+
+    fn context_length(&self) -> usize {
+        (**self).context_length()
+    }
+
+    fn on_cpu(&self) -> bool {
+        (**self).on_cpu()
+    }
+}

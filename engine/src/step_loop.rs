@@ -1,0 +1,477 @@
+//! The engine thread: it owns the model and the KV cache and runs the scheduler's steps, one
+//! batched forward pass each. Requests come in over a channel; each request's tokens go out
+//! over its own channel as soon as they are sampled. A request whose channel is dropped (the
+//! client went away) is cancelled before the next step.
+//!
+//! A panic on this thread (a kernel assertion, an index out of range) does not leave a zombie
+//! behind: the engine is marked dead, every request in flight or queued gets a
+//! [`EngineError::Crashed`] event, and whoever watches [`EngineStatus::watch`] (the worker)
+//! exits so that the supervisor restarts it.
+
+use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Instant;
+
+use migserve_kernels::cpu::exp::log_sum_exp;
+use migserve_kernels::cpu::parallel::{par_rows, ParallelFor};
+use migserve_models::parallel::candle_pool;
+use migserve_models::{ModelError, Sampler, SeqChunk, SeqId, Tokenizer};
+use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::watch;
+
+use crate::cache::PagedStore;
+use crate::engine::Health;
+use crate::error::EngineError;
+use crate::event::{EngineEvent, FinishEvent, TokenEvent};
+use crate::metrics as m;
+use crate::output::OutputProcessor;
+use crate::request::EngineRequest;
+use crate::scheduler::{Scheduler, SchedulerConfig, Sequence, StepPlan};
+use crate::step::StepModel;
+
+/// A validated request on its way to the engine thread, with the sender of its events.
+pub struct Submission {
+    pub request: EngineRequest,
+    pub events: UnboundedSender<EngineEvent>,
+}
+
+/// What the submitting side and the engine thread share: requests in flight and health.
+#[derive(Debug)]
+pub struct EngineStatus {
+    in_flight: AtomicUsize,
+    health: watch::Sender<Health>,
+}
+
+impl Default for EngineStatus {
+    fn default() -> Self {
+        Self {
+            in_flight: AtomicUsize::new(0),
+            health: watch::Sender::new(Health::Healthy),
+        }
+    }
+}
+
+impl EngineStatus {
+    /// Counts a new request in flight unless `limit` are already; the count before it.
+    pub fn try_admit(&self, limit: usize) -> Result<usize, usize> {
+        let previous = self.in_flight.fetch_add(1, Ordering::AcqRel);
+        if previous >= limit {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return Err(previous);
+        }
+        Ok(previous)
+    }
+
+    /// A request in flight is done (finished, failed, cancelled, or never reached the thread).
+    pub fn release(&self) {
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Requests waiting or running now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// The engine's health now.
+    pub fn health(&self) -> Health {
+        self.health.borrow().clone()
+    }
+
+    /// Health changes.
+    pub fn watch(&self) -> watch::Receiver<Health> {
+        self.health.subscribe()
+    }
+
+    /// Marks the engine dead for good (the first reason stays).
+    pub fn mark_dead(&self, reason: impl Into<String>) {
+        let reason = reason.into();
+        self.health.send_if_modified(|h| {
+            if h.is_healthy() {
+                *h = Health::Dead(reason);
+                true
+            } else {
+                false
+            }
+        });
+    }
+}
+
+/// Marks the engine dead when the thread ends by any path, even a panic while cleaning up
+/// after a panic.
+struct DeadOnExit(Arc<EngineStatus>);
+
+impl Drop for DeadOnExit {
+    fn drop(&mut self) {
+        self.0.mark_dead("the engine thread ended");
+    }
+}
+
+/// Starts the engine thread: `model` runs the steps over `cache` (sized for the model, on its
+/// device), `tokenizer` turns tokens into text. Returns the sender requests go in by.
+pub fn spawn<M: StepModel + 'static>(
+    model: M,
+    tokenizer: Arc<Tokenizer>,
+    cache: Box<dyn PagedStore>,
+    scheduler: SchedulerConfig,
+    status: Arc<EngineStatus>,
+) -> std::io::Result<mpsc::Sender<Submission>> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("engine".into())
+        .spawn(move || {
+            let _dead_on_exit = DeadOnExit(status.clone());
+            let mut core = StepLoop::new(model, tokenizer, cache, scheduler, status.clone());
+            match catch_unwind(AssertUnwindSafe(|| core.run(&rx))) {
+                Ok(()) => status.mark_dead("the engine has stopped"),
+                Err(payload) => {
+                    let why = panic_message(payload.as_ref());
+                    tracing::error!(panic = %why, "the engine thread panicked; failing every request in flight");
+                    status.mark_dead(format!("the engine thread panicked: {why}"));
+                    let error = EngineError::Crashed(format!(
+                        "the engine crashed ({why}); this worker restarts"
+                    ));
+                    core.fail_everything(&error);
+                    while let Ok(s) = rx.try_recv() {
+                        status.release();
+                        let _ = s.events.send(EngineEvent::Failed(error.clone()));
+                    }
+                }
+            }
+        })?;
+    Ok(tx)
+}
+
+/// The text of a panic's payload.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
+}
+
+/// Per-request state the scheduler does not need.
+struct Active {
+    events: UnboundedSender<EngineEvent>,
+    sampler: Sampler,
+    output: OutputProcessor,
+    request: EngineRequest,
+    first_scheduled: Option<Instant>,
+    first_token: Option<Instant>,
+}
+
+/// The engine thread's state.
+struct StepLoop<M> {
+    model: M,
+    tokenizer: Arc<Tokenizer>,
+    cache: Box<dyn PagedStore>,
+    scheduler: Scheduler,
+    active: HashMap<SeqId, Active>,
+    next_id: SeqId,
+    status: Arc<EngineStatus>,
+}
+
+impl<M: StepModel> StepLoop<M> {
+    fn new(
+        model: M,
+        tokenizer: Arc<Tokenizer>,
+        cache: Box<dyn PagedStore>,
+        scheduler: SchedulerConfig,
+        status: Arc<EngineStatus>,
+    ) -> Self {
+        Self {
+            model,
+            tokenizer,
+            cache,
+            scheduler: Scheduler::new(scheduler),
+            active: HashMap::new(),
+            next_id: 0,
+            status,
+        }
+    }
+
+    /// Steps until every sender is gone and nothing is left to do.
+    fn run(&mut self, rx: &mpsc::Receiver<Submission>) {
+        self.publish_gauges();
+        loop {
+            if self.scheduler.is_idle() {
+                match rx.recv() {
+                    Ok(s) => self.admit(s),
+                    Err(_) => return,
+                }
+            }
+            loop {
+                match rx.try_recv() {
+                    Ok(s) => self.admit(s),
+                    Err(mpsc::TryRecvError::Empty) => break,
+                    Err(mpsc::TryRecvError::Disconnected) => {
+                        if self.scheduler.is_idle() {
+                            return;
+                        }
+                        break;
+                    }
+                }
+            }
+            self.drop_cancelled();
+            self.step();
+            self.publish_gauges();
+        }
+    }
+
+    fn admit(&mut self, s: Submission) {
+        let id = self.next_id;
+        self.next_id += 1;
+        m::counter_inc(m::REQUESTS, 1);
+        m::counter_inc(m::PROMPT_TOKENS, s.request.prompt.len() as u64);
+        let sampler = Sampler::new(s.request.params.clone());
+        let output = OutputProcessor::new(
+            s.request.max_new_tokens,
+            s.request.stop.clone(),
+            s.request.ignore_eos,
+        );
+        self.scheduler
+            .add(Sequence::new(id, s.request.prompt.clone()));
+        self.active.insert(
+            id,
+            Active {
+                events: s.events,
+                sampler,
+                output,
+                request: s.request,
+                first_scheduled: None,
+                first_token: None,
+            },
+        );
+    }
+
+    /// Frees the sequences whose clients went away.
+    fn drop_cancelled(&mut self) {
+        let gone: Vec<SeqId> = self
+            .active
+            .iter()
+            .filter(|(_, a)| a.events.is_closed())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            m::counter_inc(m::CANCELLED, 1);
+            self.end(id);
+        }
+    }
+
+    /// Removes a sequence everywhere, frees its blocks and stops counting it in flight; its
+    /// state, for a last event. (Counts drop before that event goes out, so a client that has
+    /// its answer and sends the next request at once is not refused as over the limit.)
+    fn end(&mut self, id: SeqId) -> Option<Active> {
+        self.scheduler.remove(id, self.cache.blocks_mut());
+        let active = self.active.remove(&id);
+        if active.is_some() {
+            self.status.release();
+        }
+        active
+    }
+
+    /// Drops the sequence and sends `error` to the request's client (the HTTP side counts it).
+    fn fail(&mut self, id: SeqId, error: EngineError) {
+        if let Some(a) = self.end(id) {
+            let _ = a.events.send(EngineEvent::Failed(error));
+        }
+    }
+
+    /// After a panic: every request still here gets `error`. The scheduler and cache may be
+    /// half-updated, so they are left alone; the thread ends right after.
+    fn fail_everything(&mut self, error: &EngineError) {
+        for (_, a) in self.active.drain() {
+            self.status.release();
+            let _ = a.events.send(EngineEvent::Failed(error.clone()));
+        }
+    }
+
+    fn step(&mut self) {
+        let plan = self.scheduler.schedule(self.cache.blocks_mut());
+        m::counter_inc(m::PREEMPTIONS, plan.preempted.len() as u64);
+        if plan.chunks.is_empty() {
+            // Nothing can run: only possible if a waiting request can never get blocks, which
+            // validation prevents. Fail the head of the queue rather than spin.
+            if let Some(id) = self.scheduler.ids().first().copied() {
+                self.fail(
+                    id,
+                    EngineError::Generation("the KV cache cannot hold this request".into()),
+                );
+            }
+            return;
+        }
+        let now = Instant::now();
+        for c in &plan.chunks {
+            if let Some(a) = self.active.get_mut(&c.seq) {
+                if a.first_scheduled.is_none() {
+                    a.first_scheduled = Some(now);
+                    m::histogram_record(m::QUEUE_DURATION, now.duration_since(a.request.arrived));
+                }
+            }
+        }
+        let result = self.forward(&plan);
+        m::counter_inc(m::STEPS, 1);
+        let rows = match result {
+            Ok(rows) if rows.len() == plan.chunks.len() => rows,
+            Ok(rows) => {
+                let e = format!(
+                    "the model returned {} logits rows for {} chunks",
+                    rows.len(),
+                    plan.chunks.len()
+                );
+                self.fail_batch(&plan, &e);
+                return;
+            }
+            Err(e) => {
+                self.fail_batch(&plan, &e.to_string());
+                return;
+            }
+        };
+        let ready = self.scheduler.complete(&plan);
+        // Rows whose sequence samples a token now (not the middle of a chunked prompt).
+        let samples: Vec<bool> = plan.chunks.iter().map(|c| ready.contains(&c.seq)).collect();
+        let log_norms = self.log_normalizers(&rows, &samples);
+        let rows = plan.chunks.iter().zip(rows).zip(log_norms).zip(samples);
+        for (((chunk, mut row), log_norm), samples) in rows {
+            if samples {
+                self.sample_and_emit(chunk.seq, &mut row, log_norm);
+            }
+        }
+    }
+
+    /// A failed forward pass fails the sequences of its batch, and only those.
+    fn fail_batch(&mut self, plan: &StepPlan, error: &str) {
+        tracing::error!(%error, "forward pass failed");
+        for c in &plan.chunks {
+            self.fail(
+                c.seq,
+                EngineError::Generation(format!("forward pass failed: {error}")),
+            );
+        }
+    }
+
+    /// Each sampling row's log-softmax normalizer (for the sampled token's log-probability): a
+    /// pass over the whole vocabulary per row, all rows at once on the CPU pool where the model
+    /// runs on the CPU (a GPU worker does not start that pool's spinning threads).
+    fn log_normalizers(&self, rows: &[Vec<f32>], samples: &[bool]) -> Vec<f32> {
+        let mut log_norms = vec![0.0f32; rows.len()];
+        let serial = |n: usize, f: &(dyn Fn(std::ops::Range<usize>) + Sync)| f(0..n);
+        let parallel: ParallelFor<'_> = match self.model.on_cpu() {
+            true => &candle_pool,
+            false => &serial,
+        };
+        par_rows(parallel, &mut log_norms, 1, &|range, out| {
+            for ((o, row), samples) in out
+                .iter_mut()
+                .zip(&rows[range.clone()])
+                .zip(&samples[range])
+            {
+                if *samples {
+                    *o = log_sum_exp(row);
+                }
+            }
+        });
+        log_norms
+    }
+
+    fn forward(&mut self, plan: &StepPlan) -> Result<Vec<Vec<f32>>, ModelError> {
+        let mut chunks = Vec::with_capacity(plan.chunks.len());
+        for c in &plan.chunks {
+            let seq = self.scheduler.get(c.seq).ok_or_else(|| {
+                ModelError::InvalidInput(format!("scheduled sequence {} is unknown", c.seq))
+            })?;
+            chunks.push(SeqChunk {
+                seq: c.seq,
+                tokens: &seq.tokens[c.start..c.start + c.len],
+                start: c.start,
+            });
+        }
+        self.model.forward(&chunks, self.cache.as_mut())
+    }
+
+    /// Samples the next token of `id` from `logits`, whose log-softmax normalizer is
+    /// `logprob_base` (before any penalty edits them), and sends it out.
+    fn sample_and_emit(&mut self, id: SeqId, logits: &mut [f32], logprob_base: f32) {
+        let Some(seq) = self.scheduler.get(id) else {
+            return;
+        };
+        let context_full = seq.tokens.len() + 1 >= self.model.context_length();
+        let Some(a) = self.active.get_mut(&id) else {
+            return;
+        };
+        // The repetition penalty edits the row in place: keep the raw one for the log-probability.
+        let raw = a
+            .sampler
+            .params()
+            .repetition_penalty
+            .map(|_| logits.to_vec());
+        let token = a.sampler.sample(logits, &seq.tokens);
+        let raw_logit = raw.as_deref().unwrap_or(logits)[token as usize];
+        let logprob = raw_logit - logprob_base;
+        let now = Instant::now();
+        if a.first_token.is_none() {
+            a.first_token = Some(now);
+            m::histogram_record(
+                m::TIME_TO_FIRST_TOKEN,
+                now.duration_since(a.request.arrived),
+            );
+        }
+        m::counter_inc(m::GENERATED_TOKENS, 1);
+        let out = match a.output.push(&self.tokenizer, token, context_full) {
+            Ok(out) => out,
+            Err(e) => {
+                let error = EngineError::Generation(format!("detokenization failed: {e}"));
+                self.fail(id, error);
+                return;
+            }
+        };
+        let generated = a.output.generated();
+        let done = out.finish.map(|reason| {
+            let first_scheduled = a.first_scheduled.unwrap_or(now);
+            let first_token = a.first_token.unwrap_or(now);
+            m::histogram_record(m::REQUEST_DURATION, now.duration_since(a.request.arrived));
+            if generated > 1 {
+                m::histogram_record(
+                    m::TIME_PER_OUTPUT_TOKEN,
+                    now.duration_since(first_token) / (generated as u32 - 1),
+                );
+            }
+            FinishEvent {
+                reason,
+                prompt_tokens: a.request.prompt.len(),
+                generated_tokens: generated,
+                queue_time: first_scheduled.duration_since(a.request.arrived),
+                inference_time: now.duration_since(first_scheduled),
+                time_to_first_token: first_token.duration_since(a.request.arrived),
+                seed: a.request.params.seed,
+            }
+        });
+        let event = TokenEvent {
+            id: token,
+            text: out.text,
+            visible: out.visible,
+            logprob,
+            special: out.special,
+        };
+        if done.is_some() {
+            if let Some(a) = self.end(id) {
+                let _ = a.events.send(EngineEvent::Token(event, done));
+            }
+        } else if a.events.send(EngineEvent::Token(event, None)).is_err() {
+            m::counter_inc(m::CANCELLED, 1);
+            self.end(id);
+        } else {
+            self.scheduler.push_token(id, token);
+        }
+    }
+
+    fn publish_gauges(&self) {
+        let blocks = self.cache.blocks();
+        m::gauge_set(m::QUEUE_SIZE, self.scheduler.waiting_len() as f64);
+        m::gauge_set(m::BATCH_SIZE, self.scheduler.running_len() as f64);
+        m::gauge_set(m::KV_BLOCKS_USED, blocks.used_blocks() as f64);
+        m::gauge_set(m::KV_BLOCKS_FREE, blocks.free_blocks() as f64);
+    }
+}

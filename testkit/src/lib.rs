@@ -1,0 +1,199 @@
+//! Test stand-ins for migserve, kept out of the shipped binary.
+//!
+//! [`FakeEngine`] implements the engine trait with canned tokens (` t0`, ` t1`, ...) at a set
+//! pace and injected failures, and no model; the `migserve-fake-worker` binary serves it
+//! through the real worker HTTP layer (`migserve::worker`), so router and loadtest tests see
+//! the real wire format, headers and errors. Requests are validated by the engine's own
+//! rules; the "tokenizer" counts whitespace-separated words.
+
+pub mod cut;
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use migserve_engine::validate::{build_request, truncate};
+use migserve_engine::{
+    Accepted, DeviceKind, Engine, EngineError, EngineEvent, EngineInfo, EventStream, FinishEvent,
+    FinishReason, GenerateRequest, Health, Limits, Prompt, PromptToken, TokenEvent,
+};
+use tokio::sync::watch;
+
+/// Speed, size and failures of a fake engine's answers.
+#[derive(Debug, Clone)]
+pub struct FakeConfig {
+    /// Delay before the first token.
+    pub first_token_delay: Duration,
+    /// Delay between tokens after the first.
+    pub token_delay: Duration,
+    /// Tokens when a request sets no limit.
+    pub default_new_tokens: usize,
+    /// Refuse every Nth request with [`EngineError::Unavailable`] (a 503; 0: never).
+    pub fail_every: u64,
+    /// Requests in flight at once; more are refused as overloaded.
+    pub max_concurrent_requests: usize,
+}
+
+impl Default for FakeConfig {
+    fn default() -> Self {
+        Self {
+            first_token_delay: Duration::from_millis(20),
+            token_delay: Duration::from_millis(10),
+            default_new_tokens: 16,
+            fail_every: 0,
+            max_concurrent_requests: 1024,
+        }
+    }
+}
+
+/// An engine that answers every request with ` t0 t1 ...` at the configured pace.
+pub struct FakeEngine {
+    config: FakeConfig,
+    info: EngineInfo,
+    runtime: tokio::runtime::Handle,
+    requests: AtomicU64,
+    in_flight: Arc<AtomicUsize>,
+    health: watch::Sender<Health>,
+}
+
+impl FakeEngine {
+    /// A fake engine whose token streams run on `runtime`.
+    pub fn new(config: FakeConfig, runtime: tokio::runtime::Handle) -> Self {
+        let limits = Limits {
+            max_input_tokens: 1 << 20,
+            max_total_tokens: 1 << 21,
+            max_stop_sequences: 4,
+            default_max_new_tokens: config.default_new_tokens,
+            kv_cache_tokens: 1 << 21,
+        };
+        let info = EngineInfo {
+            model_id: "fake".into(),
+            dtype: "none".into(),
+            device: DeviceKind::Cpu,
+            limits,
+            max_batch_size: config.max_concurrent_requests,
+            max_concurrent_requests: config.max_concurrent_requests,
+        };
+        Self {
+            config,
+            info,
+            runtime,
+            requests: AtomicU64::new(0),
+            in_flight: Arc::new(AtomicUsize::new(0)),
+            health: watch::Sender::new(Health::Healthy),
+        }
+    }
+
+    /// Requests received so far (refused ones included).
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+}
+
+/// The text of canned token `i`.
+pub fn token_text(i: usize) -> String {
+    format!(" t{i}")
+}
+
+/// One fake token id per whitespace-separated word (at least one).
+fn fake_tokens(prompt: &Prompt) -> Vec<u32> {
+    let words = match prompt {
+        Prompt::Text(text) => text.split_whitespace().count(),
+        Prompt::Chat(messages) => messages
+            .iter()
+            .map(|m| m.content.split_whitespace().count() + 1)
+            .sum(),
+    };
+    (0..words.max(1) as u32).collect()
+}
+
+/// Decrements the in-flight count when a stream ends, however it ends.
+struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Engine for FakeEngine {
+    fn submit(&self, request: GenerateRequest) -> Result<Accepted, EngineError> {
+        let number = self.requests.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.config.fail_every > 0 && number.is_multiple_of(self.config.fail_every) {
+            return Err(EngineError::Unavailable("injected failure".into()));
+        }
+        if matches!(&request.prompt, Prompt::Text(t) if t.is_empty()) {
+            return Err(EngineError::Validation("the prompt is empty".into()));
+        }
+        let mut ids = fake_tokens(&request.prompt);
+        truncate(&mut ids, request.truncate)?;
+        let prompt = match request.return_prompt_tokens {
+            true => ids
+                .iter()
+                .map(|&id| PromptToken {
+                    id,
+                    text: format!(" w{id}"),
+                })
+                .collect(),
+            false => Vec::new(),
+        };
+        let valid = build_request(ids, &request, &self.info.limits)?;
+        let limit = self.config.max_concurrent_requests;
+        let before = self.in_flight.fetch_add(1, Ordering::AcqRel);
+        let in_flight = InFlight(self.in_flight.clone());
+        if before >= limit {
+            return Err(EngineError::Overloaded(format!(
+                "fake engine overloaded: {before} requests in flight (limit {limit})"
+            )));
+        }
+        let (tx, events) = EventStream::channel();
+        let (first, between) = (self.config.first_token_delay, self.config.token_delay);
+        let (n, prompt_tokens, seed) =
+            (valid.max_new_tokens, valid.prompt.len(), valid.params.seed);
+        let arrived = valid.arrived;
+        self.runtime.spawn(async move {
+            let _in_flight = in_flight;
+            let started = Instant::now();
+            for i in 0..n {
+                tokio::time::sleep(if i == 0 { first } else { between }).await;
+                let finish = (i + 1 == n).then(|| FinishEvent {
+                    reason: FinishReason::Length,
+                    prompt_tokens,
+                    generated_tokens: n,
+                    queue_time: started.duration_since(arrived),
+                    inference_time: started.elapsed(),
+                    time_to_first_token: first,
+                    seed,
+                });
+                let text = token_text(i);
+                let token = TokenEvent {
+                    id: i as u32,
+                    visible: text.clone(),
+                    text,
+                    logprob: -0.5,
+                    special: false,
+                };
+                if tx.send(EngineEvent::Token(token, finish)).is_err() {
+                    return; // the client went away
+                }
+            }
+        });
+        Ok(Accepted {
+            prompt_tokens,
+            prompt,
+            events,
+        })
+    }
+
+    fn health(&self) -> Health {
+        self.health.borrow().clone()
+    }
+
+    fn watch_health(&self) -> watch::Receiver<Health> {
+        self.health.subscribe()
+    }
+
+    fn info(&self) -> &EngineInfo {
+        &self.info
+    }
+}
