@@ -20,7 +20,7 @@ source "$MIGSERVE_CUDA_TOOLS/env.sh"
 echo "== cuda: build"
 cargo build --locked -p migserve --features cuda
 echo "== cuda: lints"
-cargo clippy --locked -p migserve -p migserve-kernels -p migserve-models --features cuda \
+cargo clippy --locked -p migserve -p migserve-engine -p migserve-kernels -p migserve-models --features cuda \
   --all-targets -- -D warnings
 echo "== cuda: GPU tests (skip lines when no GPU is visible)"
 cargo test --locked -p migserve-kernels --features cuda --test cuda_kernels -- --nocapture

@@ -9,15 +9,16 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_KV_CACHE_TOKENS: usize = 16384;
 
 /// Sizes and limits of one engine. The field names are the flags' names (`max_batch_size`
-/// is `--max-batch-size`) and the config keys; clap's defaults are the only defaults.
+/// is `--max-batch-size`) and the config keys; [`EngineFlags::default`] and the flags'
+/// defaults are the same values (tested).
 #[derive(Debug, Clone, PartialEq, clap::Args, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EngineFlags {
     /// Most sequences decoded together in one step.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = Self::default().max_batch_size)]
     pub max_batch_size: usize,
     /// Token budget of one step: decode tokens first, prompt chunks fill the rest.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = Self::default().max_batch_tokens)]
     pub max_batch_tokens: usize,
     /// Longest prompt plus generated tokens; default: the model's context, at most 4096.
     #[arg(long)]
@@ -31,19 +32,19 @@ pub struct EngineFlags {
     pub kv_cache_tokens: Option<usize>,
     /// On a GPU: share of the memory CUDA reports free after loading the weights that the KV
     /// cache takes (the rest is for activations and cuBLAS).
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, default_value_t = Self::default().kv_memory_fraction)]
     pub kv_memory_fraction: f64,
     /// Positions per KV cache block.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = Self::default().block_size)]
     pub block_size: usize,
     /// Requests waiting or running at once; more get 429.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = Self::default().max_concurrent_requests)]
     pub max_concurrent_requests: usize,
     /// Most stop sequences per request.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = Self::default().max_stop_sequences)]
     pub max_stop_sequences: usize,
     /// New tokens when a request sets no limit.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = Self::default().default_max_new_tokens)]
     pub default_max_new_tokens: usize,
     /// How weights are held: q8 (re-quantized to Q8_0 at load; the CPU default: fastest CPU
     /// decode, least memory), bf16 (the GPU default), f32 (fastest CPU prefill) or quantized
@@ -54,14 +55,21 @@ pub struct EngineFlags {
 }
 
 impl Default for EngineFlags {
-    /// The flags' own defaults (what `migserve worker` gets with none given).
+    /// What `migserve worker` runs with when no flag is given.
     fn default() -> Self {
-        use clap::{Args, FromArgMatches};
-        let command = Self::augment_args(clap::Command::new("engine"));
-        let matches = command
-            .try_get_matches_from(["engine"])
-            .expect("every engine flag has a default (tested)");
-        Self::from_arg_matches(&matches).expect("the defaults parse (tested)")
+        Self {
+            max_batch_size: 32,
+            max_batch_tokens: 512,
+            max_total_tokens: None,
+            max_input_tokens: None,
+            kv_cache_tokens: None,
+            kv_memory_fraction: 0.9,
+            block_size: 16,
+            max_concurrent_requests: 256,
+            max_stop_sequences: 4,
+            default_max_new_tokens: 256,
+            weights: None,
+        }
     }
 }
 
@@ -142,6 +150,8 @@ mod tests {
     #[test]
     fn defaults_are_the_flags_defaults_and_valid() {
         let d = EngineFlags::default();
+        let parsed = Worker::try_parse_from(["worker"]).unwrap().engine;
+        assert_eq!(parsed, d, "no flag given: the defaults");
         assert_eq!(
             (d.max_batch_size, d.block_size, d.kv_cache_tokens),
             (32, 16, None)

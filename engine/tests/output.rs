@@ -6,6 +6,7 @@ mod common;
 use std::sync::Arc;
 
 use common::{engine, submit, tokenizer, ScriptedModel, Sizes};
+use migserve_engine::event::Collected;
 use migserve_engine::{FinishReason, GenerateRequest, LocalEngine, Prompt};
 
 const PROMPT: &str = "Say it";
@@ -18,6 +19,17 @@ fn scripted_answer(script: Vec<u32>) -> LocalEngine {
         ScriptedModel::new(49152, next, Arc::default()),
         Sizes::default(),
     )
+}
+
+/// The whole answer of `e` to `PROMPT` with these limits.
+async fn answer(e: &Arc<LocalEngine>, max_new_tokens: i64, stop: &[&str]) -> Collected {
+    submit(e, request(max_new_tokens, stop))
+        .await
+        .unwrap()
+        .events
+        .collect()
+        .await
+        .unwrap()
 }
 
 fn request(max_new_tokens: i64, stop: &[&str]) -> GenerateRequest {
@@ -37,13 +49,7 @@ async fn a_length_stop_inside_a_multi_byte_character_returns_what_the_tokens_dec
     assert!(first_char_tokens.len() >= 2, "{first_char_tokens:?}");
     let e = Arc::new(scripted_answer(crab.clone()));
     for n in 1..=crab.len() {
-        let collected = submit(&e, request(n as i64, &[]))
-            .await
-            .unwrap()
-            .events
-            .collect()
-            .await
-            .unwrap();
+        let collected = answer(&e, n as i64, &[]).await;
         let ids: Vec<u32> = collected.tokens.iter().map(|t| t.id).collect();
         assert_eq!(ids, crab[..n]);
         assert_eq!(collected.finish.reason, FinishReason::Length);
@@ -61,17 +67,11 @@ async fn a_length_stop_inside_a_multi_byte_character_returns_what_the_tokens_dec
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn text_held_back_as_a_possible_stop_is_released_at_a_length_stop() {
     let t = tokenizer();
-    let answer = t.encode(" the end is XY", false).unwrap();
-    let e = Arc::new(scripted_answer(answer.clone()));
-    let collected = submit(&e, request(answer.len() as i64, &["XYZ"]))
-        .await
-        .unwrap()
-        .events
-        .collect()
-        .await
-        .unwrap();
+    let script = t.encode(" the end is XY", false).unwrap();
+    let e = Arc::new(scripted_answer(script.clone()));
+    let collected = answer(&e, script.len() as i64, &["XYZ"]).await;
     assert_eq!(collected.finish.reason, FinishReason::Length);
-    let decoded = t.decode(&answer, true).unwrap();
+    let decoded = t.decode(&script, true).unwrap();
     assert_eq!(collected.text(), decoded);
     assert_eq!(
         collected.visible_text(),
@@ -85,15 +85,9 @@ async fn text_held_back_as_a_possible_stop_is_released_at_a_length_stop() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stop_sequence_ends_the_text_and_never_shows_in_the_visible_part() {
     let t = tokenizer();
-    let answer = t.encode(" one two three four", false).unwrap();
-    let e = Arc::new(scripted_answer(answer.clone()));
-    let collected = submit(&e, request(32, &[" thr"]))
-        .await
-        .unwrap()
-        .events
-        .collect()
-        .await
-        .unwrap();
+    let script = t.encode(" one two three four", false).unwrap();
+    let e = Arc::new(scripted_answer(script.clone()));
+    let collected = answer(&e, 32, &[" thr"]).await;
     assert_eq!(collected.finish.reason, FinishReason::StopSequence);
     assert!(collected.text().contains(" thr"), "{:?}", collected.text());
     assert_eq!(collected.visible_text(), " one two");

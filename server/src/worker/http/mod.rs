@@ -228,3 +228,55 @@ pub fn stream_headers(state: &AppState) -> HeaderMap {
     }
     h
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use migserve_engine::{DeviceKind, EngineError, EngineInfo, Health, Limits};
+
+    /// An engine that only has an info.
+    struct InfoOnly(EngineInfo);
+
+    impl Engine for InfoOnly {
+        fn submit(&self, _: GenerateRequest) -> Result<Accepted, EngineError> {
+            Err(EngineError::Unavailable("info only".into()))
+        }
+        fn health(&self) -> Health {
+            Health::Healthy
+        }
+        fn watch_health(&self) -> tokio::sync::watch::Receiver<Health> {
+            tokio::sync::watch::Sender::new(Health::Healthy).subscribe()
+        }
+        fn info(&self) -> &EngineInfo {
+            &self.0
+        }
+    }
+
+    #[test]
+    fn info_and_compute_type_name_the_engines_device() {
+        for device in [DeviceKind::Cpu, DeviceKind::Cuda] {
+            let engine = InfoOnly(EngineInfo {
+                model_id: "m".into(),
+                dtype: "bf16".into(),
+                device,
+                limits: Limits {
+                    max_input_tokens: 10,
+                    max_total_tokens: 20,
+                    max_stop_sequences: 4,
+                    default_max_new_tokens: 5,
+                    kv_cache_tokens: 64,
+                },
+                max_batch_size: 8,
+                max_concurrent_requests: 16,
+            });
+            let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+                .build_recorder()
+                .handle();
+            let state = AppState::new(Arc::new(engine), metrics, Some("mig0-1"));
+            assert_eq!(state.info.model_device_type, device.name());
+            assert_eq!(state.compute_type, device.name());
+            assert_eq!(state.info.kv_cache_tokens, 64);
+            assert_eq!(state.info.slice.as_deref(), Some("mig0-1"));
+        }
+    }
+}
