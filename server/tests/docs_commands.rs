@@ -4,7 +4,8 @@
 //!   flags of that subcommand (from its `--help`): none that does not exist, none missing
 //!   (a synopsis that says `[load options]` may leave out `loadtest run`'s).
 //! - `migserve` / `loadtest` command lines in `sh` blocks (also after `cargo run ... --` and
-//!   `./target/release/`) use only flags the binaries have.
+//!   `./target/release/`) use only flags the binaries have; the benchmark binaries and the
+//!   fake worker (not built by `cargo test`) only flags their argument structs declare.
 //! - `curl` lines run against a real `migserve serve` on the embedded default config (port
 //!   8080 in the docs) or a real worker (8081), and must answer; a line followed by a
 //!   `# 422 ...` comment must answer that error.
@@ -199,9 +200,10 @@ fn words(line: &str) -> Vec<String> {
     out
 }
 
-/// Whether `text` leaves a quote open.
+/// Whether `text` leaves a quote open (a `#` comment outside quotes ends its line).
 fn open_quote(text: &str) -> bool {
     let mut quote = None;
+    let mut previous = ' ';
     let mut chars = text.chars();
     while let Some(c) = chars.next() {
         match (quote, c) {
@@ -210,8 +212,17 @@ fn open_quote(text: &str) -> bool {
             (None, '\\') => {
                 chars.next();
             }
+            (None, '#') if previous.is_whitespace() => {
+                // Skip the comment to the end of its line.
+                for c in chars.by_ref() {
+                    if c == '\n' {
+                        break;
+                    }
+                }
+            }
             _ => {}
         }
+        previous = c;
     }
     quote.is_some()
 }
@@ -312,6 +323,28 @@ fn check_command(file: &str, command: &[String], packages: &BTreeSet<String>) {
                     .chain(w[rest + 1..].iter().map(|s| s.to_string()))
                     .collect::<Vec<_>>(),
                 packages,
+            );
+        }
+        return;
+    }
+    // Binaries `cargo test` does not build (benchmarks, the fake worker): each flag must be a
+    // field of the arguments struct in their source.
+    let sources = [
+        root().join(format!("bench/tools/src/bin/{program}.rs")),
+        root().join("testkit/src/main.rs"),
+    ];
+    let source = match program {
+        "migserve-fake-worker" => Some(&sources[1]),
+        _ => Some(&sources[0]).filter(|p| p.is_file()),
+    };
+    if let Some(source) = source {
+        let text = std::fs::read_to_string(source).unwrap();
+        for flag in flags(&w[1..].join(" ")) {
+            let field = flag.trim_start_matches("--").replace('-', "_");
+            assert!(
+                text.contains(&format!(" {field}: ")),
+                "{file}: `{program}` has no {flag} ({} has no field `{field}`)",
+                source.display()
             );
         }
         return;
