@@ -63,6 +63,9 @@ pub enum StartError {
     /// on the same device would fail the same way.
     #[error(transparent)]
     DeviceUnusable(#[from] DeviceUnusable),
+    /// The device failed while the engine was being set up.
+    #[error("the device failed: {0}")]
+    DeviceFailed(String),
     /// A setting is out of range or inconsistent with the model.
     #[error("{0}")]
     InvalidFlags(String),

@@ -59,7 +59,7 @@ impl LocalEngine {
         let weights = flags.weights.unwrap_or(kind.default_weights());
         check_weights_fit(path, device, weights)?;
         let model = Model::load(path, weights, device).map_err(|source| {
-            let e = format!("loading {}: {source}", path.display());
+            let e = format!("loading {}: {}", path.display(), error_chain(&source));
             if kind == DeviceKind::Cuda && e.contains("OUT_OF_MEMORY") {
                 StartError::DeviceUnusable(DeviceUnusable(format!(
                     "{e} (the GPU has too little memory for this model)"
@@ -197,8 +197,13 @@ impl Engine for LocalEngine {
         }
         let mut ids = self.tokenize(&request.prompt)?;
         validate::truncate(&mut ids, request.truncate)?;
-        let prompt = match request.return_prompt_tokens {
-            true => ids
+        let return_prompt_tokens = request.return_prompt_tokens;
+        let request = validate::build_request(ids, &request, &self.info.limits)?;
+        let prompt_tokens = request.prompt.len();
+        // Decoded one by one only once the request is known to be valid.
+        let prompt = match return_prompt_tokens {
+            true => request
+                .prompt
                 .iter()
                 .map(|&id| PromptToken {
                     id,
@@ -207,8 +212,6 @@ impl Engine for LocalEngine {
                 .collect(),
             false => Vec::new(),
         };
-        let request = validate::build_request(ids, &request, &self.info.limits)?;
-        let prompt_tokens = request.prompt.len();
         let limit = self.info.max_concurrent_requests;
         self.status.try_admit(limit).map_err(|in_flight| {
             EngineError::Overloaded(format!(
@@ -220,7 +223,16 @@ impl Engine for LocalEngine {
             request,
             events: events_tx,
         };
-        if self.tx.send(submission).is_err() {
+        let gate = self.status.gate();
+        if let Health::Dead(why) = self.status.health() {
+            self.status.release();
+            return Err(EngineError::Unavailable(format!(
+                "the engine has stopped: {why}"
+            )));
+        }
+        let sent = self.tx.send(submission).is_ok();
+        drop(gate);
+        if !sent {
             self.status.release();
             self.status.mark_dead("the engine thread is gone");
             return Err(EngineError::Unavailable("the engine has stopped".into()));
@@ -274,10 +286,27 @@ pub fn limits(
     })
 }
 
+/// Waits for the device's queued work. A failure here may be passing (the worker is
+/// restarted), so it is not [`StartError::DeviceUnusable`].
 fn sync(device: &Device) -> Result<(), StartError> {
     device
         .synchronize()
-        .map_err(|e| DeviceUnusable(format!("the device failed: {e}")).into())
+        .map_err(|e| StartError::DeviceFailed(error_chain(&e)))
+}
+
+/// An error and its sources, `: `-separated.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let next = s.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = s.source();
+    }
+    text
 }
 
 /// Refuses, before loading, a model whose weights cannot fit in the GPU's free memory.

@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use migserve_kernels::cpu::exp::log_sum_exp;
@@ -42,6 +42,10 @@ pub struct Submission {
 pub struct EngineStatus {
     in_flight: AtomicUsize,
     health: watch::Sender<Health>,
+    /// Held while a request is checked against the health and sent, and while the engine is
+    /// marked dead: once it is dead, nothing more can reach the channel, so the thread's last
+    /// drain fails every request that did.
+    gate: Mutex<()>,
 }
 
 impl Default for EngineStatus {
@@ -49,6 +53,7 @@ impl Default for EngineStatus {
         Self {
             in_flight: AtomicUsize::new(0),
             health: watch::Sender::new(Health::Healthy),
+            gate: Mutex::new(()),
         }
     }
 }
@@ -84,9 +89,17 @@ impl EngineStatus {
         self.health.subscribe()
     }
 
+    /// Holds off [`EngineStatus::mark_dead`] while a submitter checks the health and sends.
+    pub fn gate(&self) -> MutexGuard<'_, ()> {
+        self.gate
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// Marks the engine dead for good (the first reason stays).
     pub fn mark_dead(&self, reason: impl Into<String>) {
         let reason = reason.into();
+        let _gate = self.gate();
         self.health.send_if_modified(|h| {
             if h.is_healthy() {
                 *h = Health::Dead(reason);
@@ -456,8 +469,11 @@ impl<M: StepModel> StepLoop<M> {
             special: out.special,
         };
         if done.is_some() {
-            if let Some(a) = self.end(id) {
-                let _ = a.events.send(EngineEvent::Token(event, done));
+            let delivered = self
+                .end(id)
+                .is_some_and(|a| a.events.send(EngineEvent::Token(event, done)).is_ok());
+            if !delivered {
+                m::counter_inc(m::CANCELLED, 1);
             }
         } else if a.events.send(EngineEvent::Token(event, None)).is_err() {
             m::counter_inc(m::CANCELLED, 1);

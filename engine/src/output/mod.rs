@@ -1,7 +1,8 @@
 //! Output processing for one sequence, in one place: each sampled token becomes text (never
 //! half a UTF-8 character), stop sequences are found (and kept out of the visible text), and
-//! the finish is decided (eos, stop sequence, length). At a finish the decoder's held bytes
-//! are flushed, so the texts of the tokens always add up to what the tokens decode to.
+//! the finish is decided (eos, stop sequence, length). At an eos or length finish the
+//! decoder's held bytes are flushed, so the texts of the tokens add up to what the tokens
+//! decode to; at a stop sequence the text ends with the stop.
 
 pub mod stop;
 

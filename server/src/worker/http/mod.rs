@@ -155,7 +155,7 @@ pub async fn submit(state: &AppState, request: GenerateRequest) -> Result<Accept
     let engine = state.engine.clone();
     tokio::task::spawn_blocking(move || engine.submit(request))
         .await
-        .map_err(|e| ApiError::Crashed(format!("submitting the request failed: {e}")))?
+        .map_err(|e| ApiError::Generation(format!("preparing the request failed: {e}")))?
         .map_err(ApiError::from)
 }
 
