@@ -60,48 +60,57 @@ pub enum EngineEvent {
     Failed(EngineError),
 }
 
-/// The events of one request, in order. Dropping it cancels the request: the engine frees
-/// its KV blocks before its next step.
+/// The events of one request, in order, ending with a final token or a failure. Dropping it
+/// cancels the request: the engine frees its KV blocks before its next step.
 #[derive(Debug)]
 pub struct EventStream {
     rx: UnboundedReceiver<EngineEvent>,
+    ended: bool,
 }
 
 impl EventStream {
     /// A stream and the sender that feeds it.
     pub fn channel() -> (UnboundedSender<EngineEvent>, Self) {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        (tx, Self { rx })
+        (tx, Self { rx, ended: false })
     }
 
-    /// The next event; `None` once the sender is gone. A stream that ends without a final
-    /// token or a failure was dropped by the engine (it died).
+    /// The next event; `None` after the final one. A sender that goes away before sending a
+    /// final event (the engine dropped the request) ends the stream with a failure, so every
+    /// stream ends in a final token or a failure.
     pub async fn next(&mut self) -> Option<EngineEvent> {
-        self.rx.recv().await
+        if self.ended {
+            return None;
+        }
+        let event = self.rx.recv().await.unwrap_or_else(|| {
+            EngineEvent::Failed(EngineError::Generation(
+                "the engine dropped the request".into(),
+            ))
+        });
+        self.ended = matches!(
+            event,
+            EngineEvent::Token(_, Some(_)) | EngineEvent::Failed(_)
+        );
+        Some(event)
     }
 
     /// Everything of a request, for answers that are not streamed: the tokens and the finish
     /// details, or the failure.
     pub async fn collect(mut self) -> Result<Collected, EngineError> {
         let mut tokens = Vec::new();
-        while let Some(event) = self.next().await {
-            match event {
-                EngineEvent::Token(t, finish) => {
+        loop {
+            match self.next().await {
+                Some(EngineEvent::Token(t, None)) => tokens.push(t),
+                Some(EngineEvent::Token(t, Some(finish))) => {
                     tokens.push(t);
-                    if let Some(finish) = finish {
-                        return Ok(Collected { tokens, finish });
-                    }
+                    return Ok(Collected { tokens, finish });
                 }
-                EngineEvent::Failed(e) => return Err(e),
+                Some(EngineEvent::Failed(e)) => return Err(e),
+                // Not reached: `next` ends every stream with a final event first.
+                None => return Err(EngineError::Generation("the stream ended".into())),
             }
         }
-        Err(dropped())
     }
-}
-
-/// The failure a stream that ended without its final event stands for.
-pub fn dropped() -> EngineError {
-    EngineError::Generation("the engine dropped the request".into())
 }
 
 /// A whole generation.
@@ -120,5 +129,33 @@ impl Collected {
     /// The generated text up to (not including) a stop sequence (OpenAI).
     pub fn visible_text(&self) -> String {
         self.tokens.iter().map(|t| t.visible.as_str()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_sender_gone_before_the_final_event_ends_the_stream_with_a_failure() {
+        let (tx, mut events) = EventStream::channel();
+        let token = TokenEvent {
+            id: 1,
+            text: "a".into(),
+            visible: "a".into(),
+            logprob: 0.0,
+            special: false,
+        };
+        tx.send(EngineEvent::Token(token, None)).unwrap();
+        drop(tx);
+        assert!(matches!(
+            events.next().await,
+            Some(EngineEvent::Token(_, None))
+        ));
+        assert!(matches!(
+            events.next().await,
+            Some(EngineEvent::Failed(EngineError::Generation(m))) if m.contains("dropped")
+        ));
+        assert!(events.next().await.is_none(), "nothing after the failure");
     }
 }

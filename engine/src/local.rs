@@ -190,6 +190,7 @@ impl LocalEngine {
 
 impl Engine for LocalEngine {
     fn submit(&self, request: GenerateRequest) -> Result<Accepted, EngineError> {
+        // Early, to spare a dead engine the tokenizing; checked again under the gate below.
         if let Health::Dead(why) = self.status.health() {
             return Err(EngineError::Unavailable(format!(
                 "the engine has stopped: {why}"

@@ -111,13 +111,13 @@ impl EngineStatus {
     }
 }
 
-/// Marks the engine dead when the thread ends by any path, even a panic while cleaning up
-/// after a panic.
+/// Marks the engine dead when the thread ends by any path: all senders gone, or a panic
+/// (marked with its own reason first), even one while cleaning up after a panic.
 struct DeadOnExit(Arc<EngineStatus>);
 
 impl Drop for DeadOnExit {
     fn drop(&mut self) {
-        self.0.mark_dead("the engine thread ended");
+        self.0.mark_dead("the engine has stopped");
     }
 }
 
@@ -136,20 +136,17 @@ pub fn spawn<M: StepModel + 'static>(
         .spawn(move || {
             let _dead_on_exit = DeadOnExit(status.clone());
             let mut core = StepLoop::new(model, tokenizer, cache, scheduler, status.clone());
-            match catch_unwind(AssertUnwindSafe(|| core.run(&rx))) {
-                Ok(()) => status.mark_dead("the engine has stopped"),
-                Err(payload) => {
-                    let why = panic_message(payload.as_ref());
-                    tracing::error!(panic = %why, "the engine thread panicked; failing every request in flight");
-                    status.mark_dead(format!("the engine thread panicked: {why}"));
-                    let error = EngineError::Crashed(format!(
-                        "the engine crashed ({why}); this worker restarts"
-                    ));
-                    core.fail_everything(&error);
-                    while let Ok(s) = rx.try_recv() {
-                        status.release();
-                        let _ = s.events.send(EngineEvent::Failed(error.clone()));
-                    }
+            if let Err(payload) = catch_unwind(AssertUnwindSafe(|| core.run(&rx))) {
+                let why = panic_message(payload.as_ref());
+                tracing::error!(panic = %why, "the engine thread panicked; failing every request in flight");
+                status.mark_dead(format!("the engine thread panicked: {why}"));
+                let error = EngineError::Crashed(format!(
+                    "the engine crashed ({why}); this worker restarts"
+                ));
+                core.fail_everything(&error);
+                while let Ok(s) = rx.try_recv() {
+                    status.release();
+                    let _ = s.events.send(EngineEvent::Failed(error.clone()));
                 }
             }
         })?;

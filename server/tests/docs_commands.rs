@@ -200,31 +200,26 @@ fn words(line: &str) -> Vec<String> {
     out
 }
 
-/// Whether `text` leaves a quote open (a `#` comment outside quotes ends its line).
-fn open_quote(text: &str) -> bool {
+/// Scans shell text for quotes: where a `#` comment outside quotes starts, if one does, and
+/// whether a quote is still open at the end.
+fn scan(text: &str) -> (Option<usize>, bool) {
     let mut quote = None;
-    let mut previous = ' ';
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
+    let mut escaped = false;
+    for (i, c) in text.char_indices() {
+        if std::mem::take(&mut escaped) {
+            continue;
+        }
         match (quote, c) {
             (Some(q), c) if c == q => quote = None,
             (None, '\'' | '"') => quote = Some(c),
-            (None, '\\') => {
-                chars.next();
-            }
-            (None, '#') if previous.is_whitespace() => {
-                // Skip the comment to the end of its line.
-                for c in chars.by_ref() {
-                    if c == '\n' {
-                        break;
-                    }
-                }
+            (None, '\\') => escaped = true,
+            (None, '#') if text[..i].chars().last().is_none_or(char::is_whitespace) => {
+                return (Some(i), false);
             }
             _ => {}
         }
-        previous = c;
     }
-    quote.is_some()
+    (None, quote.is_some())
 }
 
 /// The logical lines of a shell block (continuations and lines inside quotes joined), each
@@ -244,26 +239,16 @@ fn shell_lines(text: &str) -> Vec<(String, String)> {
             pending.push(' ');
             continue;
         }
-        if !open_quote(&pending) {
+        if !scan(&pending).1 {
             logical.push(std::mem::take(&mut pending));
         }
     }
     logical.extend((!pending.is_empty()).then_some(pending));
     logical
         .into_iter()
-        .map(|line| {
-            let mut quote = None;
-            for (i, c) in line.char_indices() {
-                match (quote, c) {
-                    (Some(q), c) if c == q => quote = None,
-                    (None, '\'' | '"') => quote = Some(c),
-                    (None, '#') if i == 0 || line[..i].ends_with(' ') => {
-                        return (line[..i].trim().to_string(), line[i..].to_string());
-                    }
-                    _ => {}
-                }
-            }
-            (line.trim().to_string(), String::new())
+        .map(|line| match scan(&line).0 {
+            Some(i) => (line[..i].trim().to_string(), line[i..].to_string()),
+            None => (line.trim().to_string(), String::new()),
         })
         .filter(|(l, c)| !l.is_empty() || !c.is_empty())
         .collect()
@@ -451,7 +436,7 @@ async fn curl_examples_answer_on_a_real_server() {
     command
         .current_dir(root())
         .args(["serve", "--listen", "127.0.0.1:0"]);
-    let (child, front) = spawn_until_line(command, "migserve serving on ", 60);
+    let (child, front) = spawn_until_line(command, migserve::contract::SERVE_READY_PREFIX, 60);
     // Killed (with its workers) when the test ends, passed or not.
     let _serve = Serve {
         child,

@@ -27,7 +27,7 @@ impl FakeWorker {
             "--token-delay-ms",
             &token_ms.to_string(),
         ]);
-        let (child, url) = spawn_until_line(command, "migserve worker listening on ", 30);
+        let (child, url) = spawn_until_line(command, migserve::contract::WORKER_READY_PREFIX, 30);
         Self { child, url }
     }
 

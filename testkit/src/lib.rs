@@ -83,11 +83,6 @@ impl FakeEngine {
             health: watch::Sender::new(Health::Healthy),
         }
     }
-
-    /// Requests received so far (refused ones included).
-    pub fn requests(&self) -> u64 {
-        self.requests.load(Ordering::Relaxed)
-    }
 }
 
 /// The text of canned token `i`.

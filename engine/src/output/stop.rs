@@ -30,6 +30,9 @@ impl StopMatcher {
         if self.stopped {
             return String::new();
         }
+        if self.stops.is_empty() {
+            return text.to_string();
+        }
         self.pending.push_str(text);
         if let Some(cut) = self
             .stops

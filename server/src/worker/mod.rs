@@ -66,7 +66,6 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
         // Read by candle's thread pool when it first starts, below.
         std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
     }
-    args.engine.validate().map_err(anyhow::Error::msg)?;
     let kind = device::resolve(args.device);
     let device = device::open(kind)?;
     let model_id = args.model_id.clone().unwrap_or_else(|| {

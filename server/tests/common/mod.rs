@@ -86,7 +86,7 @@ impl Worker {
             ])
             .args(extra)
             .envs(env.iter().copied());
-        let (child, url) = spawn_until_line(command, "migserve worker listening on ", 120);
+        let (child, url) = spawn_until_line(command, migserve::contract::WORKER_READY_PREFIX, 120);
         Self { child, url }
     }
 
@@ -153,7 +153,7 @@ impl Serve {
             "127.0.0.1:0",
         ]);
         command.envs(env.iter().copied());
-        let (child, url) = spawn_until_line(command, "migserve serving on ", 60);
+        let (child, url) = spawn_until_line(command, migserve::contract::SERVE_READY_PREFIX, 60);
         Self { child, url }
     }
 

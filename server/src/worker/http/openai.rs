@@ -388,10 +388,8 @@ fn openai_stream(init: ChunkState) -> impl Stream<Item = Result<Event, Infallibl
                     st.tail.push(Event::default().data("[DONE]"));
                     break error_event(ApiError::from(e));
                 }
-                None => {
-                    st.done = true;
-                    break error_event(ApiError::from(migserve_engine::event::dropped()));
-                }
+                // After the final event (`done` is set then).
+                None => return None,
             }
         };
         Some((Ok(event), st))

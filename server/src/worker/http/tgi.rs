@@ -241,10 +241,8 @@ fn token_events(
                 st.done = true;
                 error_event(ApiError::from(e))
             }
-            None => {
-                st.done = true;
-                error_event(ApiError::from(migserve_engine::event::dropped()))
-            }
+            // After the final event (`done` is set then).
+            None => return None,
         };
         Some((Ok(event), st))
     })
