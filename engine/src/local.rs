@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::{mpsc, Arc};
 
 use migserve_models::{
-    ChatTemplate, Device, GgufFile, LlamaConfig, Model, Tokenizer, WeightFormat,
+    ChatTemplate, Device, GgufFile, ModelConfig, Model, Tokenizer, WeightFormat,
 };
 use tokio::sync::watch;
 
@@ -106,7 +106,7 @@ impl LocalEngine {
             "model loaded"
         );
         let Model {
-            llama,
+            decoder,
             tokenizer,
             chat_template,
         } = model;
@@ -129,9 +129,9 @@ impl LocalEngine {
                     "fault injection armed: the engine panics at step {at} ({})",
                     fault::PANIC_AT_STEP_ENV
                 );
-                Box::new(fault::PanicAtStep::new(llama, at))
+                Box::new(fault::PanicAtStep::new(decoder, at))
             }
-            None => Box::new(llama),
+            None => Box::new(decoder),
         };
         Self::start(EngineParts {
             model,
@@ -324,7 +324,7 @@ fn check_weights_fit(
         source,
     };
     let file = GgufFile::open(path).map_err(model_error)?;
-    let config = LlamaConfig::from_gguf(&file).map_err(model_error)?;
+    let config = ModelConfig::from_gguf(&file).map_err(model_error)?;
     let file_bytes = std::fs::metadata(path).map_or(0, |m| m.len());
     let need = weights.weight_bytes(config.parameter_count(), file_bytes) as usize;
     if need > free {
@@ -345,7 +345,7 @@ fn check_weights_fit(
 
 #[cfg(feature = "cuda")]
 fn cuda_cache(
-    config: &LlamaConfig,
+    config: &ModelConfig,
     kv_blocks: usize,
     block_size: usize,
     device: &Device,
@@ -357,7 +357,7 @@ fn cuda_cache(
 
 #[cfg(not(feature = "cuda"))]
 fn cuda_cache(
-    _config: &LlamaConfig,
+    _config: &ModelConfig,
     _kv_blocks: usize,
     _block_size: usize,
     _device: &Device,

@@ -1,11 +1,11 @@
 //! The model behind an engine step: one batched forward pass over chunks of many sequences,
 //! reading and writing their keys and values in the paged cache.
 
-use migserve_models::{Llama, ModelError, SeqChunk};
+use migserve_models::{Decoder, ModelError, SeqChunk};
 
 use crate::cache::PagedStore;
 
-/// What the step loop needs from a model. [`Llama`] is the real one; tests put a model of
+/// What the step loop needs from a model. [`Decoder`] is the real one; tests put a model of
 /// their own here to run the scheduler, the cache bookkeeping and output processing without
 /// weights.
 pub trait StepModel: Send {
@@ -25,13 +25,13 @@ pub trait StepModel: Send {
     fn on_cpu(&self) -> bool;
 }
 
-impl StepModel for Llama {
+impl StepModel for Decoder {
     fn forward(
         &mut self,
         chunks: &[SeqChunk<'_>],
         cache: &mut dyn PagedStore,
     ) -> Result<Vec<Vec<f32>>, ModelError> {
-        let logits = Llama::forward(self, chunks, cache)?;
+        let logits = Decoder::forward(self, chunks, cache)?;
         Ok(logits.to_vec2::<f32>()?)
     }
 

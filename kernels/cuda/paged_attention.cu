@@ -40,6 +40,8 @@ extern "C" __global__ void migserve_kv_write_bf16(
 // q, out: [rows][n_heads][head_dim]; q is pre-scaled by 1/sqrt(head_dim).
 // row_seq[r]: the sequence of row r (index into block_tables);
 // row_visible[r]: how many positions row r sees (0..visible), at least 1;
+// window: sliding-window attention, row r sees only positions visible - window .. visible
+// (0: no window);
 // block_tables: [n_seqs][max_blocks] block ids.
 // Grouped-query attention: query head h reads KV head h / group.
 //
@@ -60,7 +62,8 @@ extern "C" __global__ void migserve_paged_attention_bf16(
     const uint32_t n_kv_heads,
     const uint32_t head_dim,
     const uint32_t block_size,
-    const uint32_t max_blocks) {
+    const uint32_t max_blocks,
+    const uint32_t window) {
     const uint32_t r = blockIdx.x;
     const uint32_t kvh = blockIdx.y;
     const uint32_t group = n_heads / n_kv_heads;
@@ -69,6 +72,7 @@ extern "C" __global__ void migserve_paged_attention_bf16(
     const uint32_t per_lane = (head_dim + 31) / 32;
     const uint32_t kv_row = n_kv_heads * head_dim;
     const uint32_t visible = row_visible[r];
+    const uint32_t first = (window > 0 && visible > window) ? visible - window : 0;
     const uint32_t *table = block_tables + (size_t)row_seq[r] * max_blocks;
 
     // This lane's slice of each head's query: elements lane, lane + 32, ...
@@ -90,7 +94,7 @@ extern "C" __global__ void migserve_paged_attention_bf16(
         }
     }
 
-    for (uint32_t p = warp; p < visible; p += WARPS) {
+    for (uint32_t p = first + warp; p < visible; p += WARPS) {
         const size_t base =
             ((size_t)table[p / block_size] * block_size + p % block_size) * kv_row +
             (size_t)kvh * head_dim;

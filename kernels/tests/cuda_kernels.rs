@@ -168,8 +168,8 @@ mod gpu {
         eprintln!("random inputs from seed {seed}");
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         // SmolLM2 (9/3 heads, 64), Qwen 0.5B (14/2, 64), Llama 3.2 1B (32/8, 64), and
-        // head_dim 128 with 8 heads per KV head.
-        for (n_heads, n_kv_heads, head_dim) in [(9, 3, 64), (14, 2, 64), (32, 8, 64), (32, 4, 128)]
+        // head_dim 128 with 8 heads per KV head, Gemma 3 270M (4/1, 256).
+        for (n_heads, n_kv_heads, head_dim) in [(9, 3, 64), (14, 2, 64), (32, 8, 64), (32, 4, 128), (4, 1, 256)]
         {
             for block_size in [16, 32] {
                 let shape = AttentionShape {
@@ -177,8 +177,16 @@ mod gpu {
                     n_kv_heads,
                     head_dim,
                     block_size,
+                    window: None,
                 };
                 let c = case(&mut rng, shape, 9);
+                run_case(&dev, &mut rng, &c);
+                // Gemma 3's sliding window (shorter than some sequences of the case).
+                let windowed = AttentionShape {
+                    window: Some(block_size + 3),
+                    ..shape
+                };
+                let c = case(&mut rng, windowed, 9);
                 run_case(&dev, &mut rng, &c);
             }
         }

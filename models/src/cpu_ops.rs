@@ -5,7 +5,7 @@
 //! Only SiLU, the one with real work per value, is spread over threads.
 
 use candle_core::{DType, Storage, Tensor};
-use migserve_kernels::cpu::layer_ops::{self, QkvShape, RopeTables};
+use migserve_kernels::cpu::layer_ops::{self, QkOptions, QkvShape, RopeTables};
 use migserve_kernels::cpu::parallel::par_rows;
 
 use crate::error::{ModelError, Result};
@@ -31,14 +31,15 @@ pub struct CpuRope {
     pub sin: Vec<f32>,
 }
 
-/// `q` (rotated, times `q_scale`, `[rows, n_heads, head_dim]`), `k` (rotated) and `v`
-/// (`[rows, n_kv_heads, head_dim]`) from the fused projection `qkv` (`[rows, width]`).
+/// `q` (head-normed and rotated as `options` say, times its scale, `[rows, n_heads,
+/// head_dim]`), `k` (likewise) and `v` (`[rows, n_kv_heads, head_dim]`) from the fused
+/// projection `qkv` (`[rows, width]`).
 pub fn split_qkv_rope(
     qkv: &Tensor,
     shape: QkvShape,
     positions: &[u32],
     rope: &CpuRope,
-    q_scale: f32,
+    options: QkOptions<'_>,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let rows = positions.len();
     let hd = shape.head_dim;
@@ -51,7 +52,7 @@ pub fn split_qkv_rope(
     };
     with_f32(qkv, |qkv| {
         layer_ops::split_qkv_rope(
-            qkv, shape, positions, tables, q_scale, &mut q, &mut k, &mut v,
+            qkv, shape, positions, tables, options, &mut q, &mut k, &mut v,
         )
     })?;
     let device = qkv.device();
@@ -65,11 +66,20 @@ pub fn split_qkv_rope(
 /// `silu(gate) * up` of rows `[gate | up]` (`[rows, 2 * ffn]`) -> `[rows, ffn]`, rows spread
 /// over candle's pool (an `exp` per value: the largest of these steps).
 pub fn silu_mul(gate_up: &Tensor, ffn: usize) -> Result<Tensor> {
+    gated(gate_up, ffn, layer_ops::silu_mul)
+}
+
+/// `gelu_tanh(gate) * up`, as [`silu_mul`] (Gemma's activation).
+pub fn gelu_tanh_mul(gate_up: &Tensor, ffn: usize) -> Result<Tensor> {
+    gated(gate_up, ffn, layer_ops::gelu_tanh_mul)
+}
+
+fn gated(gate_up: &Tensor, ffn: usize, kernel: fn(&[f32], usize, &mut [f32])) -> Result<Tensor> {
     let (rows, _) = gate_up.dims2()?;
     let mut out = vec![0.0; rows * ffn];
     with_f32(gate_up, |g| {
         par_rows(&candle_pool, &mut out, ffn, &|range, out| {
-            layer_ops::silu_mul(&g[range.start * 2 * ffn..range.end * 2 * ffn], ffn, out)
+            kernel(&g[range.start * 2 * ffn..range.end * 2 * ffn], ffn, out)
         })
     })?;
     Ok(Tensor::from_vec(out, (rows, ffn), gate_up.device())?)

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{ModelError, Result};
 use crate::kv::{DenseKvStore, KvStore, SeqId};
-use crate::llama::SeqChunk;
+use crate::decoder::SeqChunk;
 use crate::model::Model;
 use crate::sampling::{Sampler, SamplingParams};
 use crate::tokenizer::IncrementalDecoder;
@@ -72,7 +72,7 @@ pub fn generate(
     }
     let max_new_tokens = max_new_tokens.min(context - prompt.len());
     const SEQ: SeqId = 0;
-    let mut kv = DenseKvStore::new(model.config().n_layers);
+    let mut kv = DenseKvStore::new(model.config());
     let mut sampler = Sampler::new(params);
     let mut decoder = IncrementalDecoder::new();
     let mut history = prompt.to_vec();
@@ -81,7 +81,7 @@ pub fn generate(
     let mut finish_reason = FinishReason::Length;
 
     let started = Instant::now();
-    let mut logits = model.llama.forward(
+    let mut logits = model.decoder.forward(
         &[SeqChunk {
             seq: SEQ,
             tokens: prompt,
@@ -108,7 +108,7 @@ pub fn generate(
             break;
         }
         let start = history.len() - 1;
-        logits = model.llama.forward(
+        logits = model.decoder.forward(
             &[SeqChunk {
                 seq: SEQ,
                 tokens: &history[start..],

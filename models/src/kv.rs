@@ -7,6 +7,7 @@ use std::collections::HashMap;
 
 use candle_core::{Device, Tensor};
 
+use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 
 /// Identifies one sequence's KV state inside a store.
@@ -56,14 +57,17 @@ pub trait KvStore {
 #[derive(Debug, Default)]
 pub struct DenseKvStore {
     n_layers: usize,
+    /// Per layer: its sliding window (`None`: full attention).
+    windows: Vec<Option<usize>>,
     seqs: HashMap<SeqId, Vec<Option<(Tensor, Tensor)>>>,
 }
 
 impl DenseKvStore {
-    /// An empty store for a model with `n_layers` layers.
-    pub fn new(n_layers: usize) -> Self {
+    /// An empty store for `config`'s layers (and their sliding windows).
+    pub fn new(config: &ModelConfig) -> Self {
         Self {
-            n_layers,
+            n_layers: config.n_layers,
+            windows: config.layer_windows.clone(),
             seqs: HashMap::new(),
         }
     }
@@ -134,6 +138,7 @@ impl KvStore for DenseKvStore {
         let (_, n_heads, head_dim) = q.dims3()?;
         let n_kv_heads = k.dim(1)?;
         let group = n_heads / n_kv_heads;
+        let window = self.windows.get(layer).copied().flatten();
         let mut outputs = Vec::with_capacity(spans.len());
         let mut row = 0;
         for span in spans {
@@ -151,8 +156,8 @@ impl KvStore for DenseKvStore {
                 .contiguous()?
                 .reshape((n_kv_heads, group * n, head_dim))?;
             let mut scores = q_seq.matmul(&k_all.t()?)?;
-            if n > 1 {
-                let mask = causal_mask(span.start, n, len, group, q.device())?;
+            if n > 1 || window.is_some_and(|w| len > w) {
+                let mask = causal_mask(span.start, n, len, group, window, q.device())?;
                 scores = scores.broadcast_add(&mask.to_dtype(scores.dtype())?)?;
             }
             let probs = candle_nn::ops::softmax_last_dim(&scores)?;
@@ -172,20 +177,23 @@ impl KvStore for DenseKvStore {
     }
 }
 
-/// `[group * n, len]` additive mask: query `i` (at position `start + i`) sees keys `0..=start + i`.
+/// `[group * n, len]` additive mask: query `i` (at position `start + i`) sees keys
+/// `0..=start + i`, or with a sliding window only the last `window` of them.
 fn causal_mask(
     start: usize,
     n: usize,
     len: usize,
     group: usize,
+    window: Option<usize>,
     device: &Device,
 ) -> Result<Tensor> {
     let mut mask = Vec::with_capacity(group * n * len);
     for _ in 0..group {
         for i in 0..n {
             let visible = start + i + 1;
+            let first = window.map_or(0, |w| visible.saturating_sub(w));
             mask.extend((0..len).map(|j| {
-                if j < visible {
+                if j >= first && j < visible {
                     0.0f32
                 } else {
                     f32::NEG_INFINITY
@@ -202,12 +210,19 @@ mod tests {
 
     #[test]
     fn causal_mask_offsets_by_start() {
-        let m = causal_mask(2, 2, 4, 1, &Device::Cpu)
+        let m = causal_mask(2, 2, 4, 1, None, &Device::Cpu)
             .unwrap()
             .to_vec2::<f32>()
             .unwrap();
         assert_eq!(m[0][..3], [0.0, 0.0, 0.0]);
         assert!(m[0][3].is_infinite());
         assert_eq!(m[1], [0.0; 4]);
+        // A window of two: the query at position 3 sees positions 2 and 3.
+        let m = causal_mask(2, 2, 4, 1, Some(2), &Device::Cpu)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        assert!(m[1][0].is_infinite() && m[1][1].is_infinite());
+        assert_eq!(m[1][2..], [0.0, 0.0]);
     }
 }

@@ -1,5 +1,6 @@
 //! Model side of migserve: GGUF loading, the tokenizer rebuilt from GGUF metadata, chat
-//! templates, a batched Llama forward pass with per-sequence KV state, and sampling.
+//! templates, one batched decoder forward pass for every supported family (Llama, Qwen2, Qwen3,
+//! Gemma 3, Phi-3) with per-sequence KV state, and sampling.
 
 pub mod chat;
 pub mod config;
@@ -8,24 +9,27 @@ pub mod error;
 pub mod generate;
 pub mod gguf;
 pub mod kv;
+pub mod decoder;
 pub mod linear;
-pub mod llama;
 pub mod model;
 pub mod parallel;
+pub mod rope;
 pub mod sampling;
 pub mod synth;
 pub mod tokenizer;
+pub mod weight_format;
 
 pub use chat::{ChatMessage, ChatTemplate};
-pub use config::LlamaConfig;
+pub use config::{Family, ModelConfig};
 pub use error::{ModelError, Result};
 pub use generate::{generate, FinishReason, Generation};
+pub use decoder::{Decoder, SeqChunk};
 pub use gguf::GgufFile;
 pub use kv::{AttentionSpan, DenseKvStore, KvStore, SeqId};
-pub use llama::{Llama, SeqChunk, WeightFormat};
 pub use model::Model;
 pub use sampling::{Sampler, SamplingParams};
 pub use tokenizer::{IncrementalDecoder, Tokenizer};
+pub use weight_format::WeightFormat;
 
 /// Re-exported so callers can name devices without depending on candle directly.
 pub use candle_core::Device;

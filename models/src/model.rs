@@ -5,15 +5,16 @@ use std::path::Path;
 use candle_core::Device;
 
 use crate::chat::{ChatMessage, ChatTemplate};
-use crate::config::LlamaConfig;
+use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::gguf::GgufFile;
-use crate::llama::{Llama, WeightFormat};
+use crate::decoder::Decoder;
+use crate::weight_format::WeightFormat;
 use crate::tokenizer::Tokenizer;
 
 /// Everything needed to turn text into text with one model.
 pub struct Model {
-    pub llama: Llama,
+    pub decoder: Decoder,
     pub tokenizer: Tokenizer,
     pub chat_template: ChatTemplate,
 }
@@ -22,7 +23,7 @@ impl Model {
     /// Opens a GGUF file and loads it onto `device`. Every size comes from the file's metadata.
     pub fn load(path: &Path, format: WeightFormat, device: &Device) -> Result<Self> {
         let mut file = GgufFile::open(path)?;
-        let config = LlamaConfig::from_gguf(&file)?;
+        let config = ModelConfig::from_gguf(&file)?;
         let tokenizer = Tokenizer::from_gguf(&file)?;
         let token = |id: Option<u32>| id.and_then(|i| tokenizer.token_text(i));
         let chat_template = ChatTemplate::from_gguf(
@@ -30,17 +31,17 @@ impl Model {
             token(tokenizer.bos_id()),
             token(tokenizer.eos_ids().first().copied()),
         )?;
-        let llama = Llama::load(&mut file, config, format, device)?;
+        let decoder = Decoder::load(&mut file, config, format, device)?;
         Ok(Self {
-            llama,
+            decoder,
             tokenizer,
             chat_template,
         })
     }
 
     /// The model's hyper-parameters.
-    pub fn config(&self) -> &LlamaConfig {
-        self.llama.config()
+    pub fn config(&self) -> &ModelConfig {
+        self.decoder.config()
     }
 
     /// Token ids for a plain prompt (a BOS is added when the model wants one).

@@ -53,9 +53,9 @@ fn q8_batched_decode_matches_alone() {
     let m = Model::load(&common::model_path(), WeightFormat::Q8, &Device::Cpu).unwrap();
     let a = m.encode_prompt("The quick brown fox").unwrap();
     let b = m.encode_prompt("def fibonacci(n): return").unwrap();
-    let mut kv = DenseKvStore::new(m.config().n_layers);
+    let mut kv = DenseKvStore::new(m.config());
     let out: Vec<Vec<f32>> = m
-        .llama
+        .decoder
         .forward(
             &[
                 SeqChunk {
@@ -118,8 +118,8 @@ fn max_relative_error(a: &[f32], b: &[f32]) -> f32 {
 }
 
 fn logits_alone(m: &Model, tokens: &[u32]) -> Vec<f32> {
-    let mut kv = DenseKvStore::new(m.config().n_layers);
-    m.llama
+    let mut kv = DenseKvStore::new(m.config());
+    m.decoder
         .forward(
             &[SeqChunk {
                 seq: 0,
@@ -149,7 +149,7 @@ fn batched_prefill_and_decode_match_each_sequence_alone() {
     assert!(prompts[0].len() != prompts[1].len() && prompts[1].len() != prompts[2].len());
 
     // Prefill: all three prompts in one forward call.
-    let mut kv = DenseKvStore::new(m.config().n_layers);
+    let mut kv = DenseKvStore::new(m.config());
     let chunks: Vec<SeqChunk> = prompts
         .iter()
         .enumerate()
@@ -160,7 +160,7 @@ fn batched_prefill_and_decode_match_each_sequence_alone() {
         })
         .collect();
     let batched: Vec<Vec<f32>> = m
-        .llama
+        .decoder
         .forward(&chunks, &mut kv)
         .unwrap()
         .to_vec2()
@@ -187,7 +187,7 @@ fn batched_prefill_and_decode_match_each_sequence_alone() {
             })
             .collect();
         let batched: Vec<Vec<f32>> = m
-            .llama
+            .decoder
             .forward(&chunks, &mut kv)
             .unwrap()
             .to_vec2()
@@ -207,9 +207,9 @@ fn mixed_prefill_and_decode_in_one_batch() {
     let m = model();
     let a = m.encode_prompt("Paris is the capital of").unwrap();
     let b = m.encode_prompt("Water boils at a temperature of").unwrap();
-    let mut kv = DenseKvStore::new(m.config().n_layers);
+    let mut kv = DenseKvStore::new(m.config());
     // Sequence 0 is prefilled first; then its decode step runs in the same batch as 1's prefill.
-    m.llama
+    m.decoder
         .forward(
             &[SeqChunk {
                 seq: 0,
@@ -222,7 +222,7 @@ fn mixed_prefill_and_decode_in_one_batch() {
     let mut a_next = a.clone();
     a_next.push(4649);
     let out: Vec<Vec<f32>> = m
-        .llama
+        .decoder
         .forward(
             &[
                 SeqChunk {
@@ -248,10 +248,10 @@ fn mixed_prefill_and_decode_in_one_batch() {
 #[test]
 fn forward_rejects_positions_past_the_context() {
     let m = model();
-    let mut kv = DenseKvStore::new(m.config().n_layers);
+    let mut kv = DenseKvStore::new(m.config());
     let ctx = m.config().context_length;
     let err = m
-        .llama
+        .decoder
         .forward(
             &[SeqChunk {
                 seq: 0,

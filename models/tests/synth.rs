@@ -5,7 +5,7 @@ mod common;
 
 use migserve_models::synth::{self, SynthShape};
 use migserve_models::{
-    generate, Device, GgufFile, LlamaConfig, Model, SamplingParams, WeightFormat,
+    generate, Device, GgufFile, ModelConfig, Model, SamplingParams, WeightFormat,
 };
 
 #[test]
@@ -17,8 +17,8 @@ fn a_synthetic_smollm2_has_the_real_shape_and_runs() {
 
     let made = GgufFile::open(&out).unwrap();
     let (a, b) = (
-        LlamaConfig::from_gguf(&real).unwrap(),
-        LlamaConfig::from_gguf(&made).unwrap(),
+        ModelConfig::from_gguf(&real).unwrap(),
+        ModelConfig::from_gguf(&made).unwrap(),
     );
     assert_eq!(
         (

@@ -8,7 +8,7 @@ use migserve_kernels::cpu::kv_element::KvElement;
 use migserve_kernels::cpu::kv_write::write_rows_with;
 use migserve_kernels::cpu::paged_attention::{paged_attention_with, AttentionShape, SeqQueries};
 use migserve_models::cpu_ops::with_f32;
-use migserve_models::{AttentionSpan, KvStore, LlamaConfig, ModelError, SeqId};
+use migserve_models::{AttentionSpan, KvStore, ModelConfig, ModelError, SeqId};
 
 use super::{batch_layout, check_layer, PagedStore};
 use crate::block_manager::BlockManager;
@@ -34,13 +34,15 @@ pub struct PagedKvCache {
     row: usize,
     n_kv_heads: usize,
     head_dim: usize,
+    /// Per layer: its sliding window (`None`: full attention).
+    windows: Vec<Option<usize>>,
     /// The current step's layout, from [`KvStore::begin_step`].
     step: BatchLayout,
 }
 
 impl PagedKvCache {
     /// A cache of `total_blocks` blocks of `block_size` positions for this model.
-    pub fn new(config: &LlamaConfig, total_blocks: usize, block_size: usize) -> Self {
+    pub fn new(config: &ModelConfig, total_blocks: usize, block_size: usize) -> Self {
         let row = config.n_kv_heads * config.head_dim;
         let elements = total_blocks * block_size * row;
         Self {
@@ -54,6 +56,7 @@ impl PagedKvCache {
             row,
             n_kv_heads: config.n_kv_heads,
             head_dim: config.head_dim,
+            windows: config.layer_windows.clone(),
             step: BatchLayout::default(),
         }
     }
@@ -113,6 +116,7 @@ impl KvStore for PagedKvCache {
             n_kv_heads: self.n_kv_heads,
             head_dim: self.head_dim,
             block_size: self.blocks.block_size(),
+            window: self.windows.get(layer).copied().flatten(),
         };
         let mut out = vec![0.0f32; rows * n_heads * self.head_dim];
         with_f32(q, |q| {
@@ -141,10 +145,11 @@ impl KvStore for PagedKvCache {
 mod tests {
     use super::*;
     use candle_core::{DType, Device};
+    use migserve_models::config::{Activation, Family, LayerRope, RopeStyle};
     use migserve_models::DenseKvStore;
 
-    fn config() -> LlamaConfig {
-        LlamaConfig {
+    fn config() -> ModelConfig {
+        ModelConfig {
             architecture: "llama".into(),
             name: None,
             n_layers: 2,
@@ -157,6 +162,25 @@ mod tests {
             context_length: 64,
             rope_theta: 10000.0,
             rms_eps: 1e-5,
+            family: Family::Llama,
+            rope_style: RopeStyle::Interleaved,
+            activation: Activation::Silu,
+            embedding_scale: None,
+            norm_offset: 0.0,
+            qk_norm: false,
+            qkv_bias: false,
+            post_norms: false,
+            attention_scale: 1.0,
+            // The second layer slides: the dense reference masks the same positions.
+            layer_windows: vec![None, Some(3)],
+            layer_ropes: vec![
+                LayerRope {
+                    theta: 10000.0,
+                    linear_factor: 1.0
+                };
+                2
+            ],
+            tied_embeddings: true,
         }
     }
 
@@ -180,7 +204,7 @@ mod tests {
     fn paged_attention_equals_the_dense_reference_step_by_step() {
         let cfg = config();
         let mut paged = PagedKvCache::new(&cfg, 8, 2);
-        let mut dense = DenseKvStore::new(cfg.n_layers);
+        let mut dense = DenseKvStore::new(&cfg);
         // Steps mixing prefill and decode of two sequences whose blocks interleave.
         let steps: [&[(u64, usize, usize)]; 4] = [
             &[(1, 0, 3)],

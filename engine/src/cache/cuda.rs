@@ -8,7 +8,7 @@ use candle_core::op::BackpropOp;
 use candle_core::{DType, Device, Storage, Tensor};
 use migserve_kernels::cpu::paged_attention::AttentionShape;
 use migserve_kernels::cuda::{self as kernels, Bf16, DeviceLayout};
-use migserve_models::{AttentionSpan, KvStore, LlamaConfig, ModelError, SeqId};
+use migserve_models::{AttentionSpan, KvStore, ModelConfig, ModelError, SeqId};
 
 use super::{batch_layout, check_layer, PagedStore};
 use crate::block_manager::BlockManager;
@@ -20,6 +20,8 @@ pub struct CudaPagedKvCache {
     keys: Vec<CudaSlice<Bf16>>,
     values: Vec<CudaSlice<Bf16>>,
     shape: AttentionShape,
+    /// Per layer: its sliding window (`None`: full attention).
+    windows: Vec<Option<usize>>,
     /// The current step's layout on the device, from `begin_step`, read by every layer.
     step: Option<DeviceLayout>,
 }
@@ -31,7 +33,7 @@ fn kernel_error(e: impl std::fmt::Display) -> ModelError {
 impl CudaPagedKvCache {
     /// Allocates `total_blocks` blocks of `block_size` positions on `device` (a CUDA device).
     pub fn new(
-        config: &LlamaConfig,
+        config: &ModelConfig,
         total_blocks: usize,
         block_size: usize,
         device: &Device,
@@ -42,6 +44,7 @@ impl CudaPagedKvCache {
             n_kv_heads: config.n_kv_heads,
             head_dim: config.head_dim,
             block_size,
+            window: None,
         };
         kernels::check_shape(shape).map_err(kernel_error)?;
         let len = total_blocks * block_size * config.n_kv_heads * config.head_dim;
@@ -57,6 +60,7 @@ impl CudaPagedKvCache {
             keys,
             values,
             shape,
+            windows: config.layer_windows.clone(),
             step: None,
         })
     }
@@ -139,7 +143,10 @@ impl KvStore for CudaPagedKvCache {
             let q_view = view(&q_store, &q)?;
             kernels::paged_attention(
                 &self.device,
-                self.shape,
+                AttentionShape {
+                    window: self.windows.get(layer).copied().flatten(),
+                    ..self.shape
+                },
                 &q_view,
                 &self.keys[layer],
                 &self.values[layer],

@@ -17,6 +17,16 @@ pub struct AttentionShape {
     pub n_kv_heads: usize,
     pub head_dim: usize,
     pub block_size: usize,
+    /// Sliding-window attention: a query at position `p` sees only the `window` positions
+    /// `p + 1 - window ..= p` (as llama.cpp and transformers count it). `None`: all of them.
+    pub window: Option<usize>,
+}
+
+impl AttentionShape {
+    /// The first position a query row that sees `visible` positions (`0..visible`) attends to.
+    pub fn first_visible(&self, visible: usize) -> usize {
+        self.window.map_or(0, |w| visible.saturating_sub(w))
+    }
 }
 
 /// One sequence's query rows.
@@ -113,34 +123,32 @@ fn attend_row<T: KvElement>(
     let kv_row = shape.n_kv_heads * hd;
     let q_row = &q[(seq.row + i) * row_len..(seq.row + i + 1) * row_len];
     let visible = seq.start + i + 1;
+    let first = shape.first_visible(visible);
+    let seen = visible - first;
     let bs = shape.block_size;
     // Positions come block by block: within a block they are contiguous, so the block table
-    // is read once per block instead of dividing for every position.
+    // is read once per block instead of dividing for every position. Each run is (index of
+    // its first position among the seen ones, its first cache value, its length).
     let runs = || {
-        seq.block_table
-            .iter()
-            .enumerate()
-            .map(move |(b, &block)| {
-                (
-                    b * bs,
-                    block as usize * bs * kv_row,
-                    bs.min(visible.saturating_sub(b * bs)),
-                )
-            })
-            .take_while(|&(_, _, n)| n > 0)
+        (first / bs..visible.div_ceil(bs)).map_while(move |b| {
+            let block = *seq.block_table.get(b)? as usize;
+            let lo = (b * bs).max(first);
+            let hi = ((b + 1) * bs).min(visible);
+            Some((lo - first, (block * bs + lo - b * bs) * kv_row, hi - lo))
+        })
     };
-    // scores[head * visible + position]
-    let mut scores = vec![0.0f32; shape.n_heads * visible];
+    // scores[head * seen + position - first]
+    let mut scores = vec![0.0f32; shape.n_heads * seen];
     // A block's key (then value) rows, converted once for all the heads.
     let mut block_buf = vec![0.0f32; bs * kv_row];
     for (first, base, n) in runs() {
         let keys = T::read(&key_cache[base..][..n * kv_row], &mut block_buf);
         for (h, qh) in q_row.chunks_exact(hd).enumerate() {
-            let out = &mut scores[h * visible + first..][..n];
+            let out = &mut scores[h * seen + first..][..n];
             block_scores(qh, keys, kv_row, (h / group) * hd, out);
         }
     }
-    for s in scores.chunks_exact_mut(visible) {
+    for s in scores.chunks_exact_mut(seen) {
         let max = max_lanes(s);
         let inv = 1.0 / exp_shifted_sum(s, max);
         s.iter_mut().for_each(|x| *x *= inv);
@@ -151,7 +159,7 @@ fn attend_row<T: KvElement>(
     for (first, base, n) in runs() {
         let values = T::read(&value_cache[base..][..n * kv_row], &mut block_buf);
         for (h, o) in out_row.chunks_exact_mut(hd).enumerate() {
-            let weights = &scores[h * visible + first..][..n];
+            let weights = &scores[h * seen + first..][..n];
             weighted_sum(weights, values, kv_row, (h / group) * hd, o);
         }
     }
@@ -291,7 +299,8 @@ mod tests {
                 let kvh = h / group;
                 let qh = &q[(i * shape.n_heads + h) * hd..][..hd];
                 let visible = start + i + 1;
-                let scores: Vec<f32> = (0..visible)
+                let first = shape.first_visible(visible);
+                let scores: Vec<f32> = (first..visible)
                     .map(|p| {
                         qh.iter()
                             .zip(&keys[p][kvh * hd..][..hd])
@@ -303,8 +312,8 @@ mod tests {
                 let exps: Vec<f32> = scores.iter().map(|s| (s - max).exp()).collect();
                 let total: f32 = exps.iter().sum();
                 for d in 0..hd {
-                    out[(i * shape.n_heads + h) * hd + d] = (0..visible)
-                        .map(|p| exps[p] / total * values[p][kvh * hd + d])
+                    out[(i * shape.n_heads + h) * hd + d] = (first..visible)
+                        .map(|p| exps[p - first] / total * values[p][kvh * hd + d])
                         .sum();
                 }
             }
@@ -324,6 +333,7 @@ mod tests {
         n_kv_heads: 2,
         head_dim: 8,
         block_size: 4,
+        window: None,
     };
     /// Long enough runs of positions for the 8-at-a-time score path, with tails.
     const WIDE: AttentionShape = AttentionShape {
@@ -331,12 +341,44 @@ mod tests {
         n_kv_heads: 2,
         head_dim: 64,
         block_size: 16,
+        window: None,
     };
 
     #[test]
     fn matches_naive_attention_with_scattered_blocks_and_gqa() {
         check_against_naive::<f32>(SMALL, |x| x, |x| x);
         check_against_naive::<f32>(WIDE, |x| x, |x| x);
+    }
+
+    #[test]
+    fn a_sliding_window_hides_older_positions() {
+        // Windows inside a block, across block edges, wider than a sequence, and of one.
+        for window in [1, 3, SMALL.block_size, SMALL.block_size + 1, 100] {
+            let small = AttentionShape {
+                window: Some(window),
+                ..SMALL
+            };
+            check_against_naive::<f32>(small, |x| x, |x| x);
+        }
+        for window in [7, 16, 17, 33] {
+            let wide = AttentionShape {
+                window: Some(window),
+                ..WIDE
+            };
+            check_against_naive::<f32>(wide, |x| x, |x| x);
+        }
+    }
+
+    #[test]
+    fn first_visible_counts_the_window_with_the_query_itself() {
+        let shape = AttentionShape {
+            window: Some(4),
+            ..SMALL
+        };
+        assert_eq!(shape.first_visible(3), 0);
+        assert_eq!(shape.first_visible(4), 0);
+        assert_eq!(shape.first_visible(10), 6);
+        assert_eq!(SMALL.first_visible(10), 0);
     }
 
     #[test]

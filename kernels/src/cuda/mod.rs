@@ -166,6 +166,7 @@ pub fn paged_attention(
         shape.head_dim as u32,
         shape.block_size as u32,
         layout.max_blocks as u32,
+        shape.window.map_or(0, |w| w.min(u32::MAX as usize) as u32),
     ];
     let cfg = LaunchConfig {
         grid_dim: (rows as u32, shape.n_kv_heads as u32, 1),

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use migserve_models::gguf::GgufFile;
-use migserve_models::LlamaConfig;
+use migserve_models::ModelConfig;
 
 use migserve_engine::flags::DEFAULT_KV_CACHE_TOKENS;
 
@@ -27,7 +27,7 @@ pub struct Assignment {
 pub fn footprint(model: &ModelSection, device: DeviceKind) -> Result<u64, String> {
     let file = GgufFile::open(&model.path).map_err(|e| format!("model {:?}: {e}", model.name))?;
     let config =
-        LlamaConfig::from_gguf(&file).map_err(|e| format!("model {:?}: {e}", model.name))?;
+        ModelConfig::from_gguf(&file).map_err(|e| format!("model {:?}: {e}", model.name))?;
     let format = model.engine.weights.unwrap_or(device.default_weights());
     let weight_bytes = format.weight_bytes(config.parameter_count(), file_size(&model.path));
     let kv_tokens = model

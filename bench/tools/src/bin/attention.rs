@@ -33,6 +33,7 @@ const SHAPE: AttentionShape = AttentionShape {
     n_kv_heads: 3,
     head_dim: 64,
     block_size: 16,
+    window: None,
 };
 
 fn run<T: KvElement>(args: &Args) -> f64 {

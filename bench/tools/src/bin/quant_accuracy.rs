@@ -33,7 +33,7 @@ const PROMPTS: [&str; 4] = [
 
 /// Logits after the prompt and after each later token of `tokens`, fed one at a time.
 fn teacher_forced(model: &Model, tokens: &[u32], prompt: usize) -> Result<Vec<Vec<f32>>> {
-    let mut kv = DenseKvStore::new(model.config().n_layers);
+    let mut kv = DenseKvStore::new(model.config());
     let mut out = Vec::new();
     let mut start = 0;
     for end in prompt..=tokens.len() {
@@ -45,7 +45,7 @@ fn teacher_forced(model: &Model, tokens: &[u32], prompt: usize) -> Result<Vec<Ve
         if end > start {
             out.push(
                 model
-                    .llama
+                    .decoder
                     .forward(&[chunk], &mut kv)?
                     .squeeze(0)?
                     .to_vec1()?,
@@ -77,7 +77,7 @@ fn main() -> Result<()> {
         let mut tokens = reference.encode_chat(&[ChatMessage::new("user", prompt)])?;
         let prompt_len = tokens.len();
         // The reference's own greedy continuation.
-        let mut kv = DenseKvStore::new(reference.config().n_layers);
+        let mut kv = DenseKvStore::new(reference.config());
         let mut start = 0;
         for _ in 0..=args.tokens {
             let chunk = SeqChunk {
@@ -86,7 +86,7 @@ fn main() -> Result<()> {
                 start,
             };
             let logits: Vec<f32> = reference
-                .llama
+                .decoder
                 .forward(&[chunk], &mut kv)?
                 .squeeze(0)?
                 .to_vec1()?;

@@ -43,9 +43,9 @@ struct Timing {
 }
 
 fn run_ours(model: &Model, prompt: &[u32], decode_tokens: usize) -> Result<(Timing, Vec<u32>)> {
-    let mut kv = DenseKvStore::new(model.config().n_layers);
+    let mut kv = DenseKvStore::new(model.config());
     let t0 = Instant::now();
-    let logits = model.llama.forward(
+    let logits = model.decoder.forward(
         &[SeqChunk {
             seq: 0,
             tokens: prompt,
@@ -59,7 +59,7 @@ fn run_ours(model: &Model, prompt: &[u32], decode_tokens: usize) -> Result<(Timi
     let t1 = Instant::now();
     for i in 0..decode_tokens {
         let pos = prompt.len() + i;
-        let logits = model.llama.forward(
+        let logits = model.decoder.forward(
             &[SeqChunk {
                 seq: 0,
                 tokens: &[next],

@@ -1,4 +1,5 @@
-//! A `tokenizers` tokenizer built only from GGUF metadata (no tokenizer.json exists offline),
+//! A `tokenizers` tokenizer built only from GGUF metadata (GPT-2 byte-level BPE or
+//! SentencePiece; no tokenizer.json exists offline),
 //! and incremental detokenization for streaming.
 
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
@@ -12,6 +13,8 @@ use tokenizers::{AddedToken, SplitDelimiterBehavior};
 
 use crate::error::{ModelError, Result};
 use crate::gguf::GgufFile;
+
+mod sentencepiece;
 
 /// GGUF token type of control tokens (`<|im_start|>`, `<|endoftext|>`, ...).
 const TOKEN_TYPE_CONTROL: i32 = 3;
@@ -29,27 +32,18 @@ pub struct Tokenizer {
     bos_id: Option<u32>,
     eos_ids: Vec<u32>,
     add_bos: bool,
+    /// The file's `add_eos_token`: an EOS after a plain prompt.
+    add_eos: bool,
+    eos_id: Option<u32>,
     tokens: Vec<String>,
 }
 
 impl Tokenizer {
-    /// Builds the tokenizer from `tokenizer.ggml.*` metadata.
+    /// Builds the tokenizer from `tokenizer.ggml.*` metadata: GPT-2 byte-level BPE
+    /// (`tokenizer.ggml.model = gpt2`) or SentencePiece (`llama`).
     pub fn from_gguf(file: &GgufFile) -> Result<Self> {
         let model = file.string("tokenizer.ggml.model")?;
-        if model != "gpt2" {
-            return Err(ModelError::Tokenizer(format!(
-                "tokenizer model `{model}` is not supported (supported: gpt2 byte-level BPE)"
-            )));
-        }
         let tokens = string_array(file, "tokenizer.ggml.tokens")?;
-        let merges = string_array(file, "tokenizer.ggml.merges")?
-            .into_iter()
-            .map(|m| {
-                m.split_once(' ')
-                    .map(|(a, b)| (a.to_string(), b.to_string()))
-                    .ok_or_else(|| ModelError::Tokenizer(format!("malformed merge `{m}`")))
-            })
-            .collect::<Result<Vec<_>>>()?;
         let token_types = match file.optional("tokenizer.ggml.token_type") {
             Some(v) => v
                 .to_vec()
@@ -59,21 +53,24 @@ impl Tokenizer {
                 .collect::<Result<Vec<_>>>()?,
             None => vec![1; tokens.len()],
         };
-        let mut vocab = Vocab::default();
-        for (id, tok) in tokens.iter().enumerate() {
-            vocab.insert(tok.clone(), id as u32);
-        }
-        let bpe = BPE::builder()
-            .vocab_and_merges(vocab, merges)
-            .build()
-            .map_err(|e| ModelError::Tokenizer(format!("building BPE: {e}")))?;
-        let mut inner = tokenizers::Tokenizer::new(bpe);
-        let pre = file
-            .optional("tokenizer.ggml.pre")
-            .and_then(|v| v.to_string().ok())
-            .map(String::as_str);
-        inner.with_pre_tokenizer(Some(pre_tokenizer(pre.unwrap_or("gpt2"))?));
-        inner.with_decoder(Some(ByteLevelDecoder::default()));
+        let id = |key: &str| file.optional(key).and_then(|v| v.to_u32().ok());
+        let flag = |key: &str| file.optional(key).and_then(|v| v.to_bool().ok());
+        let mut inner = match model {
+            "gpt2" => byte_level_bpe(file, &tokens)?,
+            "llama" => {
+                let unk = id("tokenizer.ggml.unknown_token_id")
+                    .and_then(|i| tokens.get(i as usize))
+                    .cloned();
+                let add_space_prefix = flag("tokenizer.ggml.add_space_prefix").unwrap_or(true);
+                sentencepiece::build(file, &tokens, unk, add_space_prefix)?
+            }
+            other => {
+                return Err(ModelError::Tokenizer(format!(
+                    "tokenizer model `{other}` is not supported (supported: gpt2 byte-level \
+                     BPE, llama SentencePiece)"
+                )))
+            }
+        };
         let added: Vec<AddedToken> = tokens
             .iter()
             .zip(&token_types)
@@ -82,35 +79,41 @@ impl Tokenizer {
             .collect();
         inner.add_special_tokens(&added);
 
-        let id = |key: &str| file.optional(key).and_then(|v| v.to_u32().ok());
         let bos_id = id("tokenizer.ggml.bos_token_id");
         let mut eos_ids: Vec<u32> = id("tokenizer.ggml.eos_token_id").into_iter().collect();
         eos_ids.extend(id("tokenizer.ggml.eot_token_id"));
         eos_ids.extend(id("tokenizer.ggml.eom_token_id"));
+        // Gemma's turn end: a chat reply ends there even though the file's eos is `<eos>`.
+        eos_ids.extend(
+            tokens
+                .iter()
+                .position(|t| t == "<end_of_turn>")
+                .map(|i| i as u32),
+        );
+        eos_ids.sort_unstable();
         eos_ids.dedup();
-        let add_bos = file
-            .optional("tokenizer.ggml.add_bos_token")
-            .and_then(|v| v.to_bool().ok())
-            .unwrap_or(false);
         Ok(Self {
             inner,
             bos_id,
             eos_ids,
-            add_bos,
+            // SentencePiece models add BOS unless told otherwise (llama.cpp's default too).
+            add_bos: flag("tokenizer.ggml.add_bos_token").unwrap_or(model == "llama"),
+            add_eos: flag("tokenizer.ggml.add_eos_token").unwrap_or(false),
+            eos_id: id("tokenizer.ggml.eos_token_id"),
             tokens,
         })
     }
 
-    /// Encodes text. `<|...|>` control tokens in the text become their ids. A BOS token is
-    /// prepended only when the model asks for one (`add_bos_token`) and `add_bos` is set;
-    /// chat-templated text carries its own.
-    pub fn encode(&self, text: &str, add_bos: bool) -> Result<Vec<u32>> {
+    /// Encodes text. Control tokens in the text (`<|im_start|>`, `<start_of_turn>`) become
+    /// their ids. With `add_special`, a BOS (and an EOS) is added when the model asks for one
+    /// (`add_bos_token`, `add_eos_token`); chat-templated text carries its own.
+    pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>> {
         let enc = self
             .inner
             .encode(text, false)
             .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
         let mut ids = Vec::with_capacity(enc.len() + 1);
-        if add_bos && self.add_bos {
+        if add_special && self.add_bos {
             if let Some(bos) = self.bos_id {
                 if enc.get_ids().first() != Some(&bos) {
                     ids.push(bos);
@@ -118,6 +121,9 @@ impl Tokenizer {
             }
         }
         ids.extend_from_slice(enc.get_ids());
+        if add_special && self.add_eos {
+            ids.extend(self.eos_id);
+        }
         Ok(ids)
     }
 
@@ -149,6 +155,34 @@ impl Tokenizer {
     }
 }
 
+/// GPT-2 style byte-level BPE from the file's vocabulary and merges.
+fn byte_level_bpe(file: &GgufFile, tokens: &[String]) -> Result<tokenizers::Tokenizer> {
+    let merges = string_array(file, "tokenizer.ggml.merges")?
+        .into_iter()
+        .map(|m| {
+            m.split_once(' ')
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .ok_or_else(|| ModelError::Tokenizer(format!("malformed merge `{m}`")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut vocab = Vocab::default();
+    for (id, tok) in tokens.iter().enumerate() {
+        vocab.insert(tok.clone(), id as u32);
+    }
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .build()
+        .map_err(|e| ModelError::Tokenizer(format!("building BPE: {e}")))?;
+    let mut inner = tokenizers::Tokenizer::new(bpe);
+    let pre = file
+        .optional("tokenizer.ggml.pre")
+        .and_then(|v| v.to_string().ok())
+        .map(String::as_str);
+    inner.with_pre_tokenizer(Some(pre_tokenizer(pre.unwrap_or("gpt2"))?));
+    inner.with_decoder(Some(ByteLevelDecoder::default()));
+    Ok(inner)
+}
+
 fn pre_tokenizer(pre: &str) -> Result<PreTokenizerWrapper> {
     let byte_level = |use_regex: bool| ByteLevel::new(false, true, use_regex).into();
     let split = |pattern: &str| -> Result<PreTokenizerWrapper> {
@@ -175,7 +209,7 @@ fn pre_tokenizer(pre: &str) -> Result<PreTokenizerWrapper> {
     })
 }
 
-fn string_array(file: &GgufFile, key: &str) -> Result<Vec<String>> {
+pub(crate) fn string_array(file: &GgufFile, key: &str) -> Result<Vec<String>> {
     let bad = |reason: String| ModelError::Metadata {
         key: key.to_string(),
         reason,
