@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::{mpsc, Arc};
 
 use migserve_models::{
-    ChatTemplate, Device, GgufFile, ModelConfig, Model, Tokenizer, WeightFormat,
+    ChatTemplate, Device, GgufFile, Model, ModelConfig, Tokenizer, WeightFormat,
 };
 use tokio::sync::watch;
 

@@ -169,8 +169,13 @@ mod gpu {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         // SmolLM2 (9/3 heads, 64), Qwen 0.5B (14/2, 64), Llama 3.2 1B (32/8, 64), and
         // head_dim 128 with 8 heads per KV head, Gemma 3 270M (4/1, 256).
-        for (n_heads, n_kv_heads, head_dim) in [(9, 3, 64), (14, 2, 64), (32, 8, 64), (32, 4, 128), (4, 1, 256)]
-        {
+        for (n_heads, n_kv_heads, head_dim) in [
+            (9, 3, 64),
+            (14, 2, 64),
+            (32, 8, 64),
+            (32, 4, 128),
+            (4, 1, 256),
+        ] {
             for block_size in [16, 32] {
                 let shape = AttentionShape {
                     n_heads,

@@ -5,7 +5,7 @@
 //! keys give every size.
 
 use crate::error::{ModelError, Result};
-use crate::gguf::GgufFile;
+use crate::gguf::{GgufFile, MetadataView};
 
 /// GGUF `general.architecture` values this runtime can run.
 pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "qwen2", "qwen3", "gemma3", "phi3"];
@@ -123,6 +123,15 @@ pub struct ModelConfig {
 impl ModelConfig {
     /// Reads the configuration from a GGUF file's metadata (and which tensors it holds).
     pub fn from_gguf(file: &GgufFile) -> Result<Self> {
+        Self::from_metadata(file.view(), |name| file.has_tensor(name))
+    }
+
+    /// The configuration of a model with this metadata, whose file holds the tensors for
+    /// which `has_tensor` is true.
+    pub fn from_metadata(
+        file: MetadataView<'_>,
+        has_tensor: impl Fn(&str) -> bool,
+    ) -> Result<Self> {
         let arch = file.string("general.architecture")?.to_string();
         let family = Family::from_architecture(&arch)
             .ok_or_else(|| ModelError::UnsupportedArchitecture(arch.clone()))?;
@@ -192,11 +201,10 @@ impl ModelConfig {
                 })
             }
         };
-        if file.has_tensor("rope_factors_long.weight") {
+        if has_tensor("rope_factors_long.weight") {
             return Err(ModelError::Metadata {
                 key: "rope_factors_long.weight".into(),
-                reason: "long-context RoPE factors (LongRoPE, Phi-3 128k) are not supported"
-                    .into(),
+                reason: "long-context RoPE factors (LongRoPE, Phi-3 128k) are not supported".into(),
             });
         }
         let window = match has("attention.sliding_window") {
@@ -270,12 +278,12 @@ impl ModelConfig {
             embedding_scale: gemma.then(|| (hidden_size as f32).sqrt()),
             norm_offset: 0.0,
             qk_norm: matches!(family, Family::Qwen3 | Family::Gemma3),
-            qkv_bias: family == Family::Qwen2 || file.has_tensor("blk.0.attn_q.bias"),
+            qkv_bias: family == Family::Qwen2 || has_tensor("blk.0.attn_q.bias"),
             post_norms: gemma,
             attention_scale: 1.0 / (scale_dim.max(1) as f32).sqrt(),
             layer_windows,
             layer_ropes,
-            tied_embeddings: !file.has_tensor("output.weight"),
+            tied_embeddings: !has_tensor("output.weight"),
             architecture: arch,
         };
         config.validate()?;

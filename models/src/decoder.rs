@@ -29,7 +29,6 @@ pub struct SeqChunk<'a> {
     pub start: usize,
 }
 
-
 /// An RMS-norm weight: its values for the CPU kernels, or a tensor for candle's op.
 enum Norm {
     Cpu(Vec<f32>),
@@ -102,7 +101,11 @@ struct Loader<'a> {
 
 impl Loader<'_> {
     fn linear(&mut self, name: &str) -> Result<Linear> {
-        Linear::new(self.file.tensor(name, &Device::Cpu)?, self.format, self.device)
+        Linear::new(
+            self.file.tensor(name, &Device::Cpu)?,
+            self.format,
+            self.device,
+        )
     }
 
     fn fused(&mut self, names: &[String]) -> Result<Linear> {
@@ -115,7 +118,10 @@ impl Loader<'_> {
 
     /// A 1-D tensor as f32 values, checked to be `len` long.
     fn vector(&mut self, name: &str, len: usize) -> Result<Vec<f32>> {
-        let t = self.file.tensor(name, &Device::Cpu)?.dequantize(&Device::Cpu)?;
+        let t = self
+            .file
+            .tensor(name, &Device::Cpu)?
+            .dequantize(&Device::Cpu)?;
         let values = t.flatten_all()?.to_vec1::<f32>()?;
         if values.len() != len {
             return Err(shape_error(name, t.dims(), &[len]));
@@ -341,7 +347,10 @@ impl Decoder {
                 tables
                     .iter()
                     .map(|(cos, sin)| {
-                        Ok((cos.index_select(&positions, 0)?, sin.index_select(&positions, 0)?))
+                        Ok((
+                            cos.index_select(&positions, 0)?,
+                            sin.index_select(&positions, 0)?,
+                        ))
                     })
                     .collect::<Result<Vec<_>>>()?
             }
@@ -435,13 +444,8 @@ impl Decoder {
                 norms,
                 q_scale: cfg.attention_scale,
             };
-            let (q, k, v) = cpu_ops::split_qkv_rope(
-                &qkv,
-                shape,
-                step.positions,
-                &tables[layer.rope],
-                options,
-            )?;
+            let (q, k, v) =
+                cpu_ops::split_qkv_rope(&qkv, shape, step.positions, &tables[layer.rope], options)?;
             return kv.attend(layer_index, step.spans, &q, &k, &v);
         }
         let (cos, sin) = &step.rope_rows[layer.rope];

@@ -2,9 +2,9 @@
 
 use std::time::{Duration, Instant};
 
+use crate::decoder::SeqChunk;
 use crate::error::{ModelError, Result};
 use crate::kv::{DenseKvStore, KvStore, SeqId};
-use crate::decoder::SeqChunk;
 use crate::model::Model;
 use crate::sampling::{Sampler, SamplingParams};
 use crate::tokenizer::IncrementalDecoder;

@@ -79,18 +79,52 @@ impl GgufFile {
             })
     }
 
+    /// Typed access to the metadata.
+    pub fn view(&self) -> MetadataView<'_> {
+        MetadataView(self.metadata())
+    }
+
     /// A required metadata value.
     pub fn value(&self, key: &str) -> Result<&Value> {
-        self.metadata()
-            .get(key)
-            .ok_or_else(|| ModelError::Metadata {
-                key: key.to_string(),
-                reason: "missing".into(),
-            })
+        MetadataView(self.metadata()).value(key)
     }
 
     /// A required string value.
     pub fn string(&self, key: &str) -> Result<&str> {
+        MetadataView(self.metadata()).string(key)
+    }
+
+    /// A required unsigned integer value (any integer width).
+    pub fn u64(&self, key: &str) -> Result<u64> {
+        self.view().u64(key)
+    }
+
+    /// A required float value.
+    pub fn f32(&self, key: &str) -> Result<f32> {
+        self.view().f32(key)
+    }
+
+    /// An optional value: `None` when absent.
+    pub fn optional(&self, key: &str) -> Option<&Value> {
+        self.metadata().get(key)
+    }
+}
+
+/// Typed getters over GGUF metadata (of an opened file, or of one about to be written).
+#[derive(Clone, Copy)]
+pub struct MetadataView<'a>(pub &'a HashMap<String, Value>);
+
+impl<'a> MetadataView<'a> {
+    /// A required metadata value.
+    pub fn value(&self, key: &str) -> Result<&'a Value> {
+        self.0.get(key).ok_or_else(|| ModelError::Metadata {
+            key: key.to_string(),
+            reason: "missing".into(),
+        })
+    }
+
+    /// A required string value.
+    pub fn string(&self, key: &str) -> Result<&'a str> {
         self.value(key)?
             .to_string()
             .map(|s| s.as_str())
@@ -127,8 +161,8 @@ impl GgufFile {
     }
 
     /// An optional value: `None` when absent.
-    pub fn optional(&self, key: &str) -> Option<&Value> {
-        self.metadata().get(key)
+    pub fn optional(&self, key: &str) -> Option<&'a Value> {
+        self.0.get(key)
     }
 }
 

@@ -5,11 +5,11 @@
 pub mod chat;
 pub mod config;
 pub mod cpu_ops;
+pub mod decoder;
 pub mod error;
 pub mod generate;
 pub mod gguf;
 pub mod kv;
-pub mod decoder;
 pub mod linear;
 pub mod model;
 pub mod parallel;
@@ -21,9 +21,9 @@ pub mod weight_format;
 
 pub use chat::{ChatMessage, ChatTemplate};
 pub use config::{Family, ModelConfig};
+pub use decoder::{Decoder, SeqChunk};
 pub use error::{ModelError, Result};
 pub use generate::{generate, FinishReason, Generation};
-pub use decoder::{Decoder, SeqChunk};
 pub use gguf::GgufFile;
 pub use kv::{AttentionSpan, DenseKvStore, KvStore, SeqId};
 pub use model::Model;

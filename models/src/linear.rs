@@ -10,8 +10,8 @@ use migserve_kernels::cpu::q8_matmul::{self, PackedQ8};
 
 use crate::cpu_ops::with_f32;
 use crate::error::{ModelError, Result};
-use crate::weight_format::WeightFormat;
 use crate::parallel::candle_pool;
+use crate::weight_format::WeightFormat;
 
 /// candle's tiled int8 (AVX-512 VNNI) Q8_0 kernels need the input width to be a multiple of
 /// this; narrower layers fall back to a per-element dot product that is several times slower

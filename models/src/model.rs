@@ -6,11 +6,11 @@ use candle_core::Device;
 
 use crate::chat::{ChatMessage, ChatTemplate};
 use crate::config::ModelConfig;
+use crate::decoder::Decoder;
 use crate::error::{ModelError, Result};
 use crate::gguf::GgufFile;
-use crate::decoder::Decoder;
-use crate::weight_format::WeightFormat;
 use crate::tokenizer::Tokenizer;
+use crate::weight_format::WeightFormat;
 
 /// Everything needed to turn text into text with one model.
 pub struct Model {

@@ -52,12 +52,20 @@ fn sentencepiece_ids_match_llama_cpp() {
     for case in &fixture.cases {
         let ids = tok.encode(&case.text, false).unwrap();
         if ids != case.ids {
-            wrong.push(format!("{:?}: ours {ids:?}, llama.cpp {:?}", case.text, case.ids));
+            wrong.push(format!(
+                "{:?}: ours {ids:?}, llama.cpp {:?}",
+                case.text, case.ids
+            ));
         }
     }
     assert!(wrong.is_empty(), "ids differ:\n{}", wrong.join("\n"));
     for c in &fixture.completions {
-        assert_eq!(tok.encode(&c.prompt, true).unwrap(), c.prompt_ids, "{:?}", c.prompt);
+        assert_eq!(
+            tok.encode(&c.prompt, true).unwrap(),
+            c.prompt_ids,
+            "{:?}",
+            c.prompt
+        );
     }
 }
 
@@ -66,10 +74,25 @@ fn greedy_text_matches_llama_cpp_up_to_its_near_ties() {
     let model = Model::load(&common::gemma_path(), WeightFormat::Q8, &Device::Cpu).unwrap();
     let mut whole = 0;
     for c in &fixture().completions {
-        let g = generate(&model, &c.prompt_ids, SamplingParams::default(), c.tokens.len(), |_| {})
-            .unwrap();
-        let same = g.tokens.iter().zip(&c.tokens).take_while(|(a, b)| a == b).count();
-        eprintln!("{:?}: the first {same} of {} tokens equal", c.prompt, c.tokens.len());
+        let g = generate(
+            &model,
+            &c.prompt_ids,
+            SamplingParams::default(),
+            c.tokens.len(),
+            |_| {},
+        )
+        .unwrap();
+        let same = g
+            .tokens
+            .iter()
+            .zip(&c.tokens)
+            .take_while(|(a, b)| a == b)
+            .count();
+        eprintln!(
+            "{:?}: the first {same} of {} tokens equal",
+            c.prompt,
+            c.tokens.len()
+        );
         if same == c.tokens.len() {
             whole += 1;
             continue;
@@ -86,7 +109,10 @@ fn greedy_text_matches_llama_cpp_up_to_its_near_ties() {
             c.tokens[same]
         );
     }
-    assert!(whole >= 2, "only {whole} prompts gave llama.cpp's whole text");
+    assert!(
+        whole >= 2,
+        "only {whole} prompts gave llama.cpp's whole text"
+    );
 }
 
 /// Log-probabilities of every step, fed llama.cpp's own tokens (so one near-tie does not
@@ -104,7 +130,10 @@ fn teacher_forced(model: &Model, c: &Completion) -> Vec<(Vec<f32>, Vec<(u32, f32
         };
         let logits = model.decoder.forward(&[chunk], &mut kv).unwrap();
         let logp = candle_nn::ops::log_softmax(&logits, D::Minus1).unwrap();
-        rows.push((logp.squeeze(0).unwrap().to_vec1::<f32>().unwrap(), top.clone()));
+        rows.push((
+            logp.squeeze(0).unwrap().to_vec1::<f32>().unwrap(),
+            top.clone(),
+        ));
         start = input.len();
         input.push(c.tokens[step]);
     }
@@ -128,7 +157,8 @@ fn log_probabilities_match_llama_cpp_step_by_step() {
             worst = worst.max(diff);
             total += diff;
             // The same most likely token, unless llama.cpp itself saw a near-tie.
-            let argmax = (0..ours.len()).fold(0, |best, j| if ours[j] > ours[best] { j } else { best });
+            let argmax =
+                (0..ours.len()).fold(0, |best, j| if ours[j] > ours[best] { j } else { best });
             let margin = top[0].1 - top[1].1;
             if argmax as u32 != id {
                 assert!(

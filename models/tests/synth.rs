@@ -3,9 +3,9 @@
 
 mod common;
 
-use migserve_models::synth::{self, SynthShape};
+use migserve_models::synth::{self, SynthOptions, SynthShape};
 use migserve_models::{
-    generate, Device, GgufFile, ModelConfig, Model, SamplingParams, WeightFormat,
+    generate, Device, GgufFile, Model, ModelConfig, SamplingParams, WeightFormat,
 };
 
 #[test]
@@ -13,7 +13,11 @@ fn a_synthetic_smollm2_has_the_real_shape_and_runs() {
     let real = GgufFile::open(&common::model_path()).unwrap();
     let out = std::env::temp_dir().join(format!("synth-smollm2-{}.gguf", std::process::id()));
     let shape = SynthShape::by_name("smollm2-135m").unwrap();
-    synth::write(shape, &real, &out, 7).unwrap();
+    let options = SynthOptions {
+        seed: 7,
+        ..SynthOptions::default()
+    };
+    synth::write(shape, &real, &out, options).unwrap();
 
     let made = GgufFile::open(&out).unwrap();
     let (a, b) = (
@@ -58,5 +62,34 @@ fn a_synthetic_smollm2_has_the_real_shape_and_runs() {
     let g = generate(&model, &prompt, SamplingParams::greedy(), 5, |_| {}).unwrap();
     assert!(!g.tokens.is_empty() && g.tokens.len() <= 5);
     assert!(g.tokens.iter().all(|&t| (t as usize) < b.vocab_size));
+    let _ = std::fs::remove_file(&out);
+}
+
+#[test]
+fn a_vocabulary_smaller_than_the_tokenizer_keeps_the_merges_it_can_make() {
+    let real = GgufFile::open(&common::model_path()).unwrap();
+    let out = std::env::temp_dir().join(format!("synth-small-vocab-{}.gguf", std::process::id()));
+    // Phi-3's layout, at a test model's size, with 2000 of SmolLM2's 49152 tokens.
+    let shape = SynthShape {
+        n_layers: 1,
+        hidden: 64,
+        ffn: 96,
+        heads: 4,
+        kv_heads: 4,
+        head_dim: 16,
+        vocab: 2000,
+        context: 256,
+        ..*SynthShape::by_name("phi3-mini").unwrap()
+    };
+    synth::write(&shape, &real, &out, SynthOptions::default()).unwrap();
+    let model = Model::load(&out, WeightFormat::F32, &Device::Cpu).unwrap();
+    assert_eq!(model.config().vocab_size, 2000);
+    assert_eq!(model.tokenizer.vocab_size(), 2000);
+    let text = "the cat sat on the mat";
+    let ids = model.encode_prompt(text).unwrap();
+    assert!(ids.iter().all(|&t| t < 2000));
+    assert_eq!(model.tokenizer.decode(&ids, true).unwrap(), text);
+    let g = generate(&model, &ids, SamplingParams::greedy(), 3, |_| {}).unwrap();
+    assert!(g.tokens.len() <= 3);
     let _ = std::fs::remove_file(&out);
 }

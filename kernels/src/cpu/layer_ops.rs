@@ -253,15 +253,22 @@ mod tests {
 
     #[test]
     fn gelu_tanh_mul_matches_the_formula() {
-        let gate_up = [-6.0, -1.0, 0.0, 0.5, 3.0, 12.0, 1.0, 2.0, 3.0, -4.0, 5.0, 0.25];
+        let gate_up = [
+            -6.0, -1.0, 0.0, 0.5, 3.0, 12.0, 1.0, 2.0, 3.0, -4.0, 5.0, 0.25,
+        ];
         let mut out = [0.0; 6];
         gelu_tanh_mul(&gate_up, 6, &mut out);
         let gelu = |x: f32| {
-            0.5 * x * (1.0 + ((2.0f32 / std::f32::consts::PI).sqrt() * (x + 0.044715 * x.powi(3))).tanh())
+            0.5 * x
+                * (1.0
+                    + ((2.0f32 / std::f32::consts::PI).sqrt() * (x + 0.044715 * x.powi(3))).tanh())
         };
         for (j, o) in out.iter().enumerate() {
             let want = gelu(gate_up[j]) * gate_up[6 + j];
-            assert!((o - want).abs() <= want.abs() * 1e-5 + 1e-7, "{j}: {o} vs {want}");
+            assert!(
+                (o - want).abs() <= want.abs() * 1e-5 + 1e-7,
+                "{j}: {o} vs {want}"
+            );
         }
     }
 

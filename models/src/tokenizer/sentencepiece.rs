@@ -12,11 +12,11 @@ use std::collections::HashMap;
 use tokenizers::decoders::byte_fallback::ByteFallback;
 use tokenizers::decoders::fuse::Fuse;
 use tokenizers::decoders::sequence::Sequence as DecoderSequence;
+use tokenizers::decoders::DecoderWrapper;
 use tokenizers::models::bpe::{Vocab, BPE};
 use tokenizers::normalizers::prepend::Prepend;
 use tokenizers::normalizers::replace::Replace;
 use tokenizers::normalizers::{NormalizerWrapper, Sequence as NormalizerSequence};
-use tokenizers::decoders::DecoderWrapper;
 
 use crate::error::{ModelError, Result};
 use crate::gguf::GgufFile;
@@ -108,7 +108,9 @@ fn merges_by_score(tokens: &[String], scores: &[f32]) -> Vec<(String, String)> {
         }
         merges[start..].sort_by(|a, b| {
             let key = |m: &(usize, usize, usize)| (scores[m.1], scores[m.2]);
-            key(b).partial_cmp(&key(a)).unwrap_or(std::cmp::Ordering::Equal)
+            key(b)
+                .partial_cmp(&key(a))
+                .unwrap_or(std::cmp::Ordering::Equal)
         });
     }
     // Stable: pieces of equal score keep their vocabulary order.

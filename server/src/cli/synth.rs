@@ -3,15 +3,22 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use migserve_models::synth::{self, SynthShape, SHAPES};
+use migserve_models::synth::{self, GgmlDType, SynthOptions, SynthShape, SHAPES};
 use migserve_models::GgufFile;
 
 /// Arguments of `migserve synth`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SynthArgs {
-    /// Shape to copy: smollm2-135m, qwen2.5-0.5b or llama-3.2-1b.
+    /// Shape to copy: smollm2-135m, qwen2.5-0.5b, qwen3-0.6b, gemma3-270m, gemma3-1b,
+    /// phi3-mini, mistral-7b, llama-3.2-1b or tinyllama-1.1b.
     #[arg(long)]
     pub like: String,
+    /// Write only this many layers (a small model of the family's real layout, for tests).
+    #[arg(long)]
+    pub layers: Option<u32>,
+    /// Storage type of the weight matrices: q8_0, or f32 (for logit comparisons).
+    #[arg(long, default_value = "q8_0", value_parser = ["q8_0", "f32"])]
+    pub matrix_type: String,
     /// GGUF file to write.
     #[arg(long)]
     pub out: PathBuf,
@@ -40,14 +47,26 @@ pub fn run(args: SynthArgs) -> anyhow::Result<()> {
         )
     })?;
     let started = std::time::Instant::now();
-    synth::write(shape, &tokenizer, &args.out, args.seed)
+    let options = SynthOptions {
+        seed: args.seed,
+        layers: args.layers,
+        matrix_type: match args.matrix_type.as_str() {
+            "f32" => GgmlDType::F32,
+            _ => GgmlDType::Q8_0,
+        },
+    };
+    if args.layers == Some(0) {
+        anyhow::bail!("--layers must be at least 1");
+    }
+    synth::write(shape, &tokenizer, &args.out, options)
         .with_context(|| format!("writing {}", args.out.display()))?;
     let bytes = std::fs::metadata(&args.out).map(|m| m.len()).unwrap_or(0);
     eprintln!(
-        "wrote {} ({:.1} M parameters, {:.0} MB, Q8_0) in {:.1} s: {}",
+        "wrote {} ({:.1} M parameters, {:.0} MB, {}) in {:.1} s: {}",
         args.out.display(),
-        shape.parameters() as f64 / 1e6,
+        shape.config(args.layers).map_or(0, |c| c.parameter_count()) as f64 / 1e6,
         bytes as f64 / 1e6,
+        args.matrix_type,
         started.elapsed().as_secs_f64(),
         shape.about
     );
