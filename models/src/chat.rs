@@ -9,6 +9,23 @@ use crate::gguf::GgufFile;
 /// ChatML, used when a model file carries no template of its own.
 const CHATML_TEMPLATE: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
 
+/// Gemma's turn format, for Gemma files that carry no template (the base models): system
+/// text goes at the start of the next user turn, the assistant is `model`, other roles are
+/// refused.
+const GEMMA_TEMPLATE: &str = "{{ bos_token }}{%- set ns = namespace(system='') -%}\
+{%- for message in messages -%}\
+{%- if message['role'] == 'system' -%}{%- set ns.system = ns.system + message['content'] + '\n\n' -%}\
+{%- else -%}\
+{%- if message['role'] == 'user' -%}{%- set role = 'user' -%}\
+{%- elif message['role'] == 'assistant' -%}{%- set role = 'model' -%}\
+{%- else -%}{{ raise_exception('Gemma chats have system, user and assistant messages, not ' + message['role']) }}\
+{%- endif -%}\
+{{ '<start_of_turn>' + role + '\n' + (ns.system if role == 'user' else '') + (message['content'] | trim) + '<end_of_turn>\n' }}\
+{%- if role == 'user' -%}{%- set ns.system = '' -%}{%- endif -%}\
+{%- endif -%}\
+{%- endfor -%}\
+{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}";
+
 /// One chat message, as in the OpenAI API.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatMessage {
@@ -55,7 +72,8 @@ impl ChatTemplate {
         })
     }
 
-    /// The file's `tokenizer.chat_template`, or ChatML when it has none.
+    /// The file's `tokenizer.chat_template`; when it has none, the family's turn format
+    /// (Gemma's for `gemma3`) or ChatML.
     pub fn from_gguf(
         file: &GgufFile,
         bos_token: Option<&str>,
@@ -65,7 +83,17 @@ impl ChatTemplate {
             .optional("tokenizer.chat_template")
             .and_then(|v| v.to_string().ok())
             .cloned()
-            .unwrap_or_else(|| CHATML_TEMPLATE.to_string());
+            .unwrap_or_else(|| {
+                let gemma = file
+                    .optional("general.architecture")
+                    .and_then(|v| v.to_string().ok())
+                    .is_some_and(|a| a.starts_with("gemma"));
+                match gemma {
+                    true => GEMMA_TEMPLATE,
+                    false => CHATML_TEMPLATE,
+                }
+                .to_string()
+            });
         Self::new(
             source,
             bos_token.unwrap_or_default().to_string(),
@@ -110,6 +138,27 @@ mod tests {
         );
         let no_prompt = t.render(&[ChatMessage::new("user", "Hi")], false).unwrap();
         assert_eq!(no_prompt, "<|im_start|>user\nHi<|im_end|>\n");
+    }
+
+    #[test]
+    fn gemma_turns_fold_the_system_text_into_the_user_turn() {
+        let t = ChatTemplate::new(GEMMA_TEMPLATE.into(), "<bos>".into(), "<eos>".into()).unwrap();
+        let chat = [
+            ChatMessage::new("system", "Be brief."),
+            ChatMessage::new("user", "Hi "),
+            ChatMessage::new("assistant", "Hello."),
+            ChatMessage::new("user", "Capital of France?"),
+        ];
+        assert_eq!(
+            t.render(&chat, true).unwrap(),
+            "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n\
+             <start_of_turn>model\nHello.<end_of_turn>\n\
+             <start_of_turn>user\nCapital of France?<end_of_turn>\n<start_of_turn>model\n"
+        );
+        let err = t
+            .render(&[ChatMessage::new("wizard", "x")], true)
+            .unwrap_err();
+        assert!(err.to_string().contains("not wizard"), "{err}");
     }
 
     #[test]

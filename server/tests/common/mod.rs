@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 /// Where the real model is: the same lookup as the models crate's tests.
 #[path = "../../../models/tests/common/mod.rs"]
 mod model_file;
-pub use model_file::model_path;
+pub use model_file::{gemma_path, model_path};
 
 /// The test stand-in worker (crate `migserve-testkit`), built beside migserve by `cargo test`
 /// at the workspace root.
@@ -74,7 +74,11 @@ impl Worker {
 
     /// [`Worker::start`] with extra environment variables.
     pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Self {
-        let model = model_path();
+        Self::start_model(&model_path(), extra, env)
+    }
+
+    /// [`Worker::start_with_env`] with another model file.
+    pub fn start_model(model: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_migserve"));
         command
             .args([

@@ -1,0 +1,158 @@
+//! Model families end to end: a worker serving the real Gemma 3 270M (SentencePiece
+//! tokenizer, sliding-window layers) over TGI and OpenAI chat, and `serve` with one SmolLM2
+//! slice and one Gemma slice routing by model name.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{get_json, Serve, Worker};
+use serde_json::{json, Value};
+
+#[derive(serde::Deserialize)]
+struct Fixture {
+    completions: Vec<Completion>,
+}
+
+#[derive(serde::Deserialize)]
+struct Completion {
+    prompt: String,
+    text: String,
+    tokens: Vec<u32>,
+}
+
+/// llama.cpp's greedy completion of a prompt both implementations agree on for all its tokens
+/// (models/tests/gemma3_reference.rs).
+fn reference() -> Completion {
+    let f: Fixture = serde_json::from_str(include_str!(
+        "../../models/tests/fixtures/gemma3_reference.json"
+    ))
+    .unwrap();
+    f.completions
+        .into_iter()
+        .find(|c| c.prompt.starts_with("def fibonacci"))
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gemma_worker_serves_tgi_and_openai_chat() {
+    let gemma = common::gemma_path();
+    let worker = Worker::start_model(&gemma, &["--model-id", "gemma"], &[]);
+    let c = reqwest::Client::new();
+
+    let info: Value = get_json(&c, worker.at("/info")).await;
+    assert_eq!(info["model_id"], "gemma");
+
+    // TGI, greedy: llama.cpp's text, token for token.
+    let want = reference();
+    let r: Value = c
+        .post(worker.at("/generate"))
+        .json(&json!({"inputs": want.prompt, "parameters": {
+            "max_new_tokens": want.tokens.len(), "details": true}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["generated_text"], want.text.as_str(), "{r}");
+    assert_eq!(r["details"]["generated_tokens"], want.tokens.len());
+
+    // OpenAI chat through the Gemma turn format (the base model's file has no template).
+    let r = c
+        .post(worker.at("/v1/chat/completions"))
+        .json(
+            &json!({"model": "gemma", "max_tokens": 12, "temperature": 0,
+            "messages": [{"role": "system", "content": "Answer briefly."},
+                         {"role": "user", "content": "What is the capital of France?"}]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    let text = v["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(!text.is_empty(), "{v}");
+    assert!(v["usage"]["prompt_tokens"].as_u64().unwrap() > 10, "{v}");
+
+    // The template's own refusal is a 422 with its message.
+    let r = c
+        .post(worker.at("/v1/chat/completions"))
+        .json(&json!({"model": "gemma", "messages": [{"role": "wizard", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let v: Value = r.json().await.unwrap();
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not wizard"),
+        "{v}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_routes_smollm2_and_gemma_by_model() {
+    let gemma = common::gemma_path();
+    let config = r#"
+[slices]
+source = "emulate"
+emulate = "2x1g.10gb"
+
+[[models]]
+name = "smol"
+path = "{model}"
+
+[models.engine]
+kv_cache_tokens = 2048
+
+[[models]]
+name = "gemma"
+path = "{gemma}"
+
+[models.engine]
+kv_cache_tokens = 2048
+"#
+    .replace("{gemma}", gemma.to_str().unwrap());
+    let serve = Serve::start("families", &config);
+    let c = reqwest::Client::new();
+    let ready = |s: &[Value]| s.len() == 2 && s.iter().all(|s| s["state"] == "ready");
+    serve
+        .wait_slices(&c, Duration::from_secs(120), "both workers ready", ready)
+        .await;
+    let mut slices = Vec::new();
+    for model in ["smol", "gemma"] {
+        let r = c
+            .post(serve.at("/v1/chat/completions"))
+            .json(&json!({"model": model, "max_tokens": 8, "temperature": 0,
+                "messages": [{"role": "user", "content": "Say hello."}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{model}");
+        slices.push(r.headers()["x-slice"].to_str().unwrap().to_string());
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["model"], model, "{v}");
+        // TGI's route takes the model from x-model.
+        let r = c
+            .post(serve.at("/generate"))
+            .header("x-model", model)
+            .json(&json!({"inputs": "The capital of France is",
+                "parameters": {"max_new_tokens": 4}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{model}");
+    }
+    assert_ne!(slices[0], slices[1], "each model has its own slice");
+    let models: Value = get_json(&c, serve.at("/v1/models")).await;
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert!(ids.contains(&"smol") && ids.contains(&"gemma"), "{models}");
+}
