@@ -431,14 +431,12 @@ impl Decoder {
                 n_kv_heads: nkv,
                 head_dim: hd,
             };
-            let norms = match &layer.qk_norms {
-                Some((q, k)) => Some(HeadNorms {
-                    q: q.values().unwrap_or_default(),
-                    k: k.values().unwrap_or_default(),
-                    eps: cfg.rms_eps as f32,
-                }),
-                None => None,
-            };
+            // On this path every norm was loaded as plain values.
+            let norms = layer.qk_norms.as_ref().map(|(q, k)| HeadNorms {
+                q: q.values().unwrap_or_default(),
+                k: k.values().unwrap_or_default(),
+                eps: cfg.rms_eps as f32,
+            });
             let options = QkOptions {
                 pairs,
                 norms,

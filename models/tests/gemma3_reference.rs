@@ -115,9 +115,12 @@ fn greedy_text_matches_llama_cpp_up_to_its_near_ties() {
     );
 }
 
+/// llama.cpp's most likely tokens at one step, `(id, log-probability)`.
+type Top = Vec<(u32, f32)>;
+
 /// Log-probabilities of every step, fed llama.cpp's own tokens (so one near-tie does not
 /// send the two texts apart): (our log-softmax row, llama.cpp's top five) per step.
-fn teacher_forced(model: &Model, c: &Completion) -> Vec<(Vec<f32>, Vec<(u32, f32)>)> {
+fn teacher_forced(model: &Model, c: &Completion) -> Vec<(Vec<f32>, Top)> {
     let mut kv = DenseKvStore::new(model.config());
     let mut rows = Vec::new();
     let mut input: Vec<u32> = c.prompt_ids.clone();

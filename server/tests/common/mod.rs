@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 /// Where the real model is: the same lookup as the models crate's tests.
 #[path = "../../../models/tests/common/mod.rs"]
 mod model_file;
+#[allow(unused_imports)]
 pub use model_file::{gemma_path, model_path};
 
 /// The test stand-in worker (crate `migserve-testkit`), built beside migserve by `cargo test`
