@@ -56,6 +56,10 @@ impl ChatTemplate {
     /// Compiles `source`; `bos_token`/`eos_token` are the texts templates may insert.
     pub fn new(source: String, bos_token: String, eos_token: String) -> Result<Self> {
         let mut env = Environment::new();
+        // As transformers renders chat templates (and so as their authors wrote them): the
+        // newline after a block tag and the spaces before one are not output.
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function(
             "raise_exception",
