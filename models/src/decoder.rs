@@ -187,8 +187,19 @@ impl Decoder {
         )?;
         let lm_head = if ld.has("output.weight") {
             ld.linear("output.weight")?
+        } else if matches!(format, WeightFormat::F32 | WeightFormat::Bf16) {
+            // Tied embeddings, dense: the output layer is the embedding tensor itself (one
+            // copy in memory; Gemma's 262,144 x 640 table is 335 MB in bf16).
+            Linear::Candle {
+                weights: candle_core::quantized::QMatMul::Tensor(embedding.clone()),
+                pad: 0,
+            }
+        } else if device.is_cpu() && embedding.dtype() == DType::F32 {
+            // Tied embeddings, re-quantized on the CPU: from the f32 table already in memory
+            // (not a second dequantized copy of it).
+            Linear::from_dense(embedding.clone(), format, device)?
         } else {
-            // Tied embeddings: the output layer reuses the embedding matrix.
+            // Tied embeddings: the output layer is the embedding matrix, in `format`.
             Linear::new(embedding_q, format, device)?
         };
         let ropes_of_layers = {

@@ -82,7 +82,7 @@ impl Linear {
     }
 
     /// The layer in `format` from f32 weights `[out, in]` on the CPU.
-    fn from_dense(w: Tensor, format: WeightFormat, device: &Device) -> Result<Self> {
+    pub(crate) fn from_dense(w: Tensor, format: WeightFormat, device: &Device) -> Result<Self> {
         let (n, k) = w.dims2()?;
         if packs_q8(format, device, k) {
             // Read in place: one f32 copy of the matrix at a time.
