@@ -51,6 +51,12 @@ pub struct EngineInfo {
     pub dtype: String,
     /// The device the engine runs on.
     pub device: DeviceKind,
+    /// The model's GGUF architecture (`llama`, `gemma3`, ...).
+    pub architecture: String,
+    /// The model's parameters (a tied output layer counted once).
+    pub parameters: u64,
+    /// KV cache bytes one token takes over all layers, in this device's cache element type.
+    pub kv_bytes_per_token: usize,
     pub limits: Limits,
     pub max_batch_size: usize,
     pub max_concurrent_requests: usize,

@@ -42,6 +42,11 @@ async fn a_gemma_worker_serves_tgi_and_openai_chat() {
 
     let info: Value = get_json(&c, worker.at("/info")).await;
     assert_eq!(info["model_id"], "gemma");
+    assert_eq!(info["model_architecture"], "gemma3");
+    let params = info["model_parameters"].as_u64().unwrap();
+    assert!((267_000_000..269_000_000).contains(&params), "{info}");
+    // 18 layers x 1 KV head x 256 x (key + value) x 2 bytes (the CPU cache's f16).
+    assert_eq!(info["kv_bytes_per_token"], 18 * 256 * 2 * 2);
 
     // TGI, greedy: llama.cpp's text, token for token.
     let want = reference();

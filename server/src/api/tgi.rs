@@ -123,4 +123,13 @@ pub struct Info {
     pub slice: Option<String>,
     /// migserve extension: KV cache size in tokens.
     pub kv_cache_tokens: usize,
+    /// migserve extension: the model's GGUF architecture (`llama`, `qwen2`, `gemma3`, ...).
+    #[serde(default)]
+    pub model_architecture: Option<String>,
+    /// migserve extension: the model's parameter count.
+    #[serde(default)]
+    pub model_parameters: Option<u64>,
+    /// migserve extension: KV cache bytes per token over all layers.
+    #[serde(default)]
+    pub kv_bytes_per_token: Option<usize>,
 }

@@ -59,6 +59,9 @@ impl AppState {
             docker_label: None,
             slice: slice.map(str::to_string),
             kv_cache_tokens: e.limits.kv_cache_tokens,
+            model_architecture: Some(e.architecture.clone()),
+            model_parameters: Some(e.parameters),
+            kv_bytes_per_token: Some(e.kv_bytes_per_token),
         };
         let compute_type = HeaderValue::from_static(e.device.name());
         Self {
@@ -259,6 +262,9 @@ mod tests {
                 model_id: "m".into(),
                 dtype: "bf16".into(),
                 device,
+                architecture: "gemma3".into(),
+                parameters: 268_098_176,
+                kv_bytes_per_token: 18_432,
                 limits: Limits {
                     max_input_tokens: 10,
                     max_total_tokens: 20,
