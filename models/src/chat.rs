@@ -3,6 +3,7 @@
 use minijinja::{context, Environment, Error, ErrorKind};
 use serde::{Deserialize, Serialize};
 
+use crate::config::Family;
 use crate::error::{ModelError, Result};
 use crate::gguf::GgufFile;
 
@@ -91,7 +92,7 @@ impl ChatTemplate {
                 let gemma = file
                     .optional("general.architecture")
                     .and_then(|v| v.to_string().ok())
-                    .is_some_and(|a| a.starts_with("gemma"));
+                    .is_some_and(|a| Family::from_architecture(a) == Some(Family::Gemma3));
                 match gemma {
                     true => GEMMA_TEMPLATE,
                     false => CHATML_TEMPLATE,

@@ -277,8 +277,9 @@ impl SynthShape {
     pub fn config(&self, layers: Option<u32>) -> Result<ModelConfig> {
         let metadata: HashMap<String, Value> =
             self.metadata(layers, self.vocab).into_iter().collect();
+        let tensors = self.tensor_names(0);
         ModelConfig::from_metadata(MetadataView(&metadata), |name| {
-            self.tensor_names(0).iter().any(|t| t == name)
+            tensors.iter().any(|t| t == name)
         })
     }
 

@@ -83,6 +83,12 @@ pub fn split_qkv_rope(
         assert!(n.q.len() == hd && n.k.len() == hd);
     }
     let half = hd / 2;
+    // Pair `i` is (i * stride, i * stride + offset): interleaved (2i, 2i + 1) or halves
+    // (i, i + half), chosen once rather than per pair.
+    let (stride, offset) = match options.pairs {
+        RopePairs::Interleaved => (2, 1),
+        RopePairs::Halves => (1, half),
+    };
     let mut normed = vec![0.0f32; hd];
     for (r, &pos) in positions.iter().enumerate() {
         let src = &qkv[r * shape.row()..][..shape.row()];
@@ -98,10 +104,7 @@ pub fn split_qkv_rope(
                     None => s,
                 };
                 for i in 0..half {
-                    let (ia, ib) = match options.pairs {
-                        RopePairs::Interleaved => (2 * i, 2 * i + 1),
-                        RopePairs::Halves => (i, i + half),
-                    };
+                    let (ia, ib) = (i * stride, i * stride + offset);
                     let (a, b) = (s[ia], s[ib]);
                     d[ia] = (a * cos[i] - b * sin[i]) * scale;
                     d[ib] = (a * sin[i] + b * cos[i]) * scale;
@@ -131,30 +134,31 @@ pub fn split_qkv_rope(
 /// # Panics
 /// When `gate_up` is not whole rows of `2 * ffn` or `out` not the same number of rows of `ffn`.
 pub fn gelu_tanh_mul(gate_up: &[f32], ffn: usize, out: &mut [f32]) {
-    assert!(gate_up.len().is_multiple_of(2 * ffn) && out.len() * 2 == gate_up.len());
     const SQRT_2_OVER_PI: f32 = 0.797_884_6;
-    for (src, dst) in gate_up.chunks_exact(2 * ffn).zip(out.chunks_exact_mut(ffn)) {
-        let (gate, up) = src.split_at(ffn);
-        for ((d, g), u) in dst.iter_mut().zip(gate).zip(up) {
-            let x = *g;
-            let inner = SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x);
-            // tanh(y) = 1 - 2 / (1 + e^(2y)); exp overflowing to infinity gives 1.
-            let tanh = 1.0 - 2.0 / (1.0 + exp_approx(2.0 * inner));
-            *d = 0.5 * x * (1.0 + tanh) * *u;
-        }
-    }
+    gate_rows(gate_up, ffn, out, |x| {
+        let inner = SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x);
+        // tanh(y) = 1 - 2 / (1 + e^(2y)); exp overflowing to infinity gives 1.
+        let tanh = 1.0 - 2.0 / (1.0 + exp_approx(2.0 * inner));
+        0.5 * x * (1.0 + tanh)
+    });
 }
 
 /// `out[r, j] = silu(gate_up[r, j]) * gate_up[r, ffn + j]` for rows `[gate | up]` of `2 * ffn`.
 ///
 /// # Panics
-/// When `gate_up` is not whole rows of `2 * ffn` or `out` not the same number of rows of `ffn`.
+/// As [`gelu_tanh_mul`].
 pub fn silu_mul(gate_up: &[f32], ffn: usize, out: &mut [f32]) {
+    gate_rows(gate_up, ffn, out, |g| g / (1.0 + exp_approx(-g)));
+}
+
+/// `out[r, j] = act(gate[r, j]) * up[r, j]` over rows `[gate | up]`.
+#[inline(always)]
+fn gate_rows(gate_up: &[f32], ffn: usize, out: &mut [f32], act: impl Fn(f32) -> f32) {
     assert!(gate_up.len().is_multiple_of(2 * ffn) && out.len() * 2 == gate_up.len());
     for (src, dst) in gate_up.chunks_exact(2 * ffn).zip(out.chunks_exact_mut(ffn)) {
         let (gate, up) = src.split_at(ffn);
         for ((d, g), u) in dst.iter_mut().zip(gate).zip(up) {
-            *d = *g / (1.0 + exp_approx(-*g)) * *u;
+            *d = act(*g) * *u;
         }
     }
 }
