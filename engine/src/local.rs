@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::{mpsc, Arc};
 
 use migserve_models::{
-    ChatTemplate, Device, GgufFile, Model, ModelConfig, Tokenizer, WeightFormat,
+    ChatTemplate, Device, Model, ModelConfig, ModelSource, Tokenizer, WeightFormat,
 };
 use tokio::sync::watch;
 
@@ -45,7 +45,7 @@ pub struct LocalEngine {
 }
 
 impl LocalEngine {
-    /// Loads the GGUF model at `path` onto `kind` (already opened as `device`) with `flags`
+    /// Loads the model (GGUF file or Hugging Face directory) at `path` onto `kind` (already opened as `device`) with `flags`
     /// and starts its engine thread. With `MIGSERVE_FAULT_PANIC_AT_STEP` set, the engine
     /// panics at that step (see [`fault`]).
     pub fn load(
@@ -326,10 +326,9 @@ fn check_weights_fit(
         path: path.display().to_string(),
         source,
     };
-    let file = GgufFile::open(path).map_err(model_error)?;
-    let config = ModelConfig::from_gguf(&file).map_err(model_error)?;
-    let file_bytes = std::fs::metadata(path).map_or(0, |m| m.len());
-    let need = weights.weight_bytes(config.parameter_count(), file_bytes) as usize;
+    let source = ModelSource::open(path).map_err(model_error)?;
+    let config = source.config().map_err(model_error)?;
+    let need = source.weight_bytes(&config, weights) as usize;
     if need > free {
         return Err(DeviceUnusable(format!(
             "{} needs {} for its weights ({}) but the GPU has {} free of {} \

@@ -6,6 +6,9 @@ use serde::{Deserialize, Serialize};
 use crate::config::Family;
 use crate::error::{ModelError, Result};
 use crate::gguf::GgufFile;
+use crate::hf::json::JsonFile;
+use crate::tokenizer::TOKENIZER_CONFIG_FILE;
+use std::path::Path;
 
 /// ChatML, used when a model file carries no template of its own.
 const CHATML_TEMPLATE: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
@@ -26,6 +29,33 @@ const GEMMA_TEMPLATE: &str = "{{ bos_token }}{%- set ns = namespace(system='') -
 {%- endif -%}\
 {%- endfor -%}\
 {%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}";
+
+/// A Hugging Face directory's template file (transformers writes it beside the tokenizer).
+pub const JINJA_FILE: &str = "chat_template.jinja";
+
+/// `tokenizer_config.json`'s `chat_template`: a string, or `[{"name", "template"}]`.
+fn hf_template(config: &JsonFile) -> Result<Option<String>> {
+    let key = "chat_template";
+    let Some(value) = config.get(key) else {
+        return Ok(None);
+    };
+    if let Some(text) = value.as_str() {
+        return Ok(Some(text.to_string()));
+    }
+    let list = value
+        .as_array()
+        .ok_or_else(|| config.error(key, "expected a string or a list of named templates"))?;
+    let named = |name: &str| {
+        list.iter().find_map(|t| {
+            (t.get("name").and_then(|n| n.as_str()) == Some(name))
+                .then(|| t.get("template").and_then(|x| x.as_str()))
+                .flatten()
+        })
+    };
+    named("default")
+        .map(|t| Some(t.to_string()))
+        .ok_or_else(|| config.error(key, "a list of templates without one named `default`"))
+}
 
 /// One chat message, as in the OpenAI API.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,18 +117,55 @@ impl ChatTemplate {
         let source = file
             .optional("tokenizer.chat_template")
             .and_then(|v| v.to_string().ok())
-            .cloned()
-            .unwrap_or_else(|| {
-                let gemma = file
-                    .optional("general.architecture")
-                    .and_then(|v| v.to_string().ok())
-                    .is_some_and(|a| Family::from_architecture(a) == Some(Family::Gemma3));
-                match gemma {
-                    true => GEMMA_TEMPLATE,
-                    false => CHATML_TEMPLATE,
+            .cloned();
+        let family = file
+            .optional("general.architecture")
+            .and_then(|v| v.to_string().ok())
+            .and_then(|a| Family::from_architecture(a));
+        Self::or_default(source, family, bos_token, eos_token)
+    }
+
+    /// A Hugging Face directory's template: `chat_template.jinja`, else `tokenizer_config.json`'s
+    /// `chat_template` (a string, or a list of named templates: the one named `default`);
+    /// when neither, the family's turn format or ChatML.
+    pub fn from_hf_dir(
+        dir: &Path,
+        family: Family,
+        bos_token: Option<&str>,
+        eos_token: Option<&str>,
+    ) -> Result<Self> {
+        let jinja = dir.join(JINJA_FILE);
+        let source = match std::fs::read_to_string(&jinja) {
+            Ok(text) => Some(text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                match JsonFile::read_optional(&dir.join(TOKENIZER_CONFIG_FILE))? {
+                    Some(config) => hf_template(&config)?,
+                    None => None,
                 }
-                .to_string()
-            });
+            }
+            Err(e) => {
+                return Err(ModelError::HfFile {
+                    path: jinja,
+                    reason: e.to_string(),
+                })
+            }
+        };
+        Self::or_default(source, Some(family), bos_token, eos_token)
+    }
+
+    fn or_default(
+        source: Option<String>,
+        family: Option<Family>,
+        bos_token: Option<&str>,
+        eos_token: Option<&str>,
+    ) -> Result<Self> {
+        let source = source.unwrap_or_else(|| {
+            match family == Some(Family::Gemma3) {
+                true => GEMMA_TEMPLATE,
+                false => CHATML_TEMPLATE,
+            }
+            .to_string()
+        });
         Self::new(
             source,
             bos_token.unwrap_or_default().to_string(),

@@ -51,6 +51,15 @@ impl Family {
     }
 }
 
+/// Which size [`ModelConfig::check`] found wrong (each source names its own key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ConfigField {
+    /// A zero layer count, width, head count or vocabulary.
+    Dimensions,
+    KvHeads,
+    HeadDim,
+}
+
 /// How RoPE pairs the dimensions of a head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RopeStyle {
@@ -291,30 +300,40 @@ impl ModelConfig {
     }
 
     fn validate(&self) -> Result<()> {
-        let bad = |key: &str, reason: String| {
-            Err(ModelError::Metadata {
-                key: format!("{}.{key}", self.architecture),
-                reason,
-            })
-        };
+        self.check().map_err(|(field, reason)| ModelError::Metadata {
+            key: format!(
+                "{}.{}",
+                self.architecture,
+                match field {
+                    ConfigField::Dimensions => "block_count",
+                    ConfigField::KvHeads => "attention.head_count_kv",
+                    ConfigField::HeadDim => "attention.key_length",
+                }
+            ),
+            reason,
+        })
+    }
+
+    /// Checks that the sizes make a model; on failure, which field is wrong and why.
+    pub(crate) fn check(&self) -> std::result::Result<(), (ConfigField, String)> {
         if self.n_layers == 0 || self.hidden_size == 0 || self.n_heads == 0 || self.vocab_size == 0
         {
-            return bad("block_count", "model has a zero dimension".into());
+            return Err((ConfigField::Dimensions, "model has a zero dimension".into()));
         }
         if self.n_kv_heads == 0 || !self.n_heads.is_multiple_of(self.n_kv_heads) {
-            return bad(
-                "attention.head_count_kv",
+            return Err((
+                ConfigField::KvHeads,
                 format!(
                     "{} query heads are not a multiple of {} KV heads",
                     self.n_heads, self.n_kv_heads
                 ),
-            );
+            ));
         }
         if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
-            return bad(
-                "attention.key_length",
+            return Err((
+                ConfigField::HeadDim,
                 format!("head dimension {} must be even and non-zero", self.head_dim),
-            );
+            ));
         }
         Ok(())
     }

@@ -11,11 +11,11 @@ use candle_nn::rotary_emb::{rope, rope_i};
 use crate::config::{Activation, ModelConfig, RopeStyle};
 use crate::cpu_ops::{self, CpuRope};
 use crate::error::{ModelError, Result};
-use crate::gguf::GgufFile;
 use crate::kv::{AttentionSpan, KvStore, SeqId};
 use crate::linear::{split_columns, Linear};
 use crate::rope::RopeTables;
 use crate::weight_format::WeightFormat;
+use crate::weights::{check_dims, shape_mismatch, RawTensor, TensorSource};
 use migserve_kernels::cpu::layer_ops::{HeadNorms, QkOptions, QkvShape, RopePairs};
 
 /// One sequence's share of a batched forward call.
@@ -89,9 +89,9 @@ pub struct Decoder {
     device: Device,
 }
 
-/// Reads weights of one model file onto a device, in one format.
+/// Reads weights of one model onto a device, in one format.
 struct Loader<'a> {
-    file: &'a mut GgufFile,
+    src: &'a mut dyn TensorSource,
     format: WeightFormat,
     device: &'a Device,
     dtype: DType,
@@ -100,31 +100,38 @@ struct Loader<'a> {
 }
 
 impl Loader<'_> {
-    fn linear(&mut self, name: &str) -> Result<Linear> {
-        Linear::new(
-            self.file.tensor(name, &Device::Cpu)?,
-            self.format,
-            self.device,
-        )
+    /// A tensor, checked to have the dimensions `want`.
+    fn raw(&mut self, name: &str, want: &[usize]) -> Result<RawTensor> {
+        let t = self.src.tensor(name)?;
+        check_dims(&self.src.display_name(name), t.dims(), want)?;
+        Ok(t)
     }
 
-    fn fused(&mut self, names: &[String]) -> Result<Linear> {
-        let parts = names
+    /// A linear layer `[rows, cols]`.
+    fn linear(&mut self, name: &str, rows: usize, cols: usize) -> Result<Linear> {
+        let t = self.raw(name, &[rows, cols])?;
+        Linear::new(t, self.format, self.device)
+    }
+
+    /// Linear layers of the same input stacked: `(name, rows)` each, `cols` wide.
+    fn fused(&mut self, parts: &[(String, usize)], cols: usize) -> Result<Linear> {
+        let parts = parts
             .iter()
-            .map(|n| self.file.tensor(n, &Device::Cpu))
+            .map(|(n, rows)| self.raw(n, &[*rows, cols]))
             .collect::<Result<Vec<_>>>()?;
         Linear::fused(parts, self.format, self.device)
     }
 
     /// A 1-D tensor as f32 values, checked to be `len` long.
     fn vector(&mut self, name: &str, len: usize) -> Result<Vec<f32>> {
-        let t = self
-            .file
-            .tensor(name, &Device::Cpu)?
-            .dequantize(&Device::Cpu)?;
-        let values = t.flatten_all()?.to_vec1::<f32>()?;
+        let t = self.src.tensor(name)?;
+        let values = t.to_f32()?.flatten_all()?.to_vec1::<f32>()?;
         if values.len() != len {
-            return Err(shape_error(name, t.dims(), &[len]));
+            return Err(shape_mismatch(
+                &self.src.display_name(name),
+                t.dims(),
+                &[len],
+            ));
         }
         Ok(values)
     }
@@ -148,15 +155,15 @@ impl Loader<'_> {
     }
 
     fn has(&self, name: &str) -> bool {
-        self.file.has_tensor(name)
+        self.src.has(name)
     }
 }
 
 impl Decoder {
-    /// Loads all weights from `file` onto `device`. Tensors are read and converted on the
+    /// Loads all weights from `src` onto `device`. Tensors are read and converted on the
     /// CPU, then moved, so a GPU only ever holds the final weights.
     pub fn load(
-        file: &mut GgufFile,
+        src: &mut dyn TensorSource,
         config: ModelConfig,
         format: WeightFormat,
         device: &Device,
@@ -165,7 +172,7 @@ impl Decoder {
         let dtype = format.activation_dtype();
         let cpu_kernels = device.is_cpu() && dtype == DType::F32;
         let mut ld = Loader {
-            file,
+            src,
             format,
             device,
             dtype,
@@ -175,18 +182,16 @@ impl Decoder {
         let (h, hd) = (config.hidden_size, config.head_dim);
         let (q_width, kv_width) = (config.n_heads * hd, config.n_kv_heads * hd);
 
-        let embedding_q = ld.file.tensor("token_embd.weight", cpu)?;
-        let embedding = embedding_q
-            .dequantize(cpu)?
-            .to_dtype(dtype)?
-            .to_device(device)?;
-        check_shape(
-            &embedding,
-            &[config.vocab_size, config.hidden_size],
-            "token_embd.weight",
-        )?;
+        let (vocab, ffn) = (config.vocab_size, config.ffn_size);
+        let embedding_raw = ld.raw("token_embd.weight", &[vocab, h])?;
+        let embedding = match &embedding_raw {
+            // A bf16 table for bf16 activations is used as stored.
+            RawTensor::Dense(t) if dtype == DType::BF16 => t.to_dtype(dtype)?,
+            raw => raw.to_f32()?.to_dtype(dtype)?,
+        }
+        .to_device(device)?;
         let lm_head = if ld.has("output.weight") {
-            ld.linear("output.weight")?
+            ld.linear("output.weight", vocab, h)?
         } else if matches!(format, WeightFormat::F32 | WeightFormat::Bf16) {
             // Tied embeddings, dense: the output layer is the embedding tensor itself (one
             // copy in memory; Gemma's 262,144 x 640 table is 335 MB in bf16).
@@ -200,7 +205,7 @@ impl Decoder {
             Linear::from_dense(embedding.clone(), format, device)?
         } else {
             // Tied embeddings: the output layer is the embedding matrix, in `format`.
-            Linear::new(embedding_q, format, device)?
+            Linear::new(embedding_raw, format, device)?
         };
         let ropes_of_layers = {
             let factors = match ld.has("rope_freqs.weight") {
@@ -213,8 +218,15 @@ impl Decoder {
         for i in 0..config.n_layers {
             let p = |s: &str| format!("blk.{i}.{s}");
             let qkv = match ld.has(&p("attn_qkv.weight")) {
-                true => ld.linear(&p("attn_qkv.weight"))?,
-                false => ld.fused(&[p("attn_q.weight"), p("attn_k.weight"), p("attn_v.weight")])?,
+                true => ld.linear(&p("attn_qkv.weight"), q_width + 2 * kv_width, h)?,
+                false => ld.fused(
+                    &[
+                        (p("attn_q.weight"), q_width),
+                        (p("attn_k.weight"), kv_width),
+                        (p("attn_v.weight"), kv_width),
+                    ],
+                    h,
+                )?,
             };
             let qkv_bias = match config.qkv_bias {
                 false => None,
@@ -233,9 +245,9 @@ impl Decoder {
                 )),
             };
             let gate_up = match ld.has(&p("ffn_gate.weight")) {
-                true => ld.fused(&[p("ffn_gate.weight"), p("ffn_up.weight")])?,
+                true => ld.fused(&[(p("ffn_gate.weight"), ffn), (p("ffn_up.weight"), ffn)], h)?,
                 // Phi-3: `ffn_up` holds gate and up stacked already.
-                false => ld.linear(&p("ffn_up.weight"))?,
+                false => ld.linear(&p("ffn_up.weight"), 2 * ffn, h)?,
             };
             let post = |ld: &mut Loader<'_>, name: &str| -> Result<Option<Norm>> {
                 match config.post_norms {
@@ -248,11 +260,11 @@ impl Decoder {
                 qkv,
                 qkv_bias,
                 qk_norms,
-                wo: ld.linear(&p("attn_output.weight"))?,
+                wo: ld.linear(&p("attn_output.weight"), h, q_width)?,
                 post_attn_norm: post(&mut ld, "post_attention_norm.weight")?,
                 ffn_norm: ld.norm(&p("ffn_norm.weight"), h)?,
                 gate_up,
-                w_down: ld.linear(&p("ffn_down.weight"))?,
+                w_down: ld.linear(&p("ffn_down.weight"), h, ffn)?,
                 post_ffn_norm: post(&mut ld, "post_ffw_norm.weight")?,
                 rope: ropes_of_layers.layer_table[i],
             });
@@ -491,18 +503,4 @@ struct Step<'a> {
     positions: &'a [u32],
     rope_rows: &'a [(Tensor, Tensor)],
     spans: &'a [AttentionSpan],
-}
-
-fn shape_error(name: &str, have: &[usize], want: &[usize]) -> ModelError {
-    ModelError::BadGguf {
-        path: name.into(),
-        reason: format!("tensor {name} has shape {have:?}, the model's metadata says {want:?}"),
-    }
-}
-
-fn check_shape(t: &Tensor, want: &[usize], name: &str) -> Result<()> {
-    match t.dims() == want {
-        true => Ok(()),
-        false => Err(shape_error(name, t.dims(), want)),
-    }
 }

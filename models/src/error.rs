@@ -24,9 +24,26 @@ pub enum ModelError {
     /// A metadata key the model needs is absent or has the wrong type.
     #[error("GGUF metadata key `{key}` is missing or invalid: {reason}")]
     Metadata { key: String, reason: String },
-    /// A tensor the model needs is absent from the file.
-    #[error("tensor `{0}` is missing from the GGUF file")]
-    MissingTensor(String),
+    /// A tensor the model needs is absent from its files.
+    #[error("tensor `{name}` is missing from {source_name}")]
+    MissingTensor { name: String, source_name: String },
+    /// A tensor's shape is not the one the model's configuration implies.
+    #[error("tensor `{name}` has shape {have:?}, the model's configuration says {want:?}")]
+    ShapeMismatch {
+        name: String,
+        have: Vec<usize>,
+        want: Vec<usize>,
+    },
+    /// A file of a Hugging Face model directory is missing, unreadable or malformed.
+    #[error("{path}: {reason}")]
+    HfFile { path: PathBuf, reason: String },
+    /// A key of a Hugging Face directory's JSON file is missing, invalid or not supported.
+    #[error("{path}: key `{key}`: {reason}")]
+    HfKey {
+        path: PathBuf,
+        key: String,
+        reason: String,
+    },
     /// The tokenizer could not be built, or could not encode/decode.
     #[error("tokenizer: {0}")]
     Tokenizer(String),
@@ -53,7 +70,10 @@ impl ModelError {
             ModelError::BadGguf { .. } => "bad_gguf",
             ModelError::UnsupportedArchitecture(_) => "unsupported_architecture",
             ModelError::Metadata { .. } => "metadata",
-            ModelError::MissingTensor(_) => "missing_tensor",
+            ModelError::MissingTensor { .. } => "missing_tensor",
+            ModelError::ShapeMismatch { .. } => "shape_mismatch",
+            ModelError::HfFile { .. } => "hf_file",
+            ModelError::HfKey { .. } => "hf_config",
             ModelError::Tokenizer(_) => "tokenizer",
             ModelError::Template(_) => "template",
             ModelError::InvalidInput(_) => "validation",

@@ -69,7 +69,10 @@ impl GgufFile {
     /// Reads one tensor (still in its GGUF storage type) onto `device`.
     pub fn tensor(&mut self, name: &str, device: &Device) -> Result<QTensor> {
         if !self.has_tensor(name) {
-            return Err(ModelError::MissingTensor(name.to_string()));
+            return Err(ModelError::MissingTensor {
+                name: name.to_string(),
+                source_name: self.path.display().to_string(),
+            });
         }
         self.content
             .tensor(&mut self.reader, name, device)

@@ -1,5 +1,5 @@
-//! Model side of migserve: GGUF loading, the tokenizer rebuilt from GGUF metadata, chat
-//! templates, one batched decoder forward pass for every supported family (Llama, Qwen2, Qwen3,
+//! Model side of migserve: GGUF files and Hugging Face directories (safetensors,
+//! tokenizer.json), the tokenizer rebuilt from GGUF metadata, chat templates, one batched decoder forward pass for every supported family (Llama, Qwen2, Qwen3,
 //! Gemma 3, Phi-3) with per-sequence KV state, and sampling.
 
 pub mod chat;
@@ -9,15 +9,18 @@ pub mod decoder;
 pub mod error;
 pub mod generate;
 pub mod gguf;
+pub mod hf;
 pub mod kv;
 pub mod linear;
 pub mod model;
+pub mod source;
 pub mod parallel;
 pub mod rope;
 pub mod sampling;
 pub mod synth;
 pub mod tokenizer;
 pub mod weight_format;
+pub mod weights;
 
 pub use chat::{ChatMessage, ChatTemplate};
 pub use config::{Family, ModelConfig};
@@ -27,6 +30,7 @@ pub use generate::{generate, FinishReason, Generation};
 pub use gguf::GgufFile;
 pub use kv::{AttentionSpan, DenseKvStore, KvStore, SeqId};
 pub use model::Model;
+pub use source::ModelSource;
 pub use sampling::{Sampler, SamplingParams};
 pub use tokenizer::{IncrementalDecoder, Tokenizer};
 pub use weight_format::WeightFormat;

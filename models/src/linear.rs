@@ -12,6 +12,7 @@ use crate::cpu_ops::with_f32;
 use crate::error::{ModelError, Result};
 use crate::parallel::candle_pool;
 use crate::weight_format::WeightFormat;
+use crate::weights::RawTensor;
 
 /// candle's tiled int8 (AVX-512 VNNI) Q8_0 kernels need the input width to be a multiple of
 /// this; narrower layers fall back to a per-element dot product that is several times slower
@@ -35,8 +36,12 @@ pub enum Linear {
 }
 
 impl Linear {
-    /// Builds the layer on `device` from a GGUF tensor held on the CPU, in `format`.
-    pub fn new(q: QTensor, format: WeightFormat, device: &Device) -> Result<Self> {
+    /// Builds the layer on `device` from a tensor held on the CPU, in `format`.
+    pub fn new(raw: RawTensor, format: WeightFormat, device: &Device) -> Result<Self> {
+        let q = match raw {
+            RawTensor::Quantized(q) => q,
+            RawTensor::Dense(t) => return Self::from_dense(t, format, device),
+        };
         let (_, k) = q.shape().dims2()?;
         // Kept in the file's own encoding: `quantized`, and Q8_0 that candle's tiles take as is.
         let as_is = match format {
@@ -58,10 +63,19 @@ impl Linear {
     /// One layer computing several projections of the same input (Q, K and V; gate and up):
     /// their weights stacked by rows, so the input is quantized once and the matmul is one
     /// call. Split the output with [`split_columns`].
-    pub fn fused(parts: Vec<QTensor>, format: WeightFormat, device: &Device) -> Result<Self> {
+    pub fn fused(parts: Vec<RawTensor>, format: WeightFormat, device: &Device) -> Result<Self> {
         let cpu = &Device::Cpu;
-        let same_type = parts.windows(2).all(|w| w[0].dtype() == w[1].dtype());
+        let quantized: Vec<&QTensor> = parts
+            .iter()
+            .filter_map(|p| match p {
+                RawTensor::Quantized(q) => Some(q),
+                RawTensor::Dense(_) => None,
+            })
+            .collect();
+        let same_type = quantized.len() == parts.len()
+            && quantized.windows(2).all(|w| w[0].dtype() == w[1].dtype());
         if format == WeightFormat::Quantized && same_type {
+            let parts = quantized;
             // Rows are whole blocks: stacking the raw bytes keeps the file's own encoding.
             let dtype = parts[0].dtype();
             let cols = parts[0].shape().dims2()?.1;
@@ -72,17 +86,23 @@ impl Linear {
                 bytes.extend_from_slice(&p.data()?);
             }
             let storage = QStorage::from_data(Cow::Owned(bytes), cpu, dtype)?;
-            return Self::new(QTensor::new(storage, (rows, cols))?, format, device);
+            let stacked = QTensor::new(storage, (rows, cols))?;
+            return Self::new(RawTensor::Quantized(stacked), format, device);
         }
         let dense = parts
             .iter()
-            .map(|p| p.dequantize(cpu))
-            .collect::<candle_core::Result<Vec<_>>>()?;
+            .map(|p| dense_for(p, format))
+            .collect::<Result<Vec<_>>>()?;
         Self::from_dense(Tensor::cat(&dense, 0)?, format, device)
     }
 
-    /// The layer in `format` from f32 weights `[out, in]` on the CPU.
+    /// The layer in `format` from dense weights `[out, in]` (f32, bf16 or f16) on the CPU.
     pub(crate) fn from_dense(w: Tensor, format: WeightFormat, device: &Device) -> Result<Self> {
+        let w = match format {
+            // bf16 files stay bf16 (no f32 copy); everything else computes from f32.
+            WeightFormat::Bf16 => w.to_dtype(candle_core::DType::BF16)?,
+            _ => w.to_dtype(candle_core::DType::F32)?,
+        };
         let (n, k) = w.dims2()?;
         if packs_q8(format, device, k) {
             // Read in place: one f32 copy of the matrix at a time.
@@ -132,6 +152,14 @@ impl Linear {
                 Ok(Tensor::from_vec(out, (rows, w.n()), x.device())?)
             }
         }
+    }
+}
+
+/// A part of a fused layer as a dense tensor: bf16 kept for the bf16 format, f32 otherwise.
+fn dense_for(part: &RawTensor, format: WeightFormat) -> Result<Tensor> {
+    match (part, format) {
+        (RawTensor::Dense(t), WeightFormat::Bf16) => Ok(t.to_dtype(candle_core::DType::BF16)?),
+        _ => part.to_f32(),
     }
 }
 

@@ -1,4 +1,4 @@
-//! A model file opened as a whole: configuration, weights, tokenizer and chat template.
+//! A model (GGUF file or Hugging Face directory) opened as a whole: configuration, weights, tokenizer and chat template.
 
 use std::path::Path;
 
@@ -8,7 +8,7 @@ use crate::chat::{ChatMessage, ChatTemplate};
 use crate::config::ModelConfig;
 use crate::decoder::Decoder;
 use crate::error::{ModelError, Result};
-use crate::gguf::GgufFile;
+use crate::source::ModelSource;
 use crate::tokenizer::Tokenizer;
 use crate::weight_format::WeightFormat;
 
@@ -20,18 +20,16 @@ pub struct Model {
 }
 
 impl Model {
-    /// Opens a GGUF file and loads it onto `device`. Every size comes from the file's metadata.
+    /// Opens a GGUF file or a Hugging Face directory and loads it onto `device`. Every size
+    /// comes from the model's own metadata.
     pub fn load(path: &Path, format: WeightFormat, device: &Device) -> Result<Self> {
-        let mut file = GgufFile::open(path)?;
-        let config = ModelConfig::from_gguf(&file)?;
-        let tokenizer = Tokenizer::from_gguf(&file)?;
-        let token = |id: Option<u32>| id.and_then(|i| tokenizer.token_text(i));
-        let chat_template = ChatTemplate::from_gguf(
-            &file,
-            token(tokenizer.bos_id()),
-            token(tokenizer.eos_ids().first().copied()),
-        )?;
-        let decoder = Decoder::load(&mut file, config, format, device)?;
+        let mut source = ModelSource::open(path)?;
+        source.check_format(format)?;
+        let config = source.config()?;
+        let tokenizer = source.tokenizer()?;
+        let chat_template = source.chat_template(&tokenizer)?;
+        let decoder =
+            source.with_tensors(|tensors| Decoder::load(tensors, config, format, device))?;
         Ok(Self {
             decoder,
             tokenizer,

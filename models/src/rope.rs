@@ -64,3 +64,37 @@ fn table(head_dim: usize, context: usize, rope: LayerRope, factors: Option<&[f32
     }
     RopeTable { cos, sin }
 }
+
+/// Llama 3's RoPE frequency scaling: low frequencies divided by `factor`, high ones kept,
+/// a smooth blend between (GGUF files carry the result as a `rope_freqs` tensor).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Llama3Rope {
+    pub factor: f32,
+    pub low_freq_factor: f32,
+    pub high_freq_factor: f32,
+    /// The context the model was trained for before scaling.
+    pub original_context: u32,
+}
+
+impl Llama3Rope {
+    /// One divisor per frequency of a head of `head_dim` with base `theta`.
+    pub fn factors(&self, head_dim: usize, theta: f32) -> Vec<f32> {
+        let low_wavelen = self.original_context as f32 / self.low_freq_factor;
+        let high_wavelen = self.original_context as f32 / self.high_freq_factor;
+        (0..head_dim / 2)
+            .map(|i| {
+                let freq = 1.0 / theta.powf(2.0 * i as f32 / head_dim as f32);
+                let wavelen = 2.0 * std::f32::consts::PI / freq;
+                if wavelen < high_wavelen {
+                    1.0
+                } else if wavelen > low_wavelen {
+                    self.factor
+                } else {
+                    let smooth = (self.original_context as f32 / wavelen - self.low_freq_factor)
+                        / (self.high_freq_factor - self.low_freq_factor);
+                    1.0 / ((1.0 - smooth) / self.factor + smooth)
+                }
+            })
+            .collect()
+    }
+}

@@ -17,15 +17,7 @@ use std::collections::HashMap;
 
 use crate::config::{Family, ModelConfig};
 use crate::gguf::{GgufFile, MetadataView};
-
-/// Llama 3's RoPE frequency scaling (written as a `rope_freqs` tensor).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Llama3Rope {
-    pub factor: f32,
-    pub low_freq_factor: f32,
-    pub high_freq_factor: f32,
-    pub original_context: u32,
-}
+pub use crate::rope::Llama3Rope;
 
 /// The dimensions and layer layout of a known model.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -352,28 +344,6 @@ impl SynthShape {
         }
         metadata
     }
-
-    /// Llama 3 RoPE factors, one per frequency (as llama.cpp writes `rope_freqs`).
-    fn rope_factors(&self, r: &Llama3Rope) -> Vec<f32> {
-        let hd = self.head_dim() as usize;
-        let low_wavelen = r.original_context as f32 / r.low_freq_factor;
-        let high_wavelen = r.original_context as f32 / r.high_freq_factor;
-        (0..hd / 2)
-            .map(|i| {
-                let freq = 1.0 / self.rope_theta.powf(2.0 * i as f32 / hd as f32);
-                let wavelen = 2.0 * std::f32::consts::PI / freq;
-                if wavelen < high_wavelen {
-                    1.0
-                } else if wavelen > low_wavelen {
-                    r.factor
-                } else {
-                    let smooth = (r.original_context as f32 / wavelen - r.low_freq_factor)
-                        / (r.high_freq_factor - r.low_freq_factor);
-                    1.0 / ((1.0 - smooth) / r.factor + smooth)
-                }
-            })
-            .collect()
-    }
 }
 
 /// Random weights of one storage type.
@@ -464,7 +434,7 @@ pub fn write(
             ("ffn_up", _) => w.matrix(ffn, h)?,
             ("ffn_down", _) => w.matrix(h, ffn)?,
             ("rope_freqs", _) => match &shape.llama3_rope {
-                Some(r) => vector(shape.rope_factors(r))?,
+                Some(r) => vector(r.factors(shape.head_dim() as usize, shape.rope_theta))?,
                 None => continue,
             },
             // Every norm: attn_norm, ffn_norm, post_*, output_norm.
@@ -597,7 +567,7 @@ mod tests {
     #[test]
     fn llama3_rope_factors_span_one_to_the_factor() {
         let shape = SynthShape::by_name("llama-3.2-1b").unwrap();
-        let f = shape.rope_factors(&shape.llama3_rope.unwrap());
+        let f = shape.llama3_rope.unwrap().factors(shape.head_dim() as usize, shape.rope_theta);
         assert_eq!(f.len(), 32);
         assert_eq!(f[0], 1.0);
         assert_eq!(f[31], 32.0);

@@ -14,6 +14,8 @@ use tokenizers::{AddedToken, SplitDelimiterBehavior};
 use crate::error::{ModelError, Result};
 use crate::gguf::GgufFile;
 
+mod hf;
+pub use hf::{GENERATION_CONFIG_FILE, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE};
 mod sentencepiece;
 
 /// GGUF token type of control tokens (`<|im_start|>`, `<|endoftext|>`, ...).
@@ -31,10 +33,10 @@ pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     bos_id: Option<u32>,
     eos_ids: Vec<u32>,
-    add_bos: bool,
-    /// The file's `add_eos_token`: an EOS after a plain prompt.
-    add_eos: bool,
-    eos_id: Option<u32>,
+    /// Special tokens put before a plain prompt (a BOS when the model wants one).
+    prefix: Vec<u32>,
+    /// Special tokens put after a plain prompt (an EOS for `add_eos_token` models).
+    suffix: Vec<u32>,
     tokens: Vec<String>,
 }
 
@@ -92,37 +94,42 @@ impl Tokenizer {
         );
         eos_ids.sort_unstable();
         eos_ids.dedup();
+        // SentencePiece models add BOS unless told otherwise (llama.cpp's default too).
+        let add_bos = flag("tokenizer.ggml.add_bos_token").unwrap_or(model == "llama");
+        let add_eos = flag("tokenizer.ggml.add_eos_token").unwrap_or(false);
         Ok(Self {
             inner,
             bos_id,
             eos_ids,
-            // SentencePiece models add BOS unless told otherwise (llama.cpp's default too).
-            add_bos: flag("tokenizer.ggml.add_bos_token").unwrap_or(model == "llama"),
-            add_eos: flag("tokenizer.ggml.add_eos_token").unwrap_or(false),
-            eos_id: id("tokenizer.ggml.eos_token_id"),
+            prefix: bos_id.filter(|_| add_bos).into_iter().collect(),
+            suffix: id("tokenizer.ggml.eos_token_id")
+                .filter(|_| add_eos)
+                .into_iter()
+                .collect(),
             tokens,
         })
     }
 
     /// Encodes text. Control tokens in the text (`<|im_start|>`, `<start_of_turn>`) become
     /// their ids. With `add_special`, a BOS (and an EOS) is added when the model asks for one
-    /// (`add_bos_token`, `add_eos_token`); chat-templated text carries its own.
+    /// (GGUF `add_bos_token`; a tokenizer.json's post-processor); chat-templated text carries
+    /// its own. A text that already starts with the BOS does not get a second one.
     pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>> {
         let enc = self
             .inner
             .encode(text, false)
             .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
-        let mut ids = Vec::with_capacity(enc.len() + 1);
-        if add_special && self.add_bos {
-            if let Some(bos) = self.bos_id {
-                if enc.get_ids().first() != Some(&bos) {
-                    ids.push(bos);
-                }
+        let body = enc.get_ids();
+        let mut ids = Vec::with_capacity(body.len() + self.prefix.len() + self.suffix.len());
+        if add_special {
+            let already = !self.prefix.is_empty() && body.starts_with(&self.prefix);
+            if !already {
+                ids.extend_from_slice(&self.prefix);
             }
         }
-        ids.extend_from_slice(enc.get_ids());
-        if add_special && self.add_eos {
-            ids.extend(self.eos_id);
+        ids.extend_from_slice(body);
+        if add_special {
+            ids.extend_from_slice(&self.suffix);
         }
         Ok(ids)
     }

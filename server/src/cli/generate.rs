@@ -10,7 +10,8 @@ use migserve_models::{generate, ChatMessage, Device, Model, SamplingParams, Weig
 /// Arguments of `migserve generate`.
 #[derive(Debug, clap::Args)]
 pub struct GenerateArgs {
-    /// Path of a GGUF model file (Llama family).
+    /// Model: a GGUF file or a Hugging Face directory (config.json, safetensors,
+    /// tokenizer.json).
     #[arg(long, env = "MIGSERVE_MODEL")]
     pub model: PathBuf,
     /// The prompt text.

@@ -214,7 +214,7 @@ impl Default for SupervisorSection {
 pub struct ModelSection {
     /// Name clients ask for (OpenAI `model`).
     pub name: String,
-    /// GGUF file.
+    /// GGUF file or Hugging Face directory.
     pub path: PathBuf,
     /// Run on this many slices (any profile that fits).
     pub replicas: Option<usize>,
@@ -422,9 +422,9 @@ impl DeployConfig {
             if self.models[..i].iter().any(|m| m.name == model.name) {
                 return Err(format!("{at} is named twice"));
             }
-            if !model.path.is_file() {
+            if !model.path.exists() {
                 return Err(format!(
-                    "{at}: model file {} does not exist",
+                    "{at}: model file or directory {} does not exist",
                     model.path.display()
                 ));
             }

@@ -1,9 +1,7 @@
 //! Placement: which model runs on which slice, refusing models that do not fit.
 
-use std::path::Path;
 
-use migserve_models::gguf::GgufFile;
-use migserve_models::ModelConfig;
+use migserve_models::ModelSource;
 
 use migserve_engine::flags::DEFAULT_KV_CACHE_TOKENS;
 
@@ -25,21 +23,18 @@ pub struct Assignment {
 /// Estimated memory of a model on a device: weights in the format the worker will hold plus
 /// its KV cache, plus 10 % for activations and the runtime.
 pub fn footprint(model: &ModelSection, device: DeviceKind) -> Result<u64, String> {
-    let file = GgufFile::open(&model.path).map_err(|e| format!("model {:?}: {e}", model.name))?;
-    let config =
-        ModelConfig::from_gguf(&file).map_err(|e| format!("model {:?}: {e}", model.name))?;
+    let at = |e: migserve_models::ModelError| format!("model {:?}: {e}", model.name);
+    let source = ModelSource::open(&model.path).map_err(at)?;
+    let config = source.config().map_err(at)?;
     let format = model.engine.weights.unwrap_or(device.default_weights());
-    let weight_bytes = format.weight_bytes(config.parameter_count(), file_size(&model.path));
+    source.check_format(format).map_err(at)?;
+    let weight_bytes = source.weight_bytes(&config, format);
     let kv_tokens = model
         .engine
         .kv_cache_tokens
         .unwrap_or(DEFAULT_KV_CACHE_TOKENS);
     let kv_bytes = kv_tokens * config.kv_bytes_per_position(device.kv_element_bytes());
     Ok(((weight_bytes + kv_bytes as u64) as f64 * 1.1) as u64)
-}
-
-fn file_size(path: &Path) -> u64 {
-    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
 }
 
 fn gb(bytes: u64) -> String {
@@ -58,7 +53,7 @@ pub fn place(config: &DeployConfig, slices: &[Slice]) -> Result<Vec<Assignment>,
             _ => DeviceKind::Cuda,
         })
     };
-    // A model's footprint reads its GGUF header: once per model and device, not per slice tried.
+    // A model's footprint reads its headers: once per model and device, not per slice tried.
     let footprints = std::cell::RefCell::new(std::collections::HashMap::new());
     let footprint_of = |model: &ModelSection, device: DeviceKind| -> Result<u64, ConfigError> {
         let key = (model.name.clone(), device == DeviceKind::Cuda);

@@ -17,7 +17,7 @@ pub struct ModelNeed {
     pub bytes: u64,
     /// Expected load, relative to the other models (requests/s, tokens/s: any unit).
     pub load: f64,
-    /// The GGUF file, when known (goes into the migserve config).
+    /// The GGUF file or Hugging Face directory, when known (goes into the migserve config).
     pub path: Option<String>,
     /// KV cache tokens its footprint was sized with (written into the migserve config).
     pub kv_cache_tokens: Option<usize>,

@@ -17,7 +17,8 @@ use crate::metrics::MetricLabels;
 /// Arguments of `migserve worker`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct WorkerArgs {
-    /// GGUF model file (Llama family).
+    /// Model: a GGUF file or a Hugging Face directory (config.json, safetensors,
+    /// tokenizer.json).
     #[arg(long, env = "MIGSERVE_MODEL")]
     pub model: PathBuf,
     /// Address to listen on; port 0 picks a free port (the chosen address is printed).

@@ -1,0 +1,74 @@
+//! Where a decoder's tensors come from: a GGUF file (quantized or dense, llama.cpp's tensor
+//! names) or a Hugging Face directory's safetensors (dense). The decoder asks for every tensor
+//! by its GGUF name; each source answers in its own storage.
+
+use candle_core::quantized::QTensor;
+use candle_core::{DType, Device, Tensor};
+
+use crate::error::{ModelError, Result};
+use crate::gguf::GgufFile;
+
+/// One tensor as its source stores it, on the CPU.
+pub enum RawTensor {
+    /// A GGUF tensor in its own (possibly quantized) type.
+    Quantized(QTensor),
+    /// A dense tensor (bf16, f16 or f32), as safetensors store them.
+    Dense(Tensor),
+}
+
+impl RawTensor {
+    /// The tensor's dimensions, outermost first (`[out, in]` for a weight matrix).
+    pub fn dims(&self) -> &[usize] {
+        match self {
+            Self::Quantized(q) => q.shape().dims(),
+            Self::Dense(t) => t.dims(),
+        }
+    }
+
+    /// The values as an f32 tensor on the CPU.
+    pub fn to_f32(&self) -> Result<Tensor> {
+        Ok(match self {
+            Self::Quantized(q) => q.dequantize(&Device::Cpu)?,
+            Self::Dense(t) => t.to_dtype(DType::F32)?,
+        })
+    }
+}
+
+/// Something that holds a model's tensors under their GGUF names.
+pub trait TensorSource {
+    /// Whether the source holds this tensor.
+    fn has(&self, name: &str) -> bool;
+    /// Reads one tensor onto the CPU; [`ModelError::MissingTensor`] when absent.
+    fn tensor(&mut self, name: &str) -> Result<RawTensor>;
+    /// The name the source itself gives the tensor (for error messages).
+    fn display_name(&self, name: &str) -> String {
+        name.to_string()
+    }
+}
+
+impl TensorSource for GgufFile {
+    fn has(&self, name: &str) -> bool {
+        self.has_tensor(name)
+    }
+
+    fn tensor(&mut self, name: &str) -> Result<RawTensor> {
+        GgufFile::tensor(self, name, &Device::Cpu).map(RawTensor::Quantized)
+    }
+}
+
+/// The error for a tensor whose shape is not the one the configuration implies.
+pub fn shape_mismatch(name: &str, have: &[usize], want: &[usize]) -> ModelError {
+    ModelError::ShapeMismatch {
+        name: name.to_string(),
+        have: have.to_vec(),
+        want: want.to_vec(),
+    }
+}
+
+/// Checks a tensor's dimensions.
+pub fn check_dims(name: &str, have: &[usize], want: &[usize]) -> Result<()> {
+    match have == want {
+        true => Ok(()),
+        false => Err(shape_mismatch(name, have, want)),
+    }
+}
