@@ -38,3 +38,45 @@ pub fn gemma_path() -> PathBuf {
     );
     path
 }
+
+/// A Hugging Face directory written by `scripts/make-hf-dirs.sh` from a real GGUF
+/// (`models-data/hf/<name>`). Panics with instructions when it is absent.
+#[allow(dead_code)]
+pub fn hf_dir(name: &str) -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../models-data/hf")
+        .join(name);
+    assert!(
+        path.join("config.json").is_file(),
+        "the Hugging Face test directory {} is missing: run scripts/make-hf-dirs.sh",
+        path.display()
+    );
+    path
+}
+
+/// Runs `scripts/gguf_to_hf.py GGUF OUT ARGS` with the packages `scripts/make-hf-dirs.sh`
+/// installed; panics with the script's output when it fails.
+#[allow(dead_code)]
+pub fn gguf_to_hf(gguf: &std::path::Path, out: &std::path::Path, args: &[&str]) {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let pylib = root.join("models-data/pylib");
+    assert!(
+        pylib.join("gguf").is_dir(),
+        "{} lacks the gguf package: run scripts/make-hf-dirs.sh",
+        pylib.display()
+    );
+    let output = std::process::Command::new("python3")
+        .arg(root.join("scripts/gguf_to_hf.py"))
+        .arg(gguf)
+        .arg(out)
+        .args(args)
+        .env("PYTHONPATH", &pylib)
+        .output()
+        .expect("run python3");
+    assert!(
+        output.status.success(),
+        "gguf_to_hf.py failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
