@@ -300,18 +300,19 @@ impl ModelConfig {
     }
 
     fn validate(&self) -> Result<()> {
-        self.check().map_err(|(field, reason)| ModelError::Metadata {
-            key: format!(
-                "{}.{}",
-                self.architecture,
-                match field {
-                    ConfigField::Dimensions => "block_count",
-                    ConfigField::KvHeads => "attention.head_count_kv",
-                    ConfigField::HeadDim => "attention.key_length",
-                }
-            ),
-            reason,
-        })
+        self.check()
+            .map_err(|(field, reason)| ModelError::Metadata {
+                key: format!(
+                    "{}.{}",
+                    self.architecture,
+                    match field {
+                        ConfigField::Dimensions => "block_count",
+                        ConfigField::KvHeads => "attention.head_count_kv",
+                        ConfigField::HeadDim => "attention.key_length",
+                    }
+                ),
+                reason,
+            })
     }
 
     /// Checks that the sizes make a model; on failure, which field is wrong and why.

@@ -567,7 +567,10 @@ mod tests {
     #[test]
     fn llama3_rope_factors_span_one_to_the_factor() {
         let shape = SynthShape::by_name("llama-3.2-1b").unwrap();
-        let f = shape.llama3_rope.unwrap().factors(shape.head_dim() as usize, shape.rope_theta);
+        let f = shape
+            .llama3_rope
+            .unwrap()
+            .factors(shape.head_dim() as usize, shape.rope_theta);
         assert_eq!(f.len(), 32);
         assert_eq!(f[0], 1.0);
         assert_eq!(f[31], 32.0);

@@ -73,7 +73,11 @@ fn assert_same_model(gguf: &Model, hf: &Model, prompt: &[u32], steps: usize) {
     full.extend(&a.tokens[..a.tokens.len().saturating_sub(1)]);
     for tokens in [prompt, &full[..]] {
         let d = relative_difference(&logits(hf, tokens), &logits(gguf, tokens));
-        assert!(d < TOLERANCE, "logits differ by {d} (relative) after {} tokens", tokens.len());
+        assert!(
+            d < TOLERANCE,
+            "logits differ by {d} (relative) after {} tokens",
+            tokens.len()
+        );
     }
 }
 
@@ -88,7 +92,11 @@ fn smollm2_directory_equals_its_gguf() {
         "What is the capital of France? Answer in two sentences.",
     )];
     let prompt = gguf.encode_chat(&messages).unwrap();
-    assert_eq!(hf.encode_chat(&messages).unwrap(), prompt, "chat prompt ids");
+    assert_eq!(
+        hf.encode_chat(&messages).unwrap(),
+        prompt,
+        "chat prompt ids"
+    );
     assert_same_model(&gguf, &hf, &prompt, 24);
     let text = {
         let g = generate(&hf, &prompt, SamplingParams::default(), 24, |_| {}).unwrap();
@@ -103,15 +111,19 @@ fn smollm2_directory_tokenizes_as_transformers() {
         .unwrap()
         .tokenizer()
         .unwrap();
-    let gguf = migserve_models::Tokenizer::from_gguf(&GgufFile::open(&common::model_path()).unwrap())
-        .unwrap();
+    let gguf =
+        migserve_models::Tokenizer::from_gguf(&GgufFile::open(&common::model_path()).unwrap())
+            .unwrap();
     let fixture: Fixture =
         serde_json::from_str(include_str!("fixtures/tokenizer_reference.json")).unwrap();
     assert!(fixture.cases.len() >= 15);
     for case in &fixture.cases {
         let ids = hf.encode(&case.text, false).unwrap();
         assert_eq!(ids, case.ids, "ids differ for {:?}", case.text);
-        assert_eq!(hf.encode(&case.text, true).unwrap(), gguf.encode(&case.text, true).unwrap());
+        assert_eq!(
+            hf.encode(&case.text, true).unwrap(),
+            gguf.encode(&case.text, true).unwrap()
+        );
         assert_eq!(hf.decode(&ids, false).unwrap(), case.text, "round trip");
     }
     assert_eq!(hf.bos_id(), gguf.bos_id());
@@ -125,18 +137,30 @@ fn sharded_directory_equals_the_single_file() {
     assert!(sharded_dir.join("model.safetensors.index.json").is_file());
     assert!(!sharded_dir.join("model.safetensors").exists());
     let sharded = load(&sharded_dir);
-    let prompt = single.encode_prompt("Shards of one model, loaded as one").unwrap();
-    assert_eq!(logits(&sharded, &prompt), logits(&single, &prompt), "bit for bit");
+    let prompt = single
+        .encode_prompt("Shards of one model, loaded as one")
+        .unwrap();
+    assert_eq!(
+        logits(&sharded, &prompt),
+        logits(&single, &prompt),
+        "bit for bit"
+    );
     let (a, b) = (
         ModelSource::open(&sharded_dir).unwrap(),
         ModelSource::open(&common::hf_dir("smollm2-135m")).unwrap(),
     );
     let config = a.config().unwrap();
     for format in [WeightFormat::Q8, WeightFormat::Bf16, WeightFormat::F32] {
-        assert_eq!(a.weight_bytes(&config, format), b.weight_bytes(&config, format));
+        assert_eq!(
+            a.weight_bytes(&config, format),
+            b.weight_bytes(&config, format)
+        );
     }
     // The footprint counts the stored tensors: SmolLM2 has tied embeddings.
-    assert_eq!(a.weight_bytes(&config, WeightFormat::F32), 4 * config.parameter_count() as u64);
+    assert_eq!(
+        a.weight_bytes(&config, WeightFormat::F32),
+        4 * config.parameter_count() as u64
+    );
 }
 
 #[test]
@@ -144,7 +168,10 @@ fn gemma3_directory_equals_its_gguf() {
     let gguf = load(&common::gemma_path());
     let hf = load(&common::hf_dir("gemma3-270m"));
     let prompt = gguf.encode_prompt("The capital of France is").unwrap();
-    assert_eq!(hf.encode_prompt("The capital of France is").unwrap(), prompt);
+    assert_eq!(
+        hf.encode_prompt("The capital of France is").unwrap(),
+        prompt
+    );
     assert_eq!(prompt[0], 2, "Gemma's prompts start with <bos>");
     assert_same_model(&gguf, &hf, &prompt, 16);
     // The end of a turn ends generation, from generation_config.json's eos ids.
@@ -161,7 +188,12 @@ fn gemma3_directory_tokenizes_as_llama_cpp() {
         serde_json::from_str(include_str!("fixtures/gemma3_reference.json")).unwrap();
     assert!(fixture.cases.len() >= 15);
     for case in &fixture.cases {
-        assert_eq!(hf.encode(&case.text, false).unwrap(), case.ids, "{:?}", case.text);
+        assert_eq!(
+            hf.encode(&case.text, false).unwrap(),
+            case.ids,
+            "{:?}",
+            case.text
+        );
     }
 }
 
@@ -219,8 +251,20 @@ fn every_family_round_trips_through_a_directory() {
         let hf = load(&dir);
         let (a, b) = (gguf.config(), hf.config());
         assert_eq!(
-            (a.family, a.layer_windows.clone(), a.layer_ropes.clone(), a.qkv_bias, a.qk_norm),
-            (b.family, b.layer_windows.clone(), b.layer_ropes.clone(), b.qkv_bias, b.qk_norm),
+            (
+                a.family,
+                a.layer_windows.clone(),
+                a.layer_ropes.clone(),
+                a.qkv_bias,
+                a.qk_norm
+            ),
+            (
+                b.family,
+                b.layer_windows.clone(),
+                b.layer_ropes.clone(),
+                b.qkv_bias,
+                b.qk_norm
+            ),
             "{like}: configurations differ"
         );
         let prompt: Vec<u32> = (0..14).map(|i| (i * 37 + 11) % 512).collect();

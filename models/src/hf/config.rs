@@ -59,7 +59,11 @@ impl HfConfig {
             .opt_usize("head_dim")?
             .unwrap_or(hidden_size / n_heads.max(1));
         let activation = activation(file, gemma)?;
-        refuse_true(file, "mlp_bias", "biases on the MLP projections are not supported")?;
+        refuse_true(
+            file,
+            "mlp_bias",
+            "biases on the MLP projections are not supported",
+        )?;
         if family != Family::Qwen2 {
             refuse_true(
                 file,
@@ -100,7 +104,9 @@ impl HfConfig {
             ));
         }
         let query_scalar = match gemma {
-            true => file.opt_f64("query_pre_attn_scalar")?.unwrap_or(head_dim as f64),
+            true => file
+                .opt_f64("query_pre_attn_scalar")?
+                .unwrap_or(head_dim as f64),
             false => head_dim as f64,
         };
         let tied = file
@@ -170,11 +176,21 @@ fn family(file: &JsonFile) -> Result<Family> {
     let list = file
         .get("architectures")
         .and_then(Value::as_array)
-        .ok_or_else(|| file.error("architectures", format!("missing (supported: {})", supported())))?;
+        .ok_or_else(|| {
+            file.error(
+                "architectures",
+                format!("missing (supported: {})", supported()),
+            )
+        })?;
     let names: Vec<&str> = list.iter().filter_map(Value::as_str).collect();
     names
         .iter()
-        .find_map(|n| HF_ARCHITECTURES.iter().find(|(a, _)| a == n).map(|(_, f)| *f))
+        .find_map(|n| {
+            HF_ARCHITECTURES
+                .iter()
+                .find(|(a, _)| a == n)
+                .map(|(_, f)| *f)
+        })
         .ok_or_else(|| {
             file.error(
                 "architectures",
@@ -293,7 +309,12 @@ fn layer_kinds(file: &JsonFile, family: Family, n_layers: usize) -> Result<Vec<b
         let list = types
             .as_array()
             .filter(|l| l.len() == n_layers)
-            .ok_or_else(|| file.error("layer_types", format!("expected a list of {n_layers} layer types")))?;
+            .ok_or_else(|| {
+                file.error(
+                    "layer_types",
+                    format!("expected a list of {n_layers} layer types"),
+                )
+            })?;
         return list
             .iter()
             .map(|t| match t.as_str() {
@@ -309,7 +330,10 @@ fn layer_kinds(file: &JsonFile, family: Family, n_layers: usize) -> Result<Vec<b
     let has_window = file.opt_usize("sliding_window")?.is_some_and(|w| w > 0);
     Ok(match family {
         Family::Gemma3 => {
-            let pattern = file.opt_usize("sliding_window_pattern")?.unwrap_or(6).max(1);
+            let pattern = file
+                .opt_usize("sliding_window_pattern")?
+                .unwrap_or(6)
+                .max(1);
             (0..n_layers)
                 .map(|i| has_window && (i + 1) % pattern != 0)
                 .collect()

@@ -74,9 +74,9 @@ impl JsonFile {
     pub fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
         self.get(key)
             .map(|v| {
-                v.as_u64()
-                    .map(|n| n as usize)
-                    .ok_or_else(|| self.error(key, format!("expected a non-negative integer, found {v}")))
+                v.as_u64().map(|n| n as usize).ok_or_else(|| {
+                    self.error(key, format!("expected a non-negative integer, found {v}"))
+                })
             })
             .transpose()
     }
@@ -113,8 +113,17 @@ impl JsonFile {
 
     /// Token ids given as one integer or a list of them (`eos_token_id`).
     pub fn ids(&self, key: &str) -> Result<Vec<u32>> {
-        let bad = |v: &Value| self.error(key, format!("expected a token id or a list of them, found {v}"));
-        let one = |v: &Value| v.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or_else(|| bad(v));
+        let bad = |v: &Value| {
+            self.error(
+                key,
+                format!("expected a token id or a list of them, found {v}"),
+            )
+        };
+        let one = |v: &Value| {
+            v.as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(|| bad(v))
+        };
         match self.get(key) {
             None => Ok(Vec::new()),
             Some(Value::Array(list)) => list.iter().map(one).collect(),

@@ -125,7 +125,8 @@ impl HfWeights<'_> {
 
 impl TensorSource for HfWeights<'_> {
     fn has(&self, name: &str) -> bool {
-        (name == names::ROPE_FREQS && self.rope_factors.is_some()) || self.stored_name(name).is_some()
+        (name == names::ROPE_FREQS && self.rope_factors.is_some())
+            || self.stored_name(name).is_some()
     }
 
     fn tensor(&mut self, name: &str) -> Result<RawTensor> {
@@ -134,14 +135,19 @@ impl TensorSource for HfWeights<'_> {
                 return Ok(RawTensor::Dense(Tensor::new(f.as_slice(), &Device::Cpu)?));
             }
         }
-        let stored = self.stored_name(name).ok_or_else(|| ModelError::MissingTensor {
-            name: self.display_name(name),
-            source_name: format!("the safetensors files of {}", self.dir.dir.display()),
-        })?;
-        let t = self.mmap.load(&stored, &Device::Cpu).map_err(|e| ModelError::HfFile {
-            path: self.dir.dir.clone(),
-            reason: format!("tensor `{stored}`: {e}"),
-        })?;
+        let stored = self
+            .stored_name(name)
+            .ok_or_else(|| ModelError::MissingTensor {
+                name: self.display_name(name),
+                source_name: format!("the safetensors files of {}", self.dir.dir.display()),
+            })?;
+        let t = self
+            .mmap
+            .load(&stored, &Device::Cpu)
+            .map_err(|e| ModelError::HfFile {
+                path: self.dir.dir.clone(),
+                reason: format!("tensor `{stored}`: {e}"),
+            })?;
         Ok(RawTensor::Dense(t))
     }
 

@@ -74,10 +74,7 @@ impl SafetensorsIndex {
                 if let Some(other) = tensors.insert(name.clone(), info) {
                     return Err(ModelError::HfFile {
                         path: file.clone(),
-                        reason: format!(
-                            "tensor `{name}` is also in {}",
-                            other.file.display()
-                        ),
+                        reason: format!("tensor `{name}` is also in {}", other.file.display()),
                     });
                 }
             }
@@ -103,9 +100,12 @@ fn shards_of(index: &JsonFile, dir: &Path) -> Result<Vec<PathBuf>> {
         .ok_or_else(|| index.error("weight_map", "missing or not an object"))?;
     let mut files: Vec<PathBuf> = Vec::new();
     for (tensor, file) in map {
-        let name = file
-            .as_str()
-            .ok_or_else(|| index.error("weight_map", format!("`{tensor}` maps to {file}, not a file name")))?;
+        let name = file.as_str().ok_or_else(|| {
+            index.error(
+                "weight_map",
+                format!("`{tensor}` maps to {file}, not a file name"),
+            )
+        })?;
         let path = dir.join(name);
         if !files.contains(&path) {
             if !path.is_file() {
@@ -141,7 +141,8 @@ fn read_header(path: &Path) -> Result<(Vec<(String, TensorInfo)>, u64)> {
         )));
     }
     let mut header = vec![0u8; len as usize];
-    file.read_exact(&mut header).map_err(|e| bad(e.to_string()))?;
+    file.read_exact(&mut header)
+        .map_err(|e| bad(e.to_string()))?;
     let header: serde_json::Map<String, Value> =
         serde_json::from_slice(&header).map_err(|e| bad(format!("header is not JSON: {e}")))?;
     let data_bytes = size - 8 - len;
@@ -151,17 +152,18 @@ fn read_header(path: &Path) -> Result<(Vec<(String, TensorInfo)>, u64)> {
             continue;
         }
         let dtype = v.get("dtype").and_then(Value::as_str).unwrap_or_default();
-        let shape: Option<Vec<usize>> = v.get("shape").and_then(Value::as_array).and_then(|s| {
-            s.iter()
-                .map(|d| d.as_u64().map(|d| d as usize))
-                .collect()
-        });
+        let shape: Option<Vec<usize>> = v
+            .get("shape")
+            .and_then(Value::as_array)
+            .and_then(|s| s.iter().map(|d| d.as_u64().map(|d| d as usize)).collect());
         let offsets: Option<Vec<u64>> = v
             .get("data_offsets")
             .and_then(Value::as_array)
             .and_then(|s| s.iter().map(Value::as_u64).collect());
         let (Some(shape), Some(offsets)) = (shape, offsets) else {
-            return Err(bad(format!("tensor `{name}` has no valid shape and offsets")));
+            return Err(bad(format!(
+                "tensor `{name}` has no valid shape and offsets"
+            )));
         };
         let width = match dtype {
             "BF16" | "F16" => 2,

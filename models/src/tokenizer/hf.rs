@@ -77,7 +77,11 @@ impl Tokenizer {
         eos_ids.sort_unstable();
         eos_ids.dedup();
         let vocab_size = config.config.vocab_size.max(tokens.len());
-        if let Some(bad) = eos_ids.iter().chain(&bos_id).find(|i| **i as usize >= vocab_size) {
+        if let Some(bad) = eos_ids
+            .iter()
+            .chain(&bos_id)
+            .find(|i| **i as usize >= vocab_size)
+        {
             return Err(ModelError::HfFile {
                 path: dir.join(GENERATION_CONFIG_FILE),
                 reason: format!("special token id {bad} is outside the vocabulary ({vocab_size})"),
@@ -124,8 +128,8 @@ fn post_processor_specials(inner: &tokenizers::Tokenizer) -> Result<(Vec<u32>, V
             .map_err(|e| ModelError::Tokenizer(e.to_string()))
     };
     let (plain, with) = (enc(false)?, enc(true)?);
-    let start = (0..=with.len().saturating_sub(plain.len()))
-        .find(|&s| with[s..].starts_with(&plain));
+    let start =
+        (0..=with.len().saturating_sub(plain.len())).find(|&s| with[s..].starts_with(&plain));
     Ok(match start {
         Some(s) if !plain.is_empty() => (with[..s].to_vec(), with[s + plain.len()..].to_vec()),
         _ => (Vec::new(), Vec::new()),

@@ -16,11 +16,12 @@ pub struct PlanArgs {
     /// GPU type: h100-80gb, h200-141gb, a100-80gb or a100-40gb.
     #[arg(long, default_value = "h100-80gb")]
     pub gpu: String,
-    /// A model: NAME=FILE.gguf (memory from the file) or NAME=SIZE_GB (memory given), with an
-    /// optional expected load after a colon (`chat=/models/chat.gguf:3`; default 1).
+    /// A model: NAME=PATH (a GGUF file or a Hugging Face directory; memory from its headers)
+    /// or NAME=SIZE_GB (memory given), with an optional expected load after a colon
+    /// (`chat=/models/chat.gguf:3`; default 1).
     #[arg(long = "model", required = true)]
     pub models: Vec<String>,
-    /// KV cache tokens per worker when the memory comes from a file.
+    /// KV cache tokens per worker when the memory comes from a model's files.
     #[arg(long, default_value_t = migserve_engine::flags::DEFAULT_KV_CACHE_TOKENS)]
     pub kv_cache_tokens: usize,
     /// Write `mig-parted.yaml` and `migserve.toml` here (default: print them).
@@ -34,13 +35,13 @@ pub struct PlanArgs {
 fn parse_model(text: &str, kv_cache_tokens: usize) -> anyhow::Result<ModelNeed> {
     let (name, rest) = text
         .split_once('=')
-        .with_context(|| format!("--model {text:?}: expected NAME=FILE or NAME=SIZE_GB"))?;
+        .with_context(|| format!("--model {text:?}: expected NAME=PATH or NAME=SIZE_GB"))?;
     let (what, load) = match rest.rsplit_once(':') {
         Some((what, load)) if load.parse::<f64>().is_ok() => (what, load.parse::<f64>()?),
         _ => (rest, 1.0),
     };
     if name.is_empty() || what.is_empty() || !(load.is_finite() && load > 0.0) {
-        bail!("--model {text:?}: expected NAME=FILE or NAME=SIZE_GB, and a positive load");
+        bail!("--model {text:?}: expected NAME=PATH or NAME=SIZE_GB, and a positive load");
     }
     if let Ok(gb) = what.parse::<f64>() {
         if !(gb.is_finite() && gb > 0.0) {

@@ -1,6 +1,5 @@
 //! Placement: which model runs on which slice, refusing models that do not fit.
 
-
 use migserve_models::ModelSource;
 
 use migserve_engine::flags::DEFAULT_KV_CACHE_TOKENS;
