@@ -276,3 +276,37 @@ fn every_family_round_trips_through_a_directory() {
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+#[test]
+fn bf16_and_f16_directories_load_in_every_dense_format() {
+    let tokenizer = GgufFile::open(&common::model_path()).unwrap();
+    let shape = small("qwen3-0.6b");
+    let gguf_path = temp("dtypes").with_extension("gguf");
+    let options = SynthOptions {
+        seed: 9,
+        layers: None,
+        matrix_type: GgmlDType::F32,
+    };
+    synth::write(&shape, &tokenizer, &gguf_path, options).unwrap();
+    let reference = logits(&load(&gguf_path), &[5, 17, 99, 3]);
+    for dtype in ["bf16", "f16"] {
+        let dir = temp(dtype);
+        common::gguf_to_hf(&gguf_path, &dir, &["--dtype", dtype]);
+        let source = ModelSource::open(&dir).unwrap();
+        let config = source.config().unwrap();
+        // Two bytes per stored parameter on disk; the footprint is the format's.
+        assert_eq!(
+            source.weight_bytes(&config, WeightFormat::F32),
+            4 * config.parameter_count() as u64
+        );
+        for format in [WeightFormat::F32, WeightFormat::Bf16, WeightFormat::Q8] {
+            let model = Model::load(&dir, format, &Device::Cpu).unwrap();
+            let d = relative_difference(&logits(&model, &[5, 17, 99, 3]), &reference);
+            // Rounding the weights to 8 (bf16) or 11 (f16) bits of mantissa, and for bf16 and
+            // q8 the activations or weights once more.
+            assert!(d < 0.05, "{dtype} directory in {format:?}: logits differ by {d}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    let _ = std::fs::remove_file(&gguf_path);
+}

@@ -346,3 +346,162 @@ fn layer_kinds(file: &JsonFile, family: Family, n_layers: usize) -> Result<Vec<b
         Family::Llama | Family::Phi3 => vec![has_window; n_layers],
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(value: Value) -> Result<HfConfig> {
+        let file = JsonFile {
+            path: "config.json".into(),
+            value,
+        };
+        HfConfig::parse(&file, "dir")
+    }
+
+    /// meta-llama/Llama-3.2-1B's config.json, as published.
+    fn llama32() -> Value {
+        json!({"architectures": ["LlamaForCausalLM"], "attention_bias": false,
+            "bos_token_id": 128000, "eos_token_id": 128001, "head_dim": 64,
+            "hidden_act": "silu", "hidden_size": 2048, "intermediate_size": 8192,
+            "max_position_embeddings": 131072, "mlp_bias": false, "model_type": "llama",
+            "num_attention_heads": 32, "num_hidden_layers": 16, "num_key_value_heads": 8,
+            "rms_norm_eps": 1e-05, "rope_scaling": {"factor": 32.0, "high_freq_factor": 4.0,
+            "low_freq_factor": 1.0, "original_max_position_embeddings": 8192,
+            "rope_type": "llama3"}, "rope_theta": 500000.0, "tie_word_embeddings": true,
+            "torch_dtype": "bfloat16", "vocab_size": 128256})
+    }
+
+    /// google/gemma-3-270m's config.json (transformers 4.5x, with `layer_types`).
+    fn gemma3() -> Value {
+        let mut types = vec!["sliding_attention"; 18];
+        for i in [5, 11, 17] {
+            types[i] = "full_attention";
+        }
+        json!({"architectures": ["Gemma3ForCausalLM"], "attention_bias": false,
+            "attn_logit_softcapping": null, "bos_token_id": 2, "eos_token_id": 1,
+            "final_logit_softcapping": null, "head_dim": 256,
+            "hidden_activation": "gelu_pytorch_tanh", "hidden_size": 640,
+            "intermediate_size": 2048, "layer_types": types, "max_position_embeddings": 32768,
+            "model_type": "gemma3_text", "num_attention_heads": 4, "num_hidden_layers": 18,
+            "num_key_value_heads": 1, "query_pre_attn_scalar": 256, "rms_norm_eps": 1e-06,
+            "rope_local_base_freq": 10000.0, "rope_scaling": null, "rope_theta": 1000000.0,
+            "sliding_window": 512, "use_bidirectional_attention": false, "vocab_size": 262144})
+    }
+
+    #[test]
+    fn llama3_rope_scaling_becomes_factors() {
+        let c = parse(llama32()).unwrap();
+        assert_eq!(c.config.family, Family::Llama);
+        assert_eq!(c.config.rope_style, RopeStyle::Halves);
+        assert!(c.config.tied_embeddings);
+        let r = c.llama3_rope.unwrap();
+        assert_eq!((r.factor, r.original_context), (32.0, 8192));
+        assert_eq!(c.eos_token_ids, [128001]);
+        assert_eq!(c.config.layer_windows, vec![None; 16]);
+    }
+
+    #[test]
+    fn gemma3_layer_types_pick_windows_and_bases() {
+        let c = parse(gemma3()).unwrap().config;
+        assert_eq!(c.norm_offset, 1.0);
+        assert_eq!(c.layer_window(0), Some(512));
+        assert_eq!(c.layer_window(5), None);
+        assert_eq!(c.layer_ropes[0].theta, 10_000.0);
+        assert_eq!(c.layer_ropes[5].theta, 1_000_000.0);
+        assert!((c.attention_scale - 1.0 / 16.0).abs() < 1e-7);
+        // The older form (sliding_window_pattern) gives the same layout.
+        let mut old = gemma3();
+        old.as_object_mut().unwrap().remove("layer_types");
+        old["sliding_window_pattern"] = json!(6);
+        assert_eq!(parse(old).unwrap().config, c);
+        // transformers 5 moves RoPE into rope_parameters, per layer type.
+        let mut v5 = gemma3();
+        let obj = v5.as_object_mut().unwrap();
+        for k in ["rope_theta", "rope_scaling", "rope_local_base_freq"] {
+            obj.remove(k);
+        }
+        obj.insert(
+            "rope_parameters".into(),
+            json!({"full_attention": {"rope_type": "default", "rope_theta": 1000000.0},
+                   "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}}),
+        );
+        assert_eq!(parse(v5).unwrap().config, c);
+    }
+
+    #[test]
+    fn qwen2_windows_only_when_turned_on() {
+        let qwen = json!({"architectures": ["Qwen2ForCausalLM"], "hidden_size": 896,
+            "intermediate_size": 4864, "num_hidden_layers": 24, "num_attention_heads": 14,
+            "num_key_value_heads": 2, "max_position_embeddings": 32768, "rms_norm_eps": 1e-06,
+            "rope_theta": 1000000.0, "sliding_window": 32768, "use_sliding_window": false,
+            "max_window_layers": 21, "tie_word_embeddings": true, "vocab_size": 151936});
+        let c = parse(qwen.clone()).unwrap().config;
+        assert!(c.qkv_bias);
+        assert_eq!(c.layer_windows, vec![None; 24]);
+        let mut on = qwen;
+        on["use_sliding_window"] = json!(true);
+        let c = parse(on).unwrap().config;
+        assert_eq!(c.layer_window(20), None);
+        assert_eq!(c.layer_window(21), Some(32768));
+    }
+
+    #[test]
+    fn what_the_decoder_cannot_run_is_refused_by_key() {
+        let refused = |edit: &dyn Fn(&mut Value), key: &str, words: &str| {
+            let mut v = llama32();
+            edit(&mut v);
+            let e = parse(v).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("config.json: key `{key}`")), "{e}");
+            assert!(e.contains(words), "{e}");
+        };
+        refused(
+            &|v| v["architectures"] = json!(["BertModel"]),
+            "architectures",
+            "BertModel is not supported",
+        );
+        refused(
+            &|v| v["rope_scaling"] = json!({"rope_type": "yarn", "factor": 4.0}),
+            "rope_scaling",
+            "`yarn` is not supported",
+        );
+        refused(
+            &|v| v["quantization_config"] = json!({"quant_method": "awq"}),
+            "quantization_config",
+            "not supported",
+        );
+        refused(
+            &|v| v["attention_bias"] = json!(true),
+            "attention_bias",
+            "not supported",
+        );
+        refused(
+            &|v| v["hidden_act"] = json!("relu"),
+            "hidden_act",
+            "`relu` is not supported",
+        );
+        refused(
+            &|v| v["num_key_value_heads"] = json!(5),
+            "num_key_value_heads",
+            "not a multiple",
+        );
+        refused(
+            &|v| {
+                v.as_object_mut().unwrap().remove("hidden_size");
+            },
+            "hidden_size",
+            "missing",
+        );
+        refused(
+            &|v| v["hidden_size"] = json!("big"),
+            "hidden_size",
+            "expected a non-negative integer",
+        );
+        refused(
+            &|v| v["rope_scaling"] = json!({"rope_type": "llama3", "factor": 8.0}),
+            "rope_scaling.low_freq_factor",
+            "missing",
+        );
+    }
+}
