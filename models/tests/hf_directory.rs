@@ -304,7 +304,10 @@ fn bf16_and_f16_directories_load_in_every_dense_format() {
             let d = relative_difference(&logits(&model, &[5, 17, 99, 3]), &reference);
             // Rounding the weights to 8 (bf16) or 11 (f16) bits of mantissa, and for bf16 and
             // q8 the activations or weights once more.
-            assert!(d < 0.05, "{dtype} directory in {format:?}: logits differ by {d}");
+            assert!(
+                d < 0.05,
+                "{dtype} directory in {format:?}: logits differ by {d}"
+            );
         }
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -64,6 +64,8 @@ async fn a_worker_serves_a_directory_as_it_serves_the_gguf() {
     let c = reqwest::Client::new();
     let info: Value = get_json(&c, from_dir.at("/info")).await;
     assert_eq!(info["model_architecture"], "llama", "{info}");
+    // Named after the directory when --model-id is not given.
+    assert_eq!(info["model_id"], "smollm2-135m", "{info}");
     let gguf_info: Value = get_json(&c, from_gguf.at("/info")).await;
     assert_eq!(info["model_parameters"], gguf_info["model_parameters"]);
     for prompt in ["The capital of France is", "def fibonacci(n):"] {

@@ -69,12 +69,10 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
     }
     let kind = device::resolve(args.device);
     let device = device::open(kind)?;
-    let model_id = args.model_id.clone().unwrap_or_else(|| {
-        args.model
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "model".into())
-    });
+    let model_id = args
+        .model_id
+        .clone()
+        .unwrap_or_else(|| default_model_id(&args.model));
     let engine = LocalEngine::load(&args.model, model_id.clone(), kind, &device, &args.engine)
         .map_err(|e| match e {
             // Kept as its own type: the exit status says "do not restart".
@@ -197,4 +195,16 @@ fn engine_death(engine: &dyn Engine) -> impl std::future::Future<Output = String
             }
         }
     }
+}
+
+/// The name clients use when `--model-id` is not given: a GGUF file's name without `.gguf`,
+/// a directory's name as it is (`Qwen2.5-0.5B-Instruct` keeps its dots).
+fn default_model_id(model: &std::path::Path) -> String {
+    let name = match model.is_dir() {
+        true => std::fs::canonicalize(model)
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned())),
+        false => model.file_stem().map(|s| s.to_string_lossy().into_owned()),
+    };
+    name.unwrap_or_else(|| "model".into())
 }
