@@ -54,10 +54,7 @@ class Meta:
 
     def get(self, key, default=None):
         f = self.fields.get(key)
-        if f is None:
-            return default
-        v = f.contents()
-        return v
+        return default if f is None else f.contents()
 
     def need(self, key):
         v = self.get(key)
@@ -112,10 +109,10 @@ def unpermute(w, n_head):
 def llama3_scaling(factors, head_dim, theta):
     """rope_scaling parameters that reproduce `factors` (transformers' llama3 formula)."""
     inv_freq = 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    wavelen = 2 * math.pi / inv_freq
     factor = float(np.max(factors))
     for original in (8192, 4096, 2048, 16384, 32768, 65536):
         for low, high in ((1.0, 4.0), (1.0, 2.0), (1.0, 8.0)):
-            wavelen = 2 * math.pi / inv_freq
             low_w, high_w = original / low, original / high
             scaled = np.where(wavelen > low_w, inv_freq / factor, inv_freq)
             smooth = (original / wavelen - low) / (high - low)
@@ -300,7 +297,7 @@ def tokenizer_files(meta, context):
     else:
         die(f"tokenizer model {model} is not supported (gpt2, llama)")
 
-    single, pair, specials = [], [], {}
+    single, specials = [], {}
     if add_bos and bos is not None:
         single.append({"SpecialToken": {"id": tokens[bos], "type_id": 0}})
         specials[tokens[bos]] = {"id": tokens[bos], "ids": [bos], "tokens": [tokens[bos]]}

@@ -87,17 +87,7 @@ fn load_reference(path: &Path, family: &str) -> Box<dyn Reference> {
 
 /// A small model of `like`'s layout.
 fn small(like: &str, edit: impl FnOnce(&mut SynthShape)) -> SynthShape {
-    let mut shape = SynthShape {
-        n_layers: 2,
-        hidden: 64,
-        ffn: 128,
-        heads: 4,
-        kv_heads: 2,
-        head_dim: 16,
-        vocab: 512,
-        context: 1024,
-        ..*SynthShape::by_name(like).unwrap()
-    };
+    let mut shape = SynthShape::by_name(like).unwrap().narrow();
     edit(&mut shape);
     shape
 }

@@ -7,8 +7,7 @@ use crate::config::Family;
 use crate::error::{ModelError, Result};
 use crate::gguf::GgufFile;
 use crate::hf::json::JsonFile;
-use crate::tokenizer::TOKENIZER_CONFIG_FILE;
-use std::path::Path;
+use crate::hf::HfDirectory;
 
 /// ChatML, used when a model file carries no template of its own.
 const CHATML_TEMPLATE: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
@@ -129,20 +128,17 @@ impl ChatTemplate {
     /// `chat_template` (a string, or a list of named templates: the one named `default`);
     /// when neither, the family's turn format or ChatML.
     pub fn from_hf_dir(
-        dir: &Path,
-        family: Family,
+        hf: &HfDirectory,
         bos_token: Option<&str>,
         eos_token: Option<&str>,
     ) -> Result<Self> {
-        let jinja = dir.join(JINJA_FILE);
+        let jinja = hf.dir().join(JINJA_FILE);
         let source = match std::fs::read_to_string(&jinja) {
             Ok(text) => Some(text),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                match JsonFile::read_optional(&dir.join(TOKENIZER_CONFIG_FILE))? {
-                    Some(config) => hf_template(&config)?,
-                    None => None,
-                }
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => match hf.tokenizer_config()? {
+                Some(config) => hf_template(config)?,
+                None => None,
+            },
             Err(e) => {
                 return Err(ModelError::HfFile {
                     path: jinja,
@@ -150,7 +146,7 @@ impl ChatTemplate {
                 })
             }
         };
-        Self::or_default(source, Some(family), bos_token, eos_token)
+        Self::or_default(source, Some(hf.config().family), bos_token, eos_token)
     }
 
     fn or_default(

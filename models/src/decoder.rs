@@ -103,7 +103,7 @@ impl Loader<'_> {
     /// A tensor, checked to have the dimensions `want`.
     fn raw(&mut self, name: &str, want: &[usize]) -> Result<RawTensor> {
         let t = self.src.tensor(name)?;
-        check_dims(&self.src.display_name(name), t.dims(), want)?;
+        check_dims(self.src, name, t.dims(), want)?;
         Ok(t)
     }
 
@@ -125,7 +125,7 @@ impl Loader<'_> {
     /// A 1-D tensor as f32 values, checked to be `len` long.
     fn vector(&mut self, name: &str, len: usize) -> Result<Vec<f32>> {
         let t = self.src.tensor(name)?;
-        let values = t.to_f32()?.flatten_all()?.to_vec1::<f32>()?;
+        let values = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         if values.len() != len {
             return Err(shape_mismatch(
                 &self.src.display_name(name),
@@ -184,12 +184,7 @@ impl Decoder {
 
         let (vocab, ffn) = (config.vocab_size, config.ffn_size);
         let embedding_raw = ld.raw("token_embd.weight", &[vocab, h])?;
-        let embedding = match &embedding_raw {
-            // A bf16 table for bf16 activations is used as stored.
-            RawTensor::Dense(t) if dtype == DType::BF16 => t.to_dtype(dtype)?,
-            raw => raw.to_f32()?.to_dtype(dtype)?,
-        }
-        .to_device(device)?;
+        let embedding = embedding_raw.to_dtype(dtype)?.to_device(device)?;
         let lm_head = if ld.has("output.weight") {
             ld.linear("output.weight", vocab, h)?
         } else if matches!(format, WeightFormat::F32 | WeightFormat::Bf16) {

@@ -91,18 +91,16 @@ impl Linear {
         }
         let dense = parts
             .iter()
-            .map(|p| dense_for(p, format))
+            .map(|p| p.to_dtype(format.activation_dtype()))
             .collect::<Result<Vec<_>>>()?;
         Self::from_dense(Tensor::cat(&dense, 0)?, format, device)
     }
 
     /// The layer in `format` from dense weights `[out, in]` (f32, bf16 or f16) on the CPU.
     pub(crate) fn from_dense(w: Tensor, format: WeightFormat, device: &Device) -> Result<Self> {
-        let w = match format {
-            // bf16 files stay bf16 (no f32 copy); everything else computes from f32.
-            WeightFormat::Bf16 => w.to_dtype(candle_core::DType::BF16)?,
-            _ => w.to_dtype(candle_core::DType::F32)?,
-        };
+        // bf16 weights stay bf16 for the bf16 format (no f32 copy); every other format is
+        // computed from f32.
+        let w = w.to_dtype(format.activation_dtype())?;
         let (n, k) = w.dims2()?;
         if packs_q8(format, device, k) {
             // Read in place: one f32 copy of the matrix at a time.
@@ -112,13 +110,9 @@ impl Linear {
                 .map_err(|e| ModelError::Tensor(candle_core::Error::msg(e)));
         }
         let (weights, pad) = match format {
-            WeightFormat::F32 | WeightFormat::Quantized => {
+            WeightFormat::F32 | WeightFormat::Quantized | WeightFormat::Bf16 => {
                 (QMatMul::Tensor(w.to_device(device)?), 0)
             }
-            WeightFormat::Bf16 => (
-                QMatMul::Tensor(w.to_dtype(candle_core::DType::BF16)?.to_device(device)?),
-                0,
-            ),
             WeightFormat::Q8 => {
                 let pad = k.next_multiple_of(Q8_TILED_K) - k;
                 let q8 = QTensor::quantize(&w.pad_with_zeros(1, 0, pad)?, GgmlDType::Q8_0)?;
@@ -152,14 +146,6 @@ impl Linear {
                 Ok(Tensor::from_vec(out, (rows, w.n()), x.device())?)
             }
         }
-    }
-}
-
-/// A part of a fused layer as a dense tensor: bf16 kept for the bf16 format, f32 otherwise.
-fn dense_for(part: &RawTensor, format: WeightFormat) -> Result<Tensor> {
-    match (part, format) {
-        (RawTensor::Dense(t), WeightFormat::Bf16) => Ok(t.to_dtype(candle_core::DType::BF16)?),
-        _ => part.to_f32(),
     }
 }
 

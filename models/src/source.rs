@@ -14,14 +14,14 @@ use crate::weights::TensorSource;
 /// An opened model: its configuration is known, its weights not yet loaded.
 pub enum ModelSource {
     Gguf(GgufFile),
-    Hf(HfDirectory),
+    Hf(Box<HfDirectory>),
 }
 
 impl ModelSource {
     /// Opens `path`: a directory is read as a Hugging Face directory, a file as GGUF.
     pub fn open(path: &Path) -> Result<Self> {
         match path.is_dir() {
-            true => HfDirectory::open(path).map(Self::Hf),
+            true => HfDirectory::open(path).map(|d| Self::Hf(Box::new(d))),
             false => GgufFile::open(path).map(Self::Gguf),
         }
     }
@@ -38,7 +38,7 @@ impl ModelSource {
     pub fn tokenizer(&self) -> Result<Tokenizer> {
         match self {
             Self::Gguf(f) => Tokenizer::from_gguf(f),
-            Self::Hf(d) => Tokenizer::from_hf_dir(d.dir(), d.hf_config()),
+            Self::Hf(d) => Tokenizer::from_hf_dir(d),
         }
     }
 
@@ -51,7 +51,7 @@ impl ModelSource {
         );
         match self {
             Self::Gguf(f) => ChatTemplate::from_gguf(f, bos, eos),
-            Self::Hf(d) => ChatTemplate::from_hf_dir(d.dir(), d.config().family, bos, eos),
+            Self::Hf(d) => ChatTemplate::from_hf_dir(d, bos, eos),
         }
     }
 

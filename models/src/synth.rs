@@ -255,6 +255,22 @@ impl SynthShape {
         SHAPES.iter().find(|s| s.name == name)
     }
 
+    /// This layout (biases, norms, windows, RoPE) at test size: 2 layers, width 64, 4 heads
+    /// of 16 over 2 KV heads, a 512-token vocabulary, 1024 positions.
+    pub fn narrow(&self) -> SynthShape {
+        SynthShape {
+            n_layers: 2,
+            hidden: 64,
+            ffn: 128,
+            heads: 4,
+            kv_heads: 2,
+            head_dim: 16,
+            vocab: 512,
+            context: 1024,
+            ..*self
+        }
+    }
+
     /// Head dimension.
     pub fn head_dim(&self) -> u32 {
         self.head_dim

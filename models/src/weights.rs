@@ -25,11 +25,12 @@ impl RawTensor {
         }
     }
 
-    /// The values as an f32 tensor on the CPU.
-    pub fn to_f32(&self) -> Result<Tensor> {
+    /// The values as a `dtype` tensor on the CPU (a dense tensor already of that type is
+    /// not copied).
+    pub fn to_dtype(&self, dtype: DType) -> Result<Tensor> {
         Ok(match self {
-            Self::Quantized(q) => q.dequantize(&Device::Cpu)?,
-            Self::Dense(t) => t.to_dtype(DType::F32)?,
+            Self::Quantized(q) => q.dequantize(&Device::Cpu)?.to_dtype(dtype)?,
+            Self::Dense(t) => t.to_dtype(dtype)?,
         })
     }
 }
@@ -65,10 +66,16 @@ pub fn shape_mismatch(name: &str, have: &[usize], want: &[usize]) -> ModelError 
     }
 }
 
-/// Checks a tensor's dimensions.
-pub fn check_dims(name: &str, have: &[usize], want: &[usize]) -> Result<()> {
+/// Checks that `src`'s tensor `name` has the dimensions `want` (its name in the source's own
+/// terms is looked up only for the error).
+pub fn check_dims(
+    src: &dyn TensorSource,
+    name: &str,
+    have: &[usize],
+    want: &[usize],
+) -> Result<()> {
     match have == want {
         true => Ok(()),
-        false => Err(shape_mismatch(name, have, want)),
+        false => Err(shape_mismatch(&src.display_name(name), have, want)),
     }
 }

@@ -19,17 +19,6 @@ use migserve_models::{
 /// rows instead of interleaved RoPE; Gemma's norms as 1 + w from w).
 const TOLERANCE: f32 = 1e-4;
 
-#[derive(serde::Deserialize)]
-struct Fixture {
-    cases: Vec<Case>,
-}
-
-#[derive(serde::Deserialize)]
-struct Case {
-    text: String,
-    ids: Vec<u32>,
-}
-
 fn load(path: &Path) -> Model {
     Model::load(path, WeightFormat::F32, &Device::Cpu)
         .unwrap_or_else(|e| panic!("load {}: {e}", path.display()))
@@ -114,10 +103,9 @@ fn smollm2_directory_tokenizes_as_transformers() {
     let gguf =
         migserve_models::Tokenizer::from_gguf(&GgufFile::open(&common::model_path()).unwrap())
             .unwrap();
-    let fixture: Fixture =
-        serde_json::from_str(include_str!("fixtures/tokenizer_reference.json")).unwrap();
-    assert!(fixture.cases.len() >= 15);
-    for case in &fixture.cases {
+    let cases = common::tokenizer_cases(include_str!("fixtures/tokenizer_reference.json"));
+    assert!(cases.len() >= 15);
+    for case in &cases {
         let ids = hf.encode(&case.text, false).unwrap();
         assert_eq!(ids, case.ids, "ids differ for {:?}", case.text);
         assert_eq!(
@@ -184,10 +172,9 @@ fn gemma3_directory_tokenizes_as_llama_cpp() {
         .unwrap()
         .tokenizer()
         .unwrap();
-    let fixture: Fixture =
-        serde_json::from_str(include_str!("fixtures/gemma3_reference.json")).unwrap();
-    assert!(fixture.cases.len() >= 15);
-    for case in &fixture.cases {
+    let cases = common::tokenizer_cases(include_str!("fixtures/gemma3_reference.json"));
+    assert!(cases.len() >= 15);
+    for case in &cases {
         assert_eq!(
             hf.encode(&case.text, false).unwrap(),
             case.ids,
@@ -197,19 +184,9 @@ fn gemma3_directory_tokenizes_as_llama_cpp() {
     }
 }
 
-/// A small model of `like`'s layout (a few layers, narrow), as the family reference tests use.
+/// A small model of `like`'s layout.
 fn small(like: &str) -> SynthShape {
-    SynthShape {
-        n_layers: 2,
-        hidden: 64,
-        ffn: 128,
-        heads: 4,
-        kv_heads: 2,
-        head_dim: 16,
-        vocab: 512,
-        context: 1024,
-        ..*SynthShape::by_name(like).unwrap()
-    }
+    SynthShape::by_name(like).unwrap().narrow()
 }
 
 fn temp(name: &str) -> PathBuf {

@@ -5,33 +5,21 @@ mod common;
 
 use migserve_models::{GgufFile, IncrementalDecoder, Tokenizer};
 
-#[derive(serde::Deserialize)]
-struct Fixture {
-    cases: Vec<Case>,
-}
-
-#[derive(serde::Deserialize)]
-struct Case {
-    text: String,
-    ids: Vec<u32>,
-}
-
 fn tokenizer() -> Tokenizer {
     let file = GgufFile::open(&common::model_path()).expect("open model");
     Tokenizer::from_gguf(&file).expect("tokenizer from GGUF metadata")
 }
 
-fn fixture() -> Fixture {
-    let text = include_str!("fixtures/tokenizer_reference.json");
-    serde_json::from_str(text).expect("parse fixture")
+fn cases() -> Vec<common::TokenizerCase> {
+    common::tokenizer_cases(include_str!("fixtures/tokenizer_reference.json"))
 }
 
 #[test]
 fn ids_match_the_reference_implementation() {
     let tok = tokenizer();
-    let fixture = fixture();
-    assert!(fixture.cases.len() >= 15);
-    for case in &fixture.cases {
+    let cases = cases();
+    assert!(cases.len() >= 15);
+    for case in &cases {
         let ids = tok.encode(&case.text, false).unwrap();
         assert_eq!(ids, case.ids, "ids differ for {:?}", case.text);
     }
@@ -40,7 +28,7 @@ fn ids_match_the_reference_implementation() {
 #[test]
 fn encode_then_decode_gives_back_the_input() {
     let tok = tokenizer();
-    for case in &fixture().cases {
+    for case in &cases() {
         let ids = tok.encode(&case.text, false).unwrap();
         assert_eq!(
             tok.decode(&ids, false).unwrap(),
@@ -67,7 +55,7 @@ fn special_ids_come_from_metadata() {
 #[test]
 fn incremental_decoding_never_splits_a_character_and_equals_full_decode() {
     let tok = tokenizer();
-    for case in &fixture().cases {
+    for case in &cases() {
         let ids = tok.encode(&case.text, false).unwrap();
         let mut decoder = IncrementalDecoder::new();
         let mut streamed = String::new();

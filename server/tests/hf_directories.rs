@@ -9,20 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::{get_json, Serve, Worker};
+use common::{get_json, hf_dir, Serve, Worker};
 use serde_json::{json, Value};
-
-fn hf_dir(name: &str) -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../models-data/hf")
-        .join(name);
-    assert!(
-        path.join("config.json").is_file(),
-        "{} is missing: run scripts/make-hf-dirs.sh",
-        path.display()
-    );
-    path
-}
 
 fn migserve(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_migserve"))

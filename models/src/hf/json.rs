@@ -7,6 +7,7 @@ use serde_json::Value;
 use crate::error::{ModelError, Result};
 
 /// A parsed JSON object and the file it came from.
+#[derive(Debug, Clone)]
 pub struct JsonFile {
     pub path: PathBuf,
     pub value: Value,
@@ -70,45 +71,40 @@ impl JsonFile {
             .ok_or_else(|| self.error(key, "missing"))
     }
 
-    /// An optional non-negative integer.
-    pub fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
+    /// An optional value read by `read`, which is `None` when the value is not `expected`.
+    fn opt<'a, T>(
+        &'a self,
+        key: &str,
+        expected: &str,
+        read: impl FnOnce(&'a Value) -> Option<T>,
+    ) -> Result<Option<T>> {
         self.get(key)
             .map(|v| {
-                v.as_u64().map(|n| n as usize).ok_or_else(|| {
-                    self.error(key, format!("expected a non-negative integer, found {v}"))
-                })
+                read(v).ok_or_else(|| self.error(key, format!("expected {expected}, found {v}")))
             })
             .transpose()
+    }
+
+    /// An optional non-negative integer.
+    pub fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
+        self.opt(key, "a non-negative integer", |v| {
+            v.as_u64().map(|n| n as usize)
+        })
     }
 
     /// An optional number.
     pub fn opt_f64(&self, key: &str) -> Result<Option<f64>> {
-        self.get(key)
-            .map(|v| {
-                v.as_f64()
-                    .ok_or_else(|| self.error(key, format!("expected a number, found {v}")))
-            })
-            .transpose()
+        self.opt(key, "a number", Value::as_f64)
     }
 
     /// An optional boolean.
     pub fn opt_bool(&self, key: &str) -> Result<Option<bool>> {
-        self.get(key)
-            .map(|v| {
-                v.as_bool()
-                    .ok_or_else(|| self.error(key, format!("expected true or false, found {v}")))
-            })
-            .transpose()
+        self.opt(key, "true or false", Value::as_bool)
     }
 
     /// An optional string.
     pub fn opt_str(&self, key: &str) -> Result<Option<&str>> {
-        self.get(key)
-            .map(|v| {
-                v.as_str()
-                    .ok_or_else(|| self.error(key, format!("expected a string, found {v}")))
-            })
-            .transpose()
+        self.opt(key, "a string", Value::as_str)
     }
 
     /// Token ids given as one integer or a list of them (`eos_token_id`).

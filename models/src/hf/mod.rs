@@ -7,6 +7,7 @@ pub mod json;
 pub mod names;
 pub mod safetensors;
 
+use std::cell::OnceCell;
 use std::path::{Path, PathBuf};
 
 use candle_core::safetensors::MmapedSafetensors;
@@ -14,6 +15,7 @@ use candle_core::{Device, Tensor};
 
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
+use crate::tokenizer::TOKENIZER_CONFIG_FILE;
 use crate::weights::{RawTensor, TensorSource};
 use config::HfConfig;
 use json::JsonFile;
@@ -28,6 +30,9 @@ pub struct HfDirectory {
     dir: PathBuf,
     config: HfConfig,
     index: SafetensorsIndex,
+    /// `tokenizer_config.json`, read on first use (the tokenizer and the chat template both
+    /// need it; placement needs neither).
+    tokenizer_config: OnceCell<Option<JsonFile>>,
 }
 
 impl HfDirectory {
@@ -45,7 +50,17 @@ impl HfDirectory {
             dir: dir.to_path_buf(),
             config,
             index,
+            tokenizer_config: OnceCell::new(),
         })
+    }
+
+    /// `tokenizer_config.json`, when the directory has one.
+    pub fn tokenizer_config(&self) -> Result<Option<&JsonFile>> {
+        if let Some(read) = self.tokenizer_config.get() {
+            return Ok(read.as_ref());
+        }
+        let read = JsonFile::read_optional(&self.dir.join(TOKENIZER_CONFIG_FILE))?;
+        Ok(self.tokenizer_config.get_or_init(|| read).as_ref())
     }
 
     /// The directory.

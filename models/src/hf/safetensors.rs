@@ -22,8 +22,6 @@ pub const INDEX_FILE: &str = "model.safetensors.index.json";
 pub struct TensorInfo {
     /// The shard that holds it.
     pub file: PathBuf,
-    /// `BF16`, `F16` or `F32`.
-    pub dtype: String,
     pub shape: Vec<usize>,
 }
 
@@ -188,7 +186,6 @@ fn read_header(path: &Path) -> Result<(Vec<(String, TensorInfo)>, u64)> {
             name,
             TensorInfo {
                 file: path.to_path_buf(),
-                dtype: dtype.to_string(),
                 shape,
             },
         ));

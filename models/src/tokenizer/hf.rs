@@ -2,14 +2,12 @@
 //! special tokens from `tokenizer_config.json`, eos ids from `generation_config.json` and
 //! `config.json`.
 
-use std::path::Path;
-
 use serde_json::Value;
 
 use super::Tokenizer;
 use crate::error::{ModelError, Result};
-use crate::hf::config::HfConfig;
 use crate::hf::json::JsonFile;
+use crate::hf::HfDirectory;
 
 /// The tokenizer itself.
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
@@ -19,8 +17,9 @@ pub const TOKENIZER_CONFIG_FILE: &str = "tokenizer_config.json";
 pub const GENERATION_CONFIG_FILE: &str = "generation_config.json";
 
 impl Tokenizer {
-    /// The tokenizer of the Hugging Face directory `dir`, whose `config.json` is `config`.
-    pub fn from_hf_dir(dir: &Path, config: &HfConfig) -> Result<Self> {
+    /// The tokenizer of the Hugging Face directory `hf`.
+    pub fn from_hf_dir(hf: &HfDirectory) -> Result<Self> {
+        let (dir, config) = (hf.dir(), hf.hf_config());
         let path = dir.join(TOKENIZER_FILE);
         if !path.is_file() {
             return Err(ModelError::HfFile {
@@ -34,7 +33,7 @@ impl Tokenizer {
             path: path.clone(),
             reason: format!("does not parse: {}", one_line(&e.to_string())),
         })?;
-        let tok_config = JsonFile::read_optional(&dir.join(TOKENIZER_CONFIG_FILE))?;
+        let tok_config = hf.tokenizer_config()?;
         let generation = JsonFile::read_optional(&dir.join(GENERATION_CONFIG_FILE))?;
 
         let vocab = inner.get_vocab(true);
@@ -51,10 +50,10 @@ impl Tokenizer {
             })
         };
         let flag = |key: &str| -> Result<Option<bool>> {
-            tok_config.as_ref().map_or(Ok(None), |f| f.opt_bool(key))
+            tok_config.map_or(Ok(None), |f| f.opt_bool(key))
         };
 
-        let mut bos_id = match &tok_config {
+        let mut bos_id = match tok_config {
             Some(f) => id_of(f, "bos_token")?,
             None => None,
         };
@@ -69,7 +68,7 @@ impl Tokenizer {
         if let Some(g) = &generation {
             eos_ids.extend(g.ids("eos_token_id")?);
         }
-        let tokenizer_eos = match &tok_config {
+        let tokenizer_eos = match tok_config {
             Some(f) => id_of(f, "eos_token")?,
             None => None,
         };

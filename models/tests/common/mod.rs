@@ -80,3 +80,23 @@ pub fn gguf_to_hf(gguf: &std::path::Path, out: &std::path::Path, args: &[&str]) 
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// One string of a tokenizer fixture and the reference implementation's ids for it.
+#[derive(serde::Deserialize)]
+#[allow(dead_code)]
+pub struct TokenizerCase {
+    pub text: String,
+    pub ids: Vec<u32>,
+}
+
+/// The `cases` of a tokenizer fixture (`{"cases": [{"text", "ids"}], ...}`).
+#[allow(dead_code)]
+pub fn tokenizer_cases(json: &str) -> Vec<TokenizerCase> {
+    #[derive(serde::Deserialize)]
+    struct Fixture {
+        cases: Vec<TokenizerCase>,
+    }
+    serde_json::from_str::<Fixture>(json)
+        .expect("parse tokenizer fixture")
+        .cases
+}

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 #[path = "../../../models/tests/common/mod.rs"]
 mod model_file;
 #[allow(unused_imports)]
-pub use model_file::{gemma_path, model_path};
+pub use model_file::{gemma_path, hf_dir, model_path};
 
 /// The test stand-in worker (crate `migserve-testkit`), built beside migserve by `cargo test`
 /// at the workspace root.
