@@ -39,7 +39,7 @@ impl Linear {
     /// Builds the layer on `device` from a tensor held on the CPU, in `format`.
     pub fn new(raw: RawTensor, format: WeightFormat, device: &Device) -> Result<Self> {
         let q = match raw {
-            RawTensor::Quantized(q) => q,
+            RawTensor::Quantized(q) => *q,
             RawTensor::Dense(t) => return Self::from_dense(t, format, device),
         };
         let (_, k) = q.shape().dims2()?;
@@ -68,7 +68,7 @@ impl Linear {
         let quantized: Vec<&QTensor> = parts
             .iter()
             .filter_map(|p| match p {
-                RawTensor::Quantized(q) => Some(q),
+                RawTensor::Quantized(q) => Some(q.as_ref()),
                 RawTensor::Dense(_) => None,
             })
             .collect();
@@ -87,7 +87,7 @@ impl Linear {
             }
             let storage = QStorage::from_data(Cow::Owned(bytes), cpu, dtype)?;
             let stacked = QTensor::new(storage, (rows, cols))?;
-            return Self::new(RawTensor::Quantized(stacked), format, device);
+            return Self::new(RawTensor::Quantized(Box::new(stacked)), format, device);
         }
         let dense = parts
             .iter()

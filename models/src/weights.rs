@@ -10,8 +10,9 @@ use crate::gguf::GgufFile;
 
 /// One tensor as its source stores it, on the CPU.
 pub enum RawTensor {
-    /// A GGUF tensor in its own (possibly quantized) type.
-    Quantized(QTensor),
+    /// A GGUF tensor in its own (possibly quantized) type (boxed: a `QTensor` is large with
+    /// the `cuda` feature).
+    Quantized(Box<QTensor>),
     /// A dense tensor (bf16, f16 or f32), as safetensors store them.
     Dense(Tensor),
 }
@@ -53,7 +54,7 @@ impl TensorSource for GgufFile {
     }
 
     fn tensor(&mut self, name: &str) -> Result<RawTensor> {
-        GgufFile::tensor(self, name, &Device::Cpu).map(RawTensor::Quantized)
+        GgufFile::tensor(self, name, &Device::Cpu).map(|q| RawTensor::Quantized(Box::new(q)))
     }
 }
 
