@@ -5,7 +5,7 @@ use tokio::sync::watch;
 use crate::device::DeviceKind;
 use crate::error::EngineError;
 use crate::event::EventStream;
-use crate::request::{GenerateRequest, Limits};
+use crate::request::{GenerateRequest, Limits, Prompt};
 
 /// One prompt token, for TGI's `decoder_input_details`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,4 +79,32 @@ pub trait Engine: Send + Sync + 'static {
 
     /// What the engine serves.
     fn info(&self) -> &EngineInfo;
+
+    /// The prompt's tokens as a request with it would run them (a conversation through the
+    /// chat template first). An engine without a tokenizer refuses.
+    fn tokenize(&self, prompt: &Prompt) -> Result<Tokenized, EngineError> {
+        let _ = prompt;
+        Err(EngineError::Unavailable(
+            "this engine has no tokenizer".into(),
+        ))
+    }
+
+    /// The text of token ids (special tokens left out). An engine without a tokenizer refuses.
+    fn detokenize(&self, ids: &[u32]) -> Result<String, EngineError> {
+        let _ = ids;
+        Err(EngineError::Unavailable(
+            "this engine has no tokenizer".into(),
+        ))
+    }
+}
+
+/// A tokenized prompt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tokenized {
+    pub ids: Vec<u32>,
+    /// Each token's text, decoded in sequence: together they are the decoded prompt (a
+    /// token inside a multi-byte character has an empty text, the one completing it all).
+    pub pieces: Vec<String>,
+    /// The chat template's output, for a conversation.
+    pub rendered: Option<String>,
 }

@@ -13,6 +13,9 @@ pub enum EngineError {
     /// The request is malformed or asks for something outside the limits.
     #[error("{0}")]
     Validation(String),
+    /// The prompt, or the prompt with the new tokens, is longer than the worker takes.
+    #[error("{0}")]
+    TooLong(TooLong),
     /// Too many requests are in flight.
     #[error("{0}")]
     Overloaded(String),
@@ -34,11 +37,80 @@ impl EngineError {
     /// has one).
     pub fn error_type(&self) -> &'static str {
         match self {
-            EngineError::Validation(_) => "validation",
+            EngineError::Validation(_) | EngineError::TooLong(_) => "validation",
             EngineError::Overloaded(_) => "overloaded",
             EngineError::Unavailable(_) => "unhealthy",
             EngineError::Generation(_) => "generation",
             EngineError::Crashed(_) => "engine_crashed",
+        }
+    }
+}
+
+/// Which length limit a request passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LengthLimit {
+    /// The prompt alone is over `max_input_tokens`.
+    Prompt,
+    /// Prompt plus the new tokens asked for are over `max_total_tokens`.
+    Total,
+    /// The prompt leaves no room for a new token within `max_total_tokens`.
+    NoRoom,
+    /// Prompt plus new tokens need more positions than the whole KV cache has.
+    Cache,
+}
+
+/// A request longer than the worker takes, with its counts, so that each API says it in its
+/// own words: `Display` gives TGI's message, [`TooLong::openai_message`] OpenAI's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TooLong {
+    pub limit_kind: LengthLimit,
+    /// The limit passed, in tokens.
+    pub limit: usize,
+    pub prompt_tokens: usize,
+    /// New tokens the request asked for (or would get by default).
+    pub new_tokens: usize,
+}
+
+impl std::fmt::Display for TooLong {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (input, limit, n) = (self.prompt_tokens, self.limit, self.new_tokens);
+        match self.limit_kind {
+            LengthLimit::Prompt => write!(f, "`inputs` must have less than {limit} tokens. Given: {input}"),
+            LengthLimit::Total => write!(
+                f,
+                "`inputs` tokens + `max_new_tokens` must be <= {limit}. Given: {input} `inputs` tokens and {n} `max_new_tokens`"
+            ),
+            LengthLimit::NoRoom => write!(f, "`inputs` has {input} tokens: no room left in {limit}"),
+            LengthLimit::Cache => write!(
+                f,
+                "this request needs up to {} KV cache positions but the whole cache holds {limit}",
+                input + n
+            ),
+        }
+    }
+}
+
+impl TooLong {
+    /// OpenAI's wording, where the prompt is called `prompt_field` (`messages`, `prompt`).
+    pub fn openai_message(&self, prompt_field: &str) -> String {
+        let (input, limit, n) = (self.prompt_tokens, self.limit, self.new_tokens);
+        match self.limit_kind {
+            LengthLimit::Prompt | LengthLimit::NoRoom => format!(
+                "This model's maximum input length is {} tokens. However, your {prompt_field} resulted in {input} tokens. Please reduce the length of the {prompt_field}.",
+                if self.limit_kind == LengthLimit::Prompt { limit } else { limit.saturating_sub(1) }
+            ),
+            LengthLimit::Total | LengthLimit::Cache => format!(
+                "This model's maximum context length is {limit} tokens. However, you requested {} tokens ({input} in the {prompt_field}, {n} in the completion). Please reduce the length of the {prompt_field} or completion.",
+                input + n
+            ),
+        }
+    }
+
+    /// The OpenAI field to blame: the prompt when it alone is too long, else `max_tokens`.
+    pub fn openai_param<'a>(&self, prompt_field: &'a str) -> &'a str {
+        match self.limit_kind {
+            LengthLimit::Prompt | LengthLimit::NoRoom => prompt_field,
+            LengthLimit::Total | LengthLimit::Cache => "max_tokens",
         }
     }
 }

@@ -18,6 +18,26 @@ pub enum FinishReason {
     StopSequence,
 }
 
+/// A token and its log-probability (an alternative at a position, or a prompt token).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    pub id: u32,
+    /// The token decoded alone.
+    pub text: String,
+    pub logprob: f32,
+    /// Whether it is an end-of-sequence token.
+    pub special: bool,
+}
+
+/// A prompt token's log-probability given the tokens before it (none for the first).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PrefillLogprob {
+    pub id: u32,
+    pub logprob: Option<f32>,
+    /// The most likely tokens at this position, most likely first (empty for the first).
+    pub top: Vec<TokenLogprob>,
+}
+
 /// One generated token.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TokenEvent {
@@ -32,6 +52,9 @@ pub struct TokenEvent {
     pub visible: String,
     /// Log-probability of the token under the model (before sampling transforms).
     pub logprob: f32,
+    /// The most likely tokens at this position, most likely first: as many as the request
+    /// asked for ([`crate::request::LogprobsSpec::top`]), else none.
+    pub top: Vec<TokenLogprob>,
     /// Whether this is a special token (the end-of-sequence token).
     pub special: bool,
 }
@@ -54,6 +77,8 @@ pub struct FinishEvent {
 /// One event of a request's stream.
 #[derive(Debug, Clone)]
 pub enum EngineEvent {
+    /// The prompt's log-probabilities, once, before the first token (only when asked for).
+    Prefill(Vec<PrefillLogprob>),
     /// A token; the last one comes with the finish details.
     Token(TokenEvent, Option<FinishEvent>),
     /// The request failed; nothing follows.
@@ -98,12 +123,18 @@ impl EventStream {
     /// details, or the failure.
     pub async fn collect(mut self) -> Result<Collected, EngineError> {
         let mut tokens = Vec::new();
+        let mut prefill = Vec::new();
         loop {
             match self.next().await {
+                Some(EngineEvent::Prefill(p)) => prefill = p,
                 Some(EngineEvent::Token(t, None)) => tokens.push(t),
                 Some(EngineEvent::Token(t, Some(finish))) => {
                     tokens.push(t);
-                    return Ok(Collected { tokens, finish });
+                    return Ok(Collected {
+                        tokens,
+                        prefill,
+                        finish,
+                    });
                 }
                 Some(EngineEvent::Failed(e)) => return Err(e),
                 // Not reached: `next` ends every stream with a final event first.
@@ -117,6 +148,8 @@ impl EventStream {
 #[derive(Debug, Clone)]
 pub struct Collected {
     pub tokens: Vec<TokenEvent>,
+    /// The prompt's log-probabilities, when asked for.
+    pub prefill: Vec<PrefillLogprob>,
     pub finish: FinishEvent,
 }
 
@@ -144,6 +177,7 @@ mod tests {
             text: "a".into(),
             visible: "a".into(),
             logprob: 0.0,
+            top: Vec::new(),
             special: false,
         };
         tx.send(EngineEvent::Token(token, None)).unwrap();

@@ -41,13 +41,14 @@ impl<M: StepModel> StepModel for PanicAtStep<M> {
     fn forward(
         &mut self,
         chunks: &[SeqChunk<'_>],
+        all_positions: &[bool],
         cache: &mut dyn PagedStore,
     ) -> Result<Vec<Vec<f32>>, ModelError> {
         self.steps += 1;
         if self.steps == self.at {
             panic!("injected fault: {PANIC_AT_STEP_ENV}={} reached", self.at);
         }
-        self.inner.forward(chunks, cache)
+        self.inner.forward(chunks, all_positions, cache)
     }
 
     fn context_length(&self) -> usize {

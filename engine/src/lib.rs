@@ -30,10 +30,13 @@ pub mod step_loop;
 pub mod validate;
 
 pub use device::{DeviceKind, DeviceUnusable};
-pub use engine::{Accepted, Engine, EngineInfo, Health, PromptToken};
+pub use engine::{Accepted, Engine, EngineInfo, Health, PromptToken, Tokenized};
 pub use error::{EngineError, StartError};
-pub use event::{EngineEvent, EventStream, FinishEvent, FinishReason, TokenEvent};
+pub use error::{LengthLimit, TooLong};
+pub use event::{
+    EngineEvent, EventStream, FinishEvent, FinishReason, PrefillLogprob, TokenEvent, TokenLogprob,
+};
 pub use flags::EngineFlags;
 pub use local::LocalEngine;
-pub use request::{GenerateRequest, Limits, Prompt, SamplingSpec};
+pub use request::{GenerateRequest, Limits, LogprobsSpec, Prompt, SamplingSpec, MAX_TOP_LOGPROBS};
 pub use step::StepModel;

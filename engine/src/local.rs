@@ -4,14 +4,15 @@ use std::path::Path;
 use std::sync::{mpsc, Arc};
 
 use migserve_models::{
-    ChatTemplate, Device, Model, ModelConfig, ModelSource, Tokenizer, WeightFormat,
+    ChatTemplate, Device, IncrementalDecoder, Model, ModelConfig, ModelSource, Tokenizer,
+    WeightFormat,
 };
 use tokio::sync::watch;
 
 use crate::cache::cpu::PagedKvCache;
 use crate::cache::PagedStore;
 use crate::device::{self, DeviceKind, DeviceUnusable};
-use crate::engine::{Accepted, Engine, EngineInfo, Health, PromptToken};
+use crate::engine::{Accepted, Engine, EngineInfo, Health, PromptToken, Tokenized};
 use crate::error::{EngineError, StartError};
 use crate::event::EventStream;
 use crate::fault;
@@ -90,7 +91,12 @@ impl LocalEngine {
             ))
             .into());
         }
-        let limits = limits(flags, config.context_length, kv_blocks * flags.block_size)?;
+        let limits = limits(
+            flags,
+            config.context_length,
+            kv_blocks * flags.block_size,
+            config.vocab_size,
+        )?;
         let cache: Box<dyn PagedStore> = match kind {
             DeviceKind::Cpu => Box::new(PagedKvCache::new(&config, kv_blocks, flags.block_size)),
             DeviceKind::Cuda => cuda_cache(&config, kv_blocks, flags.block_size, device)?,
@@ -172,22 +178,20 @@ impl LocalEngine {
     }
 
     /// The prompt's token ids: text through the tokenizer, a conversation through the chat
-    /// template first.
-    fn tokenize(&self, prompt: &Prompt) -> Result<Vec<u32>, EngineError> {
-        let ids = match prompt {
-            Prompt::Text(text) if text.is_empty() => {
-                return Err(EngineError::Validation("the prompt is empty".into()))
-            }
-            Prompt::Text(text) => self.tokenizer.encode(text, true)?,
-            Prompt::Chat(messages) if messages.is_empty() => {
-                return Err(EngineError::Validation("`messages` cannot be empty".into()))
-            }
+    /// template first (its rendered text returned too).
+    fn prompt_ids(&self, prompt: &Prompt) -> Result<(Vec<u32>, Option<String>), EngineError> {
+        let empty = |what: &str| Err(EngineError::Validation(format!("{what} cannot be empty")));
+        match prompt {
+            Prompt::Text(text) if text.is_empty() => empty("the prompt"),
+            Prompt::Text(text) => Ok((self.tokenizer.encode(text, true)?, None)),
+            Prompt::Chat(messages) if messages.is_empty() => empty("`messages`"),
             Prompt::Chat(messages) => {
                 let text = self.chat_template.render(messages, true)?;
-                self.tokenizer.encode(&text, false)?
+                Ok((self.tokenizer.encode(&text, false)?, Some(text)))
             }
-        };
-        Ok(ids)
+            Prompt::Tokens(ids) if ids.is_empty() => empty("the prompt"),
+            Prompt::Tokens(ids) => Ok((ids.clone(), None)),
+        }
     }
 }
 
@@ -199,7 +203,7 @@ impl Engine for LocalEngine {
                 "the engine has stopped: {why}"
             )));
         }
-        let mut ids = self.tokenize(&request.prompt)?;
+        let (mut ids, _) = self.prompt_ids(&request.prompt)?;
         validate::truncate(&mut ids, request.truncate)?;
         let return_prompt_tokens = request.return_prompt_tokens;
         let request = validate::build_request(ids, &request, &self.info.limits)?;
@@ -259,14 +263,45 @@ impl Engine for LocalEngine {
     fn info(&self) -> &EngineInfo {
         &self.info
     }
+
+    fn tokenize(&self, prompt: &Prompt) -> Result<Tokenized, EngineError> {
+        let (ids, rendered) = self.prompt_ids(prompt)?;
+        let mut decoder = IncrementalDecoder::new();
+        let mut pieces = Vec::with_capacity(ids.len());
+        for &id in &ids {
+            pieces.push(decoder.push(&self.tokenizer, id)?.unwrap_or_default());
+        }
+        if let (Some(last), Some(rest)) = (pieces.last_mut(), decoder.flush(&self.tokenizer)?) {
+            last.push_str(&rest);
+        }
+        Ok(Tokenized {
+            ids,
+            pieces,
+            rendered,
+        })
+    }
+
+    fn detokenize(&self, ids: &[u32]) -> Result<String, EngineError> {
+        if let Some(bad) = ids
+            .iter()
+            .find(|t| **t as usize >= self.info.limits.vocab_size)
+        {
+            return Err(EngineError::Validation(format!(
+                "token id {bad} is outside the vocabulary (0..{})",
+                self.info.limits.vocab_size
+            )));
+        }
+        Ok(self.tokenizer.decode(ids, true)?)
+    }
 }
 
-/// The request limits `flags` give a model of `context` positions and a KV cache of
-/// `kv_cache_tokens` positions.
+/// The request limits `flags` give a model of `context` positions and `vocab_size` tokens
+/// with a KV cache of `kv_cache_tokens` positions.
 pub fn limits(
     flags: &EngineFlags,
     context: usize,
     kv_cache_tokens: usize,
+    vocab_size: usize,
 ) -> Result<Limits, StartError> {
     let bad = |m: String| Err(StartError::InvalidFlags(m));
     let max_total_tokens = flags.max_total_tokens.unwrap_or(context.min(4096));
@@ -287,6 +322,7 @@ pub fn limits(
         max_stop_sequences: flags.max_stop_sequences,
         default_max_new_tokens: flags.default_max_new_tokens,
         kv_cache_tokens,
+        vocab_size,
     })
 }
 

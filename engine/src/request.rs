@@ -12,6 +12,8 @@ pub enum Prompt {
     Text(String),
     /// A conversation, rendered through the model's chat template, ready for the reply.
     Chat(Vec<ChatMessage>),
+    /// Token ids, used as they are (nothing added).
+    Tokens(Vec<u32>),
 }
 
 impl Default for Prompt {
@@ -29,7 +31,23 @@ pub struct SamplingSpec {
     pub top_k: Option<i64>,
     pub top_p: Option<f32>,
     pub repetition_penalty: Option<f32>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    /// Added to these tokens' logits (OpenAI's `logit_bias`).
+    pub logit_bias: Vec<(u32, f32)>,
     pub seed: Option<u64>,
+}
+
+/// Most alternatives a request may ask for with each token (OpenAI's and vLLM's limit).
+pub const MAX_TOP_LOGPROBS: usize = 20;
+
+/// Which log-probabilities a request wants beyond each generated token's own.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogprobsSpec {
+    /// The most likely tokens at each generated position, with theirs (0..=[`MAX_TOP_LOGPROBS`]).
+    pub top: usize,
+    /// The prompt's tokens' log-probabilities too (and `top` alternatives at each position).
+    pub prompt: bool,
 }
 
 /// A generation request from either API, before validation.
@@ -40,7 +58,10 @@ pub struct GenerateRequest {
     pub truncate: Option<usize>,
     /// New tokens at most; `None`: the worker's default, within what is left of the total.
     pub max_new_tokens: Option<i64>,
+    /// New tokens before an end-of-sequence token may end the output (it is masked until then).
+    pub min_new_tokens: Option<i64>,
     pub sampling: SamplingSpec,
+    pub logprobs: LogprobsSpec,
     pub stop: Vec<String>,
     /// Keep generating past eos (benchmarks with fixed output lengths).
     pub ignore_eos: bool,
@@ -57,7 +78,9 @@ impl GenerateRequest {
             prompt,
             truncate: None,
             max_new_tokens: None,
+            min_new_tokens: None,
             sampling: SamplingSpec::default(),
+            logprobs: LogprobsSpec::default(),
             stop: Vec::new(),
             ignore_eos: false,
             return_prompt_tokens: false,
@@ -79,6 +102,8 @@ pub struct Limits {
     pub default_max_new_tokens: usize,
     /// Positions the whole KV cache holds: a request needing more could never run.
     pub kv_cache_tokens: usize,
+    /// Token ids run from 0 to this (exclusive).
+    pub vocab_size: usize,
 }
 
 /// A validated request, ready for the engine thread.
@@ -87,9 +112,12 @@ pub struct EngineRequest {
     pub prompt: Vec<u32>,
     pub params: SamplingParams,
     pub max_new_tokens: usize,
+    /// End-of-sequence tokens are masked until this many tokens are out.
+    pub min_new_tokens: usize,
     pub stop: Vec<String>,
     /// Keep generating past eos (benchmarks with fixed output lengths).
     pub ignore_eos: bool,
+    pub logprobs: LogprobsSpec,
     /// When the request reached the server.
     pub arrived: Instant,
 }

@@ -10,11 +10,13 @@ use crate::cache::PagedStore;
 /// weights.
 pub trait StepModel: Send {
     /// Runs `chunks` (positions `start..start + tokens.len()` of each sequence) through the
-    /// model, storing their keys and values in `cache`, and returns the logits of each
-    /// chunk's last position, one row per chunk in order.
+    /// model, storing their keys and values in `cache`, and returns logits rows in chunk
+    /// order: one per position of a chunk whose `all_positions` entry is true (prompt
+    /// log-probabilities), else one for its last position.
     fn forward(
         &mut self,
         chunks: &[SeqChunk<'_>],
+        all_positions: &[bool],
         cache: &mut dyn PagedStore,
     ) -> Result<Vec<Vec<f32>>, ModelError>;
 
@@ -29,9 +31,10 @@ impl StepModel for Decoder {
     fn forward(
         &mut self,
         chunks: &[SeqChunk<'_>],
+        all_positions: &[bool],
         cache: &mut dyn PagedStore,
     ) -> Result<Vec<Vec<f32>>, ModelError> {
-        let logits = Decoder::forward(self, chunks, cache)?;
+        let logits = Decoder::forward_rows(self, chunks, all_positions, cache)?;
         Ok(logits.to_vec2::<f32>()?)
     }
 
@@ -48,9 +51,10 @@ impl<M: StepModel + ?Sized> StepModel for Box<M> {
     fn forward(
         &mut self,
         chunks: &[SeqChunk<'_>],
+        all_positions: &[bool],
         cache: &mut dyn PagedStore,
     ) -> Result<Vec<Vec<f32>>, ModelError> {
-        (**self).forward(chunks, cache)
+        (**self).forward(chunks, all_positions, cache)
     }
 
     fn context_length(&self) -> usize {

@@ -17,14 +17,14 @@ use std::time::Instant;
 use migserve_kernels::cpu::exp::log_sum_exp;
 use migserve_kernels::cpu::parallel::{par_rows, ParallelFor};
 use migserve_models::parallel::candle_pool;
-use migserve_models::{ModelError, Sampler, SeqChunk, SeqId, Tokenizer};
+use migserve_models::{top_logprobs, ModelError, Sampler, SeqChunk, SeqId, Tokenizer};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::watch;
 
 use crate::cache::PagedStore;
 use crate::engine::Health;
 use crate::error::EngineError;
-use crate::event::{EngineEvent, FinishEvent, TokenEvent};
+use crate::event::{EngineEvent, FinishEvent, PrefillLogprob, TokenEvent, TokenLogprob};
 use crate::metrics as m;
 use crate::output::OutputProcessor;
 use crate::request::EngineRequest;
@@ -153,6 +153,19 @@ pub fn spawn<M: StepModel + 'static>(
     Ok(tx)
 }
 
+/// The `n` most likely tokens of a row (normalizer `norm`), each with its text.
+fn alternatives(tokenizer: &Tokenizer, row: &[f32], norm: f32, n: usize) -> Vec<TokenLogprob> {
+    top_logprobs(row, norm, n)
+        .into_iter()
+        .map(|(id, logprob)| TokenLogprob {
+            id,
+            text: tokenizer.decode(&[id], false).unwrap_or_default(),
+            logprob,
+            special: tokenizer.eos_ids().contains(&id),
+        })
+        .collect()
+}
+
 /// The text of a panic's payload.
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     payload
@@ -168,6 +181,9 @@ struct Active {
     sampler: Sampler,
     output: OutputProcessor,
     request: EngineRequest,
+    /// The prompt's log-probabilities while they are computed, when the request asked for
+    /// them; taken when they are sent (before the first token).
+    prefill: Option<Vec<PrefillLogprob>>,
     first_scheduled: Option<Instant>,
     first_token: Option<Instant>,
 }
@@ -243,6 +259,13 @@ impl<M: StepModel> StepLoop<M> {
         );
         self.scheduler
             .add(Sequence::new(id, s.request.prompt.clone()));
+        let prefill = s.request.logprobs.prompt.then(|| {
+            vec![PrefillLogprob {
+                id: s.request.prompt[0],
+                logprob: None,
+                top: Vec::new(),
+            }]
+        });
         self.active.insert(
             id,
             Active {
@@ -250,6 +273,7 @@ impl<M: StepModel> StepLoop<M> {
                 sampler,
                 output,
                 request: s.request,
+                prefill,
                 first_scheduled: None,
                 first_token: None,
             },
@@ -321,15 +345,25 @@ impl<M: StepModel> StepLoop<M> {
                 }
             }
         }
-        let result = self.forward(&plan);
+        let all_positions: Vec<bool> = plan
+            .chunks
+            .iter()
+            .map(|c| self.active.get(&c.seq).is_some_and(|a| a.prefill.is_some()))
+            .collect();
+        let result = self.forward(&plan, &all_positions);
         m::counter_inc(m::STEPS, 1);
-        let rows = match result {
-            Ok(rows) if rows.len() == plan.chunks.len() => rows,
+        let expected: usize = plan
+            .chunks
+            .iter()
+            .zip(&all_positions)
+            .map(|(c, all)| if *all { c.len } else { 1 })
+            .sum();
+        let mut rows = match result {
+            Ok(rows) if rows.len() == expected => rows,
             Ok(rows) => {
                 let e = format!(
-                    "the model returned {} logits rows for {} chunks",
+                    "the model returned {} logits rows for {expected} expected",
                     rows.len(),
-                    plan.chunks.len()
                 );
                 self.fail_batch(&plan, &e);
                 return;
@@ -339,6 +373,23 @@ impl<M: StepModel> StepLoop<M> {
                 return;
             }
         };
+        // Rows of every position (prompt log-probabilities) go to their sequences; each
+        // chunk keeps its last row.
+        if all_positions.contains(&true) {
+            let mut last = Vec::with_capacity(plan.chunks.len());
+            let mut rest = rows.into_iter();
+            for (c, all) in plan.chunks.iter().zip(&all_positions) {
+                if *all {
+                    let mut chunk_rows: Vec<Vec<f32>> = rest.by_ref().take(c.len).collect();
+                    let tail = chunk_rows.pop().unwrap_or_default();
+                    self.record_prompt_logprobs(c.seq, c.start, &chunk_rows, &tail);
+                    last.push(tail);
+                } else {
+                    last.push(rest.next().unwrap_or_default());
+                }
+            }
+            rows = last;
+        }
         let ready = self.scheduler.complete(&plan);
         // Rows whose sequence samples a token now (not the middle of a chunked prompt).
         let samples: Vec<bool> = plan.chunks.iter().map(|c| ready.contains(&c.seq)).collect();
@@ -351,6 +402,39 @@ impl<M: StepModel> StepLoop<M> {
         }
     }
 
+    /// Records the log-probabilities of the prompt tokens that the rows of positions
+    /// `start..` predict (`rows`, then `tail` for the chunk's last position, which predicts
+    /// a prompt token only in the middle of a chunked prompt). Positions already recorded
+    /// (a prompt recomputed after preemption) are skipped.
+    fn record_prompt_logprobs(&mut self, id: SeqId, start: usize, rows: &[Vec<f32>], tail: &[f32]) {
+        let Some(seq) = self.scheduler.get(id) else {
+            return;
+        };
+        let Some(a) = self.active.get_mut(&id) else {
+            return;
+        };
+        let (prompt_len, top) = (a.request.prompt.len(), a.request.logprobs.top);
+        let Some(prefill) = a.prefill.as_mut() else {
+            return;
+        };
+        let all = rows.iter().map(Vec::as_slice).chain(std::iter::once(tail));
+        for (j, row) in all.enumerate() {
+            let target = start + j + 1;
+            if target >= prompt_len || target >= seq.tokens.len() {
+                break;
+            }
+            if target != prefill.len() {
+                continue;
+            }
+            let token = seq.tokens[target];
+            let norm = log_sum_exp(row);
+            prefill.push(PrefillLogprob {
+                id: token,
+                logprob: row.get(token as usize).map(|l| l - norm),
+                top: alternatives(&self.tokenizer, row, norm, top),
+            });
+        }
+    }
     /// A failed forward pass fails the sequences of its batch, and only those.
     fn fail_batch(&mut self, plan: &StepPlan, error: &str) {
         tracing::error!(%error, "forward pass failed");
@@ -386,7 +470,11 @@ impl<M: StepModel> StepLoop<M> {
         log_norms
     }
 
-    fn forward(&mut self, plan: &StepPlan) -> Result<Vec<Vec<f32>>, ModelError> {
+    fn forward(
+        &mut self,
+        plan: &StepPlan,
+        all_positions: &[bool],
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
         let mut chunks = Vec::with_capacity(plan.chunks.len());
         for c in &plan.chunks {
             let seq = self.scheduler.get(c.seq).ok_or_else(|| {
@@ -398,7 +486,8 @@ impl<M: StepModel> StepLoop<M> {
                 start: c.start,
             });
         }
-        self.model.forward(&chunks, self.cache.as_mut())
+        self.model
+            .forward(&chunks, all_positions, self.cache.as_mut())
     }
 
     /// Samples the next token of `id` from `logits`, whose log-softmax normalizer is
@@ -411,15 +500,31 @@ impl<M: StepModel> StepLoop<M> {
         let Some(a) = self.active.get_mut(&id) else {
             return;
         };
-        // The repetition penalty edits the row in place: keep the raw one for the log-probability.
-        let raw = a
+        // Until `min_new_tokens` are out, end-of-sequence tokens cannot be chosen.
+        let mask_eos = !a.request.ignore_eos && a.output.generated() < a.request.min_new_tokens;
+        // Bias, penalties and the mask edit the row in place: keep the raw one for the
+        // log-probabilities (of the model's distribution, before sampling transforms).
+        let raw = (mask_eos || a.sampler.params().edits_logits()).then(|| logits.to_vec());
+        if mask_eos {
+            for &eos in self.tokenizer.eos_ids() {
+                if let Some(l) = logits.get_mut(eos as usize) {
+                    *l = f32::NEG_INFINITY;
+                }
+            }
+        }
+        let token = a
             .sampler
-            .params()
-            .repetition_penalty
-            .map(|_| logits.to_vec());
-        let token = a.sampler.sample(logits, &seq.tokens);
-        let raw_logit = raw.as_deref().unwrap_or(logits)[token as usize];
-        let logprob = raw_logit - logprob_base;
+            .sample(logits, &seq.tokens, a.request.prompt.len());
+        let raw = raw.as_deref().unwrap_or(logits);
+        let logprob = raw[token as usize] - logprob_base;
+        let top = alternatives(&self.tokenizer, raw, logprob_base, a.request.logprobs.top);
+        if let Some(prefill) = a.prefill.take() {
+            if a.events.send(EngineEvent::Prefill(prefill)).is_err() {
+                m::counter_inc(m::CANCELLED, 1);
+                self.end(id);
+                return;
+            }
+        }
         let now = Instant::now();
         if a.first_token.is_none() {
             a.first_token = Some(now);
@@ -463,6 +568,7 @@ impl<M: StepModel> StepLoop<M> {
             text: out.text,
             visible: out.visible,
             logprob,
+            top,
             special: out.special,
         };
         if done.is_some() {

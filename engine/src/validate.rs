@@ -4,8 +4,8 @@
 
 use migserve_models::SamplingParams;
 
-use crate::error::EngineError;
-use crate::request::{EngineRequest, GenerateRequest, Limits};
+use crate::error::{EngineError, LengthLimit, TooLong};
+use crate::request::{EngineRequest, GenerateRequest, Limits, MAX_TOP_LOGPROBS};
 
 fn invalid<T>(message: impl Into<String>) -> Result<T, EngineError> {
     Err(EngineError::Validation(message.into()))
@@ -33,10 +33,21 @@ pub fn build_request(
         return invalid("`inputs` cannot be empty");
     }
     let input = prompt.len();
+    let too_long = |limit_kind, limit, new_tokens| {
+        Err(EngineError::TooLong(TooLong {
+            limit_kind,
+            limit,
+            prompt_tokens: input,
+            new_tokens,
+        }))
+    };
     if input > limits.max_input_tokens {
+        return too_long(LengthLimit::Prompt, limits.max_input_tokens, 0);
+    }
+    if let Some(bad) = prompt.iter().find(|t| **t as usize >= limits.vocab_size) {
         return invalid(format!(
-            "`inputs` must have less than {} tokens. Given: {input}",
-            limits.max_input_tokens
+            "token id {bad} is outside the vocabulary (0..{})",
+            limits.vocab_size
         ));
     }
     let room = limits.max_total_tokens.saturating_sub(input);
@@ -49,26 +60,30 @@ pub fn build_request(
         Some(n) => {
             let n = usize::try_from(n).unwrap_or(usize::MAX);
             if n > room {
-                return invalid(format!(
-                    "`inputs` tokens + `max_new_tokens` must be <= {}. Given: {input} `inputs` tokens and {n} `max_new_tokens`",
-                    limits.max_total_tokens
-                ));
+                return too_long(LengthLimit::Total, limits.max_total_tokens, n);
             }
             n
         }
-        None if room == 0 => {
-            return invalid(format!(
-                "`inputs` has {input} tokens: no room left in {}",
-                limits.max_total_tokens
-            ))
-        }
+        None if room == 0 => return too_long(LengthLimit::NoRoom, limits.max_total_tokens, 0),
         None => limits.default_max_new_tokens.min(room),
     };
     if input + max_new_tokens > limits.kv_cache_tokens {
+        return too_long(LengthLimit::Cache, limits.kv_cache_tokens, max_new_tokens);
+    }
+    let min_new_tokens = match request.min_new_tokens {
+        Some(n) if n < 0 => return invalid(format!("`min_tokens` must be >= 0, got {n}")),
+        Some(n) if n as usize > max_new_tokens => {
+            return invalid(format!(
+                "`min_tokens` ({n}) must be at most the maximum of new tokens ({max_new_tokens})"
+            ))
+        }
+        Some(n) => n as usize,
+        None => 0,
+    };
+    if request.logprobs.top > MAX_TOP_LOGPROBS {
         return invalid(format!(
-            "this request needs up to {} KV cache positions but the whole cache holds {}",
-            input + max_new_tokens,
-            limits.kv_cache_tokens
+            "at most {MAX_TOP_LOGPROBS} top log-probabilities per token, got {}",
+            request.logprobs.top
         ));
     }
     if request.stop.len() > limits.max_stop_sequences {
@@ -81,19 +96,21 @@ pub fn build_request(
     if request.stop.iter().any(String::is_empty) {
         return invalid("stop sequences cannot be empty");
     }
-    let params = sampling_params(request)?;
+    let params = sampling_params(request, limits.vocab_size)?;
     Ok(EngineRequest {
         prompt,
         params,
         max_new_tokens,
+        min_new_tokens,
         stop: request.stop.clone(),
         ignore_eos: request.ignore_eos,
+        logprobs: request.logprobs,
         arrived: request.arrived,
     })
 }
 
 /// The sampler's parameters, after checking every value's range.
-fn sampling_params(request: &GenerateRequest) -> Result<SamplingParams, EngineError> {
+fn sampling_params(request: &GenerateRequest, vocab: usize) -> Result<SamplingParams, EngineError> {
     let spec = &request.sampling;
     if let Some(t) = spec.temperature {
         if !t.is_finite() || t < 0.0 {
@@ -119,6 +136,11 @@ fn sampling_params(request: &GenerateRequest) -> Result<SamplingParams, EngineEr
             ));
         }
     }
+    if let Some((id, _)) = spec.logit_bias.iter().find(|(id, _)| *id as usize >= vocab) {
+        return invalid(format!(
+            "`logit_bias` names token {id}, outside the vocabulary (0..{vocab})"
+        ));
+    }
     let temperature = if spec.sample {
         spec.temperature.unwrap_or(1.0)
     } else {
@@ -129,6 +151,9 @@ fn sampling_params(request: &GenerateRequest) -> Result<SamplingParams, EngineEr
         top_k,
         top_p: spec.top_p,
         repetition_penalty: spec.repetition_penalty,
+        presence_penalty: spec.presence_penalty.unwrap_or(0.0),
+        frequency_penalty: spec.frequency_penalty.unwrap_or(0.0),
+        logit_bias: spec.logit_bias.clone(),
         seed: spec.seed,
     };
     params
@@ -148,6 +173,7 @@ mod tests {
         max_stop_sequences: 2,
         default_max_new_tokens: 8,
         kv_cache_tokens: 100,
+        vocab_size: 50,
     };
 
     /// A request with these new-token limit, sampling fields and stops.
@@ -166,6 +192,7 @@ mod tests {
     fn err(prompt_len: usize, request: GenerateRequest) -> String {
         match build(prompt_len, request) {
             Err(EngineError::Validation(m)) => m,
+            Err(EngineError::TooLong(t)) => t.to_string(),
             other => panic!("expected a validation error, got {other:?}"),
         }
     }
@@ -201,7 +228,7 @@ mod tests {
             ..LIMITS
         };
         let e = build_request(vec![1; 5], &spec(Some(8), SamplingSpec::default()), &small);
-        assert!(matches!(e, Err(EngineError::Validation(m)) if m.contains("KV cache")));
+        assert!(matches!(e, Err(EngineError::TooLong(t)) if t.to_string().contains("KV cache")));
     }
 
     #[test]
@@ -272,6 +299,59 @@ mod tests {
         .unwrap();
         assert_eq!(sampled.params.temperature, 0.7);
         assert_eq!(sampled.params.seed, Some(1));
+    }
+
+    #[test]
+    fn min_tokens_logprobs_bias_and_token_ids_are_checked() {
+        let r = |f: fn(&mut GenerateRequest)| {
+            let mut r = spec(Some(4), SamplingSpec::default());
+            f(&mut r);
+            r
+        };
+        assert!(err(3, r(|r| r.min_new_tokens = Some(5))).contains("min_tokens"));
+        assert!(err(3, r(|r| r.min_new_tokens = Some(-1))).contains("min_tokens"));
+        assert_eq!(
+            build(3, r(|r| r.min_new_tokens = Some(4)))
+                .unwrap()
+                .min_new_tokens,
+            4
+        );
+        assert!(err(3, r(|r| r.logprobs.top = 21)).contains("at most 20"));
+        assert!(err(3, r(|r| r.sampling.logit_bias = vec![(50, 1.0)])).contains("logit_bias"));
+        let e = build_request(vec![1, 99], &default(), &LIMITS);
+        assert!(matches!(e, Err(EngineError::Validation(m)) if m.contains("token id 99")));
+        let ok = build(
+            3,
+            r(|r| {
+                r.sampling.presence_penalty = Some(0.5);
+                r.sampling.logit_bias = vec![(49, -1.0)];
+            }),
+        )
+        .unwrap();
+        assert_eq!(ok.params.presence_penalty, 0.5);
+        assert_eq!(ok.params.logit_bias, [(49, -1.0)]);
+    }
+
+    #[test]
+    fn length_errors_keep_tgis_words_and_have_openais() {
+        let Err(EngineError::TooLong(t)) = build(12, default()) else {
+            panic!("a prompt over the limit is too long")
+        };
+        assert_eq!(
+            t.to_string(),
+            "`inputs` must have less than 10 tokens. Given: 12"
+        );
+        assert!(t
+            .openai_message("messages")
+            .contains("your messages resulted in 12 tokens"));
+        assert_eq!(t.openai_param("messages"), "messages");
+        let Err(EngineError::TooLong(t)) = build(5, spec(Some(16), SamplingSpec::default())) else {
+            panic!("too many new tokens is too long")
+        };
+        assert!(t
+            .openai_message("prompt")
+            .contains("you requested 21 tokens (5 in the prompt, 16 in the completion)"));
+        assert_eq!(t.openai_param("prompt"), "max_tokens");
     }
 
     #[test]

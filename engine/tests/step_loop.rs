@@ -166,3 +166,85 @@ async fn a_panic_fails_every_request_and_the_engine_reports_itself_dead() {
         "{refused:?}"
     );
 }
+
+/// Log-softmax of the scripted model's rows: 10 at one token, 0 at the others.
+fn scripted_logprob(hit: bool) -> f32 {
+    let norm = (10f64.exp() + 49151.0).ln();
+    ((if hit { 10.0 } else { 0.0 }) - norm) as f32
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prompt_and_top_logprobs_hold_through_chunked_prefill_and_preemption() {
+    // Prompts of 5 tokens per step at most (chunked), on a cache small enough to preempt.
+    let seen = Arc::new(Seen::default());
+    let mut model = scripted(&seen);
+    model.step_time = Duration::from_millis(2);
+    let sizes = Sizes {
+        blocks: 12,
+        max_batch_tokens: 5,
+        ..Sizes::default()
+    };
+    let e = Arc::new(engine(model, sizes));
+    let tokenizer = common::tokenizer();
+    let runs = PROMPTS.map(|p| {
+        let e = e.clone();
+        tokio::spawn(async move {
+            let mut r = request(p, 10);
+            r.logprobs = migserve_engine::LogprobsSpec {
+                top: 2,
+                prompt: true,
+            };
+            submit(&e, r).await.unwrap().events.collect().await.unwrap()
+        })
+    });
+    for (p, run) in PROMPTS.iter().zip(runs) {
+        let c = run.await.unwrap();
+        let prompt = tokenizer.encode(p, true).unwrap();
+        assert_eq!(c.prefill.len(), prompt.len(), "{p}");
+        assert_eq!(c.prefill[0].logprob, None);
+        for (i, entry) in c.prefill.iter().enumerate().skip(1) {
+            assert_eq!(entry.id, prompt[i]);
+            let predicted = hashed_next(&prompt[..i]);
+            let want = scripted_logprob(predicted == prompt[i]);
+            assert!(
+                (entry.logprob.unwrap() - want).abs() < 1e-4,
+                "{p} position {i}"
+            );
+            assert_eq!(entry.top[0].id, predicted);
+            assert!((entry.top[0].logprob - scripted_logprob(true)).abs() < 1e-4);
+            assert_eq!(entry.top[1].id, 0, "ties: the lowest id");
+        }
+        let mut history = prompt.clone();
+        for t in &c.tokens {
+            assert_eq!(t.id, hashed_next(&history), "greedy");
+            assert!((t.logprob - scripted_logprob(true)).abs() < 1e-4);
+            assert_eq!(t.top.len(), 2);
+            assert_eq!(t.top[0].id, t.id, "the greedy token is the most likely");
+            assert!(t.top[0].logprob >= t.top[1].logprob);
+            history.push(t.id);
+        }
+    }
+    assert!(
+        seen.recomputes.load(Ordering::SeqCst) > 0,
+        "some prompt was recomputed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_tokens_masks_eos_until_enough_tokens_are_out() {
+    let eos = common::tokenizer().eos_ids()[0];
+    let model = ScriptedModel::new(49152, Box::new(move |_| eos), Arc::default());
+    let e = Arc::new(engine(model, Sizes::default()));
+    let mut r = request("Stop at once", 8);
+    r.min_new_tokens = Some(3);
+    let c = submit(&e, r).await.unwrap().events.collect().await.unwrap();
+    let ids: Vec<u32> = c.tokens.iter().map(|t| t.id).collect();
+    assert_eq!(ids.len(), 4, "three tokens before eos may come: {ids:?}");
+    assert!(ids[..3].iter().all(|t| *t != eos));
+    assert_eq!(ids[3], eos);
+    assert_eq!(c.finish.reason, migserve_engine::FinishReason::EosToken);
+    // Log-probabilities stay the model's own: the masked eos was the likely one.
+    assert!((c.tokens[0].logprob - scripted_logprob(false)).abs() < 1e-4);
+    let alone = submit(&e, request("Stop at once", 8)).await.unwrap();
+    assert_eq!(token_ids(alone).await.unwrap(), [eos], "without min_tokens");
+}

@@ -317,13 +317,25 @@ impl Decoder {
     /// Runs `chunks` as one batch, storing their keys/values in `kv`, and returns the logits
     /// of each chunk's last token: `[chunks.len(), vocab]` f32.
     pub fn forward(&self, chunks: &[SeqChunk<'_>], kv: &mut dyn KvStore) -> Result<Tensor> {
+        self.forward_rows(chunks, &[], kv)
+    }
+
+    /// [`Decoder::forward`], with the logits of every position of the chunks whose entry in
+    /// `all_positions` is true (missing entries are false): one row per position for those,
+    /// one (the last) for the others, in chunk order.
+    pub fn forward_rows(
+        &self,
+        chunks: &[SeqChunk<'_>],
+        all_positions: &[bool],
+        kv: &mut dyn KvStore,
+    ) -> Result<Tensor> {
         let cfg = &self.config;
         if chunks.is_empty() {
             return Err(ModelError::InvalidInput("empty batch".into()));
         }
         let mut ids = Vec::new();
         let mut positions = Vec::new();
-        let mut last_rows = Vec::with_capacity(chunks.len());
+        let mut last_rows: Vec<u32> = Vec::with_capacity(chunks.len());
         let spans: Vec<AttentionSpan> = chunks
             .iter()
             .map(|c| AttentionSpan {
@@ -332,7 +344,7 @@ impl Decoder {
                 len: c.tokens.len(),
             })
             .collect();
-        for c in chunks {
+        for (i, c) in chunks.iter().enumerate() {
             if c.tokens.is_empty() {
                 return Err(ModelError::InvalidInput(format!(
                     "sequence {} has no tokens to run",
@@ -352,9 +364,13 @@ impl Decoder {
                     cfg.vocab_size
                 )));
             }
+            let first_row = ids.len() as u32;
             ids.extend_from_slice(c.tokens);
             positions.extend((c.start..end).map(|p| p as u32));
-            last_rows.push((ids.len() - 1) as u32);
+            match all_positions.get(i).copied().unwrap_or(false) {
+                true => last_rows.extend(first_row..ids.len() as u32),
+                false => last_rows.push((ids.len() - 1) as u32),
+            }
         }
         let total = ids.len();
         let ids = Tensor::from_vec(ids, total, &self.device)?;
@@ -400,7 +416,8 @@ impl Decoder {
             }
             x = (x + out)?;
         }
-        let last = Tensor::from_vec(last_rows, chunks.len(), &self.device)?;
+        let rows = last_rows.len();
+        let last = Tensor::from_vec(last_rows, rows, &self.device)?;
         let x = x.index_select(&last, 0)?;
         let x = self.output_norm.apply(&x, cfg.rms_eps)?;
         Ok(self.lm_head.forward(&x)?.to_dtype(DType::F32)?)

@@ -93,7 +93,7 @@ pub fn generate(
     let decode_start = Instant::now();
     while generated.len() < max_new_tokens {
         let mut row = logits.squeeze(0)?.to_vec1::<f32>()?;
-        let next = sampler.sample(&mut row, &history);
+        let next = sampler.sample(&mut row, &history, prompt.len());
         if model.tokenizer.eos_ids().contains(&next) {
             finish_reason = FinishReason::Eos;
             break;

@@ -30,7 +30,7 @@ pub use generate::{generate, FinishReason, Generation};
 pub use gguf::GgufFile;
 pub use kv::{AttentionSpan, DenseKvStore, KvStore, SeqId};
 pub use model::Model;
-pub use sampling::{Sampler, SamplingParams};
+pub use sampling::{top_logprobs, Sampler, SamplingParams};
 pub use source::ModelSource;
 pub use tokenizer::{IncrementalDecoder, Tokenizer};
 pub use weight_format::WeightFormat;

@@ -1,5 +1,6 @@
-//! Choosing the next token from logits: greedy, temperature, top-k, top-p, repetition penalty.
-//! Pure CPU logic on `&[f32]`; a seeded sampler always makes the same choices.
+//! Choosing the next token from logits: logit bias, repetition, presence and frequency
+//! penalties, then greedy or temperature with top-k and top-p. Pure CPU logic on `&[f32]`; a
+//! seeded sampler always makes the same choices.
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -17,6 +18,12 @@ pub struct SamplingParams {
     pub top_p: Option<f32>,
     /// Above 1 discourages tokens already present in the prompt or output (CTRL-style).
     pub repetition_penalty: Option<f32>,
+    /// Subtracted once from the logit of every token the output already holds (OpenAI).
+    pub presence_penalty: f32,
+    /// Subtracted from a token's logit once per time the output already holds it (OpenAI).
+    pub frequency_penalty: f32,
+    /// Added to the logits of these token ids before anything else (OpenAI `logit_bias`).
+    pub logit_bias: Vec<(u32, f32)>,
     /// Same seed, same choices. `None` draws a random seed.
     pub seed: Option<u64>,
 }
@@ -28,6 +35,9 @@ impl Default for SamplingParams {
             top_k: None,
             top_p: None,
             repetition_penalty: None,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            logit_bias: Vec::new(),
             seed: None,
         }
     }
@@ -42,6 +52,15 @@ impl SamplingParams {
     /// Whether these parameters always pick the most likely token.
     pub fn is_greedy(&self) -> bool {
         self.temperature < 1e-5 || self.top_k == Some(1)
+    }
+
+    /// Whether sampling edits the logits before choosing (bias or a penalty), so a caller
+    /// that wants the model's own distribution must keep a copy.
+    pub fn edits_logits(&self) -> bool {
+        self.repetition_penalty.is_some_and(|p| p != 1.0)
+            || self.presence_penalty != 0.0
+            || self.frequency_penalty != 0.0
+            || !self.logit_bias.is_empty()
     }
 
     /// Rejects values no sampler can use.
@@ -67,6 +86,19 @@ impl SamplingParams {
                     "`repetition_penalty` must be strictly positive, got {r}"
                 ));
             }
+        }
+        for (name, v) in [
+            ("presence_penalty", self.presence_penalty),
+            ("frequency_penalty", self.frequency_penalty),
+        ] {
+            if !v.is_finite() {
+                return bad(format!("`{name}` must be a finite number, got {v}"));
+            }
+        }
+        if let Some((id, b)) = self.logit_bias.iter().find(|(_, b)| !b.is_finite()) {
+            return bad(format!(
+                "`logit_bias` of token {id} must be finite, got {b}"
+            ));
         }
         Ok(())
     }
@@ -98,16 +130,10 @@ impl Sampler {
         &self.params
     }
 
-    /// Picks the next token. `logits` is modified in place (penalties, temperature);
-    /// `history` is every token of the sequence so far (prompt and generated).
-    pub fn sample(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
-        if let Some(penalty) = self
-            .params
-            .repetition_penalty
-            .filter(|p| (*p - 1.0).abs() > f32::EPSILON)
-        {
-            apply_repetition_penalty(logits, history, penalty);
-        }
+    /// Picks the next token. `logits` is modified in place (bias, penalties); `history` is
+    /// every token of the sequence so far, of which the first `prompt_len` are the prompt.
+    pub fn sample(&mut self, logits: &mut [f32], history: &[u32], prompt_len: usize) -> u32 {
+        apply_edits(&self.params, logits, history, prompt_len);
         if self.params.is_greedy() {
             return argmax(logits);
         }
@@ -162,6 +188,28 @@ impl Sampler {
     }
 }
 
+/// The `n` most likely tokens of `logits` whose log-softmax normalizer is `log_norm`, with
+/// their log-probabilities, most likely first (the lower id first on ties). One pass over the
+/// row keeping a sorted list of `n`, so it costs little beside the normalizer's own pass.
+pub fn top_logprobs(logits: &[f32], log_norm: f32, n: usize) -> Vec<(u32, f32)> {
+    let mut top: Vec<(u32, f32)> = Vec::with_capacity(n + 1);
+    if n == 0 {
+        return top;
+    }
+    for (i, &l) in logits.iter().enumerate() {
+        if (top.len() == n && top[n - 1].1 >= l) || l.is_nan() {
+            continue;
+        }
+        let at = top.partition_point(|(_, v)| *v >= l);
+        top.insert(at, (i as u32, l));
+        top.truncate(n);
+    }
+    for t in &mut top {
+        t.1 -= log_norm;
+    }
+    top
+}
+
 /// Index of the largest logit (the first one on ties).
 pub fn argmax(logits: &[f32]) -> u32 {
     let mut best = 0;
@@ -175,13 +223,42 @@ pub fn argmax(logits: &[f32]) -> u32 {
     best as u32
 }
 
-/// CTRL-style penalty: positive logits of seen tokens are divided by `penalty`, negative ones multiplied.
-fn apply_repetition_penalty(logits: &mut [f32], history: &[u32], penalty: f32) {
-    let mut seen = std::collections::HashSet::with_capacity(history.len());
-    for &t in history {
-        if seen.insert(t) {
+/// The edits sampling makes to the raw logits, in this order: `logit_bias` added; the
+/// repetition penalty (CTRL-style: the positive logit of a token seen in the prompt or the
+/// output divided by it, a negative one multiplied); then, over the output only, the logit of
+/// a token generated `c` times lowered by `frequency_penalty x c + presence_penalty`.
+pub fn apply_edits(
+    params: &SamplingParams,
+    logits: &mut [f32],
+    history: &[u32],
+    prompt_len: usize,
+) {
+    for &(id, bias) in &params.logit_bias {
+        if let Some(l) = logits.get_mut(id as usize) {
+            *l += bias;
+        }
+    }
+    if let Some(penalty) = params.repetition_penalty.filter(|p| *p != 1.0) {
+        let mut seen = std::collections::HashSet::with_capacity(history.len());
+        for &t in history {
+            if seen.insert(t) {
+                if let Some(l) = logits.get_mut(t as usize) {
+                    *l = if *l > 0.0 { *l / penalty } else { *l * penalty };
+                }
+            }
+        }
+    }
+    if params.presence_penalty != 0.0 || params.frequency_penalty != 0.0 {
+        let output = history
+            .get(prompt_len.min(history.len())..)
+            .unwrap_or_default();
+        let mut counts = std::collections::HashMap::<u32, u32>::with_capacity(output.len());
+        for &t in output {
+            *counts.entry(t).or_default() += 1;
+        }
+        for (t, c) in counts {
             if let Some(l) = logits.get_mut(t as usize) {
-                *l = if *l > 0.0 { *l / penalty } else { *l * penalty };
+                *l -= params.frequency_penalty * c as f32 + params.presence_penalty;
             }
         }
     }
@@ -198,7 +275,7 @@ mod tests {
     #[test]
     fn greedy_takes_the_maximum() {
         let mut s = Sampler::new(SamplingParams::greedy());
-        assert_eq!(s.sample(&mut logits(), &[]), 1);
+        assert_eq!(s.sample(&mut logits(), &[], 0), 1);
     }
 
     #[test]
@@ -209,7 +286,62 @@ mod tests {
         };
         let mut s = Sampler::new(params);
         // token 1 (3.0) becomes 2.0 once seen, so token 5 (2.9) wins.
-        assert_eq!(s.sample(&mut logits(), &[1, 1, 3]), 5);
+        assert_eq!(s.sample(&mut logits(), &[1, 1, 3], 0), 5);
+    }
+
+    #[test]
+    fn penalties_and_bias_edit_the_logits_as_specified() {
+        // Prompt [1, 3], output [5, 5, 2]: counts in the output 5 -> 2, 2 -> 1.
+        let history = [1, 3, 5, 5, 2];
+        let params = SamplingParams {
+            presence_penalty: 0.5,
+            frequency_penalty: 0.25,
+            logit_bias: vec![(0, 2.0), (4, -100.0)],
+            ..SamplingParams::greedy()
+        };
+        let mut l = logits();
+        apply_edits(&params, &mut l, &history, 2);
+        // by hand: [1+2, 3, 2.5-(0.25+0.5), -1, 0.5-100, 2.9-(0.5+0.5)]
+        let want = [3.0, 3.0, 1.75, -1.0, -99.5, 1.9];
+        for (got, want) in l.iter().zip(want) {
+            assert!((got - want).abs() < 1e-6, "{l:?} vs {want:?}");
+        }
+        // Prompt tokens (1 and 3) are not penalized by presence/frequency; repetition is
+        // applied to them: 3.0 / 2 and -1.0 * 2.
+        let params = SamplingParams {
+            repetition_penalty: Some(2.0),
+            presence_penalty: 1.0,
+            ..SamplingParams::greedy()
+        };
+        let mut l = logits();
+        apply_edits(&params, &mut l, &history, 2);
+        let want = [1.0, 1.5, 1.25 - 1.0, -2.0, 0.5, 1.45 - 1.0];
+        for (got, want) in l.iter().zip(want) {
+            assert!((got - want).abs() < 1e-6, "{l:?} vs {want:?}");
+        }
+        // Greedy picks from the edited logits: token 0 after its bias of +2.5.
+        let mut s = Sampler::new(SamplingParams {
+            logit_bias: vec![(0, 2.5)],
+            ..SamplingParams::greedy()
+        });
+        assert_eq!(s.sample(&mut logits(), &history, 2), 0);
+        assert!(!SamplingParams::greedy().edits_logits());
+        assert!(params.edits_logits());
+    }
+
+    #[test]
+    fn top_logprobs_are_the_n_largest_sorted() {
+        let l = logits();
+        let norm = l.iter().map(|x| x.exp()).sum::<f32>().ln();
+        let top = top_logprobs(&l, norm, 3);
+        let ids: Vec<u32> = top.iter().map(|t| t.0).collect();
+        assert_eq!(ids, [1, 5, 2]);
+        assert!((top[0].1 - (3.0 - norm)).abs() < 1e-6);
+        assert!(top_logprobs(&l, norm, 0).is_empty());
+        assert_eq!(top_logprobs(&l, norm, 10).len(), l.len());
+        // Ties: the lower id first.
+        let tied = top_logprobs(&[1.0, 2.0, 2.0, 0.0], 0.0, 2);
+        assert_eq!(tied, [(1, 2.0), (2, 2.0)]);
     }
 
     #[test]
@@ -222,7 +354,7 @@ mod tests {
         let draw = |p: &SamplingParams| {
             let mut s = Sampler::new(p.clone());
             (0..50)
-                .map(|_| s.sample(&mut logits(), &[]))
+                .map(|_| s.sample(&mut logits(), &[], 0))
                 .collect::<Vec<_>>()
         };
         let a = draw(&params);
@@ -248,7 +380,7 @@ mod tests {
         };
         let mut s = Sampler::new(params);
         for _ in 0..200 {
-            let t = s.sample(&mut logits(), &[]);
+            let t = s.sample(&mut logits(), &[], 0);
             assert!(t == 1 || t == 5, "top-2 gave {t}");
         }
     }
@@ -265,7 +397,7 @@ mod tests {
         let mut s = Sampler::new(params);
         let base = vec![(0.9f32).ln(), (0.09f32).ln(), (0.01f32).ln()];
         for _ in 0..100 {
-            assert_eq!(s.sample(&mut base.clone(), &[]), 0);
+            assert_eq!(s.sample(&mut base.clone(), &[], 0), 0);
         }
         let params = SamplingParams {
             temperature: 1.0,
@@ -274,8 +406,9 @@ mod tests {
             ..Default::default()
         };
         let mut s = Sampler::new(params);
-        let picks: std::collections::HashSet<u32> =
-            (0..500).map(|_| s.sample(&mut base.clone(), &[])).collect();
+        let picks: std::collections::HashSet<u32> = (0..500)
+            .map(|_| s.sample(&mut base.clone(), &[], 0))
+            .collect();
         assert!(picks.contains(&1) && !picks.contains(&2), "{picks:?}");
     }
 
@@ -300,6 +433,14 @@ mod tests {
             },
             SamplingParams {
                 repetition_penalty: Some(0.0),
+                ..Default::default()
+            },
+            SamplingParams {
+                frequency_penalty: f32::NAN,
+                ..Default::default()
+            },
+            SamplingParams {
+                logit_bias: vec![(3, f32::INFINITY)],
                 ..Default::default()
             },
         ];

@@ -5,6 +5,7 @@
 //! an engine). The engine lives in `migserve-engine`, model code in `migserve-models`.
 
 pub mod api;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod contract;

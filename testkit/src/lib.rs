@@ -65,6 +65,7 @@ impl FakeEngine {
             max_stop_sequences: 4,
             default_max_new_tokens: config.default_new_tokens,
             kv_cache_tokens: 1 << 21,
+            vocab_size: u32::MAX as usize,
         };
         let info = EngineInfo {
             model_id: "fake".into(),
@@ -101,6 +102,7 @@ fn fake_tokens(prompt: &Prompt) -> Vec<u32> {
             .iter()
             .map(|m| m.content.split_whitespace().count() + 1)
             .sum(),
+        Prompt::Tokens(ids) => return ids.clone(),
     };
     (0..words.max(1) as u32).collect()
 }
@@ -169,6 +171,7 @@ impl Engine for FakeEngine {
                     visible: text.clone(),
                     text,
                     logprob: -0.5,
+                    top: Vec::new(),
                     special: false,
                 };
                 if tx.send(EngineEvent::Token(token, finish)).is_err() {

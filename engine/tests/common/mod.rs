@@ -128,6 +128,7 @@ impl migserve_engine::StepModel for ScriptedModel {
     fn forward(
         &mut self,
         chunks: &[SeqChunk<'_>],
+        all_positions: &[bool],
         cache: &mut dyn PagedStore,
     ) -> Result<Vec<Vec<f32>>, ModelError> {
         let step = self.seen.steps.fetch_add(1, Ordering::SeqCst) + 1;
@@ -146,7 +147,7 @@ impl migserve_engine::StepModel for ScriptedModel {
             .store(blocks.used_blocks(), Ordering::SeqCst);
         let size = blocks.block_size();
         let mut rows = Vec::with_capacity(chunks.len());
-        for chunk in chunks {
+        for (i, chunk) in chunks.iter().enumerate() {
             let table = blocks.table(chunk.seq).unwrap_or(&[]);
             let end = chunk.start + chunk.tokens.len();
             if table.len() * size < end {
@@ -181,9 +182,15 @@ impl migserve_engine::StepModel for ScriptedModel {
                         })
                 })
                 .collect::<Result<Vec<u32>, _>>()?;
-            let mut row = vec![0.0f32; self.vocab];
-            row[(self.next)(&history) as usize % self.vocab] = 10.0;
-            rows.push(row);
+            let first = match all_positions.get(i).copied().unwrap_or(false) {
+                true => chunk.start + 1,
+                false => end,
+            };
+            for upto in first..=end {
+                let mut row = vec![0.0f32; self.vocab];
+                row[(self.next)(&history[..upto]) as usize % self.vocab] = 10.0;
+                rows.push(row);
+            }
         }
         Ok(rows)
     }
@@ -226,6 +233,7 @@ pub fn engine(model: ScriptedModel, sizes: Sizes) -> LocalEngine {
         max_stop_sequences: 4,
         default_max_new_tokens: 16,
         kv_cache_tokens: tokens,
+        vocab_size: 49152,
     };
     LocalEngine::start(EngineParts {
         model,

@@ -9,9 +9,24 @@ use serde::Serialize;
 /// An error returned to an API client.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ApiError {
-    /// The request is malformed or asks for something outside the limits (422).
+    /// The request is malformed or asks for something outside the limits (422; 400 on
+    /// OpenAI routes).
     #[error("{0}")]
     Validation(String),
+    /// One named field is missing or out of range (as `Validation`; OpenAI's body names it
+    /// in `param`, with OpenAI's `code`).
+    #[error("{message}")]
+    InvalidParam {
+        param: String,
+        message: String,
+        code: &'static str,
+    },
+    /// No valid API key came with the request (401).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The route exists but not for this method (405).
+    #[error("{0}")]
+    MethodNotAllowed(String),
     /// The body is larger than the server accepts (413).
     #[error("{0}")]
     PayloadTooLarge(String),
@@ -36,7 +51,11 @@ impl ApiError {
     /// The HTTP status code.
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Validation(_) | ApiError::InvalidParam { .. } => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Generation(_) => StatusCode::FAILED_DEPENDENCY,
             ApiError::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
@@ -49,7 +68,9 @@ impl ApiError {
     /// The `error_type` label (TGI's names where TGI has one).
     pub fn error_type(&self) -> &'static str {
         match self {
-            ApiError::Validation(_) => "validation",
+            ApiError::Validation(_) | ApiError::InvalidParam { .. } => "validation",
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::Generation(_) => "generation",
             ApiError::Overloaded(_) => "overloaded",
@@ -67,23 +88,63 @@ impl ApiError {
         }
     }
 
+    /// A missing or bad value of the OpenAI field `param`.
+    pub fn param(param: &str, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::InvalidParam {
+            param: param.to_string(),
+            message: message.into(),
+            code,
+        }
+    }
+
+    /// The status on OpenAI routes: as [`ApiError::status`], but 400 for a bad request
+    /// (OpenAI's and vLLM's status; TGI's is 422).
+    pub fn openai_status(&self) -> StatusCode {
+        match self {
+            ApiError::Validation(_) | ApiError::InvalidParam { .. } => StatusCode::BAD_REQUEST,
+            other => other.status(),
+        }
+    }
+
     /// OpenAI's error body.
     pub fn openai_body(&self) -> OpenAiErrorBody {
         let kind = match self {
-            ApiError::Validation(_) | ApiError::PayloadTooLarge(_) => "invalid_request_error",
+            ApiError::Validation(_)
+            | ApiError::InvalidParam { .. }
+            | ApiError::PayloadTooLarge(_)
+            | ApiError::MethodNotAllowed(_) => "invalid_request_error",
+            ApiError::Unauthorized(_) => "authentication_error",
             ApiError::NotFound(_) => "not_found_error",
             ApiError::Overloaded(_) => "rate_limit_error",
             ApiError::Generation(_) | ApiError::Unhealthy(_) | ApiError::Crashed(_) => {
                 "server_error"
             }
         };
+        let (param, code) = match self {
+            ApiError::InvalidParam { param, code, .. } => (Some(param.clone()), *code),
+            ApiError::Unauthorized(_) => (None, "invalid_api_key"),
+            other => (None, other.error_type()),
+        };
         OpenAiErrorBody {
             error: OpenAiErrorDetail {
                 message: self.to_string(),
                 kind: kind.to_string(),
-                param: None,
-                code: Some(self.error_type().to_string()),
+                param,
+                code: Some(code.to_string()),
             },
+        }
+    }
+
+    /// An engine error on an OpenAI route whose prompt field is `prompt_field` (`messages`,
+    /// `prompt`): length errors in OpenAI's words, naming the field.
+    pub fn from_engine_openai(e: EngineError, prompt_field: &str) -> Self {
+        match e {
+            EngineError::TooLong(t) => ApiError::param(
+                t.openai_param(prompt_field),
+                "context_length_exceeded",
+                t.openai_message(prompt_field),
+            ),
+            other => other.into(),
         }
     }
 }
@@ -93,6 +154,7 @@ impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
         match e {
             EngineError::Validation(m) => ApiError::Validation(m),
+            EngineError::TooLong(t) => ApiError::Validation(t.to_string()),
             EngineError::Overloaded(m) => ApiError::Overloaded(m),
             EngineError::Unavailable(m) => ApiError::Unhealthy(m),
             EngineError::Generation(m) => ApiError::Generation(m),
@@ -144,6 +206,30 @@ impl From<ApiError> for OpenAiError {
 impl IntoResponse for OpenAiError {
     fn into_response(self) -> Response {
         crate::metrics::count_error(self.0.error_type());
-        (self.0.status(), Json(self.0.openai_body())).into_response()
+        (self.0.openai_status(), Json(self.0.openai_body())).into_response()
     }
+}
+
+/// `error` in the shape of the API `path` belongs to (OpenAI's under `/v1/`, else TGI's).
+pub fn shaped(path: &str, error: ApiError) -> Response {
+    match path.starts_with("/v1/") {
+        true => OpenAiError(error).into_response(),
+        false => error.into_response(),
+    }
+}
+
+/// Fallback for unknown routes: 404 with an error body.
+pub async fn route_not_found(uri: axum::http::Uri) -> Response {
+    shaped(
+        uri.path(),
+        ApiError::NotFound(format!("no route {}", uri.path())),
+    )
+}
+
+/// Fallback for a known route called with the wrong method: 405 with an error body.
+pub async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    shaped(
+        uri.path(),
+        ApiError::MethodNotAllowed(format!("{method} is not allowed on {}", uri.path())),
+    )
 }

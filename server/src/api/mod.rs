@@ -4,3 +4,4 @@
 pub mod error;
 pub mod openai;
 pub mod tgi;
+pub mod tokenize;

@@ -1,5 +1,7 @@
 //! OpenAI-compatible wire types (`/v1/completions`, `/v1/chat/completions`, `/v1/models`).
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// A field that may be one string or a list of strings.
@@ -40,9 +42,15 @@ pub struct SamplingFields {
     pub repetition_penalty: Option<f32>,
     pub frequency_penalty: Option<f32>,
     pub presence_penalty: Option<f32>,
-    pub n: Option<u32>,
+    /// Token id (as a string) to a bias in -100..=100 added to its logit.
+    pub logit_bias: Option<BTreeMap<String, f32>>,
+    /// Extension (vLLM): end-of-sequence tokens are masked until this many tokens are out.
+    pub min_tokens: Option<i64>,
+    pub n: Option<i64>,
     pub seed: Option<u64>,
     pub stop: Option<OneOrMany>,
+    /// Accepted and ignored (OpenAI's end-user id).
+    pub user: Option<String>,
     /// Extension (vLLM): keep generating past eos.
     #[serde(default)]
     pub ignore_eos: bool,
@@ -51,13 +59,30 @@ pub struct SamplingFields {
     pub stream_options: Option<StreamOptions>,
 }
 
+/// `prompt` of `POST /v1/completions`: a string, token ids, or a list of either (one
+/// choice each).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum PromptInput {
+    Text(String),
+    Tokens(Vec<u32>),
+    Texts(Vec<String>),
+    TokenLists(Vec<Vec<u32>>),
+}
+
 /// Body of `POST /v1/completions`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct CompletionRequest {
     pub model: Option<String>,
-    pub prompt: Option<OneOrMany>,
+    pub prompt: Option<PromptInput>,
     #[serde(default)]
     pub echo: bool,
+    /// Log-probabilities of each token and of this many most likely alternatives.
+    pub logprobs: Option<i64>,
+    /// Refused unless empty (no insertion mode).
+    pub suffix: Option<String>,
+    /// Refused unless 1 (the best of several samples is TGI's `best_of`).
+    pub best_of: Option<i64>,
     #[serde(flatten)]
     pub sampling: SamplingFields,
 }
@@ -83,6 +108,8 @@ pub struct ContentPart {
 pub struct RequestMessage {
     pub role: String,
     pub content: Option<MessageContent>,
+    /// Accepted and ignored (a participant's name).
+    pub name: Option<String>,
 }
 
 /// Body of `POST /v1/chat/completions`.
@@ -91,6 +118,11 @@ pub struct ChatRequest {
     pub model: Option<String>,
     #[serde(default)]
     pub messages: Vec<RequestMessage>,
+    /// Return each output token's log-probability.
+    #[serde(default)]
+    pub logprobs: bool,
+    /// With `logprobs`: this many most likely alternatives at each position (0..=20).
+    pub top_logprobs: Option<i64>,
     #[serde(flatten)]
     pub sampling: SamplingFields,
 }
@@ -114,12 +146,24 @@ impl Usage {
     }
 }
 
+/// `logprobs` of a completion choice (the legacy completions shape): parallel lists, one
+/// entry per token; the first prompt token of an echo has no log-probability.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct CompletionLogprobs {
+    pub tokens: Vec<String>,
+    pub token_logprobs: Vec<Option<f32>>,
+    /// The most likely tokens at each position and the chosen one, text to log-probability.
+    pub top_logprobs: Vec<Option<BTreeMap<String, f32>>>,
+    /// Each token's offset in the choice's text, in characters.
+    pub text_offset: Vec<usize>,
+}
+
 /// One choice of a completion (streamed or not).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct CompletionChoice {
     pub index: u32,
     pub text: String,
-    pub logprobs: Option<serde_json::Value>,
+    pub logprobs: Option<CompletionLogprobs>,
     pub finish_reason: Option<String>,
 }
 
@@ -142,12 +186,37 @@ pub struct ResponseMessage {
     pub content: String,
 }
 
+/// A token with its log-probability, as chat `logprobs` lists them.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TopLogprob {
+    pub token: String,
+    pub logprob: f32,
+    /// The token's text as UTF-8 bytes.
+    pub bytes: Vec<u8>,
+}
+
+/// One output token of chat `logprobs.content`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ChatTokenLogprob {
+    pub token: String,
+    pub logprob: f32,
+    pub bytes: Vec<u8>,
+    /// The most likely tokens at this position, most likely first.
+    pub top_logprobs: Vec<TopLogprob>,
+}
+
+/// `logprobs` of a chat choice or chunk.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct ChatLogprobs {
+    pub content: Vec<ChatTokenLogprob>,
+}
+
 /// One choice of a chat response.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ChatChoice {
     pub index: u32,
     pub message: ResponseMessage,
-    pub logprobs: Option<serde_json::Value>,
+    pub logprobs: Option<ChatLogprobs>,
     pub finish_reason: Option<String>,
 }
 
@@ -176,7 +245,7 @@ pub struct Delta {
 pub struct ChunkChoice {
     pub index: u32,
     pub delta: Delta,
-    pub logprobs: Option<serde_json::Value>,
+    pub logprobs: Option<ChatLogprobs>,
     pub finish_reason: Option<String>,
 }
 

@@ -70,6 +70,9 @@ pub struct Details {
     pub seed: Option<u64>,
     pub prefill: Vec<PrefillToken>,
     pub tokens: Vec<Token>,
+    /// With `top_n_tokens`: the most likely tokens at each generated position.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub top_tokens: Vec<Vec<Token>>,
 }
 
 /// Response of `POST /generate`.

@@ -58,6 +58,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         top_p: args.top_p,
         repetition_penalty: args.repetition_penalty,
         seed: args.seed,
+        ..SamplingParams::default()
     };
     params.validate()?;
     let load_start = Instant::now();

@@ -27,6 +27,8 @@ pub struct ServeArgs {
     /// `[slices]`: check a config against a recorded machine before deploying it.
     #[arg(long)]
     pub inventory: Option<PathBuf>,
+    #[command(flatten)]
+    pub auth: crate::auth::ApiKeyArgs,
 }
 
 /// Loads a config file, or the embedded default.
@@ -43,6 +45,7 @@ pub fn load_config(path: Option<&Path>) -> anyhow::Result<DeployConfig> {
 
 /// Runs `migserve serve` until SIGTERM or Ctrl-C.
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let keys = crate::auth::ApiKeys::from_args(&args.auth)?;
     let mut config = load_config(args.config.as_deref())?;
     if let Some(listen) = args.listen {
         config.listen = listen;
@@ -94,6 +97,14 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let exe = std::env::current_exe().context("finding the migserve binary")?;
+    // Workers inherit the front's key (in the environment, not on their command line, where
+    // any user could read it); the front calls every worker with it.
+    let outgoing = keys.as_ref().and_then(|k| k.outgoing());
+    match &outgoing {
+        Some(key) => std::env::set_var(crate::auth::API_KEY_ENV, key),
+        None => std::env::remove_var(crate::auth::API_KEY_ENV),
+    }
+    std::env::remove_var("MIGSERVE_API_KEY_FILE");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -106,10 +117,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             .with_context(|| format!("binding {}", config.listen))?;
         let local = listener.local_addr()?;
         let supervisor = Supervisor::start(assignments, timings.clone(), exe);
-        let front = crate::router::Front::new(supervisor.slots(), &config);
+        let front = crate::router::Front::new(supervisor.slots(), &config, outgoing.as_deref());
         let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-        let server = axum::serve(crate::net::no_delay(listener), front.app())
-            .with_graceful_shutdown(async move {
+        let app = crate::auth::protect(front.app(), keys);
+        let server =
+            axum::serve(crate::net::no_delay(listener), app).with_graceful_shutdown(async move {
                 let _ = stop_rx.changed().await;
             });
         let server = tokio::spawn(async move { server.await });

@@ -89,7 +89,7 @@ mod tests {
             std::path::Path::new("."),
         )
         .unwrap();
-        crate::router::Front::new(Arc::from(Vec::new()), &config)
+        crate::router::Front::new(Arc::from(Vec::new()), &config, None)
     }
 
     fn entry() -> DiscoverSection {

@@ -56,8 +56,13 @@ pub enum Pick {
 
 impl Front {
     /// Builds the router over the supervisor's slots and the config's remote workers; starts
-    /// the remote health probes (needs a tokio runtime).
-    pub fn new(slots: Arc<[Arc<WorkerSlot>]>, config: &DeployConfig) -> Arc<Self> {
+    /// the remote health probes (needs a tokio runtime). Workers are called with
+    /// `worker_key` (their API key), when set.
+    pub fn new(
+        slots: Arc<[Arc<WorkerSlot>]>,
+        config: &DeployConfig,
+        worker_key: Option<&str>,
+    ) -> Arc<Self> {
         let mut backends: Vec<Arc<Backend>> = slots
             .iter()
             .map(|slot| Arc::new(Backend::local(slot.clone())))
@@ -76,6 +81,7 @@ impl Front {
             .collect();
         let sup = &config.supervisor;
         let probe_client = reqwest::Client::builder()
+            .default_headers(crate::auth::client_headers(worker_key))
             .timeout(Duration::from_secs_f64(sup.health_timeout_secs))
             .build()
             .unwrap_or_default();
@@ -92,6 +98,7 @@ impl Front {
             .or_else(|| models.first().cloned())
             .unwrap_or_default();
         let client = reqwest::Client::builder()
+            .default_headers(crate::auth::client_headers(worker_key))
             .pool_max_idle_per_host(256)
             .tcp_nodelay(true)
             .build()
@@ -164,6 +171,11 @@ impl Front {
             .route("/slices", get(status::slices))
             .route("/health", get(status::health))
             .route("/metrics", get(status::metrics))
+            .route("/tokenize", post(proxy::tgi_tokenize))
+            .route("/chat_tokenize", post(proxy::openai_chat_tokenize))
+            .route("/detokenize", post(proxy::openai_detokenize))
+            .fallback(crate::api::error::route_not_found)
+            .method_not_allowed_fallback(crate::api::error::method_not_allowed)
             .layer(DefaultBodyLimit::max(self.settings.max_body_bytes))
             .with_state(self.clone())
     }

@@ -78,6 +78,33 @@ pub async fn openai_chat(
     forward(f, "/v1/chat/completions", Api::OpenAi, h, body).await
 }
 
+/// `POST /tokenize` (TGI: the model from `x-model`), on a worker of the model.
+pub async fn tgi_tokenize(
+    State(f): State<SharedFront>,
+    h: HeaderMap,
+    body: RequestBody,
+) -> Response {
+    forward(f, "/tokenize", Api::Tgi, h, body).await
+}
+
+/// `POST /chat_tokenize` (an OpenAI chat body), on a worker of its model.
+pub async fn openai_chat_tokenize(
+    State(f): State<SharedFront>,
+    h: HeaderMap,
+    body: RequestBody,
+) -> Response {
+    forward(f, "/chat_tokenize", Api::OpenAi, h, body).await
+}
+
+/// `POST /detokenize`, on a worker of the body's `model`.
+pub async fn openai_detokenize(
+    State(f): State<SharedFront>,
+    h: HeaderMap,
+    body: RequestBody,
+) -> Response {
+    forward(f, "/detokenize", Api::OpenAi, h, body).await
+}
+
 /// `GET /info`: the TGI info of a ready worker of the default model.
 pub async fn info(State(front): State<SharedFront>) -> Response {
     let url = front

@@ -44,6 +44,8 @@ pub struct WorkerArgs {
     /// Seconds to let in-flight requests finish after SIGTERM / Ctrl-C.
     #[arg(long, default_value_t = 30)]
     pub drain_timeout_secs: u64,
+    #[command(flatten)]
+    pub auth: crate::auth::ApiKeyArgs,
 }
 
 /// The worker's engine died (its thread panicked); the process exits with
@@ -67,6 +69,7 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
         // Read by candle's thread pool when it first starts, below.
         std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
     }
+    let keys = crate::auth::ApiKeys::from_args(&args.auth)?;
     let kind = device::resolve(args.device);
     let device = device::open(kind)?;
     let model_id = args
@@ -95,7 +98,7 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let app = http::router(state.clone());
+    let app = crate::auth::protect(http::router(state.clone()), keys);
     runtime.block_on(serve(
         app,
         state.engine.as_ref(),

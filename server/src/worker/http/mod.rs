@@ -4,7 +4,11 @@
 //! events into responses and server-sent events.
 
 mod openai;
+mod openai_logprobs;
+mod openai_request;
+mod openai_stream;
 mod tgi;
+mod tokenize;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -97,7 +101,11 @@ pub fn router(state: SharedState) -> Router {
         .route("/v1/completions", post(openai::completions))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/models", get(openai::models))
-        .fallback(not_found)
+        .route("/tokenize", post(tokenize::tokenize))
+        .route("/chat_tokenize", post(tokenize::chat_tokenize))
+        .route("/detokenize", post(tokenize::detokenize))
+        .fallback(crate::api::error::route_not_found)
+        .method_not_allowed_fallback(crate::api::error::method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
@@ -125,10 +133,6 @@ async fn metrics(State(state): State<SharedState>) -> Response {
         state.metrics.render(),
     )
         .into_response()
-}
-
-async fn not_found() -> ApiError {
-    ApiError::NotFound("no such route".into())
 }
 
 /// A JSON body whose rejections are API errors: 413 over the size limit, 422 otherwise.
@@ -160,6 +164,25 @@ pub async fn submit(state: &AppState, request: GenerateRequest) -> Result<Accept
         .await
         .map_err(|e| ApiError::Generation(format!("preparing the request failed: {e}")))?
         .map_err(ApiError::from)
+}
+
+/// Submits every request (the choices of one OpenAI request) on the blocking pool, in order;
+/// if one is refused, those already accepted are dropped (cancelled) and its error returned.
+pub async fn submit_all(
+    state: &AppState,
+    requests: Vec<GenerateRequest>,
+) -> Result<Vec<Accepted>, migserve_engine::EngineError> {
+    let engine = state.engine.clone();
+    tokio::task::spawn_blocking(move || {
+        requests
+            .into_iter()
+            .map(|r| engine.submit(r))
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .await
+    .map_err(|e| {
+        migserve_engine::EngineError::Generation(format!("preparing the request failed: {e}"))
+    })?
 }
 
 /// Waits for every event of a request.
@@ -271,6 +294,7 @@ mod tests {
                     max_stop_sequences: 4,
                     default_max_new_tokens: 5,
                     kv_cache_tokens: 64,
+                    vocab_size: 100,
                 },
                 max_batch_size: 8,
                 max_concurrent_requests: 16,

@@ -1,36 +1,42 @@
 //! OpenAI-compatible routes: `/v1/completions`, `/v1/chat/completions`, `/v1/models`.
+//! A request becomes one engine request per choice ([`openai_request`]); the answer gathers
+//! them whole, or streams them as their tokens come ([`openai_stream`]).
+//!
+//! [`openai_request`]: super::openai_request
+//! [`openai_stream`]: super::openai_stream
 
-use std::convert::Infallible;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::State;
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::sse::{KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use futures_util::stream::{self, Stream};
-use migserve_engine::{EngineEvent, EventStream, GenerateRequest, Prompt, SamplingSpec};
-use migserve_models::ChatMessage;
+use migserve_engine::{Accepted, PromptToken};
 
-use super::tgi::json_event;
+use super::openai_logprobs::{self as logprobs, CompletionBuilder};
+use super::openai_request::{self as request, Prepared};
+use super::openai_stream::{self, StreamSetup};
 use super::{
-    collect, openai_finish_reason, stream_headers, submit, timing_headers, ApiJson, AppState,
+    openai_finish_reason, stream_headers, submit_all, timing_headers, ApiJson, AppState,
     SharedState,
 };
 use crate::api::error::{ApiError, OpenAiError};
 use crate::api::openai::{
-    ChatChoice, ChatChunk, ChatRequest, ChunkChoice, CompletionChoice, CompletionRequest,
-    CompletionResponse, Delta, MessageContent, ModelCard, ModelList, ResponseMessage,
-    SamplingFields, Usage,
+    ChatChoice, ChatRequest, ChatResponse, CompletionChoice, CompletionRequest, CompletionResponse,
+    ModelCard, ModelList, ResponseMessage, Usage,
 };
 
-static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-
-fn unix_now() -> u64 {
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+/// A response id no other response has, whichever worker or restart made it: 96 random bits.
+pub fn response_id(prefix: &str) -> String {
+    format!("{prefix}-{:024x}", rand::random::<u128>() >> 32)
 }
 
 fn check_model(state: &AppState, model: Option<&str>) -> Result<(), ApiError> {
@@ -41,40 +47,6 @@ fn check_model(state: &AppState, model: Option<&str>) -> Result<(), ApiError> {
         ))),
         _ => Ok(()),
     }
-}
-
-/// An OpenAI request's fields as an engine request for `prompt`: checks what only OpenAI
-/// has, maps the rest (OpenAI's temperature defaults to 1; 0 is greedy).
-fn engine_request(
-    prompt: Prompt,
-    s: &SamplingFields,
-    arrived: Instant,
-) -> Result<GenerateRequest, ApiError> {
-    if s.n.is_some_and(|n| n != 1) {
-        return Err(ApiError::Validation("only `n` = 1 is supported".into()));
-    }
-    if s.frequency_penalty.is_some_and(|f| f != 0.0) || s.presence_penalty.is_some_and(|p| p != 0.0)
-    {
-        return Err(ApiError::Validation(
-            "`frequency_penalty` and `presence_penalty` are not supported; use `repetition_penalty`".into(),
-        ));
-    }
-    let temperature = s.temperature.unwrap_or(1.0);
-    Ok(GenerateRequest {
-        max_new_tokens: s.max_completion_tokens.or(s.max_tokens),
-        sampling: SamplingSpec {
-            sample: temperature > 0.0,
-            temperature: Some(temperature),
-            top_k: s.top_k,
-            top_p: s.top_p,
-            repetition_penalty: s.repetition_penalty,
-            seed: s.seed,
-        },
-        stop: s.stop.clone().map(|s| s.into_vec()).unwrap_or_default(),
-        ignore_eos: s.ignore_eos,
-        arrived,
-        ..GenerateRequest::new(prompt)
-    })
 }
 
 /// `GET /v1/models`.
@@ -90,6 +62,23 @@ pub async fn models(State(state): State<SharedState>) -> Json<ModelList> {
     })
 }
 
+/// Which OpenAI endpoint a response is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Completion,
+    Chat,
+}
+
+impl Endpoint {
+    /// The request field holding the prompt (named in length errors).
+    fn prompt_field(self) -> &'static str {
+        match self {
+            Endpoint::Completion => "prompt",
+            Endpoint::Chat => "messages",
+        }
+    }
+}
+
 /// `POST /v1/completions`.
 pub async fn completions(
     State(state): State<SharedState>,
@@ -98,23 +87,9 @@ pub async fn completions(
     let arrived = Instant::now();
     let prepared = body.and_then(|ApiJson(req)| {
         check_model(&state, req.model.as_deref())?;
-        let prompts = req.prompt.clone().map(|p| p.into_vec()).unwrap_or_default();
-        let prompt = match prompts.as_slice() {
-            [one] if !one.is_empty() => one.clone(),
-            [] | [_] => return Err(ApiError::Validation("`prompt` cannot be empty".into())),
-            _ => {
-                return Err(ApiError::Validation(
-                    "only one prompt per request is supported".into(),
-                ))
-            }
-        };
-        let request = engine_request(Prompt::Text(prompt.clone()), &req.sampling, arrived)?;
-        let kind = Kind::Completion {
-            echo: req.echo.then_some(prompt),
-        };
-        Ok((request, req.sampling, kind))
+        Ok((request::completion(&req, arrived)?, req.sampling))
     });
-    respond(&state, prepared, arrived).await
+    respond(&state, prepared, Endpoint::Completion, arrived).await
 }
 
 /// `POST /v1/chat/completions`.
@@ -125,273 +100,186 @@ pub async fn chat_completions(
     let arrived = Instant::now();
     let prepared = body.and_then(|ApiJson(req)| {
         check_model(&state, req.model.as_deref())?;
-        let request = chat_request(&req, arrived)?;
-        Ok((request, req.sampling, Kind::Chat))
+        Ok((request::chat(&req, arrived)?, req.sampling))
     });
-    respond(&state, prepared, arrived).await
+    respond(&state, prepared, Endpoint::Chat, arrived).await
 }
 
-/// Which OpenAI endpoint a response is for.
-enum Kind {
-    /// `/v1/completions`; `echo` holds the prompt when it is to be repeated.
-    Completion { echo: Option<String> },
-    /// `/v1/chat/completions`.
-    Chat,
-}
-
-/// Runs a prepared request and answers it, streamed or whole, in the endpoint's shape.
+/// Runs a prepared request's choices and answers, streamed or whole, in the endpoint's shape.
 async fn respond(
     state: &AppState,
-    prepared: Result<(GenerateRequest, SamplingFields, Kind), ApiError>,
+    prepared: Result<(Prepared, crate::api::openai::SamplingFields), ApiError>,
+    endpoint: Endpoint,
     arrived: Instant,
 ) -> Response {
-    let (request, sampling, kind) = match prepared {
+    let (prepared, sampling) = match prepared {
         Ok(p) => p,
         Err(e) => return OpenAiError(e).into_response(),
     };
-    let prefix = match kind {
-        Kind::Completion { .. } => "cmpl",
-        Kind::Chat => "chatcmpl",
+    let id = response_id(match endpoint {
+        Endpoint::Completion => "cmpl",
+        Endpoint::Chat => "chatcmpl",
+    });
+    let Prepared {
+        choices,
+        logprobs,
+        echo,
+    } = prepared;
+    let mut meta = Vec::with_capacity(choices.len());
+    let mut requests = Vec::with_capacity(choices.len());
+    for c in choices {
+        meta.push((c.prompt_index, c.echo_text));
+        requests.push(c.request);
+    }
+    let accepted = match submit_all(state, requests).await {
+        Ok(a) => a,
+        Err(e) => {
+            return OpenAiError(ApiError::from_engine_openai(e, endpoint.prompt_field()))
+                .into_response()
+        }
     };
-    let id = format!("{prefix}-{}", NEXT_ID.fetch_add(1, Ordering::Relaxed));
     let model = state.model_id().to_string();
-    let accepted = match submit(state, request).await {
-        Ok(accepted) => accepted,
-        Err(e) => return OpenAiError(e).into_response(),
-    };
     if sampling.stream {
         let include_usage = sampling
             .stream_options
             .as_ref()
             .is_some_and(|o| o.include_usage);
-        let chat = matches!(kind, Kind::Chat);
-        let chunks = openai_stream(ChunkState::new(
-            accepted.events,
+        let setup = StreamSetup {
             id,
             model,
+            endpoint,
             include_usage,
-            chat,
-        ));
+            logprobs: logprobs.is_some(),
+            echo,
+        };
+        let chunks = openai_stream::chunks(setup, accepted, meta);
         return (
             stream_headers(state),
             Sse::new(chunks).keep_alive(KeepAlive::default()),
         )
             .into_response();
     }
-    let c = match collect(accepted).await {
-        Ok(c) => c,
-        Err(e) => return OpenAiError(e).into_response(),
+    whole(
+        state,
+        accepted,
+        meta,
+        endpoint,
+        id,
+        model,
+        logprobs.is_some(),
+        echo,
+        arrived,
+    )
+    .await
+}
+
+/// A choice's prompt as `echo` shows it: its text, or its tokens' texts.
+pub fn echo_text(text: Option<String>, tokens: &[PromptToken]) -> String {
+    text.unwrap_or_else(|| tokens.iter().map(|t| t.text.as_str()).collect())
+}
+
+/// The answer, not streamed: every choice collected, then one body.
+#[allow(clippy::too_many_arguments)]
+async fn whole(
+    state: &AppState,
+    accepted: Vec<Accepted>,
+    meta: Vec<(usize, Option<String>)>,
+    endpoint: Endpoint,
+    id: String,
+    model: String,
+    with_logprobs: bool,
+    echo: bool,
+    arrived: Instant,
+) -> Response {
+    let prompts: Vec<Vec<PromptToken>> = accepted.iter().map(|a| a.prompt.clone()).collect();
+    let collected =
+        futures_util::future::join_all(accepted.into_iter().map(|a| a.events.collect())).await;
+    let mut results = Vec::with_capacity(collected.len());
+    for c in collected {
+        match c {
+            Ok(c) => results.push(c),
+            Err(e) => return OpenAiError(ApiError::from(e)).into_response(),
+        }
+    }
+    // Usage counts each prompt once, whatever its `n`.
+    let mut prompt_tokens = 0;
+    let mut counted = std::collections::HashSet::new();
+    for (r, (prompt_index, _)) in results.iter().zip(&meta) {
+        if counted.insert(*prompt_index) {
+            prompt_tokens += r.finish.prompt_tokens;
+        }
+    }
+    let completion_tokens = results.iter().map(|r| r.finish.generated_tokens).sum();
+    let usage = Usage::new(prompt_tokens, completion_tokens);
+    let Some(first) = results.first() else {
+        return OpenAiError(ApiError::Generation("no choices".into())).into_response();
     };
-    let text = c.visible_text();
-    let finish_reason = Some(openai_finish_reason(c.finish.reason).to_string());
-    let usage = Usage::new(c.finish.prompt_tokens, c.finish.generated_tokens);
-    let headers = timing_headers(state, &c.finish, arrived);
-    match kind {
-        Kind::Completion { echo } => {
-            let text = match echo {
-                Some(prompt) => prompt + &text,
-                None => text,
-            };
+    let headers = timing_headers(state, &first.finish, arrived);
+    let created = unix_now();
+    match endpoint {
+        Endpoint::Completion => {
+            let choices = results
+                .iter()
+                .zip(meta)
+                .zip(&prompts)
+                .enumerate()
+                .map(|(i, ((c, (_, echo_source)), prompt))| {
+                    let mut text = c.visible_text();
+                    let mut lp = None;
+                    if echo {
+                        let shown = echo_text(echo_source, prompt);
+                        if with_logprobs {
+                            let mut b = CompletionBuilder::at(0);
+                            let mut all = b.prompt(prompt, &c.prefill);
+                            let mut b = CompletionBuilder::at(shown.chars().count());
+                            logprobs::extend(&mut all, b.generated(&c.tokens));
+                            lp = Some(all);
+                        }
+                        text.insert_str(0, &shown);
+                    } else if with_logprobs {
+                        lp = Some(CompletionBuilder::at(0).generated(&c.tokens));
+                    }
+                    CompletionChoice {
+                        index: i as u32,
+                        text,
+                        logprobs: lp,
+                        finish_reason: Some(openai_finish_reason(c.finish.reason).to_string()),
+                    }
+                })
+                .collect();
             let body = CompletionResponse {
                 id,
                 object: "text_completion".into(),
-                created: unix_now(),
+                created,
                 model,
-                choices: vec![CompletionChoice {
-                    index: 0,
-                    text,
-                    logprobs: None,
-                    finish_reason,
-                }],
+                choices,
                 usage: Some(usage),
             };
             (headers, Json(body)).into_response()
         }
-        Kind::Chat => {
-            let body = crate::api::openai::ChatResponse {
-                id,
-                object: "chat.completion".into(),
-                created: unix_now(),
-                model,
-                choices: vec![ChatChoice {
-                    index: 0,
+        Endpoint::Chat => {
+            let choices = results
+                .iter()
+                .enumerate()
+                .map(|(i, c)| ChatChoice {
+                    index: i as u32,
                     message: ResponseMessage {
                         role: "assistant".into(),
-                        content: text,
+                        content: c.visible_text(),
                     },
-                    logprobs: None,
-                    finish_reason,
-                }],
+                    logprobs: with_logprobs.then(|| logprobs::chat(&c.tokens)),
+                    finish_reason: Some(openai_finish_reason(c.finish.reason).to_string()),
+                })
+                .collect();
+            let body = ChatResponse {
+                id,
+                object: "chat.completion".into(),
+                created,
+                model,
+                choices,
                 usage,
             };
             (headers, Json(body)).into_response()
         }
     }
-}
-
-fn chat_request(req: &ChatRequest, arrived: Instant) -> Result<GenerateRequest, ApiError> {
-    if req.messages.is_empty() {
-        return Err(ApiError::Validation("`messages` cannot be empty".into()));
-    }
-    let messages: Vec<ChatMessage> = req
-        .messages
-        .iter()
-        .map(|m| {
-            let content = match &m.content {
-                None => String::new(),
-                Some(MessageContent::Text(t)) => t.clone(),
-                Some(MessageContent::Parts(parts)) => parts
-                    .iter()
-                    .filter(|p| p.kind == "text")
-                    .filter_map(|p| p.text.as_deref())
-                    .collect::<Vec<_>>()
-                    .join(""),
-            };
-            ChatMessage::new(m.role.clone(), content)
-        })
-        .collect();
-    engine_request(Prompt::Chat(messages), &req.sampling, arrived)
-}
-
-struct ChunkState {
-    events: EventStream,
-    id: String,
-    model: String,
-    created: u64,
-    include_usage: bool,
-    /// Chat chunks (`delta`) rather than completion chunks (`text`).
-    chat: bool,
-    /// Events still to send after the current one (usage chunk, `[DONE]`), last first.
-    tail: Vec<Event>,
-    started: bool,
-    done: bool,
-}
-
-impl ChunkState {
-    fn new(
-        events: EventStream,
-        id: String,
-        model: String,
-        include_usage: bool,
-        chat: bool,
-    ) -> Self {
-        Self {
-            events,
-            id,
-            model,
-            created: unix_now(),
-            include_usage,
-            chat,
-            tail: Vec::new(),
-            started: false,
-            done: false,
-        }
-    }
-
-    /// A chunk carrying `text` (and the finish reason on the last one).
-    fn text_chunk(&self, text: String, reason: Option<&'static str>, first: bool) -> Event {
-        let finish_reason = reason.map(Into::into);
-        if self.chat {
-            let delta = Delta {
-                role: first.then(|| "assistant".to_string()),
-                content: Some(text),
-            };
-            let choice = ChunkChoice {
-                index: 0,
-                delta,
-                logprobs: None,
-                finish_reason,
-            };
-            self.chat_chunk(vec![choice], None)
-        } else {
-            let choice = CompletionChoice {
-                index: 0,
-                text,
-                logprobs: None,
-                finish_reason,
-            };
-            self.completion_chunk(vec![choice], None)
-        }
-    }
-
-    /// The trailing chunk with token counts and no choices.
-    fn usage_chunk(&self, usage: Usage) -> Event {
-        if self.chat {
-            self.chat_chunk(Vec::new(), Some(usage))
-        } else {
-            self.completion_chunk(Vec::new(), Some(usage))
-        }
-    }
-
-    fn chat_chunk(&self, choices: Vec<ChunkChoice>, usage: Option<Usage>) -> Event {
-        json_event(&ChatChunk {
-            id: self.id.clone(),
-            object: "chat.completion.chunk".into(),
-            created: self.created,
-            model: self.model.clone(),
-            choices,
-            usage,
-        })
-    }
-
-    fn completion_chunk(&self, choices: Vec<CompletionChoice>, usage: Option<Usage>) -> Event {
-        json_event(&CompletionResponse {
-            id: self.id.clone(),
-            object: "text_completion".into(),
-            created: self.created,
-            model: self.model.clone(),
-            choices,
-            usage,
-        })
-    }
-}
-
-/// An OpenAI error event, counted.
-fn error_event(e: ApiError) -> Event {
-    crate::metrics::count_error(e.error_type());
-    json_event(&e.openai_body())
-}
-
-/// An OpenAI stream: one chunk per token (text that could start a stop sequence waits for the
-/// next one), then the usage chunk (when asked), then `[DONE]`.
-fn openai_stream(init: ChunkState) -> impl Stream<Item = Result<Event, Infallible>> {
-    stream::unfold(init, |mut st| async move {
-        if let Some(event) = st.tail.pop() {
-            return Some((Ok(event), st));
-        }
-        if st.done {
-            return None;
-        }
-        let event = loop {
-            match st.events.next().await {
-                Some(EngineEvent::Token(t, finish)) => {
-                    // The engine holds back text that could start a stop sequence.
-                    let text = t.visible;
-                    let first = !st.started;
-                    if text.is_empty() && !first && finish.is_none() {
-                        continue; // all of it held back: nothing to send yet
-                    }
-                    st.started = true;
-                    let reason = finish.as_ref().map(|f| openai_finish_reason(f.reason));
-                    if let Some(f) = &finish {
-                        st.done = true;
-                        st.tail.push(Event::default().data("[DONE]"));
-                        if st.include_usage {
-                            let u = st.usage_chunk(Usage::new(f.prompt_tokens, f.generated_tokens));
-                            st.tail.push(u);
-                        }
-                    }
-                    break st.text_chunk(text, reason, first);
-                }
-                Some(EngineEvent::Failed(e)) => {
-                    st.done = true;
-                    st.tail.push(Event::default().data("[DONE]"));
-                    break error_event(ApiError::from(e));
-                }
-                // After the final event (`done` is set then).
-                None => return None,
-            }
-        };
-        Some((Ok(event), st))
-    })
 }

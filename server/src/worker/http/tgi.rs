@@ -10,7 +10,8 @@ use axum::Json;
 use futures_util::stream::{self, Stream};
 
 use migserve_engine::{
-    EngineEvent, EventStream, GenerateRequest as EngineRequest, Prompt, SamplingSpec,
+    EngineEvent, EventStream, GenerateRequest as EngineRequest, LogprobsSpec, Prompt, SamplingSpec,
+    TokenLogprob,
 };
 
 use super::{
@@ -22,8 +23,16 @@ use crate::api::tgi::{
     Details, GenerateRequest, GenerateResponse, PrefillToken, StreamDetails, StreamResponse, Token,
 };
 
-/// A TGI request as an engine request: checks what only TGI has, maps the rest.
-fn engine_request(req: &GenerateRequest, arrived: Instant) -> Result<EngineRequest, ApiError> {
+/// Most `top_n_tokens` (TGI's default `--max-top-n-tokens`).
+pub const MAX_TOP_N_TOKENS: u32 = 5;
+
+/// A TGI request as an engine request: checks what only TGI has (with TGI's messages), maps
+/// the rest.
+fn engine_request(
+    req: &GenerateRequest,
+    arrived: Instant,
+    streaming: bool,
+) -> Result<EngineRequest, ApiError> {
     let inputs = req
         .inputs
         .as_deref()
@@ -37,17 +46,26 @@ fn engine_request(req: &GenerateRequest, arrived: Instant) -> Result<EngineReque
             "`best_of` > 1 is not supported".into(),
         ));
     }
-    if p.top_n_tokens.is_some_and(|n| n > 0) {
+    if let Some(n) = p.top_n_tokens.filter(|n| *n > MAX_TOP_N_TOKENS) {
+        return Err(ApiError::Validation(format!(
+            "`top_n_tokens` must be >= 0 and <= {MAX_TOP_N_TOKENS}. Given: {n}"
+        )));
+    }
+    if p.typical_p.is_some_and(|t| t < 1.0) || p.watermark {
         return Err(ApiError::Validation(
-            "`top_n_tokens` is not supported".into(),
+            "`typical_p` and `watermark` are not supported".into(),
         ));
     }
-    if p.typical_p.is_some_and(|t| t < 1.0)
-        || p.watermark
-        || p.frequency_penalty.is_some_and(|f| f != 0.0)
-    {
+    if let Some(f) = p.frequency_penalty {
+        if !(-2.0..=2.0).contains(&f) {
+            return Err(ApiError::Validation(format!(
+                "`frequency_penalty` must be >= -2.0 and <= 2.0. Given: {f}"
+            )));
+        }
+    }
+    if streaming && p.decoder_input_details {
         return Err(ApiError::Validation(
-            "`typical_p`, `watermark` and `frequency_penalty` are not supported".into(),
+            "`decoder_input_details` == true is not supported when streaming tokens".into(),
         ));
     }
     // TGI's own rule: a temperature, when given, is strictly positive (0 is not greedy there).
@@ -63,23 +81,42 @@ fn engine_request(req: &GenerateRequest, arrived: Instant) -> Result<EngineReque
             .is_some_and(|t| (t - 1.0).abs() > f32::EPSILON)
         || p.top_k.is_some()
         || p.top_p.is_some_and(|t| t < 1.0);
+    let prefill_details = p.details && p.decoder_input_details;
     Ok(EngineRequest {
         prompt: Prompt::Text(inputs.to_string()),
         truncate: p.truncate,
         max_new_tokens: p.max_new_tokens,
+        min_new_tokens: None,
         sampling: SamplingSpec {
             sample,
             temperature: p.temperature,
             top_k: p.top_k,
             top_p: p.top_p,
             repetition_penalty: p.repetition_penalty,
+            presence_penalty: None,
+            frequency_penalty: p.frequency_penalty,
+            logit_bias: Vec::new(),
             seed: p.seed,
         },
         stop: p.stop.clone(),
         ignore_eos: p.ignore_eos,
-        return_prompt_tokens: p.details && p.decoder_input_details,
+        logprobs: LogprobsSpec {
+            top: p.top_n_tokens.unwrap_or(0) as usize,
+            prompt: prefill_details,
+        },
+        return_prompt_tokens: prefill_details,
         arrived,
     })
+}
+
+/// TGI's token of an alternative.
+fn tgi_token(t: &TokenLogprob) -> Token {
+    Token {
+        id: t.id,
+        text: t.text.clone(),
+        logprob: Some(t.logprob),
+        special: t.special,
+    }
 }
 
 /// `POST /generate`.
@@ -99,7 +136,7 @@ async fn generate_inner(
 ) -> Result<(axum::http::HeaderMap, GenerateResponse), ApiError> {
     let arrived = Instant::now();
     let ApiJson(req) = body?;
-    let accepted = submit(state, engine_request(&req, arrived)?).await?;
+    let accepted = submit(state, engine_request(&req, arrived, false)?).await?;
     let prompt = accepted.prompt.clone();
     let collected = collect(accepted).await?;
     let headers = timing_headers(state, &collected.finish, arrived);
@@ -113,12 +150,21 @@ async fn generate_inner(
         seed: collected.finish.seed,
         prefill: prompt
             .into_iter()
-            .map(|t| PrefillToken {
+            .enumerate()
+            .map(|(i, t)| PrefillToken {
                 id: t.id,
                 text: t.text,
-                logprob: None,
+                logprob: collected.prefill.get(i).and_then(|p| p.logprob),
             })
             .collect(),
+        top_tokens: match req.parameters.top_n_tokens {
+            Some(n) if n > 0 => collected
+                .tokens
+                .iter()
+                .map(|t| t.top.iter().map(tgi_token).collect())
+                .collect(),
+            _ => Vec::new(),
+        },
         tokens: collected
             .tokens
             .iter()
@@ -147,7 +193,7 @@ pub async fn generate_stream(
     let arrived = Instant::now();
     let started = async {
         let ApiJson(req) = body?;
-        let accepted = submit(&state, engine_request(&req, arrived)?).await?;
+        let accepted = submit(&state, engine_request(&req, arrived, true)?).await?;
         let prefix = req
             .parameters
             .return_full_text
@@ -206,7 +252,13 @@ fn token_events(
         if st.done {
             return None;
         }
-        let event = match st.events.next().await {
+        let mut next = st.events.next().await;
+        // Prompt log-probabilities are refused for streams; none come, but skip any.
+        while let Some(EngineEvent::Prefill(_)) = next {
+            next = st.events.next().await;
+        }
+        let event = match next {
+            Some(EngineEvent::Prefill(_)) => return None,
             Some(EngineEvent::Token(t, finish)) => {
                 st.index += 1;
                 st.text.push_str(&t.text);
@@ -231,7 +283,7 @@ fn token_events(
                         logprob: Some(t.logprob),
                         special: t.special,
                     },
-                    top_tokens: Vec::new(),
+                    top_tokens: t.top.iter().map(tgi_token).collect(),
                     generated_text,
                     details,
                 };

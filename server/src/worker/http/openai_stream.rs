@@ -1,0 +1,248 @@
+//! OpenAI streams: the events of every choice of a request merged as they come, one chunk
+//! per token (text that could start a stop sequence waits for the next token, and so do its
+//! log-probabilities), each chunk naming its choice; when every choice has finished, the
+//! usage chunk (when asked) and `[DONE]`.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+
+use axum::response::sse::Event;
+use futures_util::stream::{self, select_all, SelectAll, Stream, StreamExt};
+use migserve_engine::{
+    Accepted, EngineEvent, EventStream, PrefillLogprob, PromptToken, TokenEvent,
+};
+
+use super::openai::{echo_text, unix_now, Endpoint};
+use super::openai_finish_reason;
+use super::openai_logprobs::{self as logprobs, CompletionBuilder};
+use super::tgi::json_event;
+use crate::api::error::ApiError;
+use crate::api::openai::{
+    ChatChunk, ChunkChoice, CompletionChoice, CompletionLogprobs, CompletionResponse, Delta, Usage,
+};
+
+/// What every chunk of a stream shares.
+pub struct StreamSetup {
+    pub id: String,
+    pub model: String,
+    pub endpoint: Endpoint,
+    pub include_usage: bool,
+    /// Chunks carry their tokens' log-probabilities.
+    pub logprobs: bool,
+    /// Completions: the first chunk of each choice starts with its prompt.
+    pub echo: bool,
+}
+
+/// One choice's progress.
+struct ChoiceState {
+    prompt_index: usize,
+    echo_source: Option<String>,
+    prompt: Vec<PromptToken>,
+    prefill: Vec<PrefillLogprob>,
+    /// Tokens whose text has not been sent yet (held back), for their log-probabilities.
+    pending: Vec<TokenEvent>,
+    builder: CompletionBuilder,
+    started: bool,
+    done: bool,
+    prompt_tokens: usize,
+    generated_tokens: usize,
+}
+
+type Tagged = Pin<Box<dyn Stream<Item = (usize, EngineEvent)> + Send>>;
+
+struct State {
+    setup: StreamSetup,
+    created: u64,
+    events: SelectAll<Tagged>,
+    choices: Vec<ChoiceState>,
+    /// Events still to send after the current one (usage chunk, `[DONE]`), last first.
+    tail: Vec<Event>,
+    over: bool,
+}
+
+fn tagged(index: usize, events: EventStream) -> Tagged {
+    Box::pin(stream::unfold(events, move |mut e| async move {
+        e.next().await.map(|ev| ((index, ev), e))
+    }))
+}
+
+/// The stream of chunks for `accepted` (one per choice, `meta` their prompt index and echo
+/// text).
+pub fn chunks(
+    setup: StreamSetup,
+    accepted: Vec<Accepted>,
+    meta: Vec<(usize, Option<String>)>,
+) -> impl Stream<Item = Result<Event, Infallible>> {
+    let mut choices = Vec::with_capacity(accepted.len());
+    let mut streams = Vec::with_capacity(accepted.len());
+    for (i, (a, (prompt_index, echo_source))) in accepted.into_iter().zip(meta).enumerate() {
+        choices.push(ChoiceState {
+            prompt_index,
+            echo_source,
+            prompt: a.prompt,
+            prefill: Vec::new(),
+            pending: Vec::new(),
+            builder: CompletionBuilder::default(),
+            started: false,
+            done: false,
+            prompt_tokens: a.prompt_tokens,
+            generated_tokens: 0,
+        });
+        streams.push(tagged(i, a.events));
+    }
+    let init = State {
+        setup,
+        created: unix_now(),
+        events: select_all(streams),
+        choices,
+        tail: Vec::new(),
+        over: false,
+    };
+    stream::unfold(init, |mut st| async move {
+        if let Some(event) = st.tail.pop() {
+            return Some((Ok(event), st));
+        }
+        if st.over {
+            return None;
+        }
+        let event = loop {
+            let (i, event) = st.events.next().await?;
+            match event {
+                EngineEvent::Prefill(p) => st.choices[i].prefill = p,
+                EngineEvent::Token(t, finish) => {
+                    if let Some(chunk) = st.token(i, t, finish.as_ref()) {
+                        break chunk;
+                    }
+                }
+                EngineEvent::Failed(e) => {
+                    st.over = true;
+                    st.tail.push(Event::default().data("[DONE]"));
+                    let e = ApiError::from(e);
+                    crate::metrics::count_error(e.error_type());
+                    break json_event(&e.openai_body());
+                }
+            }
+        };
+        Some((Ok(event), st))
+    })
+}
+
+impl State {
+    /// The chunk for a token of choice `i`, or `None` while all its text is held back.
+    fn token(
+        &mut self,
+        i: usize,
+        t: TokenEvent,
+        finish: Option<&migserve_engine::FinishEvent>,
+    ) -> Option<Event> {
+        let (logprobs_on, endpoint, echo) =
+            (self.setup.logprobs, self.setup.endpoint, self.setup.echo);
+        let c = &mut self.choices[i];
+        let text = t.visible.clone();
+        let first = !c.started;
+        if logprobs_on {
+            c.pending.push(t);
+        }
+        if text.is_empty() && !first && finish.is_none() {
+            return None;
+        }
+        c.started = true;
+        let reason = finish.map(|f| openai_finish_reason(f.reason).to_string());
+        if let Some(f) = finish {
+            c.done = true;
+            c.generated_tokens = f.generated_tokens;
+            c.prompt_tokens = f.prompt_tokens;
+        }
+        let pending = std::mem::take(&mut c.pending);
+        let chunk = match endpoint {
+            Endpoint::Chat => {
+                let choice = ChunkChoice {
+                    index: i as u32,
+                    delta: Delta {
+                        role: first.then(|| "assistant".to_string()),
+                        content: Some(text),
+                    },
+                    logprobs: logprobs_on.then(|| logprobs::chat(&pending)),
+                    finish_reason: reason,
+                };
+                self.chat_chunk(vec![choice], None)
+            }
+            Endpoint::Completion => {
+                let mut shown = String::new();
+                let mut lp: Option<CompletionLogprobs> = None;
+                if first && echo {
+                    shown = echo_text(c.echo_source.take(), &c.prompt);
+                    if logprobs_on {
+                        lp = Some(CompletionBuilder::at(0).prompt(&c.prompt, &c.prefill));
+                    }
+                    c.builder = CompletionBuilder::at(shown.chars().count());
+                }
+                if logprobs_on {
+                    let generated = c.builder.generated(&pending);
+                    match lp.as_mut() {
+                        Some(all) => logprobs::extend(all, generated),
+                        None => lp = Some(generated),
+                    }
+                }
+                shown.push_str(&text);
+                let choice = CompletionChoice {
+                    index: i as u32,
+                    text: shown,
+                    logprobs: lp,
+                    finish_reason: reason,
+                };
+                self.completion_chunk(vec![choice], None)
+            }
+        };
+        if self.choices.iter().all(|c| c.done) {
+            self.over = true;
+            self.tail.push(Event::default().data("[DONE]"));
+            if self.setup.include_usage {
+                let usage = self.usage();
+                let u = match endpoint {
+                    Endpoint::Chat => self.chat_chunk(Vec::new(), Some(usage)),
+                    Endpoint::Completion => self.completion_chunk(Vec::new(), Some(usage)),
+                };
+                self.tail.push(u);
+            }
+        }
+        Some(chunk)
+    }
+
+    /// Token counts over every choice, each prompt counted once.
+    fn usage(&self) -> Usage {
+        let mut seen = std::collections::HashSet::new();
+        let prompt = self
+            .choices
+            .iter()
+            .filter(|c| seen.insert(c.prompt_index))
+            .map(|c| c.prompt_tokens)
+            .sum();
+        Usage::new(
+            prompt,
+            self.choices.iter().map(|c| c.generated_tokens).sum(),
+        )
+    }
+
+    fn chat_chunk(&self, choices: Vec<ChunkChoice>, usage: Option<Usage>) -> Event {
+        json_event(&ChatChunk {
+            id: self.setup.id.clone(),
+            object: "chat.completion.chunk".into(),
+            created: self.created,
+            model: self.setup.model.clone(),
+            choices,
+            usage,
+        })
+    }
+
+    fn completion_chunk(&self, choices: Vec<CompletionChoice>, usage: Option<Usage>) -> Event {
+        json_event(&CompletionResponse {
+            id: self.setup.id.clone(),
+            object: "text_completion".into(),
+            created: self.created,
+            model: self.setup.model.clone(),
+            choices,
+            usage,
+        })
+    }
+}
