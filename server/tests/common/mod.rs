@@ -29,17 +29,29 @@ pub fn fake_worker_binary() -> std::path::PathBuf {
 /// `timeout_secs` for a stdout line starting with `prefix`; returns the child and the rest of
 /// that line.
 pub fn spawn_until_line(
-    mut command: Command,
+    command: Command,
     prefix: &'static str,
     timeout_secs: u64,
 ) -> (Child, String) {
-    let mut child = command
-        .env(
+    spawn_until_line_with(command, prefix, timeout_secs, Stdio::inherit())
+}
+
+/// [`spawn_until_line`] with stderr going to `stderr`.
+pub fn spawn_until_line_with(
+    mut command: Command,
+    prefix: &'static str,
+    timeout_secs: u64,
+    stderr: Stdio,
+) -> (Child, String) {
+    if std::env::var_os("RUST_LOG").is_some() || command.get_envs().all(|(k, _)| k != "RUST_LOG") {
+        command.env(
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-        )
+        );
+    }
+    let mut child = command
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(stderr)
         .spawn()
         .expect("spawn migserve");
     let stdout = child.stdout.take().expect("stdout");
@@ -80,6 +92,16 @@ impl Worker {
 
     /// [`Worker::start_with_env`] with another model file.
     pub fn start_model(model: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_logged(model, extra, env, Stdio::inherit())
+    }
+
+    /// [`Worker::start_model`] with its stderr (the log) going to `stderr`.
+    pub fn start_logged(
+        model: &std::path::Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        stderr: Stdio,
+    ) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_migserve"));
         command
             .args([
@@ -91,7 +113,12 @@ impl Worker {
             ])
             .args(extra)
             .envs(env.iter().copied());
-        let (child, url) = spawn_until_line(command, migserve::contract::WORKER_READY_PREFIX, 120);
+        let (child, url) = spawn_until_line_with(
+            command,
+            migserve::contract::WORKER_READY_PREFIX,
+            120,
+            stderr,
+        );
         Self { child, url }
     }
 
@@ -144,6 +171,11 @@ impl Serve {
 
     /// [`Serve::start`] with extra environment variables (its workers inherit them).
     pub fn start_with_env(name: &str, config: &str, env: &[(&str, &str)]) -> Self {
+        Self::start_logged(name, config, env, Stdio::inherit())
+    }
+
+    /// [`Serve::start_with_env`] with its stderr (its log and its workers') going to `stderr`.
+    pub fn start_logged(name: &str, config: &str, env: &[(&str, &str)], stderr: Stdio) -> Self {
         let dir = std::env::temp_dir().join(format!("migserve-serve-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join(format!("{name}.toml"));
@@ -158,7 +190,8 @@ impl Serve {
             "127.0.0.1:0",
         ]);
         command.envs(env.iter().copied());
-        let (child, url) = spawn_until_line(command, migserve::contract::SERVE_READY_PREFIX, 60);
+        let (child, url) =
+            spawn_until_line_with(command, migserve::contract::SERVE_READY_PREFIX, 60, stderr);
         Self { child, url }
     }
 
