@@ -4,6 +4,7 @@
 //! the planner, the supervisor, the front router, and the worker process (its HTTP API over
 //! an engine). The engine lives in `migserve-engine`, model code in `migserve-models`.
 
+pub mod access_log;
 pub mod api;
 pub mod auth;
 pub mod cli;

@@ -425,9 +425,41 @@ replicas = 2
         .unwrap();
     assert_eq!(r.status(), 401, "a worker of serve is keyed");
     drop(s);
-    for log in [worker_log, serve_log] {
-        let text = std::fs::read_to_string(&log).unwrap();
+    for log in [&worker_log, &serve_log] {
+        let text = std::fs::read_to_string(log).unwrap();
         assert!(text.len() > 100, "{} has log lines", log.display());
         assert!(!text.contains(KEY), "{} holds the key", log.display());
+        // One line per request: refused and answered, whole and streamed (the front's own,
+        // not its workers' lines, which it prefixes with `[slice]`).
+        let lines = |needles: &[&str]| {
+            text.lines()
+                .filter(|l| !l.starts_with('['))
+                .filter(|l| needles.iter().all(|n| l.contains(n)))
+                .count()
+        };
+        let who = log.display();
+        assert!(
+            lines(&["request", "path=/generate ", "status=401"]) >= 2,
+            "{who}"
+        );
+        assert!(
+            lines(&[
+                "request",
+                "path=/generate ",
+                "status=200",
+                "model=smol",
+                "generated_tokens=2"
+            ]) >= 1,
+            "{who}"
+        );
+        assert!(
+            lines(&[
+                "request",
+                "path=/generate_stream",
+                "status=200",
+                "streamed=true"
+            ]) >= 1,
+            "{who}"
+        );
     }
 }

@@ -91,10 +91,7 @@ async fn a_gemma_worker_serves_tgi_and_openai_chat() {
     assert_eq!(r.status(), 400);
     let v: Value = r.json().await.unwrap();
     assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("not tool"),
+        v["error"]["message"].as_str().unwrap().contains("not tool"),
         "{v}"
     );
 }

@@ -120,6 +120,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         let front = crate::router::Front::new(supervisor.slots(), &config, outgoing.as_deref());
         let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
         let app = crate::auth::protect(front.app(), keys);
+        let app = crate::access_log::layer(app, crate::access_log::AccessLog { info: true });
         let server =
             axum::serve(crate::net::no_delay(listener), app).with_graceful_shutdown(async move {
                 let _ = stop_rx.changed().await;

@@ -99,6 +99,11 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     let app = crate::auth::protect(http::router(state.clone()), keys);
+    // Under `serve` the front writes each request's line; a worker alone writes its own.
+    let access = crate::access_log::AccessLog {
+        info: std::env::var_os(SUPERVISOR_PID_ENV).is_none(),
+    };
+    let app = crate::access_log::layer(app, access);
     runtime.block_on(serve(
         app,
         state.engine.as_ref(),

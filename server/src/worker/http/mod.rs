@@ -37,6 +37,8 @@ pub struct AppState {
     pub slice: Option<HeaderValue>,
     /// Compute type for TGI's `x-compute-type` header (`cpu`, `cuda`).
     pub compute_type: HeaderValue,
+    /// The model id, as the `x-model` response header.
+    pub model_header: HeaderValue,
 }
 
 impl AppState {
@@ -68,7 +70,10 @@ impl AppState {
             kv_bytes_per_token: Some(e.kv_bytes_per_token),
         };
         let compute_type = HeaderValue::from_static(e.device.name());
+        let model_header =
+            HeaderValue::from_str(&e.model_id).unwrap_or(HeaderValue::from_static("-"));
         Self {
+            model_header,
             engine,
             info,
             metrics,
@@ -221,6 +226,7 @@ pub fn timing_headers(state: &AppState, finish: &FinishEvent, arrived: Instant) 
         Duration::ZERO
     };
     h.insert("x-compute-type", state.compute_type.clone());
+    h.insert("x-model", state.model_header.clone());
     h.insert("x-compute-time", millis(total));
     h.insert("x-total-time", millis(total));
     h.insert(
@@ -248,6 +254,7 @@ pub fn timing_headers(state: &AppState, finish: &FinishEvent, arrived: Instant) 
 pub fn stream_headers(state: &AppState) -> HeaderMap {
     let mut h = HeaderMap::new();
     h.insert("x-compute-type", state.compute_type.clone());
+    h.insert("x-model", state.model_header.clone());
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     if let Some(slice) = &state.slice {
         h.insert("x-slice", slice.clone());
