@@ -60,6 +60,40 @@ async fn n_choices_each_equal_the_request_alone_with_its_seed() {
     let alone = ok(&c, w.at("/v1/chat/completions"), &body(1, 7)).await;
     assert_eq!(v["usage"]["prompt_tokens"], alone["usage"]["prompt_tokens"]);
 
+    // TGI's best_of: the sample with the highest log-probability sum, the others listed,
+    // each reproducible alone from its seed.
+    let tgi = |extra: Value| {
+        let mut p =
+            json!({"max_new_tokens": 10, "do_sample": true, "temperature": 1.2, "details": true});
+        for (k, v) in extra.as_object().unwrap() {
+            p[k] = v.clone();
+        }
+        json!({"inputs": "My favourite food is", "parameters": p})
+    };
+    let v = ok(&c, w.at("/generate"), &tgi(json!({"best_of": 3}))).await;
+    let others = v["details"]["best_of_sequences"].as_array().unwrap();
+    assert_eq!(others.len(), 2);
+    let sum = |tokens: &Value| -> f64 {
+        tokens
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["logprob"].as_f64().unwrap())
+            .sum()
+    };
+    let best = sum(&v["details"]["tokens"]);
+    assert!(others.iter().all(|o| sum(&o["tokens"]) <= best), "{v}");
+    let seed = v["details"]["seed"].clone();
+    let alone = ok(&c, w.at("/generate"), &tgi(json!({"seed": seed}))).await;
+    assert_eq!(alone["generated_text"], v["generated_text"]);
+    let (status, _) = post(
+        &c,
+        w.at("/generate"),
+        &tgi(json!({"best_of": 3, "seed": 1})),
+    )
+    .await;
+    assert_eq!(status, 422, "best_of with a seed is refused, as TGI does");
+
     // A list of prompts (text and token ids) gives one choice each.
     let v = ok(
         &c,

@@ -73,6 +73,22 @@ pub struct Details {
     /// With `top_n_tokens`: the most likely tokens at each generated position.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub top_tokens: Vec<Vec<Token>>,
+    /// With `best_of`: the samples not chosen.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub best_of_sequences: Vec<BestOfSequence>,
+}
+
+/// One sample of `best_of` that was not the answer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BestOfSequence {
+    pub generated_text: String,
+    pub finish_reason: String,
+    pub generated_tokens: usize,
+    pub seed: Option<u64>,
+    pub prefill: Vec<PrefillToken>,
+    pub tokens: Vec<Token>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub top_tokens: Vec<Vec<Token>>,
 }
 
 /// Response of `POST /generate`.

@@ -52,7 +52,7 @@ impl AppState {
             model_device_type: e.device.name().into(),
             model_pipeline_tag: Some("text-generation".into()),
             max_concurrent_requests: e.max_concurrent_requests,
-            max_best_of: 1,
+            max_best_of: tgi::MAX_BEST_OF,
             max_stop_sequences: e.limits.max_stop_sequences,
             max_input_tokens: e.limits.max_input_tokens,
             max_total_tokens: e.limits.max_total_tokens,

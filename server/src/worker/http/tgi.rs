@@ -20,8 +20,14 @@ use super::{
 };
 use crate::api::error::ApiError;
 use crate::api::tgi::{
-    Details, GenerateRequest, GenerateResponse, PrefillToken, StreamDetails, StreamResponse, Token,
+    BestOfSequence, Details, GenerateRequest, GenerateResponse, PrefillToken, StreamDetails,
+    StreamResponse, Token,
 };
+use migserve_engine::event::Collected;
+use migserve_engine::PromptToken;
+
+/// Most samples of `best_of` (`/info`'s `max_best_of`).
+pub const MAX_BEST_OF: usize = 4;
 
 /// Most `top_n_tokens` (TGI's default `--max-top-n-tokens`).
 pub const MAX_TOP_N_TOKENS: u32 = 5;
@@ -41,10 +47,35 @@ fn engine_request(
         return Err(ApiError::Validation("`inputs` cannot be empty".into()));
     }
     let p = &req.parameters;
-    if p.best_of.is_some_and(|b| b > 1) {
-        return Err(ApiError::Validation(
-            "`best_of` > 1 is not supported".into(),
-        ));
+    if let Some(b) = p.best_of {
+        // TGI's rules and words.
+        if b == 0 || b > MAX_BEST_OF {
+            return Err(ApiError::Validation(format!(
+                "`best_of` must be > 0 and <= {MAX_BEST_OF}. Given: {b}"
+            )));
+        }
+        if b > 1 {
+            let sampling = p.do_sample
+                || p.temperature
+                    .is_some_and(|t| (t - 1.0).abs() > f32::EPSILON)
+                || p.top_k.is_some()
+                || p.top_p.is_some_and(|t| t < 1.0);
+            if !sampling {
+                return Err(ApiError::Validation(
+                    "you must use sampling when `best_of` is > 1".into(),
+                ));
+            }
+            if p.seed.is_some() {
+                return Err(ApiError::Validation(
+                    "`seed` must not be set when `best_of` > 1".into(),
+                ));
+            }
+            if streaming {
+                return Err(ApiError::Validation(
+                    "`best_of` != 1 is not allowed for this endpoint".into(),
+                ));
+            }
+        }
     }
     if let Some(n) = p.top_n_tokens.filter(|n| *n > MAX_TOP_N_TOKENS) {
         return Err(ApiError::Validation(format!(
@@ -136,36 +167,65 @@ async fn generate_inner(
 ) -> Result<(axum::http::HeaderMap, GenerateResponse), ApiError> {
     let arrived = Instant::now();
     let ApiJson(req) = body?;
-    let accepted = submit(state, engine_request(&req, arrived, false)?).await?;
-    let prompt = accepted.prompt.clone();
-    let collected = collect(accepted).await?;
-    let headers = timing_headers(state, &collected.finish, arrived);
-    let mut generated_text = collected.text();
-    if req.parameters.return_full_text {
-        generated_text.insert_str(0, req.inputs.as_deref().unwrap_or_default());
+    let request = engine_request(&req, arrived, false)?;
+    let best_of = req.parameters.best_of.unwrap_or(1).max(1);
+    // `best_of` samples: each with its own seed (consecutive from a random one, so each is
+    // reproducible alone); the one with the highest sum of log-probabilities is the answer.
+    let requests = match best_of {
+        1 => vec![request],
+        n => {
+            let base = rand::random::<u64>() >> 1;
+            (0..n as u64)
+                .map(|j| {
+                    let mut r = request.clone();
+                    r.sampling.seed = Some(base + j);
+                    r
+                })
+                .collect()
+        }
+    };
+    let accepted = super::submit_all(state, requests)
+        .await
+        .map_err(ApiError::from)?;
+    let prompts: Vec<_> = accepted.iter().map(|a| a.prompt.clone()).collect();
+    let mut sequences = Vec::with_capacity(accepted.len());
+    for c in futures_util::future::join_all(accepted.into_iter().map(collect)).await {
+        sequences.push(c?);
     }
-    let details = req.parameters.details.then(|| Details {
-        finish_reason: tgi_finish_reason(collected.finish.reason).to_string(),
-        generated_tokens: collected.finish.generated_tokens,
-        seed: collected.finish.seed,
+    let score = |c: &Collected| c.tokens.iter().map(|t| f64::from(t.logprob)).sum::<f64>();
+    let best = (0..sequences.len())
+        .max_by(|a, b| score(&sequences[*a]).total_cmp(&score(&sequences[*b])))
+        .unwrap_or(0);
+    let full_text = |c: &Collected| {
+        let mut text = c.text();
+        if req.parameters.return_full_text {
+            text.insert_str(0, req.inputs.as_deref().unwrap_or_default());
+        }
+        text
+    };
+    let p = &req.parameters;
+    let details = |c: &Collected, prompt: &[PromptToken]| Details {
+        finish_reason: tgi_finish_reason(c.finish.reason).to_string(),
+        generated_tokens: c.finish.generated_tokens,
+        seed: c.finish.seed,
         prefill: prompt
-            .into_iter()
+            .iter()
             .enumerate()
             .map(|(i, t)| PrefillToken {
                 id: t.id,
-                text: t.text,
-                logprob: collected.prefill.get(i).and_then(|p| p.logprob),
+                text: t.text.clone(),
+                logprob: c.prefill.get(i).and_then(|p| p.logprob),
             })
             .collect(),
-        top_tokens: match req.parameters.top_n_tokens {
-            Some(n) if n > 0 => collected
+        top_tokens: match p.top_n_tokens {
+            Some(n) if n > 0 => c
                 .tokens
                 .iter()
                 .map(|t| t.top.iter().map(tgi_token).collect())
                 .collect(),
             _ => Vec::new(),
         },
-        tokens: collected
+        tokens: c
             .tokens
             .iter()
             .map(|t| Token {
@@ -175,11 +235,38 @@ async fn generate_inner(
                 special: t.special,
             })
             .collect(),
+        best_of_sequences: Vec::new(),
+    };
+    let chosen = &sequences[best];
+    let headers = timing_headers(state, &chosen.finish, arrived);
+    let details = p.details.then(|| {
+        let mut d = details(chosen, &prompts[best]);
+        if best_of > 1 {
+            d.best_of_sequences = sequences
+                .iter()
+                .zip(&prompts)
+                .enumerate()
+                .filter(|(i, _)| *i != best)
+                .map(|(_, (c, prompt))| {
+                    let d = details(c, prompt);
+                    BestOfSequence {
+                        generated_text: full_text(c),
+                        finish_reason: d.finish_reason,
+                        generated_tokens: d.generated_tokens,
+                        seed: d.seed,
+                        prefill: d.prefill,
+                        tokens: d.tokens,
+                        top_tokens: d.top_tokens,
+                    }
+                })
+                .collect();
+        }
+        d
     });
     Ok((
         headers,
         GenerateResponse {
-            generated_text,
+            generated_text: full_text(chosen),
             details,
         },
     ))
