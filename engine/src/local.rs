@@ -177,6 +177,21 @@ impl LocalEngine {
         self.status.in_flight()
     }
 
+    /// Each token's text, decoded in sequence (so they add up to the decoded whole; special
+    /// tokens have none; a token inside a multi-byte character has none, the one that
+    /// completes it all).
+    fn pieces(&self, ids: &[u32]) -> Result<Vec<String>, EngineError> {
+        let mut decoder = IncrementalDecoder::new();
+        let mut pieces = Vec::with_capacity(ids.len());
+        for &id in ids {
+            pieces.push(decoder.push(&self.tokenizer, id)?.unwrap_or_default());
+        }
+        if let (Some(last), Some(rest)) = (pieces.last_mut(), decoder.flush(&self.tokenizer)?) {
+            last.push_str(&rest);
+        }
+        Ok(pieces)
+    }
+
     /// The prompt's token ids: text through the tokenizer, a conversation through the chat
     /// template first (its rendered text returned too).
     fn prompt_ids(&self, prompt: &Prompt) -> Result<(Vec<u32>, Option<String>), EngineError> {
@@ -213,10 +228,8 @@ impl Engine for LocalEngine {
             true => request
                 .prompt
                 .iter()
-                .map(|&id| PromptToken {
-                    id,
-                    text: self.tokenizer.decode(&[id], false).unwrap_or_default(),
-                })
+                .zip(self.pieces(&request.prompt)?)
+                .map(|(&id, text)| PromptToken { id, text })
                 .collect(),
             false => Vec::new(),
         };
@@ -266,14 +279,7 @@ impl Engine for LocalEngine {
 
     fn tokenize(&self, prompt: &Prompt) -> Result<Tokenized, EngineError> {
         let (ids, rendered) = self.prompt_ids(prompt)?;
-        let mut decoder = IncrementalDecoder::new();
-        let mut pieces = Vec::with_capacity(ids.len());
-        for &id in &ids {
-            pieces.push(decoder.push(&self.tokenizer, id)?.unwrap_or_default());
-        }
-        if let (Some(last), Some(rest)) = (pieces.last_mut(), decoder.flush(&self.tokenizer)?) {
-            last.push_str(&rest);
-        }
+        let pieces = self.pieces(&ids)?;
         Ok(Tokenized {
             ids,
             pieces,

@@ -30,6 +30,8 @@ pub struct Sequence {
     pub tokens: Vec<u32>,
     /// Tokens whose keys and values are in the cache.
     pub computed: usize,
+    /// Most tokens of this sequence in one step.
+    pub chunk_limit: usize,
 }
 
 impl Sequence {
@@ -39,11 +41,24 @@ impl Sequence {
             id,
             tokens,
             computed: 0,
+            chunk_limit: usize::MAX,
         }
+    }
+
+    /// The sequence, run at most `limit` tokens per step (a request whose every prompt
+    /// position returns logits, so a step's logits stay small).
+    pub fn with_chunk_limit(mut self, limit: usize) -> Self {
+        self.chunk_limit = limit.max(1);
+        self
     }
 
     fn remaining(&self) -> usize {
         self.tokens.len() - self.computed
+    }
+
+    /// Tokens it may run in a step with `budget` left.
+    fn next_chunk(&self, budget: usize) -> usize {
+        self.remaining().min(budget).min(self.chunk_limit)
     }
 }
 
@@ -133,7 +148,7 @@ impl Scheduler {
             let n = if seq.remaining() == 1 {
                 1
             } else {
-                seq.remaining().min(budget)
+                seq.next_chunk(budget)
             };
             if n == 0 {
                 i += 1;
@@ -155,7 +170,7 @@ impl Scheduler {
             let Some(seq) = self.waiting.front() else {
                 break;
             };
-            let n = seq.remaining().min(budget);
+            let n = seq.next_chunk(budget);
             let needed = blocks.blocks_missing(seq.id, seq.computed + n);
             // Keep one free block per running sequence so admission does not force preemption.
             let reserve = self.running.len();
@@ -256,6 +271,20 @@ mod tests {
             s.push_token(id, 7);
         }
         plan
+    }
+
+    #[test]
+    fn a_chunk_limit_caps_a_sequences_tokens_per_step() {
+        let mut blocks = BlockManager::new(64, 4);
+        let mut s = Scheduler::new(SchedulerConfig {
+            max_batch_size: 4,
+            max_batch_tokens: 100,
+        });
+        s.add(Sequence::new(1, vec![7; 30]).with_chunk_limit(8));
+        s.add(Sequence::new(2, vec![7; 30]));
+        let plan = s.schedule(&mut blocks);
+        let lens: Vec<(u64, usize)> = plan.chunks.iter().map(|c| (c.seq, c.len)).collect();
+        assert_eq!(lens, [(1, 8), (2, 30)]);
     }
 
     #[test]

@@ -31,6 +31,11 @@ use crate::request::EngineRequest;
 use crate::scheduler::{Scheduler, SchedulerConfig, Sequence, StepPlan};
 use crate::step::StepModel;
 
+/// Most prompt tokens per step of a request that wants the prompt's log-probabilities: its
+/// logits come back for every position (`positions x vocab` f32), so its chunks stay small
+/// (64 x 152k vocabulary = 39 MB).
+const PROMPT_LOGPROBS_CHUNK: usize = 64;
+
 /// A validated request on its way to the engine thread, with the sender of its events.
 pub struct Submission {
     pub request: EngineRequest,
@@ -153,15 +158,33 @@ pub fn spawn<M: StepModel + 'static>(
     Ok(tx)
 }
 
-/// The `n` most likely tokens of a row (normalizer `norm`), each with its text.
-fn alternatives(tokenizer: &Tokenizer, row: &[f32], norm: f32, n: usize) -> Vec<TokenLogprob> {
+/// The `n` most likely tokens of a row (normalizer `norm`) after token `prev`, each with its
+/// text as it would read after `prev` (SentencePiece drops a leading space from a token
+/// decoded alone).
+fn alternatives(
+    tokenizer: &Tokenizer,
+    prev: Option<u32>,
+    row: &[f32],
+    norm: f32,
+    n: usize,
+) -> Vec<TokenLogprob> {
+    if n == 0 {
+        return Vec::new();
+    }
+    let before = prev.and_then(|p| tokenizer.decode(&[p], false).ok().map(|t| (p, t)));
     top_logprobs(row, norm, n)
         .into_iter()
-        .map(|(id, logprob)| TokenLogprob {
-            id,
-            text: tokenizer.decode(&[id], false).unwrap_or_default(),
-            logprob,
-            special: tokenizer.eos_ids().contains(&id),
+        .map(|(id, logprob)| {
+            let after = before.as_ref().and_then(|(p, text)| {
+                let both = tokenizer.decode(&[*p, id], false).ok()?;
+                both.strip_prefix(text.as_str()).map(str::to_string)
+            });
+            TokenLogprob {
+                id,
+                text: after.unwrap_or_else(|| tokenizer.decode(&[id], false).unwrap_or_default()),
+                logprob,
+                special: tokenizer.eos_ids().contains(&id),
+            }
         })
         .collect()
 }
@@ -257,8 +280,11 @@ impl<M: StepModel> StepLoop<M> {
             s.request.stop.clone(),
             s.request.ignore_eos,
         );
-        self.scheduler
-            .add(Sequence::new(id, s.request.prompt.clone()));
+        let mut sequence = Sequence::new(id, s.request.prompt.clone());
+        if s.request.logprobs.prompt {
+            sequence = sequence.with_chunk_limit(PROMPT_LOGPROBS_CHUNK);
+        }
+        self.scheduler.add(sequence);
         let prefill = s.request.logprobs.prompt.then(|| {
             vec![PrefillLogprob {
                 id: s.request.prompt[0],
@@ -431,7 +457,13 @@ impl<M: StepModel> StepLoop<M> {
             prefill.push(PrefillLogprob {
                 id: token,
                 logprob: row.get(token as usize).map(|l| l - norm),
-                top: alternatives(&self.tokenizer, row, norm, top),
+                top: alternatives(
+                    &self.tokenizer,
+                    Some(seq.tokens[target - 1]),
+                    row,
+                    norm,
+                    top,
+                ),
             });
         }
     }
@@ -517,7 +549,13 @@ impl<M: StepModel> StepLoop<M> {
             .sample(logits, &seq.tokens, a.request.prompt.len());
         let raw = raw.as_deref().unwrap_or(logits);
         let logprob = raw[token as usize] - logprob_base;
-        let top = alternatives(&self.tokenizer, raw, logprob_base, a.request.logprobs.top);
+        let top = alternatives(
+            &self.tokenizer,
+            seq.tokens.last().copied(),
+            raw,
+            logprob_base,
+            a.request.logprobs.top,
+        );
         if let Some(prefill) = a.prefill.take() {
             if a.events.send(EngineEvent::Prefill(prefill)).is_err() {
                 m::counter_inc(m::CANCELLED, 1);

@@ -84,11 +84,10 @@ impl ApiKeys {
         })))
     }
 
-    /// The key this server uses when it calls workers (the first one).
-    pub fn outgoing(&self) -> Option<String> {
-        self.keys
-            .first()
-            .and_then(|k| String::from_utf8(k.clone()).ok())
+    /// A new random key for the workers a keyed `serve` supervises: its clients' keys are
+    /// never handed on.
+    pub fn worker_key() -> String {
+        format!("migserve-{:032x}", rand::random::<u128>())
     }
 
     /// Whether `path` may be called without a key.
@@ -98,9 +97,12 @@ impl ApiKeys {
 
     /// Whether the request's `Authorization` header holds one of the keys.
     pub fn accepts(&self, headers: &HeaderMap) -> bool {
+        // The scheme is case-insensitive (RFC 7235).
         let Some(given) = headers
             .get(header::AUTHORIZATION)
-            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+            .map(|v| v.as_bytes())
+            .filter(|v| v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer "))
+            .map(|v| &v[7..])
         else {
             return false;
         };
@@ -148,19 +150,6 @@ pub fn protect(router: axum::Router, keys: Option<Arc<ApiKeys>>) -> axum::Router
         Some(keys) => router.layer(axum::middleware::from_fn_with_state(keys, require_key)),
         None => router,
     }
-}
-
-/// Default headers for a client calling workers with `key`: the header is marked sensitive,
-/// so it is never printed.
-pub fn client_headers(key: Option<&str>) -> HeaderMap {
-    let mut headers = HeaderMap::new();
-    if let Some(key) = key {
-        if let Ok(mut value) = HeaderValue::from_str(&format!("Bearer {key}")) {
-            value.set_sensitive(true);
-            headers.insert(header::AUTHORIZATION, value);
-        }
-    }
-    headers
 }
 
 #[cfg(test)]
@@ -216,7 +205,7 @@ mod tests {
         };
         let k = ApiKeys::from_args(&args).unwrap().unwrap();
         assert!(k.accepts(&bearer("Bearer second")) && k.accepts(&bearer("Bearer flag")));
-        assert_eq!(k.outgoing().as_deref(), Some("flag"));
+        assert_ne!(ApiKeys::worker_key(), ApiKeys::worker_key());
         assert!(!k.is_open("/metrics"));
         std::fs::write(&file, "# nothing\n").unwrap();
         let e = ApiKeys::from_args(&ApiKeyArgs {

@@ -75,8 +75,8 @@ pub enum PromptInput {
 pub struct CompletionRequest {
     pub model: Option<String>,
     pub prompt: Option<PromptInput>,
-    #[serde(default)]
-    pub echo: bool,
+    /// Repeat the prompt before the completion (`null` is false).
+    pub echo: Option<bool>,
     /// Log-probabilities of each token and of this many most likely alternatives.
     pub logprobs: Option<i64>,
     /// Refused unless empty (no insertion mode).
@@ -118,9 +118,8 @@ pub struct ChatRequest {
     pub model: Option<String>,
     #[serde(default)]
     pub messages: Vec<RequestMessage>,
-    /// Return each output token's log-probability.
-    #[serde(default)]
-    pub logprobs: bool,
+    /// Return each output token's log-probability (`null` is false).
+    pub logprobs: Option<bool>,
     /// With `logprobs`: this many most likely alternatives at each position (0..=20).
     pub top_logprobs: Option<i64>,
     #[serde(flatten)]

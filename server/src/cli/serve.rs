@@ -97,9 +97,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let exe = std::env::current_exe().context("finding the migserve binary")?;
-    // Workers inherit the front's key (in the environment, not on their command line, where
-    // any user could read it); the front calls every worker with it.
-    let outgoing = keys.as_ref().and_then(|k| k.outgoing());
+    // A keyed front gives its workers a key of their own (in their environment, not on
+    // their command line, where any user could read it) and calls them with it; its
+    // clients' keys go nowhere.
+    let outgoing = keys.as_ref().map(|_| crate::auth::ApiKeys::worker_key());
     match &outgoing {
         Some(key) => std::env::set_var(crate::auth::API_KEY_ENV, key),
         None => std::env::remove_var(crate::auth::API_KEY_ENV),

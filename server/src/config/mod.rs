@@ -76,6 +76,9 @@ pub struct DiscoverSection {
     /// Seconds between lookups.
     #[serde(default = "default_discover_interval")]
     pub interval_secs: f64,
+    /// API key the discovered workers require (sent as `Authorization: Bearer`).
+    #[serde(default)]
+    pub api_key: Option<String>,
 }
 
 fn default_discover_interval() -> f64 {
@@ -138,6 +141,10 @@ pub struct RemoteSection {
     pub model: String,
     /// Profile label (default `remote`).
     pub profile: Option<String>,
+    /// API key it requires (sent as `Authorization: Bearer`); the front's own keys are never
+    /// sent to a remote worker.
+    #[serde(default)]
+    pub api_key: Option<String>,
 }
 
 fn default_listen() -> SocketAddr {

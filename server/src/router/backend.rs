@@ -30,6 +30,9 @@ pub struct Backend {
     suspended: Mutex<Option<(Instant, u64)>>,
     /// Removed from the router (a discovered worker that left DNS): its probe stops.
     retired: AtomicBool,
+    /// `Authorization` value requests to it carry: the supervised workers' own key, or the
+    /// key configured for a remote or discovered group. Marked sensitive (never printed).
+    pub key: Option<axum::http::HeaderValue>,
 }
 
 impl Backend {
@@ -42,7 +45,18 @@ impl Backend {
             stats: Arc::default(),
             suspended: Mutex::new(None),
             retired: AtomicBool::new(false),
+            key: None,
         }
+    }
+
+    /// The backend, calling its worker with API key `key` when set.
+    pub fn with_key(mut self, key: Option<&str>) -> Self {
+        self.key = key.and_then(|k| {
+            let mut v = axum::http::HeaderValue::from_str(&format!("Bearer {k}")).ok()?;
+            v.set_sensitive(true);
+            Some(v)
+        });
+        self
     }
 
     pub fn remote(id: String, model: String, profile: String, url: String) -> Self {
@@ -57,6 +71,7 @@ impl Backend {
             stats: Arc::default(),
             suspended: Mutex::new(None),
             retired: AtomicBool::new(false),
+            key: None,
         }
     }
 

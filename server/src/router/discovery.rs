@@ -51,12 +51,15 @@ pub async fn refresh(front: &SharedFront, entry: &DiscoverSection, resolver: &Re
                 .find(|b| b.id == id)
                 .cloned()
                 .unwrap_or_else(|| {
-                    Arc::new(Backend::remote(
-                        id,
-                        entry.model.clone(),
-                        entry.profile.clone().unwrap_or_else(|| "remote".into()),
-                        format!("http://{addr}"),
-                    ))
+                    Arc::new(
+                        Backend::remote(
+                            id,
+                            entry.model.clone(),
+                            entry.profile.clone().unwrap_or_else(|| "remote".into()),
+                            format!("http://{addr}"),
+                        )
+                        .with_key(entry.api_key.as_deref()),
+                    )
                 })
         })
         .collect();
@@ -99,6 +102,7 @@ mod tests {
             model: "m".into(),
             profile: Some("1g.10gb".into()),
             interval_secs: 1.0,
+            api_key: None,
         }
     }
 

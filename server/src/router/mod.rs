@@ -56,8 +56,9 @@ pub enum Pick {
 
 impl Front {
     /// Builds the router over the supervisor's slots and the config's remote workers; starts
-    /// the remote health probes (needs a tokio runtime). Workers are called with
-    /// `worker_key` (their API key), when set.
+    /// the remote health probes (needs a tokio runtime). The supervised workers are called
+    /// with `worker_key` (their API key), when set; remote and discovered ones with the key
+    /// their config entry names.
     pub fn new(
         slots: Arc<[Arc<WorkerSlot>]>,
         config: &DeployConfig,
@@ -65,23 +66,25 @@ impl Front {
     ) -> Arc<Self> {
         let mut backends: Vec<Arc<Backend>> = slots
             .iter()
-            .map(|slot| Arc::new(Backend::local(slot.clone())))
+            .map(|slot| Arc::new(Backend::local(slot.clone()).with_key(worker_key)))
             .collect();
         let remotes: Vec<Arc<Backend>> = config
             .remote
             .iter()
             .map(|r| {
-                Arc::new(Backend::remote(
-                    r.name.clone(),
-                    r.model.clone(),
-                    r.profile.clone().unwrap_or_else(|| "remote".into()),
-                    r.url.clone(),
-                ))
+                Arc::new(
+                    Backend::remote(
+                        r.name.clone(),
+                        r.model.clone(),
+                        r.profile.clone().unwrap_or_else(|| "remote".into()),
+                        r.url.clone(),
+                    )
+                    .with_key(r.api_key.as_deref()),
+                )
             })
             .collect();
         let sup = &config.supervisor;
         let probe_client = reqwest::Client::builder()
-            .default_headers(crate::auth::client_headers(worker_key))
             .timeout(Duration::from_secs_f64(sup.health_timeout_secs))
             .build()
             .unwrap_or_default();
@@ -98,7 +101,6 @@ impl Front {
             .or_else(|| models.first().cloned())
             .unwrap_or_default();
         let client = reqwest::Client::builder()
-            .default_headers(crate::auth::client_headers(worker_key))
             .pool_max_idle_per_host(256)
             .tcp_nodelay(true)
             .build()

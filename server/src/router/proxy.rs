@@ -107,18 +107,21 @@ pub async fn openai_detokenize(
 
 /// `GET /info`: the TGI info of a ready worker of the default model.
 pub async fn info(State(front): State<SharedFront>) -> Response {
-    let url = front
-        .backends()
+    let backends = front.backends();
+    let ready = backends
         .iter()
         .filter(|b| b.model == front.default_model)
-        .find_map(|b| b.url());
-    let Some(url) = url else {
+        .find_map(|b| b.url().map(|url| (url, b.key.clone())));
+    let Some((url, key)) = ready else {
         return ApiError::Unhealthy("no worker is ready".into()).into_response();
     };
-    let request = front
+    let mut request = front
         .client
         .get(format!("{url}/info"))
         .timeout(std::time::Duration::from_secs(10));
+    if let Some(key) = key {
+        request = request.header(header::AUTHORIZATION, key);
+    }
     match request.send().await {
         Ok(r) => match r.bytes().await {
             Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
@@ -149,7 +152,13 @@ fn facts(
     }
     .or_else(|| headers.get(MODEL_HEADER).and_then(|v| v.to_str().ok()))
     .filter(|m| !m.is_empty());
-    let stream = path == "/generate_stream" || body.get("stream") == Some(&Value::Bool(true));
+    // Only the generation routes stream; a tokenize body may carry `"stream": true` too.
+    let generates = matches!(
+        path,
+        "/" | "/generate" | "/v1/completions" | "/v1/chat/completions"
+    );
+    let stream =
+        path == "/generate_stream" || (generates && body.get("stream") == Some(&Value::Bool(true)));
     RequestFacts {
         model: named.unwrap_or(&front.default_model).to_string(),
         stream,
@@ -256,14 +265,14 @@ async fn forward(
             backend.stats.record_error();
             backend.stats.record_retry();
         };
-        let upstream = match front
+        let mut upstream = front
             .client
             .post(format!("{url}{path}"))
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(body.clone())
-            .send()
-            .await
-        {
+            .header(header::CONTENT_TYPE, "application/json");
+        if let Some(key) = &backend.key {
+            upstream = upstream.header(header::AUTHORIZATION, key.clone());
+        }
+        let upstream = match upstream.body(body.clone()).send().await {
             Ok(r) => r,
             Err(e) => {
                 fail(format!("request failed: {e}"));

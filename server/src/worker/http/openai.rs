@@ -192,15 +192,13 @@ async fn whole(
     arrived: Instant,
 ) -> Response {
     let prompts: Vec<Vec<PromptToken>> = accepted.iter().map(|a| a.prompt.clone()).collect();
+    // The first failure answers at once; the other choices are dropped (cancelled).
     let collected =
-        futures_util::future::join_all(accepted.into_iter().map(|a| a.events.collect())).await;
-    let mut results = Vec::with_capacity(collected.len());
-    for c in collected {
-        match c {
-            Ok(c) => results.push(c),
-            Err(e) => return OpenAiError(ApiError::from(e)).into_response(),
-        }
-    }
+        futures_util::future::try_join_all(accepted.into_iter().map(|a| a.events.collect())).await;
+    let results = match collected {
+        Ok(results) => results,
+        Err(e) => return OpenAiError(ApiError::from(e)).into_response(),
+    };
     // Usage counts each prompt once, whatever its `n`.
     let mut prompt_tokens = 0;
     let mut counted = std::collections::HashSet::new();
@@ -214,7 +212,10 @@ async fn whole(
     let Some(first) = results.first() else {
         return OpenAiError(ApiError::Generation("no choices".into())).into_response();
     };
-    let headers = timing_headers(state, &first.finish, arrived);
+    let mut headers = timing_headers(state, &first.finish, arrived);
+    // The counts of the whole answer, every choice (the router's statistics read them).
+    headers.insert("x-prompt-tokens", usage.prompt_tokens.into());
+    headers.insert("x-generated-tokens", usage.completion_tokens.into());
     let created = unix_now();
     match endpoint {
         Endpoint::Completion => {
@@ -229,9 +230,9 @@ async fn whole(
                     if echo {
                         let shown = echo_text(echo_source, prompt);
                         if with_logprobs {
+                            // Offsets run on over the prompt's tokens into the completion.
                             let mut b = CompletionBuilder::at(0);
                             let mut all = b.prompt(prompt, &c.prefill);
-                            let mut b = CompletionBuilder::at(shown.chars().count());
                             logprobs::extend(&mut all, b.generated(&c.tokens));
                             lp = Some(all);
                         }

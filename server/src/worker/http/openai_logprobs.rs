@@ -15,11 +15,13 @@ fn top(t: &TokenLogprob) -> TopLogprob {
     }
 }
 
-/// Chat `logprobs` of `tokens`.
+/// Chat `logprobs` of `tokens` (the end-of-sequence token, which adds no text, left out, as
+/// OpenAI does).
 pub fn chat(tokens: &[TokenEvent]) -> ChatLogprobs {
     ChatLogprobs {
         content: tokens
             .iter()
+            .filter(|t| !t.special)
             .map(|t| ChatTokenLogprob {
                 token: t.text.clone(),
                 logprob: t.logprob,
@@ -83,10 +85,10 @@ impl CompletionBuilder {
         out
     }
 
-    /// Generated tokens.
+    /// Generated tokens (the end-of-sequence token left out).
     pub fn generated(&mut self, tokens: &[TokenEvent]) -> CompletionLogprobs {
         let mut out = CompletionLogprobs::default();
-        for t in tokens {
+        for t in tokens.iter().filter(|t| !t.special) {
             self.push(&mut out, &t.text, Some(t.logprob), Some(&t.top), t.id);
         }
         out

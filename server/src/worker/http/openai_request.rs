@@ -229,12 +229,13 @@ pub fn completion(req: &CompletionRequest, arrived: Instant) -> Result<Prepared,
         return Err(empty());
     }
     let top = req.logprobs.map(|n| n as usize);
+    let echo = req.echo.unwrap_or(false);
     let logprobs = LogprobsSpec {
         top: top.unwrap_or(0),
-        prompt: req.echo && top.is_some(),
+        prompt: echo && top.is_some(),
     };
     let mut choices = choices(prompts, &req.sampling, logprobs, arrived)?;
-    if req.echo {
+    if echo {
         for c in &mut choices {
             // Token-id prompts are echoed from their tokens' texts.
             c.request.return_prompt_tokens |= c.echo_text.is_none();
@@ -243,7 +244,7 @@ pub fn completion(req: &CompletionRequest, arrived: Instant) -> Result<Prepared,
     Ok(Prepared {
         choices,
         logprobs: top,
-        echo: req.echo,
+        echo,
     })
 }
 
@@ -321,14 +322,15 @@ pub fn chat(req: &ChatRequest, arrived: Instant) -> Result<Prepared, ApiError> {
         .map(|(i, m)| message(i, m))
         .collect::<Result<Vec<_>, _>>()?;
     integer("top_logprobs", req.top_logprobs, 0, MAX_TOP_LOGPROBS as i64)?;
-    if req.top_logprobs.is_some_and(|n| n > 0) && !req.logprobs {
+    let wants = req.logprobs.unwrap_or(false);
+    if req.top_logprobs.is_some_and(|n| n > 0) && !wants {
         return Err(ApiError::param(
             "top_logprobs",
             "invalid_value",
             "`top_logprobs` needs `logprobs` set to true",
         ));
     }
-    let top = req.logprobs.then(|| req.top_logprobs.unwrap_or(0) as usize);
+    let top = wants.then(|| req.top_logprobs.unwrap_or(0) as usize);
     let logprobs = LogprobsSpec {
         top: top.unwrap_or(0),
         prompt: false,

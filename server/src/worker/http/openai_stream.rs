@@ -173,9 +173,9 @@ impl State {
                 if first && echo {
                     shown = echo_text(c.echo_source.take(), &c.prompt);
                     if logprobs_on {
-                        lp = Some(CompletionBuilder::at(0).prompt(&c.prompt, &c.prefill));
+                        // Offsets run on over the prompt's tokens into the completion.
+                        lp = Some(c.builder.prompt(&c.prompt, &c.prefill));
                     }
-                    c.builder = CompletionBuilder::at(shown.chars().count());
                 }
                 if logprobs_on {
                     let generated = c.builder.generated(&pending);

@@ -188,10 +188,8 @@ async fn generate_inner(
         .await
         .map_err(ApiError::from)?;
     let prompts: Vec<_> = accepted.iter().map(|a| a.prompt.clone()).collect();
-    let mut sequences = Vec::with_capacity(accepted.len());
-    for c in futures_util::future::join_all(accepted.into_iter().map(collect)).await {
-        sequences.push(c?);
-    }
+    // The first failure answers at once; the other samples are dropped (cancelled).
+    let sequences = futures_util::future::try_join_all(accepted.into_iter().map(collect)).await?;
     let score = |c: &Collected| c.tokens.iter().map(|t| f64::from(t.logprob)).sum::<f64>();
     let best = (0..sequences.len())
         .max_by(|a, b| score(&sequences[*a]).total_cmp(&score(&sequences[*b])))
