@@ -450,12 +450,19 @@ replicas = 2
     // slices nothing (it once looked like a stream that never started).
     for _ in 0..3 {
         let body = json!({"model": "smol", "messages": [{"role": "user", "content": "Hi"}], "stream": true});
-        let r = keyed.post(s.at("/chat_tokenize")).json(&body).send().await.unwrap();
+        let r = keyed
+            .post(s.at("/chat_tokenize"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200);
     }
     let slices = s.slices(&keyed).await;
     assert!(
-        slices.iter().all(|s| s["state"] == "ready" && s["errors"] == 0),
+        slices
+            .iter()
+            .all(|s| s["state"] == "ready" && s["errors"] == 0),
         "{slices:?}"
     );
     // Workers the front started require the key themselves.
