@@ -298,3 +298,57 @@ async fn workers_found_through_dns_are_balanced_like_local_ones() {
         format!("pods/127.0.0.1:{port}").as_str()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_front_calls_a_remote_worker_with_the_remotes_own_key() {
+    let mut command = Command::new(common::fake_worker_binary());
+    command.args(["--api-key", "remote-key-a"]);
+    let (child, url) = spawn_until_line(command, migserve::contract::WORKER_READY_PREFIX, 30);
+    let worker = FakeWorker { child, url };
+    let config = format!(
+        "[supervisor]\nhealth_interval_secs = 0.2\n[[remote]]\nname = \"w0\"\nurl = \"{}\"\nmodel = \"fake\"\napi_key = \"remote-key-a\"\n",
+        worker.url
+    );
+    let serve = Serve::start_with_env(
+        "remote-key",
+        &config,
+        &[("MIGSERVE_API_KEY", "front-key-b")],
+    );
+    let c = reqwest::Client::new();
+    let body = serde_json::json!({"inputs": "hi", "parameters": {"max_new_tokens": 3}});
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = c
+            .post(serve.at("/generate"))
+            .bearer_auth("front-key-b")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never answered: {}",
+            r.status()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The worker takes only its own key: the front did not hand on its client's.
+    let r = c
+        .post(format!("{}/generate", worker.url))
+        .bearer_auth("front-key-b")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = c
+        .post(serve.at("/generate"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "the front is keyed");
+}

@@ -34,11 +34,15 @@ struct Args {
     /// Cut every Nth stream after its second event (0: never).
     #[arg(long, default_value_t = 0)]
     cut_every: u64,
+    /// API keys, as a worker takes them.
+    #[command(flatten)]
+    auth: migserve::auth::ApiKeyArgs,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     migserve::logging::init(migserve::logging::LogFormat::Text);
+    let keys = migserve::auth::ApiKeys::from_args(&args.auth)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -62,6 +66,7 @@ fn main() -> anyhow::Result<()> {
             CutEvery::new(args.cut_every),
             cut_streams,
         ));
+        let app = migserve::auth::protect(app, keys);
         migserve::worker::serve(app, engine.as_ref(), args.listen, Duration::from_secs(5)).await
     })
 }
