@@ -179,8 +179,10 @@ async fn prompt_and_top_logprobs_hold_through_chunked_prefill_and_preemption() {
     let seen = Arc::new(Seen::default());
     let mut model = scripted(&seen);
     model.step_time = Duration::from_millis(2);
+    // 8 blocks of 4: one sequence (a prompt and 16 new tokens) needs up to 6, so any two
+    // running together must preempt one.
     let sizes = Sizes {
-        blocks: 12,
+        blocks: 8,
         max_batch_tokens: 5,
         ..Sizes::default()
     };
@@ -189,7 +191,7 @@ async fn prompt_and_top_logprobs_hold_through_chunked_prefill_and_preemption() {
     let runs = PROMPTS.map(|p| {
         let e = e.clone();
         tokio::spawn(async move {
-            let mut r = request(p, 10);
+            let mut r = request(p, 16);
             r.logprobs = migserve_engine::LogprobsSpec {
                 top: 2,
                 prompt: true,
