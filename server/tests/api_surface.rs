@@ -31,7 +31,7 @@ async fn ok(c: &reqwest::Client, url: String, body: &Value) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn n_choices_each_equal_the_request_alone_with_its_seed() {
-    let w = Worker::start(&["--max-batch-size", "8"]);
+    let w = Worker::start(&["--max-batch-size", "8", "--max-concurrent-requests", "6"]);
     let c = client();
     let body = |n: u32, seed: u64| {
         json!({"messages": [{"role": "user", "content": "Tell me about cats."}],
@@ -56,6 +56,13 @@ async fn n_choices_each_equal_the_request_alone_with_its_seed() {
     }
     let distinct: std::collections::HashSet<_> = texts.iter().collect();
     assert!(distinct.len() > 1, "sampled choices differ: {texts:?}");
+    // More choices than the worker ever runs at once: 400 naming `n`, not a 429.
+    let (status, e) = post(&c, w.at("/v1/chat/completions"), &body(8, 1)).await;
+    assert_eq!(
+        (status, e["error"]["param"].as_str()),
+        (400, Some("n")),
+        "{e}"
+    );
     // The prompt is counted once, the completions of all four.
     let alone = ok(&c, w.at("/v1/chat/completions"), &body(1, 7)).await;
     assert_eq!(v["usage"]["prompt_tokens"], alone["usage"]["prompt_tokens"]);

@@ -125,6 +125,19 @@ async fn respond(
         logprobs,
         echo,
     } = prepared;
+    // More choices than the worker ever runs at once could never be admitted: not a 429.
+    let limit = state.info.max_concurrent_requests;
+    if choices.len() > limit {
+        let e = ApiError::param(
+            "n",
+            "invalid_value",
+            format!(
+                "{} choices, but this worker runs at most {limit} requests at once",
+                choices.len()
+            ),
+        );
+        return OpenAiError(e).into_response();
+    }
     let mut meta = Vec::with_capacity(choices.len());
     let mut requests = Vec::with_capacity(choices.len());
     for c in choices {
