@@ -95,10 +95,16 @@ impl TooLong {
     pub fn openai_message(&self, prompt_field: &str) -> String {
         let (input, limit, n) = (self.prompt_tokens, self.limit, self.new_tokens);
         match self.limit_kind {
-            LengthLimit::Prompt | LengthLimit::NoRoom => format!(
-                "This model's maximum input length is {} tokens. However, your {prompt_field} resulted in {input} tokens. Please reduce the length of the {prompt_field}.",
-                if self.limit_kind == LengthLimit::Prompt { limit } else { limit.saturating_sub(1) }
-            ),
+            // No room: the prompt takes the whole total, one token short of a reply.
+            LengthLimit::Prompt | LengthLimit::NoRoom => {
+                let max_input = match self.limit_kind {
+                    LengthLimit::NoRoom => limit.saturating_sub(1),
+                    _ => limit,
+                };
+                format!(
+                    "This model's maximum input length is {max_input} tokens. However, your {prompt_field} resulted in {input} tokens. Please reduce the length of the {prompt_field}."
+                )
+            }
             LengthLimit::Total | LengthLimit::Cache => format!(
                 "This model's maximum context length is {limit} tokens. However, you requested {} tokens ({input} in the {prompt_field}, {n} in the completion). Please reduce the length of the {prompt_field} or completion.",
                 input + n

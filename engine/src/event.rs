@@ -22,7 +22,7 @@ pub enum FinishReason {
 #[derive(Debug, Clone, PartialEq)]
 pub struct TokenLogprob {
     pub id: u32,
-    /// The token decoded alone.
+    /// The token's text as it reads after the token before it.
     pub text: String,
     pub logprob: f32,
     /// Whether it is an end-of-sequence token.

@@ -288,15 +288,7 @@ impl Engine for LocalEngine {
     }
 
     fn detokenize(&self, ids: &[u32]) -> Result<String, EngineError> {
-        if let Some(bad) = ids
-            .iter()
-            .find(|t| **t as usize >= self.info.limits.vocab_size)
-        {
-            return Err(EngineError::Validation(format!(
-                "token id {bad} is outside the vocabulary (0..{})",
-                self.info.limits.vocab_size
-            )));
-        }
+        validate::check_token_ids(ids, self.info.limits.vocab_size)?;
         Ok(self.tokenizer.decode(ids, true)?)
     }
 }

@@ -112,8 +112,6 @@ pub struct EngineRequest {
     pub prompt: Vec<u32>,
     pub params: SamplingParams,
     pub max_new_tokens: usize,
-    /// End-of-sequence tokens are masked until this many tokens are out.
-    pub min_new_tokens: usize,
     pub stop: Vec<String>,
     /// Keep generating past eos (benchmarks with fixed output lengths).
     pub ignore_eos: bool,

@@ -274,7 +274,11 @@ impl<M: StepModel> StepLoop<M> {
         self.next_id += 1;
         m::counter_inc(m::REQUESTS, 1);
         m::counter_inc(m::PROMPT_TOKENS, s.request.prompt.len() as u64);
-        let sampler = Sampler::new(s.request.params.clone());
+        let mut params = s.request.params.clone();
+        if !s.request.ignore_eos {
+            params.end_tokens = self.tokenizer.eos_ids().to_vec();
+        }
+        let sampler = Sampler::new(params);
         let output = OutputProcessor::new(
             s.request.max_new_tokens,
             s.request.stop.clone(),
@@ -363,19 +367,16 @@ impl<M: StepModel> StepLoop<M> {
             return;
         }
         let now = Instant::now();
+        // Per chunk: whether its logits come back for every position (prompt logprobs).
+        let mut all_positions = Vec::with_capacity(plan.chunks.len());
         for c in &plan.chunks {
-            if let Some(a) = self.active.get_mut(&c.seq) {
-                if a.first_scheduled.is_none() {
-                    a.first_scheduled = Some(now);
-                    m::histogram_record(m::QUEUE_DURATION, now.duration_since(a.request.arrived));
-                }
+            let a = self.active.get_mut(&c.seq);
+            all_positions.push(a.as_ref().is_some_and(|a| a.prefill.is_some()));
+            if let Some(a) = a.filter(|a| a.first_scheduled.is_none()) {
+                a.first_scheduled = Some(now);
+                m::histogram_record(m::QUEUE_DURATION, now.duration_since(a.request.arrived));
             }
         }
-        let all_positions: Vec<bool> = plan
-            .chunks
-            .iter()
-            .map(|c| self.active.get(&c.seq).is_some_and(|a| a.prefill.is_some()))
-            .collect();
         let result = self.forward(&plan, &all_positions);
         m::counter_inc(m::STEPS, 1);
         let expected: usize = plan
@@ -532,18 +533,10 @@ impl<M: StepModel> StepLoop<M> {
         let Some(a) = self.active.get_mut(&id) else {
             return;
         };
-        // Until `min_new_tokens` are out, end-of-sequence tokens cannot be chosen.
-        let mask_eos = !a.request.ignore_eos && a.output.generated() < a.request.min_new_tokens;
-        // Bias, penalties and the mask edit the row in place: keep the raw one for the
-        // log-probabilities (of the model's distribution, before sampling transforms).
-        let raw = (mask_eos || a.sampler.params().edits_logits()).then(|| logits.to_vec());
-        if mask_eos {
-            for &eos in self.tokenizer.eos_ids() {
-                if let Some(l) = logits.get_mut(eos as usize) {
-                    *l = f32::NEG_INFINITY;
-                }
-            }
-        }
+        // Bias, penalties and the `min_tokens` mask edit the row in place: keep the raw one
+        // for the log-probabilities (of the model's distribution, before sampling transforms).
+        let edits = a.sampler.params().edits_logits(a.output.generated());
+        let raw = edits.then(|| logits.to_vec());
         let token = a
             .sampler
             .sample(logits, &seq.tokens, a.request.prompt.len());

@@ -23,6 +23,16 @@ pub fn truncate(prompt: &mut Vec<u32>, keep: Option<usize>) -> Result<(), Engine
     }
 }
 
+/// Refuses token ids outside the vocabulary (`0..vocab_size`).
+pub fn check_token_ids(ids: &[u32], vocab_size: usize) -> Result<(), EngineError> {
+    match ids.iter().find(|t| **t as usize >= vocab_size) {
+        Some(bad) => invalid(format!(
+            "token id {bad} is outside the vocabulary (0..{vocab_size})"
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Checks `request` against `limits` for a prompt of `prompt` tokens (already truncated).
 pub fn build_request(
     prompt: Vec<u32>,
@@ -44,12 +54,7 @@ pub fn build_request(
     if input > limits.max_input_tokens {
         return too_long(LengthLimit::Prompt, limits.max_input_tokens, 0);
     }
-    if let Some(bad) = prompt.iter().find(|t| **t as usize >= limits.vocab_size) {
-        return invalid(format!(
-            "token id {bad} is outside the vocabulary (0..{})",
-            limits.vocab_size
-        ));
-    }
+    check_token_ids(&prompt, limits.vocab_size)?;
     let room = limits.max_total_tokens.saturating_sub(input);
     let max_new_tokens = match request.max_new_tokens {
         Some(n) if n <= 0 => {
@@ -96,12 +101,11 @@ pub fn build_request(
     if request.stop.iter().any(String::is_empty) {
         return invalid("stop sequences cannot be empty");
     }
-    let params = sampling_params(request, limits.vocab_size)?;
+    let params = sampling_params(request, limits.vocab_size, min_new_tokens)?;
     Ok(EngineRequest {
         prompt,
         params,
         max_new_tokens,
-        min_new_tokens,
         stop: request.stop.clone(),
         ignore_eos: request.ignore_eos,
         logprobs: request.logprobs,
@@ -110,7 +114,11 @@ pub fn build_request(
 }
 
 /// The sampler's parameters, after checking every value's range.
-fn sampling_params(request: &GenerateRequest, vocab: usize) -> Result<SamplingParams, EngineError> {
+fn sampling_params(
+    request: &GenerateRequest,
+    vocab: usize,
+    min_tokens: usize,
+) -> Result<SamplingParams, EngineError> {
     let spec = &request.sampling;
     if let Some(t) = spec.temperature {
         if !t.is_finite() || t < 0.0 {
@@ -154,6 +162,9 @@ fn sampling_params(request: &GenerateRequest, vocab: usize) -> Result<SamplingPa
         presence_penalty: spec.presence_penalty.unwrap_or(0.0),
         frequency_penalty: spec.frequency_penalty.unwrap_or(0.0),
         logit_bias: spec.logit_bias.clone(),
+        min_tokens,
+        // The engine sets the model's end-of-sequence tokens.
+        end_tokens: Vec::new(),
         seed: spec.seed,
     };
     params
@@ -313,7 +324,8 @@ mod tests {
         assert_eq!(
             build(3, r(|r| r.min_new_tokens = Some(4)))
                 .unwrap()
-                .min_new_tokens,
+                .params
+                .min_tokens,
             4
         );
         assert!(err(3, r(|r| r.logprobs.top = 21)).contains("at most 20"));

@@ -335,7 +335,7 @@ impl Decoder {
         }
         let mut ids = Vec::new();
         let mut positions = Vec::new();
-        let mut last_rows: Vec<u32> = Vec::with_capacity(chunks.len());
+        let mut rows: Vec<u32> = Vec::with_capacity(chunks.len());
         let spans: Vec<AttentionSpan> = chunks
             .iter()
             .map(|c| AttentionSpan {
@@ -368,8 +368,8 @@ impl Decoder {
             ids.extend_from_slice(c.tokens);
             positions.extend((c.start..end).map(|p| p as u32));
             match all_positions.get(i).copied().unwrap_or(false) {
-                true => last_rows.extend(first_row..ids.len() as u32),
-                false => last_rows.push((ids.len() - 1) as u32),
+                true => rows.extend(first_row..ids.len() as u32),
+                false => rows.push((ids.len() - 1) as u32),
             }
         }
         let total = ids.len();
@@ -416,9 +416,9 @@ impl Decoder {
             }
             x = (x + out)?;
         }
-        let rows = last_rows.len();
-        let last = Tensor::from_vec(last_rows, rows, &self.device)?;
-        let x = x.index_select(&last, 0)?;
+        let selected = rows.len();
+        let rows = Tensor::from_vec(rows, selected, &self.device)?;
+        let x = x.index_select(&rows, 0)?;
         let x = self.output_norm.apply(&x, cfg.rms_eps)?;
         Ok(self.lm_head.forward(&x)?.to_dtype(DType::F32)?)
     }

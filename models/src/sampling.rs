@@ -24,6 +24,10 @@ pub struct SamplingParams {
     pub frequency_penalty: f32,
     /// Added to the logits of these token ids before anything else (OpenAI `logit_bias`).
     pub logit_bias: Vec<(u32, f32)>,
+    /// Output tokens before any of `end_tokens` may be chosen (`min_tokens`).
+    pub min_tokens: usize,
+    /// Masked until `min_tokens` are out (the engine sets the model's end-of-sequence tokens).
+    pub end_tokens: Vec<u32>,
     /// Same seed, same choices. `None` draws a random seed.
     pub seed: Option<u64>,
 }
@@ -38,6 +42,8 @@ impl Default for SamplingParams {
             presence_penalty: 0.0,
             frequency_penalty: 0.0,
             logit_bias: Vec::new(),
+            min_tokens: 0,
+            end_tokens: Vec::new(),
             seed: None,
         }
     }
@@ -54,13 +60,15 @@ impl SamplingParams {
         self.temperature < 1e-5 || self.top_k == Some(1)
     }
 
-    /// Whether sampling edits the logits before choosing (bias or a penalty), so a caller
-    /// that wants the model's own distribution must keep a copy.
-    pub fn edits_logits(&self) -> bool {
+    /// Whether sampling, with `generated` output tokens so far, edits the logits before
+    /// choosing (bias, a penalty, the `min_tokens` mask), so a caller that wants the model's
+    /// own distribution must keep a copy.
+    pub fn edits_logits(&self, generated: usize) -> bool {
         self.repetition_penalty.is_some_and(|p| p != 1.0)
             || self.presence_penalty != 0.0
             || self.frequency_penalty != 0.0
             || !self.logit_bias.is_empty()
+            || (generated < self.min_tokens && !self.end_tokens.is_empty())
     }
 
     /// Rejects values no sampler can use.
@@ -130,7 +138,7 @@ impl Sampler {
         &self.params
     }
 
-    /// Picks the next token. `logits` is modified in place (bias, penalties); `history` is
+    /// Picks the next token. `logits` is modified in place (bias, penalties, mask); `history` is
     /// every token of the sequence so far, of which the first `prompt_len` are the prompt.
     pub fn sample(&mut self, logits: &mut [f32], history: &[u32], prompt_len: usize) -> u32 {
         apply_edits(&self.params, logits, history, prompt_len);
@@ -226,7 +234,8 @@ pub fn argmax(logits: &[f32]) -> u32 {
 /// The edits sampling makes to the raw logits, in this order: `logit_bias` added; the
 /// repetition penalty (CTRL-style: the positive logit of a token seen in the prompt or the
 /// output divided by it, a negative one multiplied); then, over the output only, the logit of
-/// a token generated `c` times lowered by `frequency_penalty x c + presence_penalty`.
+/// a token generated `c` times lowered by `frequency_penalty x c + presence_penalty`; last,
+/// while fewer than `min_tokens` are out, `end_tokens` masked.
 pub fn apply_edits(
     params: &SamplingParams,
     logits: &mut [f32],
@@ -249,9 +258,7 @@ pub fn apply_edits(
         }
     }
     if params.presence_penalty != 0.0 || params.frequency_penalty != 0.0 {
-        let output = history
-            .get(prompt_len.min(history.len())..)
-            .unwrap_or_default();
+        let output = &history[prompt_len.min(history.len())..];
         let mut counts = std::collections::HashMap::<u32, u32>::with_capacity(output.len());
         for &t in output {
             *counts.entry(t).or_default() += 1;
@@ -259,6 +266,13 @@ pub fn apply_edits(
         for (t, c) in counts {
             if let Some(l) = logits.get_mut(t as usize) {
                 *l -= params.frequency_penalty * c as f32 + params.presence_penalty;
+            }
+        }
+    }
+    if history.len().saturating_sub(prompt_len) < params.min_tokens {
+        for &t in &params.end_tokens {
+            if let Some(l) = logits.get_mut(t as usize) {
+                *l = f32::NEG_INFINITY;
             }
         }
     }
@@ -325,8 +339,18 @@ mod tests {
             ..SamplingParams::greedy()
         });
         assert_eq!(s.sample(&mut logits(), &history, 2), 0);
-        assert!(!SamplingParams::greedy().edits_logits());
-        assert!(params.edits_logits());
+        assert!(!SamplingParams::greedy().edits_logits(0));
+        assert!(params.edits_logits(0));
+        // Until two tokens are out, token 1 (the likeliest) cannot be chosen.
+        let masked = SamplingParams {
+            min_tokens: 2,
+            end_tokens: vec![1],
+            ..SamplingParams::greedy()
+        };
+        let mut s = Sampler::new(masked.clone());
+        assert_eq!(s.sample(&mut logits(), &[3, 4], 1), 5, "one out: masked");
+        assert_eq!(s.sample(&mut logits(), &[3, 4, 5], 1), 1, "two out: free");
+        assert!(masked.edits_logits(1) && !masked.edits_logits(2));
     }
 
     #[test]

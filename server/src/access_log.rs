@@ -76,14 +76,18 @@ pub async fn log_request(
     request: Request,
     next: Next,
 ) -> Response {
+    let enabled = match log.info {
+        true => tracing::enabled!(tracing::Level::INFO),
+        false => tracing::enabled!(tracing::Level::DEBUG),
+    };
+    // Nothing to write: no copies, no wrapped stream.
+    if !enabled || matches!(request.uri().path(), "/health" | "/metrics") {
+        return next.run(request).await;
+    }
     let arrived = Instant::now();
     let method = request.method().to_string();
     let path = request.uri().path().to_string();
-    let quiet = matches!(path.as_str(), "/health" | "/metrics");
     let response = next.run(request).await;
-    if quiet {
-        return response;
-    }
     let h = response.headers();
     let streamed = header(h, "content-type").starts_with("text/event-stream");
     let line = Line {

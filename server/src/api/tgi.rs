@@ -62,9 +62,9 @@ pub struct PrefillToken {
     pub logprob: Option<f32>,
 }
 
-/// `details` of a non-streamed response.
+/// What `details` says of one generated sequence (the answer's, or another `best_of` one).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Details {
+pub struct SequenceDetails {
     pub finish_reason: String,
     pub generated_tokens: usize,
     pub seed: Option<u64>,
@@ -73,6 +73,13 @@ pub struct Details {
     /// With `top_n_tokens`: the most likely tokens at each generated position.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub top_tokens: Vec<Vec<Token>>,
+}
+
+/// `details` of a non-streamed response.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Details {
+    #[serde(flatten)]
+    pub sequence: SequenceDetails,
     /// With `best_of`: the samples not chosen.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub best_of_sequences: Vec<BestOfSequence>,
@@ -82,13 +89,8 @@ pub struct Details {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct BestOfSequence {
     pub generated_text: String,
-    pub finish_reason: String,
-    pub generated_tokens: usize,
-    pub seed: Option<u64>,
-    pub prefill: Vec<PrefillToken>,
-    pub tokens: Vec<Token>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub top_tokens: Vec<Vec<Token>>,
+    #[serde(flatten)]
+    pub sequence: SequenceDetails,
 }
 
 /// Response of `POST /generate`.

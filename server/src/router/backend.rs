@@ -75,6 +75,14 @@ impl Backend {
         }
     }
 
+    /// `request` with the key this backend's worker requires, if any.
+    pub fn authorize(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.key {
+            Some(key) => request.header(axum::http::header::AUTHORIZATION, key.clone()),
+            None => request,
+        }
+    }
+
     /// Marks the backend removed: its health probe stops.
     pub fn retire(&self) {
         self.retired.store(true, Ordering::Release);

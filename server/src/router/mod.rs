@@ -14,12 +14,13 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::Router;
 
 use crate::config::{DeployConfig, RouterSection};
 use crate::supervisor::WorkerSlot;
 use backend::Backend;
+use proxy::{relay, Api};
 use stats::InFlight;
 
 /// The router's state, shared by its handlers.
@@ -163,19 +164,22 @@ impl Front {
     /// All routes of the front.
     pub fn app(self: &Arc<Self>) -> Router {
         Router::new()
-            .route("/", post(proxy::tgi_compat))
-            .route("/generate", post(proxy::tgi_generate))
-            .route("/generate_stream", post(proxy::tgi_generate_stream))
-            .route("/v1/completions", post(proxy::openai_completions))
-            .route("/v1/chat/completions", post(proxy::openai_chat))
+            .route("/", relay("/", Api::Tgi))
+            .route("/generate", relay("/generate", Api::Tgi))
+            .route("/generate_stream", relay("/generate_stream", Api::Tgi))
+            .route("/v1/completions", relay("/v1/completions", Api::OpenAi))
+            .route(
+                "/v1/chat/completions",
+                relay("/v1/chat/completions", Api::OpenAi),
+            )
             .route("/v1/models", get(status::models))
             .route("/info", get(proxy::info))
             .route("/slices", get(status::slices))
             .route("/health", get(status::health))
             .route("/metrics", get(status::metrics))
-            .route("/tokenize", post(proxy::tgi_tokenize))
-            .route("/chat_tokenize", post(proxy::openai_chat_tokenize))
-            .route("/detokenize", post(proxy::openai_detokenize))
+            .route("/tokenize", relay("/tokenize", Api::Tgi))
+            .route("/chat_tokenize", relay("/chat_tokenize", Api::OpenAi))
+            .route("/detokenize", relay("/detokenize", Api::OpenAi))
             .fallback(crate::api::error::route_not_found)
             .method_not_allowed_fallback(crate::api::error::method_not_allowed)
             .layer(DefaultBodyLimit::max(self.settings.max_body_bytes))

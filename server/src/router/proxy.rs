@@ -8,6 +8,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::routing::{post, MethodRouter};
 use futures_util::stream::{self, BoxStream, StreamExt};
 use serde_json::Value;
 
@@ -37,72 +38,15 @@ fn api_error(api: Api, error: ApiError) -> Response {
     }
 }
 
-/// `POST /generate`.
-pub async fn tgi_generate(
-    State(f): State<SharedFront>,
-    h: HeaderMap,
-    body: RequestBody,
-) -> Response {
-    forward(f, "/generate", Api::Tgi, h, body).await
-}
-
-/// `POST /generate_stream`.
-pub async fn tgi_generate_stream(
-    State(f): State<SharedFront>,
-    h: HeaderMap,
-    body: RequestBody,
-) -> Response {
-    forward(f, "/generate_stream", Api::Tgi, h, body).await
-}
-
-/// `POST /` (TGI: streams when `stream` is true).
-pub async fn tgi_compat(State(f): State<SharedFront>, h: HeaderMap, body: RequestBody) -> Response {
-    forward(f, "/", Api::Tgi, h, body).await
-}
-
-/// `POST /v1/completions`.
-pub async fn openai_completions(
-    State(f): State<SharedFront>,
-    h: HeaderMap,
-    body: RequestBody,
-) -> Response {
-    forward(f, "/v1/completions", Api::OpenAi, h, body).await
-}
-
-/// `POST /v1/chat/completions`.
-pub async fn openai_chat(
-    State(f): State<SharedFront>,
-    h: HeaderMap,
-    body: RequestBody,
-) -> Response {
-    forward(f, "/v1/chat/completions", Api::OpenAi, h, body).await
-}
-
-/// `POST /tokenize` (TGI: the model from `x-model`), on a worker of the model.
-pub async fn tgi_tokenize(
-    State(f): State<SharedFront>,
-    h: HeaderMap,
-    body: RequestBody,
-) -> Response {
-    forward(f, "/tokenize", Api::Tgi, h, body).await
-}
-
-/// `POST /chat_tokenize` (an OpenAI chat body), on a worker of its model.
-pub async fn openai_chat_tokenize(
-    State(f): State<SharedFront>,
-    h: HeaderMap,
-    body: RequestBody,
-) -> Response {
-    forward(f, "/chat_tokenize", Api::OpenAi, h, body).await
-}
-
-/// `POST /detokenize`, on a worker of the body's `model`.
-pub async fn openai_detokenize(
-    State(f): State<SharedFront>,
-    h: HeaderMap,
-    body: RequestBody,
-) -> Response {
-    forward(f, "/detokenize", Api::OpenAi, h, body).await
+/// The route that forwards `POST path` (a request of `api`) to a slice holding its model:
+/// `/`, `/generate`, `/generate_stream`, `/v1/completions`, `/v1/chat/completions` and the
+/// tokenize routes. TGI bodies name no model: `x-model` does.
+pub fn relay(path: &'static str, api: Api) -> MethodRouter<SharedFront> {
+    post(
+        move |State(f): State<SharedFront>, h: HeaderMap, body: RequestBody| {
+            forward(f, path, api, h, body)
+        },
+    )
 }
 
 /// `GET /info`: the TGI info of a ready worker of the default model.
@@ -111,17 +55,13 @@ pub async fn info(State(front): State<SharedFront>) -> Response {
     let ready = backends
         .iter()
         .filter(|b| b.model == front.default_model)
-        .find_map(|b| b.url().map(|url| (url, b.key.clone())));
-    let Some((url, key)) = ready else {
+        .find_map(|b| b.url().map(|url| (url, b)));
+    let Some((url, backend)) = ready else {
         return ApiError::Unhealthy("no worker is ready".into()).into_response();
     };
-    let mut request = front
-        .client
-        .get(format!("{url}/info"))
+    let request = backend
+        .authorize(front.client.get(format!("{url}/info")))
         .timeout(std::time::Duration::from_secs(10));
-    if let Some(key) = key {
-        request = request.header(header::AUTHORIZATION, key);
-    }
     match request.send().await {
         Ok(r) => match r.bytes().await {
             Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
@@ -134,34 +74,19 @@ pub async fn info(State(front): State<SharedFront>) -> Response {
 /// What the router reads from a request body.
 struct RequestFacts {
     model: String,
-    stream: bool,
     /// Estimated prompt plus requested new tokens.
     tokens: u64,
 }
 
-fn facts(
-    front: &SharedFront,
-    path: &str,
-    api: Api,
-    headers: &HeaderMap,
-    body: &Value,
-) -> RequestFacts {
+fn facts(front: &SharedFront, api: Api, headers: &HeaderMap, body: &Value) -> RequestFacts {
     let named = match api {
         Api::OpenAi => body.get("model").and_then(Value::as_str),
         Api::Tgi => None,
     }
     .or_else(|| headers.get(MODEL_HEADER).and_then(|v| v.to_str().ok()))
     .filter(|m| !m.is_empty());
-    // Only the generation routes stream; a tokenize body may carry `"stream": true` too.
-    let generates = matches!(
-        path,
-        "/" | "/generate" | "/v1/completions" | "/v1/chat/completions"
-    );
-    let stream =
-        path == "/generate_stream" || (generates && body.get("stream") == Some(&Value::Bool(true)));
     RequestFacts {
         model: named.unwrap_or(&front.default_model).to_string(),
-        stream,
         tokens: estimate_tokens(body, front.settings.default_max_new_tokens),
     }
 }
@@ -224,7 +149,7 @@ async fn forward(
         Ok(v) => v,
         Err(e) => return api_error(api, ApiError::Validation(format!("invalid JSON body: {e}"))),
     };
-    let facts = facts(&front, path, api, &headers, &parsed);
+    let facts = facts(&front, api, &headers, &parsed);
     if !front.serves(&facts.model) {
         let error = ApiError::NotFound(format!(
             "model {:?} is not served here (models: {})",
@@ -265,14 +190,11 @@ async fn forward(
             backend.stats.record_error();
             backend.stats.record_retry();
         };
-        let mut upstream = front
-            .client
-            .post(format!("{url}{path}"))
-            .header(header::CONTENT_TYPE, "application/json");
-        if let Some(key) = &backend.key {
-            upstream = upstream.header(header::AUTHORIZATION, key.clone());
-        }
-        let upstream = match upstream.body(body.clone()).send().await {
+        let upstream = backend
+            .authorize(front.client.post(format!("{url}{path}")))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(body.clone());
+        let upstream = match upstream.send().await {
             Ok(r) => r,
             Err(e) => {
                 fail(format!("request failed: {e}"));
@@ -293,7 +215,13 @@ async fn forward(
             last_failure = Some((status, out_headers, body).into_response());
             continue;
         }
-        if !(facts.stream && status.is_success()) {
+        // A stream is what the worker answers with one (not what the body asked for: a
+        // tokenize body may say `"stream": true` too).
+        let streamed = upstream
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+        if !(streamed && status.is_success()) {
             match upstream.bytes().await {
                 Ok(bytes) => {
                     if status.is_success() {

@@ -162,13 +162,23 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     }
 }
 
-/// Submits a request on the blocking pool (tokenization and the chat template run there).
-pub async fn submit(state: &AppState, request: GenerateRequest) -> Result<Accepted, ApiError> {
+/// Runs `work` on the engine on tokio's blocking pool (tokenizing and templating a large body
+/// take a while).
+pub async fn on_engine<T: Send + 'static>(
+    state: &AppState,
+    work: impl FnOnce(&dyn Engine) -> Result<T, migserve_engine::EngineError> + Send + 'static,
+) -> Result<T, migserve_engine::EngineError> {
     let engine = state.engine.clone();
-    tokio::task::spawn_blocking(move || engine.submit(request))
+    tokio::task::spawn_blocking(move || work(engine.as_ref()))
         .await
-        .map_err(|e| ApiError::Generation(format!("preparing the request failed: {e}")))?
-        .map_err(ApiError::from)
+        .map_err(|e| {
+            migserve_engine::EngineError::Generation(format!("the engine's work failed: {e}"))
+        })?
+}
+
+/// Submits a request on the blocking pool.
+pub async fn submit(state: &AppState, request: GenerateRequest) -> Result<Accepted, ApiError> {
+    Ok(on_engine(state, move |e| e.submit(request)).await?)
 }
 
 /// Submits every request (the choices of one OpenAI request) on the blocking pool, in order;
@@ -177,17 +187,10 @@ pub async fn submit_all(
     state: &AppState,
     requests: Vec<GenerateRequest>,
 ) -> Result<Vec<Accepted>, migserve_engine::EngineError> {
-    let engine = state.engine.clone();
-    tokio::task::spawn_blocking(move || {
-        requests
-            .into_iter()
-            .map(|r| engine.submit(r))
-            .collect::<Result<Vec<_>, _>>()
+    on_engine(state, move |e| {
+        requests.into_iter().map(|r| e.submit(r)).collect()
     })
     .await
-    .map_err(|e| {
-        migserve_engine::EngineError::Generation(format!("preparing the request failed: {e}"))
-    })?
 }
 
 /// Waits for every event of a request.

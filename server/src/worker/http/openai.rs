@@ -13,9 +13,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use migserve_engine::{Accepted, PromptToken};
 
-use super::openai_logprobs::{self as logprobs, CompletionBuilder};
+use super::openai_logprobs::{self as logprobs, CompletionBuilder, Echo};
 use super::openai_request::{self as request, Prepared};
-use super::openai_stream::{self, StreamSetup};
+use super::openai_stream;
 use super::{
     openai_finish_reason, stream_headers, submit_all, timing_headers, ApiJson, AppState,
     SharedState,
@@ -151,39 +151,61 @@ async fn respond(
                 .into_response()
         }
     };
-    let model = state.model_id().to_string();
+    let setup = AnswerSetup {
+        id,
+        model: state.model_id().to_string(),
+        endpoint,
+        include_usage: false,
+        logprobs: logprobs.is_some(),
+        echo,
+    };
     if sampling.stream {
         let include_usage = sampling
             .stream_options
             .as_ref()
             .is_some_and(|o| o.include_usage);
-        let setup = StreamSetup {
-            id,
-            model,
-            endpoint,
-            include_usage,
-            logprobs: logprobs.is_some(),
-            echo,
-        };
-        let chunks = openai_stream::chunks(setup, accepted, meta);
+        let chunks = openai_stream::chunks(
+            AnswerSetup {
+                include_usage,
+                ..setup
+            },
+            accepted,
+            meta,
+        );
         return (
             stream_headers(state),
             Sse::new(chunks).keep_alive(KeepAlive::default()),
         )
             .into_response();
     }
-    whole(
-        state,
-        accepted,
-        meta,
-        endpoint,
-        id,
-        model,
-        logprobs.is_some(),
-        echo,
-        arrived,
-    )
-    .await
+    whole(state, accepted, meta, setup, arrived).await
+}
+
+/// What every part of an answer shares (the body, or each chunk of a stream).
+pub struct AnswerSetup {
+    pub id: String,
+    pub model: String,
+    pub endpoint: Endpoint,
+    /// Streams: a last chunk carries the usage.
+    pub include_usage: bool,
+    /// Each token's log-probability is returned.
+    pub logprobs: bool,
+    /// Completions: each choice starts with its prompt.
+    pub echo: bool,
+}
+
+/// Token counts over choices given as (prompt index, prompt tokens, generated tokens): each
+/// prompt counted once, whatever its `n`.
+pub fn usage(choices: impl Iterator<Item = (usize, usize, usize)>) -> Usage {
+    let mut seen = std::collections::HashSet::new();
+    let (mut prompt, mut generated) = (0, 0);
+    for (index, prompt_tokens, generated_tokens) in choices {
+        if seen.insert(index) {
+            prompt += prompt_tokens;
+        }
+        generated += generated_tokens;
+    }
+    Usage::new(prompt, generated)
 }
 
 /// A choice's prompt as `echo` shows it: its text, or its tokens' texts.
@@ -192,18 +214,21 @@ pub fn echo_text(text: Option<String>, tokens: &[PromptToken]) -> String {
 }
 
 /// The answer, not streamed: every choice collected, then one body.
-#[allow(clippy::too_many_arguments)]
 async fn whole(
     state: &AppState,
     accepted: Vec<Accepted>,
     meta: Vec<(usize, Option<String>)>,
-    endpoint: Endpoint,
-    id: String,
-    model: String,
-    with_logprobs: bool,
-    echo: bool,
+    setup: AnswerSetup,
     arrived: Instant,
 ) -> Response {
+    let AnswerSetup {
+        id,
+        model,
+        endpoint,
+        logprobs: with_logprobs,
+        echo,
+        ..
+    } = setup;
     let prompts: Vec<Vec<PromptToken>> = accepted.iter().map(|a| a.prompt.clone()).collect();
     // The first failure answers at once; the other choices are dropped (cancelled).
     let collected =
@@ -212,16 +237,12 @@ async fn whole(
         Ok(results) => results,
         Err(e) => return OpenAiError(ApiError::from(e)).into_response(),
     };
-    // Usage counts each prompt once, whatever its `n`.
-    let mut prompt_tokens = 0;
-    let mut counted = std::collections::HashSet::new();
-    for (r, (prompt_index, _)) in results.iter().zip(&meta) {
-        if counted.insert(*prompt_index) {
-            prompt_tokens += r.finish.prompt_tokens;
-        }
-    }
-    let completion_tokens = results.iter().map(|r| r.finish.generated_tokens).sum();
-    let usage = Usage::new(prompt_tokens, completion_tokens);
+    let usage = usage(
+        results
+            .iter()
+            .zip(&meta)
+            .map(|(r, (index, _))| (*index, r.finish.prompt_tokens, r.finish.generated_tokens)),
+    );
     let Some(first) = results.first() else {
         return OpenAiError(ApiError::Generation("no choices".into())).into_response();
     };
@@ -238,21 +259,17 @@ async fn whole(
                 .zip(&prompts)
                 .enumerate()
                 .map(|(i, ((c, (_, echo_source)), prompt))| {
-                    let mut text = c.visible_text();
-                    let mut lp = None;
-                    if echo {
-                        let shown = echo_text(echo_source, prompt);
-                        if with_logprobs {
-                            // Offsets run on over the prompt's tokens into the completion.
-                            let mut b = CompletionBuilder::at(0);
-                            let mut all = b.prompt(prompt, &c.prefill);
-                            logprobs::extend(&mut all, b.generated(&c.tokens));
-                            lp = Some(all);
-                        }
-                        text.insert_str(0, &shown);
-                    } else if with_logprobs {
-                        lp = Some(CompletionBuilder::at(0).generated(&c.tokens));
-                    }
+                    let echo = echo.then(|| Echo {
+                        text: echo_text(echo_source, prompt),
+                        tokens: prompt,
+                        prefill: &c.prefill,
+                    });
+                    let (text, lp) = CompletionBuilder::default().part(
+                        echo,
+                        &c.visible_text(),
+                        &c.tokens,
+                        with_logprobs,
+                    );
                     CompletionChoice {
                         index: i as u32,
                         text,

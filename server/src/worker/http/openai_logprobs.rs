@@ -32,17 +32,51 @@ pub fn chat(tokens: &[TokenEvent]) -> ChatLogprobs {
     }
 }
 
-/// Completions `logprobs`, built token by token (a stream sends each part as it comes);
-/// offsets count characters of the choice's text from its start.
+/// A completion choice built part by part (the whole answer at once, or a stream's chunks):
+/// its text and, with `logprobs`, its tokens' entries, whose offsets count characters from
+/// the choice's start.
 #[derive(Debug, Default)]
 pub struct CompletionBuilder {
     offset: usize,
 }
 
+/// The prompt as `echo` puts it before a completion: its text, and its tokens with their
+/// log-probabilities (the first has none).
+pub struct Echo<'a> {
+    pub text: String,
+    pub tokens: &'a [PromptToken],
+    pub prefill: &'a [PrefillLogprob],
+}
+
 impl CompletionBuilder {
-    /// A builder whose first token starts at character `offset` of the choice's text.
-    pub fn at(offset: usize) -> Self {
-        Self { offset }
+    /// The next part of the choice: `echo` first (only on the first part), then the
+    /// generated `text` of `tokens`; log-probabilities too when `with_logprobs`.
+    pub fn part(
+        &mut self,
+        echo: Option<Echo<'_>>,
+        text: &str,
+        tokens: &[TokenEvent],
+        with_logprobs: bool,
+    ) -> (String, Option<CompletionLogprobs>) {
+        let mut shown = String::new();
+        let mut lp = CompletionLogprobs::default();
+        if let Some(echo) = echo {
+            shown = echo.text;
+            let tokens = if with_logprobs { echo.tokens } else { &[] };
+            for (i, t) in tokens.iter().enumerate() {
+                let p = echo.prefill.get(i);
+                let logprob = p.and_then(|p| p.logprob);
+                let alternatives = p.filter(|p| p.logprob.is_some()).map(|p| p.top.as_slice());
+                self.push(&mut lp, &t.text, logprob, alternatives, t.id);
+            }
+        }
+        shown.push_str(text);
+        // The end-of-sequence token adds no text and is not listed.
+        let tokens = if with_logprobs { tokens } else { &[] };
+        for t in tokens.iter().filter(|t| !t.special) {
+            self.push(&mut lp, &t.text, Some(t.logprob), Some(&t.top), t.id);
+        }
+        (shown, with_logprobs.then_some(lp))
     }
 
     fn push(
@@ -67,40 +101,6 @@ impl CompletionBuilder {
         out.text_offset.push(self.offset);
         self.offset += text.chars().count();
     }
-
-    /// The prompt's tokens (`echo` with `logprobs`): texts from `tokens`, log-probabilities
-    /// from `prefill` (the first has none).
-    pub fn prompt(
-        &mut self,
-        tokens: &[PromptToken],
-        prefill: &[PrefillLogprob],
-    ) -> CompletionLogprobs {
-        let mut out = CompletionLogprobs::default();
-        for (i, t) in tokens.iter().enumerate() {
-            let p = prefill.get(i);
-            let logprob = p.and_then(|p| p.logprob);
-            let alternatives = p.filter(|p| p.logprob.is_some()).map(|p| p.top.as_slice());
-            self.push(&mut out, &t.text, logprob, alternatives, t.id);
-        }
-        out
-    }
-
-    /// Generated tokens (the end-of-sequence token left out).
-    pub fn generated(&mut self, tokens: &[TokenEvent]) -> CompletionLogprobs {
-        let mut out = CompletionLogprobs::default();
-        for t in tokens.iter().filter(|t| !t.special) {
-            self.push(&mut out, &t.text, Some(t.logprob), Some(&t.top), t.id);
-        }
-        out
-    }
-}
-
-/// `b` appended to `a`.
-pub fn extend(a: &mut CompletionLogprobs, b: CompletionLogprobs) {
-    a.tokens.extend(b.tokens);
-    a.token_logprobs.extend(b.token_logprobs);
-    a.top_logprobs.extend(b.top_logprobs);
-    a.text_offset.extend(b.text_offset);
 }
 
 #[cfg(test)]
@@ -155,12 +155,15 @@ mod tests {
                 }],
             },
         ];
-        let mut b = CompletionBuilder::at(0);
-        let mut lp = b.prompt(&prompt, &prefill);
-        extend(
-            &mut lp,
-            b.generated(&[token(3, " you", -0.1, vec![(3, " you", -0.1)])]),
-        );
+        let echo = Echo {
+            text: "Hi there".into(),
+            tokens: &prompt,
+            prefill: &prefill,
+        };
+        let generated = [token(3, " you", -0.1, vec![(3, " you", -0.1)])];
+        let (text, lp) = CompletionBuilder::default().part(Some(echo), " you", &generated, true);
+        assert_eq!(text, "Hi there you");
+        let lp = lp.unwrap();
         assert_eq!(lp.tokens, ["Hi", " there", " you"]);
         assert_eq!(lp.token_logprobs, [None, Some(-2.0), Some(-0.1)]);
         assert_eq!(lp.text_offset, [0, 2, 8]);

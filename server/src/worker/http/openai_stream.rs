@@ -12,26 +12,14 @@ use migserve_engine::{
     Accepted, EngineEvent, EventStream, PrefillLogprob, PromptToken, TokenEvent,
 };
 
-use super::openai::{echo_text, unix_now, Endpoint};
+use super::openai::{echo_text, unix_now, usage, AnswerSetup, Endpoint};
 use super::openai_finish_reason;
-use super::openai_logprobs::{self as logprobs, CompletionBuilder};
+use super::openai_logprobs::{self as logprobs, CompletionBuilder, Echo};
 use super::tgi::json_event;
 use crate::api::error::ApiError;
 use crate::api::openai::{
-    ChatChunk, ChunkChoice, CompletionChoice, CompletionLogprobs, CompletionResponse, Delta, Usage,
+    ChatChunk, ChunkChoice, CompletionChoice, CompletionResponse, Delta, Usage,
 };
-
-/// What every chunk of a stream shares.
-pub struct StreamSetup {
-    pub id: String,
-    pub model: String,
-    pub endpoint: Endpoint,
-    pub include_usage: bool,
-    /// Chunks carry their tokens' log-probabilities.
-    pub logprobs: bool,
-    /// Completions: the first chunk of each choice starts with its prompt.
-    pub echo: bool,
-}
 
 /// One choice's progress.
 struct ChoiceState {
@@ -51,7 +39,7 @@ struct ChoiceState {
 type Tagged = Pin<Box<dyn Stream<Item = (usize, EngineEvent)> + Send>>;
 
 struct State {
-    setup: StreamSetup,
+    setup: AnswerSetup,
     created: u64,
     events: SelectAll<Tagged>,
     choices: Vec<ChoiceState>,
@@ -69,7 +57,7 @@ fn tagged(index: usize, events: EventStream) -> Tagged {
 /// The stream of chunks for `accepted` (one per choice, `meta` their prompt index and echo
 /// text).
 pub fn chunks(
-    setup: StreamSetup,
+    setup: AnswerSetup,
     accepted: Vec<Accepted>,
     meta: Vec<(usize, Option<String>)>,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
@@ -168,23 +156,12 @@ impl State {
                 self.chat_chunk(vec![choice], None)
             }
             Endpoint::Completion => {
-                let mut shown = String::new();
-                let mut lp: Option<CompletionLogprobs> = None;
-                if first && echo {
-                    shown = echo_text(c.echo_source.take(), &c.prompt);
-                    if logprobs_on {
-                        // Offsets run on over the prompt's tokens into the completion.
-                        lp = Some(c.builder.prompt(&c.prompt, &c.prefill));
-                    }
-                }
-                if logprobs_on {
-                    let generated = c.builder.generated(&pending);
-                    match lp.as_mut() {
-                        Some(all) => logprobs::extend(all, generated),
-                        None => lp = Some(generated),
-                    }
-                }
-                shown.push_str(&text);
+                let echo = (first && echo).then(|| Echo {
+                    text: echo_text(c.echo_source.take(), &c.prompt),
+                    tokens: &c.prompt,
+                    prefill: &c.prefill,
+                });
+                let (shown, lp) = c.builder.part(echo, &text, &pending, logprobs_on);
                 let choice = CompletionChoice {
                     index: i as u32,
                     text: shown,
@@ -198,7 +175,11 @@ impl State {
             self.over = true;
             self.tail.push(Event::default().data("[DONE]"));
             if self.setup.include_usage {
-                let usage = self.usage();
+                let usage = usage(
+                    self.choices
+                        .iter()
+                        .map(|c| (c.prompt_index, c.prompt_tokens, c.generated_tokens)),
+                );
                 let u = match endpoint {
                     Endpoint::Chat => self.chat_chunk(Vec::new(), Some(usage)),
                     Endpoint::Completion => self.completion_chunk(Vec::new(), Some(usage)),
@@ -207,21 +188,6 @@ impl State {
             }
         }
         Some(chunk)
-    }
-
-    /// Token counts over every choice, each prompt counted once.
-    fn usage(&self) -> Usage {
-        let mut seen = std::collections::HashSet::new();
-        let prompt = self
-            .choices
-            .iter()
-            .filter(|c| seen.insert(c.prompt_index))
-            .map(|c| c.prompt_tokens)
-            .sum();
-        Usage::new(
-            prompt,
-            self.choices.iter().map(|c| c.generated_tokens).sum(),
-        )
     }
 
     fn chat_chunk(&self, choices: Vec<ChunkChoice>, usage: Option<Usage>) -> Event {

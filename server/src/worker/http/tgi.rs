@@ -9,9 +9,10 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::stream::{self, Stream};
 
+use migserve_engine::event::Collected;
 use migserve_engine::{
-    EngineEvent, EventStream, GenerateRequest as EngineRequest, LogprobsSpec, Prompt, SamplingSpec,
-    TokenLogprob,
+    EngineEvent, EventStream, GenerateRequest as EngineRequest, LogprobsSpec, Prompt, PromptToken,
+    SamplingSpec, TokenEvent, TokenLogprob,
 };
 
 use super::{
@@ -20,11 +21,9 @@ use super::{
 };
 use crate::api::error::ApiError;
 use crate::api::tgi::{
-    BestOfSequence, Details, GenerateRequest, GenerateResponse, PrefillToken, StreamDetails,
-    StreamResponse, Token,
+    BestOfSequence, Details, GenerateRequest, GenerateResponse, PrefillToken, SequenceDetails,
+    StreamDetails, StreamResponse, Token,
 };
-use migserve_engine::event::Collected;
-use migserve_engine::PromptToken;
 
 /// Most samples of `best_of` (`/info`'s `max_best_of`).
 pub const MAX_BEST_OF: usize = 4;
@@ -47,6 +46,12 @@ fn engine_request(
         return Err(ApiError::Validation("`inputs` cannot be empty".into()));
     }
     let p = &req.parameters;
+    // Sampling is on when asked for, or when any sampling field is away from neutral.
+    let sample = p.do_sample
+        || p.temperature
+            .is_some_and(|t| (t - 1.0).abs() > f32::EPSILON)
+        || p.top_k.is_some()
+        || p.top_p.is_some_and(|t| t < 1.0);
     if let Some(b) = p.best_of {
         // TGI's rules and words.
         if b == 0 || b > MAX_BEST_OF {
@@ -55,12 +60,7 @@ fn engine_request(
             )));
         }
         if b > 1 {
-            let sampling = p.do_sample
-                || p.temperature
-                    .is_some_and(|t| (t - 1.0).abs() > f32::EPSILON)
-                || p.top_k.is_some()
-                || p.top_p.is_some_and(|t| t < 1.0);
-            if !sampling {
+            if !sample {
                 return Err(ApiError::Validation(
                     "you must use sampling when `best_of` is > 1".into(),
                 ));
@@ -107,11 +107,6 @@ fn engine_request(
             )));
         }
     }
-    let sample = p.do_sample
-        || p.temperature
-            .is_some_and(|t| (t - 1.0).abs() > f32::EPSILON)
-        || p.top_k.is_some()
-        || p.top_p.is_some_and(|t| t < 1.0);
     let prefill_details = p.details && p.decoder_input_details;
     Ok(EngineRequest {
         prompt: Prompt::Text(inputs.to_string()),
@@ -138,6 +133,16 @@ fn engine_request(
         return_prompt_tokens: prefill_details,
         arrived,
     })
+}
+
+/// TGI's token of a generated one.
+fn generated_token(t: &TokenEvent) -> Token {
+    Token {
+        id: t.id,
+        text: t.text.clone(),
+        logprob: Some(t.logprob),
+        special: t.special,
+    }
 }
 
 /// TGI's token of an alternative.
@@ -202,7 +207,7 @@ async fn generate_inner(
         text
     };
     let p = &req.parameters;
-    let details = |c: &Collected, prompt: &[PromptToken]| Details {
+    let details = |c: &Collected, prompt: &[PromptToken]| SequenceDetails {
         finish_reason: tgi_finish_reason(c.finish.reason).to_string(),
         generated_tokens: c.finish.generated_tokens,
         seed: c.finish.seed,
@@ -223,43 +228,22 @@ async fn generate_inner(
                 .collect(),
             _ => Vec::new(),
         },
-        tokens: c
-            .tokens
-            .iter()
-            .map(|t| Token {
-                id: t.id,
-                text: t.text.clone(),
-                logprob: Some(t.logprob),
-                special: t.special,
-            })
-            .collect(),
-        best_of_sequences: Vec::new(),
+        tokens: c.tokens.iter().map(generated_token).collect(),
     };
     let chosen = &sequences[best];
     let headers = timing_headers(state, &chosen.finish, arrived);
-    let details = p.details.then(|| {
-        let mut d = details(chosen, &prompts[best]);
-        if best_of > 1 {
-            d.best_of_sequences = sequences
-                .iter()
-                .zip(&prompts)
-                .enumerate()
-                .filter(|(i, _)| *i != best)
-                .map(|(_, (c, prompt))| {
-                    let d = details(c, prompt);
-                    BestOfSequence {
-                        generated_text: full_text(c),
-                        finish_reason: d.finish_reason,
-                        generated_tokens: d.generated_tokens,
-                        seed: d.seed,
-                        prefill: d.prefill,
-                        tokens: d.tokens,
-                        top_tokens: d.top_tokens,
-                    }
-                })
-                .collect();
-        }
-        d
+    let details = p.details.then(|| Details {
+        sequence: details(chosen, &prompts[best]),
+        best_of_sequences: sequences
+            .iter()
+            .zip(&prompts)
+            .enumerate()
+            .filter(|(i, _)| *i != best)
+            .map(|(_, (c, prompt))| BestOfSequence {
+                generated_text: full_text(c),
+                sequence: details(c, prompt),
+            })
+            .collect(),
     });
     Ok((
         headers,
@@ -362,12 +346,7 @@ fn token_events(
                 };
                 let body = StreamResponse {
                     index: st.index,
-                    token: Token {
-                        id: t.id,
-                        text: t.text,
-                        logprob: Some(t.logprob),
-                        special: t.special,
-                    },
+                    token: generated_token(&t),
                     top_tokens: t.top.iter().map(tgi_token).collect(),
                     generated_text,
                     details,

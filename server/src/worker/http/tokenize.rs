@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use migserve_engine::{Prompt, Tokenized};
 
-use super::{ApiJson, SharedState};
+use super::{on_engine, ApiJson, SharedState};
 use crate::api::error::{ApiError, OpenAiError};
 use crate::api::openai::ChatRequest;
 use crate::api::tgi::GenerateRequest;
@@ -14,13 +14,9 @@ use crate::api::tokenize::{
     ChatTokenizeResponse, DetokenizeRequest, DetokenizeResponse, SimpleToken,
 };
 
-/// Tokenizes on the blocking pool (a long prompt takes a while).
+/// Tokenizes on the blocking pool.
 async fn run_tokenize(state: &SharedState, prompt: Prompt) -> Result<Tokenized, ApiError> {
-    let engine = state.engine.clone();
-    tokio::task::spawn_blocking(move || engine.tokenize(&prompt))
-        .await
-        .map_err(|e| ApiError::Generation(format!("tokenizing failed: {e}")))?
-        .map_err(ApiError::from)
+    Ok(on_engine(state, move |e| e.tokenize(&prompt)).await?)
 }
 
 /// Tokens with their byte ranges in the decoded prompt.
@@ -97,11 +93,7 @@ pub async fn detokenize(
 ) -> Response {
     let run = async {
         let ApiJson(req) = body?;
-        let engine = state.engine.clone();
-        tokio::task::spawn_blocking(move || engine.detokenize(&req.tokens))
-            .await
-            .map_err(|e| ApiError::Generation(format!("detokenizing failed: {e}")))?
-            .map_err(ApiError::from)
+        Ok::<_, ApiError>(on_engine(&state, move |e| e.detokenize(&req.tokens)).await?)
     };
     match run.await {
         Ok(prompt) => Json(DetokenizeResponse { prompt }).into_response(),
