@@ -1,5 +1,6 @@
 //! The [`Engine`] trait: what a worker's HTTP layer needs from whatever generates tokens.
 
+use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::device::DeviceKind;
@@ -60,6 +61,31 @@ pub struct EngineInfo {
     pub limits: Limits,
     pub max_batch_size: usize,
     pub max_concurrent_requests: usize,
+    /// Whether the engine reuses cached prompt prefixes.
+    pub prefix_caching: bool,
+}
+
+/// The prefix cache of an engine, for `/info`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct PrefixCacheStatus {
+    /// Prompt tokens looked up at admission.
+    pub queried_tokens: u64,
+    /// Of those, tokens found cached.
+    pub hit_tokens: u64,
+    /// Cached full blocks now (referenced or evictable).
+    pub cached_blocks: usize,
+    /// Cached blocks evicted for new allocations.
+    pub evicted_blocks: u64,
+}
+
+impl PrefixCacheStatus {
+    /// Hit tokens over queried tokens (0 before the first lookup).
+    pub fn hit_rate(&self) -> f64 {
+        match self.queried_tokens {
+            0 => 0.0,
+            q => self.hit_tokens as f64 / q as f64,
+        }
+    }
 }
 
 /// Something that turns requests into streams of tokens: [`crate::LocalEngine`] (the model on
@@ -79,6 +105,11 @@ pub trait Engine: Send + Sync + 'static {
 
     /// What the engine serves.
     fn info(&self) -> &EngineInfo;
+
+    /// The prefix cache's counters now; `None` for an engine without one.
+    fn prefix_cache(&self) -> Option<PrefixCacheStatus> {
+        None
+    }
 
     /// The prompt's tokens as a request with it would run them (a conversation through the
     /// chat template first). An engine without a tokenizer refuses.

@@ -64,6 +64,8 @@ pub struct TokenEvent {
 pub struct FinishEvent {
     pub reason: FinishReason,
     pub prompt_tokens: usize,
+    /// Prompt tokens found in the prefix cache at admission (not computed).
+    pub cached_tokens: usize,
     pub generated_tokens: usize,
     /// Arrival to first scheduled step.
     pub queue_time: Duration,

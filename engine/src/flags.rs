@@ -52,6 +52,10 @@ pub struct EngineFlags {
     #[arg(long)]
     #[serde(with = "weights_by_name")]
     pub weights: Option<WeightFormat>,
+    /// Compute every prompt from its first token: no reuse of the KV blocks of prefixes
+    /// already computed (on by default).
+    #[arg(long)]
+    pub no_prefix_caching: bool,
 }
 
 impl Default for EngineFlags {
@@ -69,6 +73,7 @@ impl Default for EngineFlags {
             max_stop_sequences: 4,
             default_max_new_tokens: 256,
             weights: None,
+            no_prefix_caching: false,
         }
     }
 }
@@ -105,12 +110,17 @@ impl EngineFlags {
             return args;
         };
         for (name, value) in fields {
+            let flag = format!("--{}", name.replace('_', "-"));
             let value = match value {
-                serde_json::Value::Null => continue,
+                serde_json::Value::Null | serde_json::Value::Bool(false) => continue,
+                serde_json::Value::Bool(true) => {
+                    args.push(flag);
+                    continue;
+                }
                 serde_json::Value::String(s) => s,
                 other => other.to_string(),
             };
-            args.push(format!("--{}", name.replace('_', "-")));
+            args.push(flag);
             args.push(value);
         }
         args
@@ -175,6 +185,7 @@ mod tests {
             max_stop_sequences: 2,
             default_max_new_tokens: 5,
             weights: Some(WeightFormat::F32),
+            no_prefix_caching: true,
         };
         let mut argv = vec!["worker".to_string()];
         argv.extend(flags.to_args());

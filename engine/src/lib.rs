@@ -30,7 +30,9 @@ pub mod step_loop;
 pub mod validate;
 
 pub use device::{DeviceKind, DeviceUnusable};
-pub use engine::{Accepted, Engine, EngineInfo, Health, PromptToken, Tokenized};
+pub use engine::{
+    Accepted, Engine, EngineInfo, Health, PrefixCacheStatus, PromptToken, Tokenized,
+};
 pub use error::{EngineError, StartError};
 pub use error::{LengthLimit, TooLong};
 pub use event::{

@@ -12,7 +12,9 @@ use tokio::sync::watch;
 use crate::cache::cpu::PagedKvCache;
 use crate::cache::PagedStore;
 use crate::device::{self, DeviceKind, DeviceUnusable};
-use crate::engine::{Accepted, Engine, EngineInfo, Health, PromptToken, Tokenized};
+use crate::engine::{
+    Accepted, Engine, EngineInfo, Health, PrefixCacheStatus, PromptToken, Tokenized,
+};
 use crate::error::{EngineError, StartError};
 use crate::event::EventStream;
 use crate::fault;
@@ -126,10 +128,12 @@ impl LocalEngine {
             limits,
             max_batch_size: flags.max_batch_size,
             max_concurrent_requests: flags.max_concurrent_requests,
+            prefix_caching: !flags.no_prefix_caching,
         };
         let scheduler = SchedulerConfig {
             max_batch_size: flags.max_batch_size,
             max_batch_tokens: flags.max_batch_tokens,
+            prefix_caching: !flags.no_prefix_caching,
         };
         let model: Box<dyn StepModel> = match fault::panic_at_step_from_env() {
             Some(at) => {
@@ -275,6 +279,12 @@ impl Engine for LocalEngine {
 
     fn info(&self) -> &EngineInfo {
         &self.info
+    }
+
+    fn prefix_cache(&self) -> Option<PrefixCacheStatus> {
+        self.info
+            .prefix_caching
+            .then(|| self.status.prefix_cache())
     }
 
     fn tokenize(&self, prompt: &Prompt) -> Result<Tokenized, EngineError> {

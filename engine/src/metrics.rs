@@ -11,6 +11,16 @@ pub const BATCH_SIZE: &str = "migserve_batch_size";
 pub const KV_BLOCKS_USED: &str = "migserve_kv_blocks_used";
 /// KV cache blocks free (gauge).
 pub const KV_BLOCKS_FREE: &str = "migserve_kv_blocks_free";
+/// Cached full KV blocks, referenced or evictable (gauge).
+pub const PREFIX_CACHE_BLOCKS: &str = "migserve_prefix_cache_blocks";
+/// Prompt tokens looked up in the prefix cache at admission (counter).
+pub const PREFIX_CACHE_QUERIED_TOKENS: &str = "migserve_prefix_cache_queried_tokens_total";
+/// Prompt tokens found in the prefix cache, not computed (counter).
+pub const PREFIX_CACHE_HIT_TOKENS: &str = "migserve_prefix_cache_hit_tokens_total";
+/// Cached blocks evicted for new allocations (counter).
+pub const PREFIX_CACHE_EVICTIONS: &str = "migserve_prefix_cache_evictions_total";
+/// Fresh KV blocks handed out; shared prefix blocks are not counted (counter).
+pub const KV_BLOCKS_ALLOCATED: &str = "migserve_kv_blocks_allocated_total";
 /// Requests accepted, whatever their outcome (counter).
 pub const REQUESTS: &str = "migserve_requests_total";
 /// Seconds from arrival to the last token (histogram).
@@ -37,6 +47,11 @@ pub fn counter_inc(name: &'static str, by: u64) {
     if by > 0 {
         metrics::counter!(name).increment(by);
     }
+}
+
+/// Sets a counter to a total kept elsewhere.
+pub fn counter_set(name: &'static str, total: u64) {
+    metrics::counter!(name).absolute(total);
 }
 
 /// Sets a gauge.

@@ -6,12 +6,19 @@
 //! preemption) are prefilled in chunks from what is left of the step's token budget. When
 //! blocks run out, the newest running sequence is preempted: its blocks are freed and it goes
 //! back to the front of the queue, to be recomputed from its tokens later.
+//!
+//! With the prefix cache on, a sequence admitted (new, or resumed after preemption) starts
+//! from the longest run of its leading full blocks already cached: those are shared, not
+//! computed, and never its last prompt token (whose logits are needed). The full blocks each
+//! planned chunk completes are entered in the cache as the step is planned, so a request
+//! admitted in the same step already shares them (each layer writes the whole batch's keys
+//! and values before any row attends).
 
 use std::collections::VecDeque;
 
 use migserve_models::SeqId;
 
-use crate::block_manager::BlockManager;
+use crate::block_manager::{BlockManager, PrefixMatch};
 
 /// Limits of one step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,6 +27,8 @@ pub struct SchedulerConfig {
     pub max_batch_size: usize,
     /// Token budget of one forward pass; decode tokens count, but are never refused.
     pub max_batch_tokens: usize,
+    /// Whether admitted sequences reuse cached prefix blocks (and computed blocks are cached).
+    pub prefix_caching: bool,
 }
 
 /// What the scheduler knows of a sequence: its tokens and how many are in the KV cache.
@@ -32,6 +41,9 @@ pub struct Sequence {
     pub computed: usize,
     /// Most tokens of this sequence in one step.
     pub chunk_limit: usize,
+    /// Whether it may start from cached blocks (not when every prompt position's logits are
+    /// wanted).
+    pub reuse_prefix: bool,
 }
 
 impl Sequence {
@@ -42,7 +54,15 @@ impl Sequence {
             tokens,
             computed: 0,
             chunk_limit: usize::MAX,
+            reuse_prefix: true,
         }
+    }
+
+    /// The sequence, computed from its first token whatever is cached (its blocks are still
+    /// cached for others).
+    pub fn without_prefix_reuse(mut self) -> Self {
+        self.reuse_prefix = false;
+        self
     }
 
     /// The sequence, run at most `limit` tokens per step (a request whose every prompt
@@ -76,6 +96,8 @@ pub struct StepPlan {
     pub chunks: Vec<ScheduledChunk>,
     /// Sequences sent back to the queue this step (their blocks were freed).
     pub preempted: Vec<SeqId>,
+    /// Sequences admitted this step, each with its tokens found in the prefix cache.
+    pub admitted: Vec<(SeqId, usize)>,
 }
 
 /// The waiting queue and the running batch.
@@ -156,6 +178,9 @@ impl Scheduler {
             }
             let (id, start) = (seq.id, seq.computed);
             if self.make_room(blocks, i, start + n, &mut plan) {
+                if self.config.prefix_caching {
+                    blocks.register(id, &self.running[i].tokens, start + n);
+                }
                 plan.chunks.push(ScheduledChunk {
                     seq: id,
                     start,
@@ -170,23 +195,36 @@ impl Scheduler {
             let Some(seq) = self.waiting.front() else {
                 break;
             };
-            let n = seq.next_chunk(budget);
-            let needed = blocks.blocks_missing(seq.id, seq.computed + n);
+            let found = match self.config.prefix_caching && seq.reuse_prefix {
+                // Full blocks only, and never the last token.
+                true => blocks.match_prefix(&seq.tokens, (seq.tokens.len() - 1) / blocks.block_size()),
+                false => PrefixMatch::default(),
+            };
+            let start = found.len() * blocks.block_size();
+            let n = (seq.tokens.len() - start).min(budget).min(seq.chunk_limit);
             // Keep one free block per running sequence so admission does not force preemption.
             let reserve = self.running.len();
-            if needed + reserve > blocks.free_blocks()
-                || blocks.ensure(seq.id, seq.computed + n).is_err()
-            {
+            if blocks.cost_with(&found, start + n) + reserve > blocks.free_blocks() {
                 break;
             }
-            let Some(seq) = self.waiting.pop_front() else {
+            let queried = seq.tokens.len();
+            if blocks.attach(seq.id, found, start + n).is_err() {
+                break;
+            }
+            let Some(mut seq) = self.waiting.pop_front() else {
                 break;
             };
+            if self.config.prefix_caching {
+                blocks.record_lookup(queried, start);
+                blocks.register(seq.id, &seq.tokens, start + n);
+            }
+            seq.computed = start;
             plan.chunks.push(ScheduledChunk {
                 seq: seq.id,
-                start: seq.computed,
+                start,
                 len: n,
             });
+            plan.admitted.push((seq.id, start));
             budget -= n;
             self.running.push(seq);
         }
@@ -261,6 +299,7 @@ mod tests {
         Scheduler::new(SchedulerConfig {
             max_batch_size: batch,
             max_batch_tokens: tokens,
+            prefix_caching: false,
         })
     }
 
@@ -279,6 +318,7 @@ mod tests {
         let mut s = Scheduler::new(SchedulerConfig {
             max_batch_size: 4,
             max_batch_tokens: 100,
+            prefix_caching: false,
         });
         s.add(Sequence::new(1, vec![7; 30]).with_chunk_limit(8));
         s.add(Sequence::new(2, vec![7; 30]));
@@ -427,5 +467,75 @@ mod tests {
         assert_eq!(b.used_blocks(), 0);
         assert!(s.remove(2, &mut b).is_some());
         assert!(s.is_idle());
+    }
+}
+
+#[cfg(test)]
+mod prefix_tests {
+    use super::*;
+
+    fn cached(batch: usize, tokens: usize) -> Scheduler {
+        Scheduler::new(SchedulerConfig {
+            max_batch_size: batch,
+            max_batch_tokens: tokens,
+            prefix_caching: true,
+        })
+    }
+
+    #[test]
+    fn requests_admitted_in_one_step_share_the_prompt_blocks() {
+        let mut s = cached(8, 512);
+        let mut b = BlockManager::new(64, 4);
+        for id in 0..4 {
+            s.add(Sequence::new(id, (0..18).collect()));
+        }
+        let plan = s.schedule(&mut b);
+        b.commit_step();
+        // The first computes all 18; the others only the partial last block's tokens.
+        let starts: Vec<usize> = plan.chunks.iter().map(|c| c.start).collect();
+        assert_eq!(starts, [0, 16, 16, 16]);
+        assert_eq!(plan.admitted[1], (1, 16));
+        // 5 blocks for the first, one private tail block for each other.
+        assert_eq!(b.used_blocks(), 5 + 3);
+        assert_eq!(b.stats().hit_tokens, 48);
+        b.check_consistency().unwrap();
+    }
+
+    #[test]
+    fn a_preempted_sequence_resumes_from_its_cached_blocks() {
+        let mut s = cached(4, 100);
+        let mut b = BlockManager::new(7, 2);
+        s.add(Sequence::new(1, vec![1; 3]));
+        s.add(Sequence::new(2, (10..15).collect()));
+        let mut preempted = None;
+        for _ in 0..12 {
+            let plan = s.schedule(&mut b);
+            b.commit_step();
+            if let Some(&id) = plan.preempted.first() {
+                preempted = Some(id);
+            }
+            if let Some(&(id, start)) = plan.admitted.iter().find(|(id, _)| Some(*id) == preempted) {
+                assert!(start > 0, "sequence {id} resumed from its cached blocks");
+                return;
+            }
+            for id in s.complete(&plan) {
+                s.push_token(id, 7);
+            }
+            if s.get(1).is_some_and(|q| q.tokens.len() > 7) {
+                s.remove(1, &mut b);
+            }
+            b.check_consistency().unwrap();
+        }
+        panic!("no preempted sequence resumed (preempted: {preempted:?})");
+    }
+
+    #[test]
+    fn prompt_logprob_sequences_compute_everything() {
+        let mut s = cached(4, 100);
+        let mut b = BlockManager::new(16, 4);
+        s.add(Sequence::new(1, (0..9).collect()));
+        s.add(Sequence::new(2, (0..9).collect()).without_prefix_reuse());
+        let plan = s.schedule(&mut b);
+        assert_eq!(plan.chunks[1].start, 0);
     }
 }

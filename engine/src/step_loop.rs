@@ -22,7 +22,8 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::watch;
 
 use crate::cache::PagedStore;
-use crate::engine::Health;
+use crate::block_manager::PrefixStats;
+use crate::engine::{Health, PrefixCacheStatus};
 use crate::error::EngineError;
 use crate::event::{EngineEvent, FinishEvent, PrefillLogprob, TokenEvent, TokenLogprob};
 use crate::metrics as m;
@@ -51,11 +52,14 @@ pub struct EngineStatus {
     /// marked dead: once it is dead, nothing more can reach the channel, so the thread's last
     /// drain fails every request that did.
     gate: Mutex<()>,
+    /// The prefix cache's counters as of the last step.
+    prefix: Mutex<PrefixCacheStatus>,
 }
 
 impl Default for EngineStatus {
     fn default() -> Self {
         Self {
+            prefix: Mutex::new(PrefixCacheStatus::default()),
             in_flight: AtomicUsize::new(0),
             health: watch::Sender::new(Health::Healthy),
             gate: Mutex::new(()),
@@ -99,6 +103,19 @@ impl EngineStatus {
         self.gate
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The prefix cache's counters as of the last step.
+    pub fn prefix_cache(&self) -> PrefixCacheStatus {
+        *self.prefix.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set_prefix_stats(&self, stats: PrefixStats, cached_blocks: usize) {
+        let mut p = self.prefix.lock().unwrap_or_else(|p| p.into_inner());
+        p.queried_tokens = stats.queried_tokens;
+        p.hit_tokens = stats.hit_tokens;
+        p.evicted_blocks = stats.evicted_blocks;
+        p.cached_blocks = cached_blocks;
     }
 
     /// Marks the engine dead for good (the first reason stays).
@@ -209,6 +226,8 @@ struct Active {
     prefill: Option<Vec<PrefillLogprob>>,
     first_scheduled: Option<Instant>,
     first_token: Option<Instant>,
+    /// Prompt tokens the prefix cache held at its first admission.
+    cached_tokens: usize,
 }
 
 /// The engine thread's state.
@@ -286,7 +305,9 @@ impl<M: StepModel> StepLoop<M> {
         );
         let mut sequence = Sequence::new(id, s.request.prompt.clone());
         if s.request.logprobs.prompt {
-            sequence = sequence.with_chunk_limit(PROMPT_LOGPROBS_CHUNK);
+            sequence = sequence
+                .with_chunk_limit(PROMPT_LOGPROBS_CHUNK)
+                .without_prefix_reuse();
         }
         self.scheduler.add(sequence);
         let prefill = s.request.logprobs.prompt.then(|| {
@@ -306,6 +327,7 @@ impl<M: StepModel> StepLoop<M> {
                 prefill,
                 first_scheduled: None,
                 first_token: None,
+                cached_tokens: 0,
             },
         );
     }
@@ -355,6 +377,11 @@ impl<M: StepModel> StepLoop<M> {
     fn step(&mut self) {
         let plan = self.scheduler.schedule(self.cache.blocks_mut());
         m::counter_inc(m::PREEMPTIONS, plan.preempted.len() as u64);
+        for &(id, cached) in &plan.admitted {
+            if let Some(a) = self.active.get_mut(&id).filter(|a| a.first_scheduled.is_none()) {
+                a.cached_tokens = cached;
+            }
+        }
         if plan.chunks.is_empty() {
             // Nothing can run: only possible if a waiting request can never get blocks, which
             // validation prevents. Fail the head of the queue rather than spin.
@@ -385,9 +412,14 @@ impl<M: StepModel> StepLoop<M> {
             .zip(&all_positions)
             .map(|(c, all)| if *all { c.len } else { 1 })
             .sum();
+        // The blocks this step was to fill stay cached only if it ran.
         let mut rows = match result {
-            Ok(rows) if rows.len() == expected => rows,
+            Ok(rows) if rows.len() == expected => {
+                self.cache.blocks_mut().commit_step();
+                rows
+            }
             Ok(rows) => {
+                self.cache.blocks_mut().forget_step();
                 let e = format!(
                     "the model returned {} logits rows for {expected} expected",
                     rows.len(),
@@ -396,6 +428,7 @@ impl<M: StepModel> StepLoop<M> {
                 return;
             }
             Err(e) => {
+                self.cache.blocks_mut().forget_step();
                 self.fail_batch(&plan, &e.to_string());
                 return;
             }
@@ -587,6 +620,7 @@ impl<M: StepModel> StepLoop<M> {
             FinishEvent {
                 reason,
                 prompt_tokens: a.request.prompt.len(),
+                cached_tokens: a.cached_tokens,
                 generated_tokens: generated,
                 queue_time: first_scheduled.duration_since(a.request.arrived),
                 inference_time: now.duration_since(first_scheduled),
@@ -623,5 +657,12 @@ impl<M: StepModel> StepLoop<M> {
         m::gauge_set(m::BATCH_SIZE, self.scheduler.running_len() as f64);
         m::gauge_set(m::KV_BLOCKS_USED, blocks.used_blocks() as f64);
         m::gauge_set(m::KV_BLOCKS_FREE, blocks.free_blocks() as f64);
+        m::gauge_set(m::PREFIX_CACHE_BLOCKS, blocks.cached_blocks() as f64);
+        let stats = blocks.stats();
+        self.status.set_prefix_stats(stats, blocks.cached_blocks());
+        m::counter_set(m::PREFIX_CACHE_QUERIED_TOKENS, stats.queried_tokens);
+        m::counter_set(m::PREFIX_CACHE_HIT_TOKENS, stats.hit_tokens);
+        m::counter_set(m::PREFIX_CACHE_EVICTIONS, stats.evicted_blocks);
+        m::counter_set(m::KV_BLOCKS_ALLOCATED, stats.allocated_blocks);
     }
 }

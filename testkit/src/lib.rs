@@ -77,6 +77,7 @@ impl FakeEngine {
             limits,
             max_batch_size: config.max_concurrent_requests,
             max_concurrent_requests: config.max_concurrent_requests,
+            prefix_caching: false,
         };
         Self {
             config,
@@ -159,6 +160,7 @@ impl Engine for FakeEngine {
                 let finish = (i + 1 == n).then(|| FinishEvent {
                     reason: FinishReason::Length,
                     prompt_tokens,
+                    cached_tokens: 0,
                     generated_tokens: n,
                     queue_time: started.duration_since(arrived),
                     inference_time: started.elapsed(),

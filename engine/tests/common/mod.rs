@@ -79,6 +79,8 @@ pub struct Seen {
     pub recomputes: AtomicUsize,
     /// Blocks in use during the last forward pass.
     pub used_blocks: AtomicUsize,
+    /// Positions sequences read from blocks they did not compute (shared prefixes).
+    pub reused: AtomicUsize,
 }
 
 /// The next token after a history.
@@ -157,15 +159,16 @@ impl migserve_engine::StepModel for ScriptedModel {
                     table.len()
                 )));
             }
-            if chunk.start == 0 && self.computed.contains_key(&chunk.seq) {
+            if chunk.start < self.computed.get(&chunk.seq).copied().unwrap_or(0) {
                 self.seen.recomputes.fetch_add(1, Ordering::SeqCst);
             }
+            // A start past what this sequence computed reads the positions before it from
+            // shared (prefix-cached) blocks: the history below fails if any was never written.
             let before = self.computed.get(&chunk.seq).copied().unwrap_or(0);
             if chunk.start > before {
-                return Err(ModelError::InvalidInput(format!(
-                    "sequence {} resumes at {} but only {before} positions were computed",
-                    chunk.seq, chunk.start
-                )));
+                self.seen
+                    .reused
+                    .fetch_add(chunk.start - before, Ordering::SeqCst);
             }
             for (i, &t) in chunk.tokens.iter().enumerate() {
                 let p = chunk.start + i;
@@ -211,6 +214,7 @@ pub struct Sizes {
     pub block_size: usize,
     pub max_batch_size: usize,
     pub max_batch_tokens: usize,
+    pub prefix_caching: bool,
 }
 
 impl Default for Sizes {
@@ -220,6 +224,7 @@ impl Default for Sizes {
             block_size: 4,
             max_batch_size: 16,
             max_batch_tokens: 256,
+            prefix_caching: true,
         }
     }
 }
@@ -251,6 +256,7 @@ pub fn engine(model: ScriptedModel, sizes: Sizes) -> LocalEngine {
         scheduler: SchedulerConfig {
             max_batch_size: sizes.max_batch_size,
             max_batch_tokens: sizes.max_batch_tokens,
+            prefix_caching: sizes.prefix_caching,
         },
         info: EngineInfo {
             model_id: "scripted".into(),
@@ -262,6 +268,7 @@ pub fn engine(model: ScriptedModel, sizes: Sizes) -> LocalEngine {
             limits,
             max_batch_size: sizes.max_batch_size,
             max_concurrent_requests: 64,
+            prefix_caching: sizes.prefix_caching,
         },
     })
     .expect("engine starts")

@@ -153,4 +153,22 @@ pub struct Info {
     /// migserve extension: KV cache bytes per token over all layers.
     #[serde(default)]
     pub kv_bytes_per_token: Option<usize>,
+    /// migserve extension: the prefix cache's counters now (absent when it is off).
+    #[serde(default)]
+    pub prefix_cache: Option<PrefixCacheInfo>,
+}
+
+/// The prefix cache of a worker, in `/info`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct PrefixCacheInfo {
+    /// Prompt tokens looked up at admission.
+    pub queried_tokens: u64,
+    /// Of those, tokens found cached (not computed).
+    pub hit_tokens: u64,
+    /// hit_tokens / queried_tokens.
+    pub hit_rate: f64,
+    /// Cached full KV blocks now.
+    pub cached_blocks: usize,
+    /// Cached blocks evicted for new allocations.
+    pub evicted_blocks: u64,
 }

@@ -25,7 +25,7 @@ use migserve_engine::{Accepted, Engine, FinishEvent, FinishReason, GenerateReque
 use serde::de::DeserializeOwned;
 
 use crate::api::error::ApiError;
-use crate::api::tgi::Info;
+use crate::api::tgi::{Info, PrefixCacheInfo};
 
 /// Everything a handler needs.
 pub struct AppState {
@@ -68,6 +68,7 @@ impl AppState {
             model_architecture: Some(e.architecture.clone()),
             model_parameters: Some(e.parameters),
             kv_bytes_per_token: Some(e.kv_bytes_per_token),
+            prefix_cache: None,
         };
         let compute_type = HeaderValue::from_static(e.device.name());
         let model_header =
@@ -125,7 +126,15 @@ async fn health(State(state): State<SharedState>) -> Response {
 }
 
 async fn info(State(state): State<SharedState>) -> axum::Json<Info> {
-    axum::Json(state.info.clone())
+    let mut info = state.info.clone();
+    info.prefix_cache = state.engine.prefix_cache().map(|p| PrefixCacheInfo {
+        queried_tokens: p.queried_tokens,
+        hit_tokens: p.hit_tokens,
+        hit_rate: p.hit_rate(),
+        cached_blocks: p.cached_blocks,
+        evicted_blocks: p.evicted_blocks,
+    });
+    axum::Json(info)
 }
 
 async fn metrics(State(state): State<SharedState>) -> Response {
@@ -244,6 +253,10 @@ pub fn timing_headers(state: &AppState, finish: &FinishEvent, arrived: Instant) 
         HeaderValue::from(finish.prompt_tokens as u64),
     );
     h.insert(
+        "x-prompt-cached-tokens",
+        HeaderValue::from(finish.cached_tokens as u64),
+    );
+    h.insert(
         "x-generated-tokens",
         HeaderValue::from(finish.generated_tokens as u64),
     );
@@ -308,6 +321,7 @@ mod tests {
                 },
                 max_batch_size: 8,
                 max_concurrent_requests: 16,
+                prefix_caching: true,
             });
             let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
                 .build_recorder()

@@ -194,18 +194,29 @@ pub struct AnswerSetup {
     pub echo: bool,
 }
 
-/// Token counts over choices given as (prompt index, prompt tokens, generated tokens): each
-/// prompt counted once, whatever its `n`.
-pub fn usage(choices: impl Iterator<Item = (usize, usize, usize)>) -> Usage {
+/// One choice's token counts.
+pub struct Counts {
+    /// Which prompt of the request it answers.
+    pub prompt_index: usize,
+    pub prompt: usize,
+    /// Prompt tokens found in the prefix cache.
+    pub cached: usize,
+    pub generated: usize,
+}
+
+/// Token counts over choices: each prompt counted once, whatever its `n` (its cached tokens
+/// as its first choice found them).
+pub fn usage(choices: impl Iterator<Item = Counts>) -> Usage {
     let mut seen = std::collections::HashSet::new();
-    let (mut prompt, mut generated) = (0, 0);
-    for (index, prompt_tokens, generated_tokens) in choices {
-        if seen.insert(index) {
-            prompt += prompt_tokens;
+    let (mut prompt, mut cached, mut generated) = (0, 0, 0);
+    for c in choices {
+        if seen.insert(c.prompt_index) {
+            prompt += c.prompt;
+            cached += c.cached;
         }
-        generated += generated_tokens;
+        generated += c.generated;
     }
-    Usage::new(prompt, generated)
+    Usage::new(prompt, generated).with_cached(cached)
 }
 
 /// A choice's prompt as `echo` shows it: its text, or its tokens' texts.
@@ -241,7 +252,12 @@ async fn whole(
         results
             .iter()
             .zip(&meta)
-            .map(|(r, (index, _))| (*index, r.finish.prompt_tokens, r.finish.generated_tokens)),
+            .map(|(r, (index, _))| Counts {
+                prompt_index: *index,
+                prompt: r.finish.prompt_tokens,
+                cached: r.finish.cached_tokens,
+                generated: r.finish.generated_tokens,
+            }),
     );
     let Some(first) = results.first() else {
         return OpenAiError(ApiError::Generation("no choices".into())).into_response();
@@ -249,6 +265,7 @@ async fn whole(
     let mut headers = timing_headers(state, &first.finish, arrived);
     // The counts of the whole answer, every choice (the router's statistics read them).
     headers.insert("x-prompt-tokens", usage.prompt_tokens.into());
+    headers.insert("x-prompt-cached-tokens", usage.cached_tokens().into());
     headers.insert("x-generated-tokens", usage.completion_tokens.into());
     let created = unix_now();
     match endpoint {

@@ -12,7 +12,7 @@ use migserve_engine::{
     Accepted, EngineEvent, EventStream, PrefillLogprob, PromptToken, TokenEvent,
 };
 
-use super::openai::{echo_text, unix_now, usage, AnswerSetup, Endpoint};
+use super::openai::{echo_text, unix_now, usage, AnswerSetup, Counts, Endpoint};
 use super::openai_finish_reason;
 use super::openai_logprobs::{self as logprobs, CompletionBuilder, Echo};
 use super::tgi::json_event;
@@ -33,6 +33,7 @@ struct ChoiceState {
     started: bool,
     done: bool,
     prompt_tokens: usize,
+    cached_tokens: usize,
     generated_tokens: usize,
 }
 
@@ -74,6 +75,7 @@ pub fn chunks(
             started: false,
             done: false,
             prompt_tokens: a.prompt_tokens,
+            cached_tokens: 0,
             generated_tokens: 0,
         });
         streams.push(tagged(i, a.events));
@@ -140,6 +142,7 @@ impl State {
             c.done = true;
             c.generated_tokens = f.generated_tokens;
             c.prompt_tokens = f.prompt_tokens;
+            c.cached_tokens = f.cached_tokens;
         }
         let pending = std::mem::take(&mut c.pending);
         let chunk = match endpoint {
@@ -178,7 +181,12 @@ impl State {
                 let usage = usage(
                     self.choices
                         .iter()
-                        .map(|c| (c.prompt_index, c.prompt_tokens, c.generated_tokens)),
+                        .map(|c| Counts {
+                            prompt_index: c.prompt_index,
+                            prompt: c.prompt_tokens,
+                            cached: c.cached_tokens,
+                            generated: c.generated_tokens,
+                        }),
                 );
                 let u = match endpoint {
                     Endpoint::Chat => self.chat_chunk(Vec::new(), Some(usage)),
