@@ -30,9 +30,7 @@ pub mod step_loop;
 pub mod validate;
 
 pub use device::{DeviceKind, DeviceUnusable};
-pub use engine::{
-    Accepted, Engine, EngineInfo, Health, PrefixCacheStatus, PromptToken, Tokenized,
-};
+pub use engine::{Accepted, Engine, EngineInfo, Health, PrefixCacheStatus, PromptToken, Tokenized};
 pub use error::{EngineError, StartError};
 pub use error::{LengthLimit, TooLong};
 pub use event::{

@@ -282,9 +282,7 @@ impl Engine for LocalEngine {
     }
 
     fn prefix_cache(&self) -> Option<PrefixCacheStatus> {
-        self.info
-            .prefix_caching
-            .then(|| self.status.prefix_cache())
+        self.info.prefix_caching.then(|| self.status.prefix_cache())
     }
 
     fn tokenize(&self, prompt: &Prompt) -> Result<Tokenized, EngineError> {

@@ -197,7 +197,9 @@ impl Scheduler {
             };
             let found = match self.config.prefix_caching && seq.reuse_prefix {
                 // Full blocks only, and never the last token.
-                true => blocks.match_prefix(&seq.tokens, (seq.tokens.len() - 1) / blocks.block_size()),
+                true => {
+                    blocks.match_prefix(&seq.tokens, (seq.tokens.len() - 1) / blocks.block_size())
+                }
                 false => PrefixMatch::default(),
             };
             let start = found.len() * blocks.block_size();
@@ -514,7 +516,8 @@ mod prefix_tests {
             if let Some(&id) = plan.preempted.first() {
                 preempted = Some(id);
             }
-            if let Some(&(id, start)) = plan.admitted.iter().find(|(id, _)| Some(*id) == preempted) {
+            if let Some(&(id, start)) = plan.admitted.iter().find(|(id, _)| Some(*id) == preempted)
+            {
                 assert!(start > 0, "sequence {id} resumed from its cached blocks");
                 return;
             }

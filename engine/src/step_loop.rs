@@ -21,8 +21,8 @@ use migserve_models::{top_logprobs, ModelError, Sampler, SeqChunk, SeqId, Tokeni
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::watch;
 
-use crate::cache::PagedStore;
 use crate::block_manager::PrefixStats;
+use crate::cache::PagedStore;
 use crate::engine::{Health, PrefixCacheStatus};
 use crate::error::EngineError;
 use crate::event::{EngineEvent, FinishEvent, PrefillLogprob, TokenEvent, TokenLogprob};
@@ -378,7 +378,11 @@ impl<M: StepModel> StepLoop<M> {
         let plan = self.scheduler.schedule(self.cache.blocks_mut());
         m::counter_inc(m::PREEMPTIONS, plan.preempted.len() as u64);
         for &(id, cached) in &plan.admitted {
-            if let Some(a) = self.active.get_mut(&id).filter(|a| a.first_scheduled.is_none()) {
+            if let Some(a) = self
+                .active
+                .get_mut(&id)
+                .filter(|a| a.first_scheduled.is_none())
+            {
                 a.cached_tokens = cached;
             }
         }

@@ -42,7 +42,10 @@ fn scripted(seen: &Arc<Seen>, step_time: Duration) -> ScriptedModel {
 async fn run(e: &Arc<LocalEngine>, prompt: String, new_tokens: i64) -> (Vec<u32>, usize) {
     let accepted = submit(e, request(&prompt, new_tokens)).await.unwrap();
     let c = accepted.events.collect().await.unwrap();
-    (c.tokens.iter().map(|t| t.id).collect(), c.finish.cached_tokens)
+    (
+        c.tokens.iter().map(|t| t.id).collect(),
+        c.finish.cached_tokens,
+    )
 }
 
 /// Each prompt alone with caching off: what every other run must reproduce.
@@ -76,7 +79,10 @@ async fn one_after_another_the_outputs_equal_caching_off_and_prefixes_are_reused
     }
     assert_eq!(cached[0], 0, "nothing cached yet");
     for (i, hit) in cached.iter().enumerate().take(6).skip(1) {
-        assert!(*hit >= 16, "prompt {i} shares the system prompt's blocks: {cached:?}");
+        assert!(
+            *hit >= 16,
+            "prompt {i} shares the system prompt's blocks: {cached:?}"
+        );
     }
     assert_eq!(cached[6], 0, "the unrelated prompt");
     let stats = e.prefix_cache().expect("caching is on");
@@ -107,7 +113,10 @@ async fn thirty_two_at_once_under_kv_pressure_equal_caching_off() {
     for (i, r) in runs.into_iter().enumerate() {
         assert_eq!(r.await.unwrap().0, want[i], "prompt {i}");
     }
-    assert!(seen.recomputes.load(Ordering::SeqCst) > 0, "preemption happened");
+    assert!(
+        seen.recomputes.load(Ordering::SeqCst) > 0,
+        "preemption happened"
+    );
     let stats = e.prefix_cache().unwrap();
     assert!(stats.hit_tokens > 0, "{stats:?}");
     assert!(stats.evicted_blocks > 0, "{stats:?}");
@@ -135,5 +144,8 @@ async fn requests_sent_together_compute_a_shared_prompt_once() {
     }
     hits.sort();
     assert_eq!(hits[0], 0, "one computes the prompt");
-    assert!(hits[1..].iter().all(|h| *h > 0), "the others share it: {hits:?}");
+    assert!(
+        hits[1..].iter().all(|h| *h > 0),
+        "the others share it: {hits:?}"
+    );
 }

@@ -40,6 +40,19 @@ async fn n_choices_each_equal_the_request_alone_with_its_seed() {
     let v = ok(&c, w.at("/v1/chat/completions"), &body(4, 7)).await;
     let choices = v["choices"].as_array().unwrap();
     assert_eq!(choices.len(), 4);
+    // The prompt's whole blocks were computed once and shared by the other three choices.
+    let metrics = c
+        .get(w.at("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let hit = common::metric_value(&metrics, "migserve_prefix_cache_hit_tokens_total");
+    let prompt = v["usage"]["prompt_tokens"].as_u64().unwrap() as f64;
+    let whole_blocks = ((prompt - 1.0) / 16.0).floor() * 16.0;
+    assert_eq!(hit, Some(3.0 * whole_blocks), "{prompt} prompt tokens");
     let texts: Vec<&str> = choices
         .iter()
         .map(|c| c["message"]["content"].as_str().unwrap())

@@ -205,7 +205,9 @@ impl BlockManager {
             .iter()
             .filter(|b| self.blocks[**b as usize].refs == 0)
             .count();
-        self.blocks_for(positions).saturating_sub(found.blocks.len()) + unreferenced
+        self.blocks_for(positions)
+            .saturating_sub(found.blocks.len())
+            + unreferenced
     }
 
     /// Gives `seq` (which holds no blocks) the matched blocks, then fresh ones up to

@@ -117,7 +117,11 @@ fn cached_blocks_are_evicted_before_a_request_waits_oldest_and_last_first() {
     m.ensure(2, 10).unwrap();
     assert_eq!(m.stats().evicted_blocks, 2);
     assert_eq!(m.cached_blocks(), 1);
-    assert_eq!(m.match_prefix(&a, 3).len(), 1, "the first block is still cached");
+    assert_eq!(
+        m.match_prefix(&a, 3).len(),
+        1,
+        "the first block is still cached"
+    );
     m.check_consistency().unwrap();
 }
 
@@ -127,10 +131,18 @@ fn matched_blocks_cost_only_when_unreferenced() {
     let a: Vec<u32> = (0..5).collect();
     admit(&mut m, 1, &a);
     let found = m.match_prefix(&a, 2);
-    assert_eq!(m.cost_with(&found, 5), 1, "shared with a running sequence: only the tail");
+    assert_eq!(
+        m.cost_with(&found, 5),
+        1,
+        "shared with a running sequence: only the tail"
+    );
     m.release(1);
     let found = m.match_prefix(&a, 2);
-    assert_eq!(m.cost_with(&found, 5), 3, "unreferenced cached blocks leave the pool too");
+    assert_eq!(
+        m.cost_with(&found, 5),
+        3,
+        "unreferenced cached blocks leave the pool too"
+    );
 }
 
 #[test]

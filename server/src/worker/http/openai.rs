@@ -248,17 +248,12 @@ async fn whole(
         Ok(results) => results,
         Err(e) => return OpenAiError(ApiError::from(e)).into_response(),
     };
-    let usage = usage(
-        results
-            .iter()
-            .zip(&meta)
-            .map(|(r, (index, _))| Counts {
-                prompt_index: *index,
-                prompt: r.finish.prompt_tokens,
-                cached: r.finish.cached_tokens,
-                generated: r.finish.generated_tokens,
-            }),
-    );
+    let usage = usage(results.iter().zip(&meta).map(|(r, (index, _))| Counts {
+        prompt_index: *index,
+        prompt: r.finish.prompt_tokens,
+        cached: r.finish.cached_tokens,
+        generated: r.finish.generated_tokens,
+    }));
     let Some(first) = results.first() else {
         return OpenAiError(ApiError::Generation("no choices".into())).into_response();
     };

@@ -178,16 +178,12 @@ impl State {
             self.over = true;
             self.tail.push(Event::default().data("[DONE]"));
             if self.setup.include_usage {
-                let usage = usage(
-                    self.choices
-                        .iter()
-                        .map(|c| Counts {
-                            prompt_index: c.prompt_index,
-                            prompt: c.prompt_tokens,
-                            cached: c.cached_tokens,
-                            generated: c.generated_tokens,
-                        }),
-                );
+                let usage = usage(self.choices.iter().map(|c| Counts {
+                    prompt_index: c.prompt_index,
+                    prompt: c.prompt_tokens,
+                    cached: c.cached_tokens,
+                    generated: c.generated_tokens,
+                }));
                 let u = match endpoint {
                     Endpoint::Chat => self.chat_chunk(Vec::new(), Some(usage)),
                     Endpoint::Completion => self.completion_chunk(Vec::new(), Some(usage)),
