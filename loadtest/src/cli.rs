@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
+use rand::SeedableRng;
 use serde_json::json;
 use tokio::sync::watch;
 
@@ -62,6 +63,13 @@ pub struct LoadArgs {
     /// Prompts from a JSONL file (`{"prompt": …}` per line) instead of the built-in corpus.
     #[arg(long)]
     pub prompts: Option<PathBuf>,
+    /// Shared-prefix workload: each request is one of `--prefix-groups` shared prefixes of
+    /// about this many tokens, then its own prompt (`--prompt-tokens`); 0: no shared prefix.
+    #[arg(long, default_value_t = 0)]
+    pub shared_prefix_tokens: u64,
+    /// Distinct shared prefixes, used in turn (request i gets prefix i mod G).
+    #[arg(long, default_value_t = 1)]
+    pub prefix_groups: u64,
     /// Let the server stop at eos (default: generate exactly the drawn output length, with
     /// migserve's `ignore_eos`).
     #[arg(long)]
@@ -139,6 +147,11 @@ impl LoadArgs {
             },
             prompt_tokens: self.prompt_tokens,
             output_tokens: self.output_tokens,
+            shared_prefixes: shared_prefixes(
+                self.shared_prefix_tokens,
+                self.prefix_groups,
+                self.seed,
+            ),
             prompts,
             duration: Duration::from_secs_f64(self.duration),
             requests: self.requests,
@@ -153,6 +166,8 @@ impl LoadArgs {
         json!({
             "prompt_tokens": self.prompt_tokens.to_string(),
             "output_tokens": self.output_tokens.to_string(),
+            "shared_prefix_tokens": self.shared_prefix_tokens,
+            "prefix_groups": self.prefix_groups,
             "prompts": self.prompts.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "builtin".into()),
             "duration_secs": self.duration,
             "requests_per_level": self.requests,
@@ -225,12 +240,17 @@ pub async fn measure(
         let result = run_level(&shape, client, level, cancel.clone()).await;
         if !load.quiet {
             eprintln!(
-                "{name} {}: {} ok, {} failed, {:.1} output tok/s, e2e p50 {:.0} ms",
+                "{name} {}: {} ok, {} failed, {:.1} output tok/s, TTFT p50 {:.0} ms, e2e p50 {:.0} ms{}",
                 result.label,
                 result.requests_ok,
                 result.requests_failed,
                 result.output_tokens_per_sec,
-                result.e2e.p50 * 1e3
+                result.ttft.p50 * 1e3,
+                result.e2e.p50 * 1e3,
+                result
+                    .cached_share
+                    .map(|s| format!(", {:.0} % of prompt tokens cached", s * 100.0))
+                    .unwrap_or_default()
             );
         }
         report.interrupted |= result.interrupted;
@@ -289,4 +309,19 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Compare(args) => crate::compare::run(args).await,
         }
     })
+}
+
+/// The `groups` shared prefixes of about `tokens` tokens each (none when `tokens` is 0), from
+/// the built-in corpus, fixed by `seed`.
+fn shared_prefixes(tokens: u64, groups: u64, seed: u64) -> Vec<String> {
+    if tokens == 0 {
+        return Vec::new();
+    }
+    (0..groups.max(1))
+        .map(|g| {
+            let mut rng =
+                rand::rngs::StdRng::seed_from_u64(seed ^ 0x7072_6566 ^ g.wrapping_mul(0x9E37_79B9));
+            PromptSource::Builtin.prompt(g, tokens, &mut rng)
+        })
+        .collect()
 }

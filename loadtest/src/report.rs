@@ -95,6 +95,18 @@ impl Report {
                 ms(l.e2e.p99),
             );
         }
+        if self.levels.iter().any(|l| l.cached_share.is_some()) {
+            let shares: Vec<String> = self
+                .levels
+                .iter()
+                .filter_map(|l| Some(format!("{} {:.0} %", l.label, l.cached_share? * 100.0)))
+                .collect();
+            let _ = writeln!(
+                out,
+                "\nPrompt tokens the server found cached: {}.",
+                shares.join(", ")
+            );
+        }
         if self.levels.iter().any(|l| !l.errors.is_empty()) {
             let _ = writeln!(out, "\nErrors by type:\n");
             for l in self.levels.iter().filter(|l| !l.errors.is_empty()) {

@@ -53,6 +53,10 @@ pub struct Sample {
     pub e2e: f64,
     pub output_tokens: u64,
     pub prompt_tokens: Option<u64>,
+    /// Prompt tokens the server found in its prefix cache (OpenAI
+    /// `usage.prompt_tokens_details.cached_tokens`), when it says.
+    #[serde(default)]
+    pub cached_tokens: Option<u64>,
     /// The server's `x-slice` header.
     pub slice: Option<String>,
     /// Failure class, when it failed: connect, timeout, http_429, http_4xx, http_5xx,
@@ -238,6 +242,9 @@ impl StreamParse {
             if let Some(usage) = value.get("usage").filter(|u| !u.is_null()) {
                 self.reported_tokens = usage.get("completion_tokens").and_then(Value::as_u64);
                 sample.prompt_tokens = usage.get("prompt_tokens").and_then(Value::as_u64);
+                sample.cached_tokens = usage
+                    .pointer("/prompt_tokens_details/cached_tokens")
+                    .and_then(Value::as_u64);
             }
             if let Some(details) = value.get("details").filter(|d| !d.is_null()) {
                 self.reported_tokens = details.get("generated_tokens").and_then(Value::as_u64);

@@ -41,6 +41,8 @@ pub struct LoadShape {
     pub target: Target,
     pub prompt_tokens: LengthDist,
     pub output_tokens: LengthDist,
+    /// Shared prefixes; request i starts with prefix i mod their number (none: no prefix).
+    pub shared_prefixes: Vec<String>,
     pub prompts: PromptSource,
     /// Time per level (new requests stop after it; in-flight ones finish).
     pub duration: Duration,
@@ -78,7 +80,12 @@ impl Shared {
             StdRng::seed_from_u64(self.shape.seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let prompt_len = self.shape.prompt_tokens.sample(&mut rng);
         let max_tokens = self.shape.output_tokens.sample(&mut rng);
-        let prompt = self.shape.prompts.prompt(index, prompt_len, &mut rng);
+        let mut prompt = self.shape.prompts.prompt(index, prompt_len, &mut rng);
+        let groups = self.shape.shared_prefixes.len() as u64;
+        if groups > 0 {
+            let prefix = &self.shape.shared_prefixes[(index % groups) as usize];
+            prompt = format!("{prefix}\n\n{prompt}");
+        }
         let sample = send(
             &self.client,
             &self.shape.target,

@@ -63,6 +63,10 @@ pub struct LevelResult {
     /// Output tokens of successful requests.
     pub output_tokens: u64,
     pub prompt_tokens: u64,
+    /// Share of the prompt tokens the server found cached, over the requests that reported
+    /// it (OpenAI APIs with a prefix-caching server).
+    #[serde(default)]
+    pub cached_share: Option<f64>,
     pub output_tokens_per_sec: f64,
     pub requests_per_sec: f64,
     pub ttft: Percentiles,
@@ -123,6 +127,7 @@ impl LevelResult {
             errors,
             output_tokens,
             prompt_tokens: ok.iter().filter_map(|s| s.prompt_tokens).sum(),
+            cached_share: cached_share(&ok),
             output_tokens_per_sec: output_tokens as f64 / wall,
             requests_per_sec: ok.len() as f64 / wall,
             ttft: ttft(&ok),
@@ -137,6 +142,15 @@ impl LevelResult {
             ..Default::default()
         }
     }
+}
+
+/// Cached over prompt tokens of the samples that report both; `None` when none does.
+fn cached_share(ok: &[&Sample]) -> Option<f64> {
+    let (cached, prompt) = ok
+        .iter()
+        .filter_map(|s| Some((s.cached_tokens?, s.prompt_tokens?)))
+        .fold((0u64, 0u64), |(c, p), (sc, sp)| (c + sc, p + sp));
+    (prompt > 0).then(|| cached as f64 / prompt as f64)
 }
 
 #[cfg(test)]
