@@ -20,15 +20,34 @@ struct FakeWorker {
 
 impl FakeWorker {
     fn start(first_token_ms: u64, token_ms: u64) -> Self {
-        let mut command = Command::new(common::fake_worker_binary());
-        command.args([
+        Self::start_with(&[
             "--first-token-delay-ms",
             &first_token_ms.to_string(),
             "--token-delay-ms",
             &token_ms.to_string(),
-        ]);
+        ])
+    }
+
+    fn start_with(args: &[&str]) -> Self {
+        let mut command = Command::new(common::fake_worker_binary());
+        command.args(args);
         let (child, url) = spawn_until_line(command, migserve::contract::WORKER_READY_PREFIX, 30);
         Self { child, url }
+    }
+
+    /// A worker that batches like a CPU slice: each token `token_ms` times the requests in
+    /// flight, 1 ms of prefill per prompt word.
+    fn batching(token_ms: u64) -> Self {
+        Self::start_with(&[
+            "--first-token-delay-ms",
+            "5",
+            "--token-delay-ms",
+            &token_ms.to_string(),
+            "--prefill-ms-per-token",
+            "1",
+            "--batch-slowdown",
+            "1",
+        ])
     }
 
     fn kill(&mut self) {
@@ -117,6 +136,62 @@ async fn a_slice_three_times_slower_receives_clearly_fewer_requests() {
     assert!(
         tpot("w2") > 2.0 * tpot("w0"),
         "measured speeds: {slices:#?}"
+    );
+}
+
+/// `n` requests of `max_new_tokens` at once with `inputs`; the slice of each.
+async fn burst(c: &reqwest::Client, url: &str, n: usize, inputs: &str, new: u32) -> Vec<String> {
+    let requests = (0..n).map(|_| {
+        let c = c.clone();
+        let body = json!({"inputs": inputs, "parameters": {"max_new_tokens": new}});
+        async move {
+            let r = c.post(url).json(&body).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            r.headers()["x-slice"].to_str().unwrap().to_string()
+        }
+    });
+    futures_util::future::join_all(requests).await
+}
+
+/// The router's split of 24 concurrent short requests after long prompts landed on two of
+/// three slices (one of them twice as fast as the others), under `policy`.
+async fn split_after_long_prompts(policy: &str) -> HashMap<String, usize> {
+    let workers = [
+        FakeWorker::batching(10),
+        FakeWorker::batching(20),
+        FakeWorker::batching(20),
+    ];
+    let (serve, c) = start(policy, &workers, &format!("policy = \"{policy}\"")).await;
+    let url = serve.at("/generate");
+    for _ in 0..4 {
+        burst(&c, &url, 3, "hello there", 16).await;
+    }
+    let long = "word ".repeat(3000);
+    let landed = burst(&c, &url, 2, &long, 8).await;
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for slice in burst(&c, &url, 24, "a short question", 32).await {
+        *counts.entry(slice).or_default() += 1;
+    }
+    println!("{policy}: long prompts on {landed:?}, then 24 short ones: {counts:?}");
+    counts
+}
+
+/// The new user's case: after a few 3,000-token prompts on two slices, 24 concurrent short
+/// requests are split by the slices' measured decode speed (about 12/6/6), never all on one.
+/// The previous policy (`queued-tokens`) is run too, for the record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_long_prompts_short_requests_split_by_measured_speed() {
+    let before = split_after_long_prompts("queued-tokens").await;
+    let counts = split_after_long_prompts("prefix-aware").await;
+    let count = |counts: &HashMap<String, usize>, s: &str| counts.get(s).copied().unwrap_or(0);
+    let (fast, slow) = (
+        count(&counts, "w0"),
+        [count(&counts, "w1"), count(&counts, "w2")],
+    );
+    assert_eq!(fast + slow[0] + slow[1], 24);
+    assert!(
+        slow.iter().all(|&s| (3..=9).contains(&s)) && (9..=17).contains(&fast),
+        "split {counts:?} (queued-tokens gave {before:?})"
     );
 }
 

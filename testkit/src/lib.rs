@@ -24,8 +24,13 @@ use tokio::sync::watch;
 pub struct FakeConfig {
     /// Delay before the first token.
     pub first_token_delay: Duration,
-    /// Delay between tokens after the first.
+    /// Delay between tokens after the first, with one request running.
     pub token_delay: Duration,
+    /// Added to the first token's delay per prompt token (a prefill's cost).
+    pub prefill_per_token: Duration,
+    /// Each further request in flight makes every token this share of `token_delay` slower
+    /// (1.0: a step's time proportional to its batch, as on a CPU; 0.0: flat).
+    pub batch_slowdown: f64,
     /// Tokens when a request sets no limit.
     pub default_new_tokens: usize,
     /// Refuse every Nth request with [`EngineError::Unavailable`] (a 503; 0: never).
@@ -39,6 +44,8 @@ impl Default for FakeConfig {
         Self {
             first_token_delay: Duration::from_millis(20),
             token_delay: Duration::from_millis(10),
+            prefill_per_token: Duration::ZERO,
+            batch_slowdown: 0.0,
             default_new_tokens: 16,
             fail_every: 0,
             max_concurrent_requests: 1024,
@@ -148,15 +155,24 @@ impl Engine for FakeEngine {
             )));
         }
         let (tx, events) = EventStream::channel();
-        let (first, between) = (self.config.first_token_delay, self.config.token_delay);
         let (n, prompt_tokens, seed) =
             (valid.max_new_tokens, valid.prompt.len(), valid.params.seed);
+        let first =
+            self.config.first_token_delay + self.config.prefill_per_token * prompt_tokens as u32;
+        let (between, slowdown) = (self.config.token_delay, self.config.batch_slowdown);
         let arrived = valid.arrived;
+        let running = self.in_flight.clone();
         self.runtime.spawn(async move {
             let _in_flight = in_flight;
             let started = Instant::now();
             for i in 0..n {
-                tokio::time::sleep(if i == 0 { first } else { between }).await;
+                let others = running.load(Ordering::Acquire).saturating_sub(1) as f64;
+                let delay = if i == 0 {
+                    first
+                } else {
+                    between.mul_f64(1.0 + slowdown * others)
+                };
+                tokio::time::sleep(delay).await;
                 let finish = (i + 1 == n).then(|| FinishEvent {
                     reason: FinishReason::Length,
                     prompt_tokens,
@@ -164,7 +180,7 @@ impl Engine for FakeEngine {
                     generated_tokens: n,
                     queue_time: started.duration_since(arrived),
                     inference_time: started.elapsed(),
-                    time_to_first_token: first,
+                    time_to_first_token: started.duration_since(arrived) + first,
                     seed,
                 });
                 let text = token_text(i);

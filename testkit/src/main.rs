@@ -25,6 +25,12 @@ struct Args {
     /// Milliseconds between later tokens.
     #[arg(long, default_value_t = 10)]
     token_delay_ms: u64,
+    /// Milliseconds added to the first token's delay per prompt token (word).
+    #[arg(long, default_value_t = 0.0)]
+    prefill_ms_per_token: f64,
+    /// Share of the token delay each further request in flight adds (1.0: CPU-like).
+    #[arg(long, default_value_t = 0.0)]
+    batch_slowdown: f64,
     /// Tokens when a request sets no limit.
     #[arg(long, default_value_t = 16)]
     default_new_tokens: usize,
@@ -51,6 +57,8 @@ fn main() -> anyhow::Result<()> {
         let config = FakeConfig {
             first_token_delay: Duration::from_millis(args.first_token_delay_ms),
             token_delay: Duration::from_millis(args.token_delay_ms),
+            prefill_per_token: Duration::from_secs_f64(args.prefill_ms_per_token.max(0.0) / 1000.0),
+            batch_slowdown: args.batch_slowdown.max(0.0),
             default_new_tokens: args.default_new_tokens,
             fail_every: args.fail_every,
             ..FakeConfig::default()

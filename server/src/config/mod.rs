@@ -89,10 +89,17 @@ fn default_discover_interval() -> f64 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RoutingPolicy {
-    /// Where the request is expected to finish first: queued tokens times the slice's
-    /// measured time per token; near-ties broken by two random choices.
+    /// Where the request is expected to finish first, counting the prefill of the part of its
+    /// prompt the slice is not thought to hold, within a bounded imbalance of requests in
+    /// flight (docs/serve.md).
     #[default]
+    PrefixAware,
+    /// Where the request is expected to finish first by the slices' measured prefill and
+    /// decode costs, ignoring what they cache.
     EarliestCompletion,
+    /// The policy before the cost model: queued tokens times the slice's moving average of
+    /// time per token (kept for comparisons).
+    QueuedTokens,
     /// In turn.
     RoundRobin,
     /// Fewest requests in flight.

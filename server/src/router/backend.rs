@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::prefix_index::PrefixIndex;
 use super::stats::SliceStats;
 use crate::supervisor::{SlotState, WorkerSlot};
 
@@ -25,6 +26,8 @@ pub struct Backend {
     pub profile: String,
     pub target: Target,
     pub stats: Arc<SliceStats>,
+    /// The prompt prefixes recently sent here (what its prefix cache is thought to hold).
+    pub prefixes: PrefixIndex,
     /// Taken out of rotation after a failure: until this instant, or (local) until the
     /// supervisor has started a new generation of the worker.
     suspended: Mutex<Option<(Instant, u64)>>,
@@ -43,6 +46,7 @@ impl Backend {
             profile: slot.profile().to_string(),
             target: Target::Local(slot),
             stats: Arc::default(),
+            prefixes: PrefixIndex::default(),
             suspended: Mutex::new(None),
             retired: AtomicBool::new(false),
             key: None,
@@ -69,6 +73,7 @@ impl Backend {
                 healthy: AtomicBool::new(false),
             },
             stats: Arc::default(),
+            prefixes: PrefixIndex::default(),
             suspended: Mutex::new(None),
             retired: AtomicBool::new(false),
             key: None,

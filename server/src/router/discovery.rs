@@ -138,7 +138,12 @@ mod tests {
             ["static", "workers/10.0.0.1:8081", "workers/10.0.0.2:8081"]
         );
         let kept = front.backends()[1].clone();
-        kept.stats.record_success(None, Some(0.01), 5);
+        kept.stats.record_success(
+            None,
+            Some(0.01),
+            5,
+            crate::router::cost::CostSample::default(),
+        );
 
         // One pod goes, another comes: the one that stayed keeps its identity and stats.
         let c: SocketAddr = "10.0.0.3:8081".parse().unwrap();

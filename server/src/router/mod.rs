@@ -2,8 +2,10 @@
 //! slices that hold the requested model, with per-slice queue and latency tracking.
 
 pub mod backend;
+pub mod cost;
 pub mod discovery;
 pub mod policy;
+pub mod prefix_index;
 pub mod proxy;
 pub mod stats;
 pub mod status;
@@ -45,10 +47,18 @@ pub struct Front {
 /// Shared handle on the front.
 pub type SharedFront = Arc<Front>;
 
+/// A request as the router places it.
+#[derive(Debug, Clone, Default)]
+pub struct Placing {
+    pub work: policy::Work,
+    /// The hash chain of its prompt's chunks ([`prefix_index::prompt_chunks`]).
+    pub chunks: Vec<u64>,
+}
+
 /// The outcome of picking a slice.
 pub enum Pick {
-    /// Chosen, and counted in flight there.
-    Chosen(Arc<Backend>, InFlight),
+    /// Chosen, counted in flight there, with the prompt tokens expected cached there.
+    Chosen(Arc<Backend>, InFlight, u64),
     /// Every healthy candidate is at its queue limit.
     AllFull,
     /// No candidate is healthy (or all were tried).
@@ -191,9 +201,10 @@ impl Front {
         self.models.iter().any(|m| m == model) || self.backends().iter().any(|b| b.model == model)
     }
 
-    /// Picks a slice for a request of `tokens` tokens for `model`, skipping `tried`, and
-    /// counts it in flight there (never past the per-slice queue limit).
-    pub fn pick(&self, model: &str, tokens: u64, tried: &[Arc<Backend>]) -> Pick {
+    /// Picks a slice for `placing` (a request for `model`), skipping `tried`, and counts it in
+    /// flight there (never past the per-slice queue limit); its prompt's chunks are noted as
+    /// held there.
+    pub fn pick(&self, model: &str, placing: &Placing, tried: &[Arc<Backend>]) -> Pick {
         let backends = self.backends();
         let mut healthy: Vec<&Arc<Backend>> = backends
             .iter()
@@ -209,30 +220,38 @@ impl Front {
             if healthy.is_empty() {
                 return Pick::AllFull;
             }
+            let work = placing.work;
             let loads: Vec<policy::Load> = healthy
                 .iter()
                 .map(|b| {
-                    let (in_flight, queued_tokens, secs_per_token) = b.stats.load();
+                    let view = b.stats.load();
+                    let matched = prefix_index::chunk_tokens(b.prefixes.matched(&placing.chunks));
                     policy::Load {
-                        in_flight,
-                        queued_tokens,
-                        secs_per_token,
+                        in_flight: view.in_flight,
+                        queued_tokens: view.queued_tokens,
+                        secs_per_token: view.tpot,
+                        pending_prefill_tokens: view.pending_prefill_tokens,
+                        cost: view.cost,
+                        // A prompt's last token is always computed.
+                        cached_tokens: matched.min(work.prompt_tokens.saturating_sub(1)),
                     }
                 })
                 .collect();
             let Some(k) = policy::choose(
                 self.settings.policy,
                 &loads,
-                tokens,
+                work,
                 &self.turn,
                 &mut rand::rng(),
             ) else {
                 return Pick::AllFull;
             };
             let chosen = healthy[k];
+            let prefill = work.prompt_tokens - loads[k].cached_tokens;
             // Another request may have filled it since the snapshot: then choose again.
-            if let Some(guard) = chosen.stats.try_begin(tokens, limit) {
-                return Pick::Chosen(chosen.clone(), guard);
+            if let Some(guard) = chosen.stats.try_begin(work.total(), prefill, limit) {
+                chosen.prefixes.insert(&placing.chunks);
+                return Pick::Chosen(chosen.clone(), guard, loads[k].cached_tokens);
             }
         }
     }

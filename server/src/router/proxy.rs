@@ -13,9 +13,12 @@ use futures_util::stream::{self, BoxStream, StreamExt};
 use serde_json::Value;
 
 use super::backend::Backend;
+use super::cost::CostSample;
+use super::policy::Work;
+use super::prefix_index;
 use super::stats::InFlight;
 use super::token_count::TokenCounter;
-use super::{Pick, SharedFront};
+use super::{Pick, Placing, SharedFront};
 use crate::api::error::{ApiError, OpenAiError};
 
 /// Which wire API a request came in on (errors answer in its shape).
@@ -74,8 +77,7 @@ pub async fn info(State(front): State<SharedFront>) -> Response {
 /// What the router reads from a request body.
 struct RequestFacts {
     model: String,
-    /// Estimated prompt plus requested new tokens.
-    tokens: u64,
+    placing: Placing,
 }
 
 fn facts(front: &SharedFront, api: Api, headers: &HeaderMap, body: &Value) -> RequestFacts {
@@ -85,14 +87,16 @@ fn facts(front: &SharedFront, api: Api, headers: &HeaderMap, body: &Value) -> Re
     }
     .or_else(|| headers.get(MODEL_HEADER).and_then(|v| v.to_str().ok()))
     .filter(|m| !m.is_empty());
-    RequestFacts {
-        model: named.unwrap_or(&front.default_model).to_string(),
-        tokens: estimate_tokens(body, front.settings.default_max_new_tokens),
-    }
+    let model = named.unwrap_or(&front.default_model).to_string();
+    let placing = Placing {
+        work: estimate_work(body, front.settings.default_max_new_tokens),
+        chunks: prefix_index::prompt_chunks(&model, body),
+    };
+    RequestFacts { model, placing }
 }
 
-/// Prompt tokens (about 4 bytes each: the router does not tokenize) plus requested new ones.
-pub fn estimate_tokens(body: &Value, default_new: u64) -> u64 {
+/// Prompt tokens (about 4 bytes each: the router does not tokenize) and requested new ones.
+pub fn estimate_work(body: &Value, default_new: u64) -> Work {
     let mut prompt_bytes = 0usize;
     for key in ["inputs", "prompt"] {
         if let Some(text) = body.get(key).and_then(Value::as_str) {
@@ -117,7 +121,10 @@ pub fn estimate_tokens(body: &Value, default_new: u64) -> u64 {
         .and_then(Value::as_u64)
         .unwrap_or(default_new)
         .min(MAX_ESTIMATED_NEW_TOKENS);
-    (prompt_bytes / 4) as u64 + 1 + new
+    Work {
+        prompt_tokens: (prompt_bytes / prefix_index::BYTES_PER_TOKEN) as u64 + 1,
+        new_tokens: new,
+    }
 }
 
 /// Cap on a request's new tokens in queue estimates (a client may ask for anything; the
@@ -161,8 +168,8 @@ async fn forward(
     let mut tried: Vec<Arc<Backend>> = Vec::new();
     let mut last_failure: Option<Response> = None;
     for _attempt in 0..=front.settings.max_retries {
-        let (backend, guard) = match front.pick(&facts.model, facts.tokens, &tried) {
-            Pick::Chosen(backend, guard) => (backend, guard),
+        let (backend, mut guard, cached) = match front.pick(&facts.model, &facts.placing, &tried) {
+            Pick::Chosen(backend, guard, cached) => (backend, guard, cached),
             Pick::AllFull if last_failure.is_none() => {
                 return api_error(
                     api,
@@ -203,6 +210,7 @@ async fn forward(
             }
         };
         let status = upstream.status();
+        learn_cache_size(&backend, upstream.headers());
         let mut out_headers = relay_headers(upstream.headers(), &backend.id, sent - arrived);
         if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
             // Keep the worker's answer in case no other slice can take the request.
@@ -257,7 +265,9 @@ async fn forward(
         };
         match failure {
             None => {
+                guard.first_token();
                 let relay = StreamRelay {
+                    uncached: facts.placing.work.prompt_tokens.saturating_sub(cached),
                     api,
                     counter,
                     guard,
@@ -333,8 +343,20 @@ fn add_router_time(headers: &mut HeaderMap, arrived: Instant) {
     );
 }
 
-/// Records a buffered success: tokens and time per token from TGI's headers, or OpenAI's
-/// `usage`.
+/// Sizes a slice's prefix index to the KV cache its worker reports (`x-kv-cache-tokens`).
+fn learn_cache_size(backend: &Backend, headers: &reqwest::header::HeaderMap) {
+    let tokens = headers
+        .get("x-kv-cache-tokens")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if let Some(tokens) = tokens {
+        backend.prefixes.set_capacity_tokens(tokens);
+    }
+}
+
+/// Records a buffered success from the worker's headers: output tokens, the whole time per
+/// token, and for the cost model (when the timings are there) the prefill time of the
+/// uncached prompt tokens (first token less queue) and the time per token after the first.
 fn record_buffered(guard: &InFlight, headers: &HeaderMap, body: &[u8], sent: Instant) {
     let header_num = |name: &str| {
         headers
@@ -350,17 +372,32 @@ fn record_buffered(guard: &InFlight, headers: &HeaderMap, body: &[u8], sent: Ins
                 .get("usage")?
                 .get("completion_tokens")?
                 .as_u64()
-        });
-    let tokens = tokens.unwrap_or(0);
-    let tpot = header_num("x-time-per-token")
-        .map(|ms| ms / 1000.0)
+        })
+        .unwrap_or(0);
+    let secs = |name: &str| header_num(name).map(|ms| ms / 1000.0);
+    let timings = secs("x-queue-time")
+        .zip(secs("x-time-to-first-token"))
+        .zip(secs("x-inference-time"));
+    let mut cost = CostSample::default();
+    if let Some(((queue, ttft), inference)) = timings {
+        let uncached = header_num("x-prompt-tokens").unwrap_or(0.0)
+            - header_num("x-prompt-cached-tokens").unwrap_or(0.0);
+        cost.prefill = Some(((ttft - queue).max(0.0), uncached.max(0.0) as u64));
+        let decoding = (queue + inference - ttft).max(0.0);
+        cost.decode = (tokens > 1).then(|| (decoding / (tokens - 1) as f64, guard.mean_batch()));
+    }
+    // The moving average of the whole time per token (prefill included), as `/slices` has
+    // always shown it and the `queued-tokens` policy reads it.
+    let tpot = secs("x-time-per-token")
         .or_else(|| (tokens > 0).then(|| sent.elapsed().as_secs_f64() / tokens as f64));
-    guard.stats().record_success(None, tpot, tokens);
+    guard.stats().record_success(None, tpot, tokens, cost);
 }
 
 /// A stream being relayed from a worker to the client.
 struct StreamRelay {
     api: Api,
+    /// Prompt tokens the slice was expected to compute (not cached).
+    uncached: u64,
     guard: InFlight,
     backend: Arc<Backend>,
     grace: std::time::Duration,
@@ -404,7 +441,14 @@ impl StreamRelay {
         let tokens = self.counter.tokens();
         let tpot =
             (tokens > 1).then(|| self.first_at.elapsed().as_secs_f64() / (tokens - 1) as f64);
-        self.guard.stats().record_success(Some(ttft), tpot, tokens);
+        // Seen from outside, the first token's wait includes the worker's queue.
+        let cost = CostSample {
+            prefill: Some((ttft, self.uncached)),
+            decode: tpot.map(|t| (t, self.guard.mean_batch())),
+        };
+        self.guard
+            .stats()
+            .record_success(Some(ttft), tpot, tokens, cost);
     }
 
     /// The event that ends a stream whose worker went away, in the endpoint's shape.
@@ -430,14 +474,15 @@ mod tests {
 
     #[test]
     fn token_estimates_use_prompt_size_and_limits() {
+        let estimate = |body: Value| {
+            let w = estimate_work(&body, 256);
+            (w.prompt_tokens, w.new_tokens)
+        };
         let tgi =
             serde_json::json!({"inputs": "a".repeat(400), "parameters": {"max_new_tokens": 20}});
-        assert_eq!(estimate_tokens(&tgi, 256), 100 + 1 + 20);
+        assert_eq!(estimate(tgi), (100 + 1, 20));
         let chat = serde_json::json!({"messages": [{"role": "user", "content": "hello"}], "max_tokens": 5});
-        assert_eq!(estimate_tokens(&chat, 256), 1 + 1 + 5);
-        assert_eq!(
-            estimate_tokens(&serde_json::json!({"prompt": ""}), 256),
-            257
-        );
+        assert_eq!(estimate(chat), (1 + 1, 5));
+        assert_eq!(estimate(serde_json::json!({"prompt": ""})), (1, 256));
     }
 }

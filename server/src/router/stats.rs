@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::cost::{CostEstimate, CostModel, CostSample};
+
 /// Weight of the newest sample in the moving averages.
 const EWMA_ALPHA: f64 = 0.2;
 /// Outcomes kept for the error rate.
@@ -41,6 +43,7 @@ struct Measured {
     outcomes: VecDeque<bool>,
     /// (finished at, tokens) for the throughput window.
     completions: VecDeque<(Instant, u64)>,
+    cost: CostModel,
 }
 
 impl Measured {
@@ -57,6 +60,7 @@ impl Measured {
 pub struct SliceStats {
     in_flight: AtomicUsize,
     queued_tokens: AtomicU64,
+    pending_prefill: AtomicU64,
     requests: AtomicU64,
     errors: AtomicU64,
     retries: AtomicU64,
@@ -81,41 +85,59 @@ pub struct StatsSnapshot {
     pub error_rate: f64,
     /// Output tokens per second over the last 30 s.
     pub tokens_per_second: f64,
+    /// Uncached prompt tokens of requests in flight without a first token yet (estimated).
+    pub pending_prefill_tokens: u64,
+    /// Measured seconds per uncached prompt token.
+    pub prefill_secs_per_token: Option<f64>,
+    /// Measured time per output token = `[0] + [1] x running requests`, seconds.
+    pub decode_secs_per_token: Option<[f64; 2]>,
+}
+
+/// What routing policies read of a slice.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoadView {
+    pub in_flight: usize,
+    pub queued_tokens: u64,
+    pub pending_prefill_tokens: u64,
+    /// Moving average of seconds per output token.
+    pub tpot: Option<f64>,
+    pub cost: CostEstimate,
 }
 
 impl SliceStats {
-    /// Counts a request as sent to this slice until the returned guard is dropped.
-    pub fn begin(self: &Arc<Self>, tokens: u64) -> InFlight {
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
-        self.add_queued(tokens);
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        InFlight {
-            stats: self.clone(),
-            tokens,
-        }
+    /// Counts a request of `tokens` tokens (`prefill` of them prompt tokens to compute) as
+    /// sent to this slice until the returned guard is dropped.
+    pub fn begin(self: &Arc<Self>, tokens: u64, prefill: u64) -> InFlight {
+        let before = self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.admitted(tokens, prefill, before)
     }
 
     /// Like [`SliceStats::begin`], but only while fewer than `limit` requests are in flight.
-    pub fn try_begin(self: &Arc<Self>, tokens: u64, limit: usize) -> Option<InFlight> {
-        self.in_flight
+    pub fn try_begin(
+        self: &Arc<Self>,
+        tokens: u64,
+        prefill: u64,
+        limit: usize,
+    ) -> Option<InFlight> {
+        let before = self
+            .in_flight
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < limit).then_some(n + 1)
             })
             .ok()?;
-        self.add_queued(tokens);
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        Some(InFlight {
-            stats: self.clone(),
-            tokens,
-        })
+        Some(self.admitted(tokens, prefill, before))
     }
 
-    fn add_queued(&self, tokens: u64) {
-        let _ = self
-            .queued_tokens
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
-                Some(q.saturating_add(tokens))
-            });
+    fn admitted(self: &Arc<Self>, tokens: u64, prefill: u64, before: usize) -> InFlight {
+        add(&self.queued_tokens, tokens);
+        add(&self.pending_prefill, prefill);
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        InFlight {
+            stats: self.clone(),
+            tokens,
+            pending_prefill: prefill,
+            batch_at_start: before + 1,
+        }
     }
 
     /// Requests in flight now.
@@ -134,11 +156,18 @@ impl SliceStats {
         self.retries.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A finished request: its time to first token (if measured), time per output token (if
-    /// measured) and output tokens.
-    pub fn record_success(&self, ttft: Option<f64>, tpot: Option<f64>, tokens: u64) {
+    /// A finished request: its time to first token (if measured), time per output token after
+    /// the first (if measured), output tokens, and what it showed of the slice's costs.
+    pub fn record_success(
+        &self,
+        ttft: Option<f64>,
+        tpot: Option<f64>,
+        tokens: u64,
+        cost: CostSample,
+    ) {
         self.generated_tokens.fetch_add(tokens, Ordering::Relaxed);
         if let Ok(mut m) = self.measured.lock() {
+            m.cost.record(cost);
             if let Some(t) = ttft {
                 m.ttft.add(t);
             }
@@ -164,14 +193,20 @@ impl SliceStats {
         }
     }
 
-    /// What a routing policy needs, cheaply: in flight, queued tokens, time per token.
-    pub fn load(&self) -> (usize, u64, Option<f64>) {
-        let tpot = self.measured.lock().ok().and_then(|m| m.tpot.get());
-        (
-            self.in_flight.load(Ordering::Acquire),
-            self.queued_tokens.load(Ordering::Acquire),
+    /// What a routing policy needs, cheaply.
+    pub fn load(&self) -> LoadView {
+        let (tpot, cost) = self
+            .measured
+            .lock()
+            .map(|m| (m.tpot.get(), m.cost.estimate()))
+            .unwrap_or_default();
+        LoadView {
+            in_flight: self.in_flight.load(Ordering::Acquire),
+            queued_tokens: self.queued_tokens.load(Ordering::Acquire),
+            pending_prefill_tokens: self.pending_prefill.load(Ordering::Acquire),
             tpot,
-        )
+            cost,
+        }
     }
 
     /// Current values.
@@ -179,6 +214,7 @@ impl SliceStats {
         let mut snap = StatsSnapshot {
             in_flight: self.in_flight.load(Ordering::Acquire),
             queued_tokens: self.queued_tokens.load(Ordering::Acquire),
+            pending_prefill_tokens: self.pending_prefill.load(Ordering::Acquire),
             requests: self.requests.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
             retries: self.retries.load(Ordering::Relaxed),
@@ -188,6 +224,9 @@ impl SliceStats {
         if let Ok(m) = self.measured.lock() {
             snap.ttft_secs = m.ttft.get();
             snap.tpot_secs = m.tpot.get();
+            let cost = m.cost.estimate();
+            snap.prefill_secs_per_token = cost.prefill_secs_per_token;
+            snap.decode_secs_per_token = cost.decode.map(|(base, per_row)| [base, per_row]);
             if !m.outcomes.is_empty() {
                 snap.error_rate =
                     m.outcomes.iter().filter(|e| **e).count() as f64 / m.outcomes.len() as f64;
@@ -205,11 +244,27 @@ impl SliceStats {
     }
 }
 
+fn add(counter: &AtomicU64, n: u64) {
+    let _ = counter.fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+        Some(q.saturating_add(n))
+    });
+}
+
+fn sub(counter: &AtomicU64, n: u64) {
+    let _ = counter.fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+        Some(q.saturating_sub(n))
+    });
+}
+
 /// A request counted as in flight on a slice; dropping it ends the count.
 #[derive(Debug)]
 pub struct InFlight {
     stats: Arc<SliceStats>,
     tokens: u64,
+    /// Prompt tokens still counted as waiting for prefill there.
+    pending_prefill: u64,
+    /// Requests in flight on the slice when this one was sent, itself included.
+    batch_at_start: usize,
 }
 
 impl InFlight {
@@ -217,18 +272,27 @@ impl InFlight {
     pub fn stats(&self) -> &SliceStats {
         &self.stats
     }
+
+    /// The first token came: the prompt no longer waits for prefill.
+    pub fn first_token(&mut self) {
+        sub(
+            &self.stats.pending_prefill,
+            std::mem::take(&mut self.pending_prefill),
+        );
+    }
+
+    /// The mean of the slice's requests in flight when this one was sent and now: the batch
+    /// its tokens were decoded in, roughly.
+    pub fn mean_batch(&self) -> f64 {
+        (self.batch_at_start + self.stats.in_flight()) as f64 / 2.0
+    }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.stats.in_flight.fetch_sub(1, Ordering::AcqRel);
-        let tokens = self.tokens;
-        let _ = self
-            .stats
-            .queued_tokens
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
-                Some(q.saturating_sub(tokens))
-            });
+        sub(&self.stats.queued_tokens, self.tokens);
+        self.first_token();
     }
 }
 
@@ -239,13 +303,18 @@ mod tests {
     #[test]
     fn in_flight_and_queued_tokens_follow_the_guards() {
         let stats = Arc::new(SliceStats::default());
-        let a = stats.begin(100);
-        let b = stats.begin(20);
+        let a = stats.begin(100, 90);
+        let mut b = stats.begin(20, 10);
         assert_eq!(
             (stats.snapshot().in_flight, stats.snapshot().queued_tokens),
             (2, 120)
         );
+        assert_eq!(stats.snapshot().pending_prefill_tokens, 100);
+        b.first_token();
+        assert_eq!(stats.snapshot().pending_prefill_tokens, 90);
+        assert_eq!(b.mean_batch(), 2.0);
         drop(a);
+        assert_eq!(stats.snapshot().pending_prefill_tokens, 0);
         assert_eq!(
             (stats.snapshot().in_flight, stats.snapshot().queued_tokens),
             (1, 20)
@@ -253,22 +322,28 @@ mod tests {
         drop(b);
         assert_eq!(stats.snapshot().in_flight, 0);
         assert_eq!(stats.snapshot().requests, 2);
-        let held = stats.try_begin(1, 1).expect("room for one");
-        assert!(stats.try_begin(1, 1).is_none(), "limit reached");
+        let held = stats.try_begin(1, 0, 1).expect("room for one");
+        assert!(stats.try_begin(1, 0, 1).is_none(), "limit reached");
         drop(held);
-        assert!(stats.try_begin(1, 1).is_some());
+        assert!(stats.try_begin(1, 0, 1).is_some());
     }
 
     #[test]
     fn averages_and_error_rate() {
         let stats = SliceStats::default();
-        stats.record_success(Some(1.0), Some(0.1), 10);
-        stats.record_success(Some(2.0), None, 10);
+        let cost = CostSample {
+            prefill: Some((0.5, 500)),
+            decode: Some((0.1, 1.0)),
+        };
+        stats.record_success(Some(1.0), Some(0.1), 10, cost);
+        stats.record_success(Some(2.0), None, 10, CostSample::default());
         stats.record_error();
         stats.record_error();
         let s = stats.snapshot();
         assert!((s.ttft_secs.unwrap() - 1.2).abs() < 1e-9);
         assert_eq!(s.tpot_secs, Some(0.1));
+        assert_eq!(s.prefill_secs_per_token, Some(0.001));
+        assert!(s.decode_secs_per_token.is_some());
         assert_eq!(s.error_rate, 0.5);
         assert_eq!(s.generated_tokens, 20);
         assert!(s.tokens_per_second > 0.0);

@@ -34,6 +34,8 @@ pub struct SliceReport {
     /// The router's measurements.
     #[serde(flatten)]
     pub stats: StatsSnapshot,
+    /// 64-byte prompt chunks the router's prefix index holds for the slice.
+    pub prefix_index_chunks: usize,
     /// The device, for local slices.
     pub slice: Option<Slice>,
 }
@@ -66,6 +68,7 @@ fn report(backend: &Backend) -> SliceReport {
         generation,
         last_error,
         stats,
+        prefix_index_chunks: backend.prefixes.len(),
         slice,
     }
 }
@@ -171,6 +174,18 @@ pub async fn metrics(State(front): State<SharedFront>) -> Response {
         "gauge",
         "Moving average of time per output token",
         &|r| r.stats.tpot_secs.unwrap_or(0.0),
+    );
+    family(
+        "migserve_router_prefill_seconds_per_token",
+        "gauge",
+        "Cost model: measured seconds per uncached prompt token",
+        &|r| r.stats.prefill_secs_per_token.unwrap_or(0.0),
+    );
+    family(
+        "migserve_router_prefix_index_chunks",
+        "gauge",
+        "64-byte prompt chunks the router's prefix index holds for the slice",
+        &|r| r.prefix_index_chunks as f64,
     );
     family(
         "migserve_router_error_rate",

@@ -246,6 +246,7 @@ pub fn timing_headers(state: &AppState, finish: &FinishEvent, arrived: Instant) 
         millis(total.saturating_sub(finish.queue_time + finish.inference_time)),
     );
     h.insert("x-queue-time", millis(finish.queue_time));
+    h.insert("x-time-to-first-token", millis(finish.time_to_first_token));
     h.insert("x-inference-time", millis(finish.inference_time));
     h.insert("x-time-per-token", millis(per_token));
     h.insert(
@@ -263,7 +264,14 @@ pub fn timing_headers(state: &AppState, finish: &FinishEvent, arrived: Instant) 
     if let Some(slice) = &state.slice {
         h.insert("x-slice", slice.clone());
     }
+    h.insert("x-kv-cache-tokens", kv_cache_tokens(state));
     h
+}
+
+/// `x-kv-cache-tokens`: the size of the worker's KV cache, which the router sizes its picture
+/// of the slice's prefix cache by.
+fn kv_cache_tokens(state: &AppState) -> HeaderValue {
+    HeaderValue::from(state.info.kv_cache_tokens as u64)
 }
 
 /// Headers of a streamed response.
@@ -275,6 +283,7 @@ pub fn stream_headers(state: &AppState) -> HeaderMap {
     if let Some(slice) = &state.slice {
         h.insert("x-slice", slice.clone());
     }
+    h.insert("x-kv-cache-tokens", kv_cache_tokens(state));
     h
 }
 
