@@ -1,5 +1,5 @@
 //! API keys: `Authorization: Bearer <key>` on every route of a worker and of the front but
-//! `/health` (and `/metrics`, unless `--metrics-need-key`). Keys come from `--api-key` (or
+//! `/health`, `/openapi.json` and `/docs` (and `/metrics`, unless `--metrics-need-key`). Keys come from `--api-key` (or
 //! `MIGSERVE_API_KEY`) and from a key file (one key per line); a request's key is compared
 //! with every configured key in constant time. Keys are never logged: the type that holds
 //! them prints only how many there are.
@@ -92,7 +92,8 @@ impl ApiKeys {
 
     /// Whether `path` may be called without a key.
     fn is_open(&self, path: &str) -> bool {
-        path == "/health" || (path == "/metrics" && !self.metrics_need_key)
+        matches!(path, "/health" | "/openapi.json" | "/docs")
+            || (path == "/metrics" && !self.metrics_need_key)
     }
 
     /// Whether the request's `Authorization` header holds one of the keys.

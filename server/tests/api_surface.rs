@@ -416,6 +416,31 @@ async fn check_keys(c: &reqwest::Client, base: &str, who: &str) {
     assert_eq!(r.status(), 200, "{who}: /health is open");
     let r = c.get(format!("{base}/metrics")).send().await.unwrap();
     assert_eq!(r.status(), 200, "{who}: /metrics is open by default");
+    // The API's description is open too: the OpenAPI document and the page that renders it.
+    let r = c.get(format!("{base}/openapi.json")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{who}: /openapi.json is open");
+    let doc: Value = r.json().await.unwrap();
+    for path in ["/generate", "/v1/chat/completions", "/tokenize"] {
+        assert!(
+            doc["paths"][path].is_object(),
+            "{who}: {path} in /openapi.json"
+        );
+    }
+    assert!(
+        doc["components"]["schemas"]["GenerateParameters"]["properties"]["max_new_tokens"]
+            .is_object()
+    );
+    let r = c.get(format!("{base}/docs")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{who}: /docs is open");
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    let page = r.text().await.unwrap();
+    assert!(
+        page.contains("openapi.json") && !page.contains("https://"),
+        "{who}: /docs is self-contained"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

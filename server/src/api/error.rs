@@ -164,20 +164,20 @@ impl From<EngineError> for ApiError {
 }
 
 /// `{"error": "...", "error_type": "..."}` as TGI sends it.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct TgiErrorBody {
     pub error: String,
     pub error_type: String,
 }
 
 /// `{"error": {"message", "type", "param", "code"}}` as OpenAI sends it.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct OpenAiErrorBody {
     pub error: OpenAiErrorDetail,
 }
 
 /// The inner object of an OpenAI error.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct OpenAiErrorDetail {
     pub message: String,
     #[serde(rename = "type")]

@@ -3,5 +3,6 @@
 
 pub mod error;
 pub mod openai;
+pub mod openapi;
 pub mod tgi;
 pub mod tokenize;

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 /// A field that may be one string or a list of strings.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum OneOrMany {
     One(String),
@@ -23,14 +23,14 @@ impl OneOrMany {
 }
 
 /// `stream_options` of a streamed request.
-#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default, utoipa::ToSchema)]
 pub struct StreamOptions {
     #[serde(default)]
     pub include_usage: bool,
 }
 
 /// Sampling fields shared by both request kinds.
-#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default, utoipa::ToSchema)]
 pub struct SamplingFields {
     pub max_tokens: Option<i64>,
     pub max_completion_tokens: Option<i64>,
@@ -61,7 +61,7 @@ pub struct SamplingFields {
 
 /// `prompt` of `POST /v1/completions`: a string, token ids, or a list of either (one
 /// choice each).
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum PromptInput {
     Text(String),
@@ -71,7 +71,7 @@ pub enum PromptInput {
 }
 
 /// Body of `POST /v1/completions`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 pub struct CompletionRequest {
     pub model: Option<String>,
     pub prompt: Option<PromptInput>,
@@ -88,7 +88,7 @@ pub struct CompletionRequest {
 }
 
 /// Content of a chat message: a string, or a list of parts of which text parts are used.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum MessageContent {
     Text(String),
@@ -96,7 +96,7 @@ pub enum MessageContent {
 }
 
 /// One part of a multi-part message.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct ContentPart {
     #[serde(rename = "type")]
     pub kind: String,
@@ -104,7 +104,7 @@ pub struct ContentPart {
 }
 
 /// A message of `POST /v1/chat/completions`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 pub struct RequestMessage {
     pub role: String,
     pub content: Option<MessageContent>,
@@ -113,7 +113,7 @@ pub struct RequestMessage {
 }
 
 /// Body of `POST /v1/chat/completions`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 pub struct ChatRequest {
     pub model: Option<String>,
     #[serde(default)]
@@ -127,7 +127,7 @@ pub struct ChatRequest {
 }
 
 /// Token counts of a response.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Usage {
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
@@ -138,7 +138,7 @@ pub struct Usage {
 }
 
 /// What the prompt tokens were.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct PromptTokensDetails {
     pub cached_tokens: usize,
 }
@@ -168,7 +168,7 @@ impl Usage {
 
 /// `logprobs` of a completion choice (the legacy completions shape): parallel lists, one
 /// entry per token; the first prompt token of an echo has no log-probability.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default, utoipa::ToSchema)]
 pub struct CompletionLogprobs {
     pub tokens: Vec<String>,
     pub token_logprobs: Vec<Option<f32>>,
@@ -179,7 +179,7 @@ pub struct CompletionLogprobs {
 }
 
 /// One choice of a completion (streamed or not).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct CompletionChoice {
     pub index: u32,
     pub text: String,
@@ -188,7 +188,7 @@ pub struct CompletionChoice {
 }
 
 /// Response (or stream chunk) of `POST /v1/completions`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct CompletionResponse {
     pub id: String,
     pub object: String,
@@ -200,14 +200,14 @@ pub struct CompletionResponse {
 }
 
 /// The assistant's message in a chat response.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct ResponseMessage {
     pub role: String,
     pub content: String,
 }
 
 /// A token with its log-probability, as chat `logprobs` lists them.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct TopLogprob {
     pub token: String,
     pub logprob: f32,
@@ -216,7 +216,7 @@ pub struct TopLogprob {
 }
 
 /// One output token of chat `logprobs.content`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct ChatTokenLogprob {
     pub token: String,
     pub logprob: f32,
@@ -226,13 +226,13 @@ pub struct ChatTokenLogprob {
 }
 
 /// `logprobs` of a chat choice or chunk.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default, utoipa::ToSchema)]
 pub struct ChatLogprobs {
     pub content: Vec<ChatTokenLogprob>,
 }
 
 /// One choice of a chat response.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct ChatChoice {
     pub index: u32,
     pub message: ResponseMessage,
@@ -241,7 +241,7 @@ pub struct ChatChoice {
 }
 
 /// Response of `POST /v1/chat/completions`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct ChatResponse {
     pub id: String,
     pub object: String,
@@ -252,7 +252,7 @@ pub struct ChatResponse {
 }
 
 /// The change a stream chunk brings to the assistant's message.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default, utoipa::ToSchema)]
 pub struct Delta {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
@@ -261,7 +261,7 @@ pub struct Delta {
 }
 
 /// One choice of a chat stream chunk.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct ChunkChoice {
     pub index: u32,
     pub delta: Delta,
@@ -270,7 +270,7 @@ pub struct ChunkChoice {
 }
 
 /// One chunk of a streamed chat response.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct ChatChunk {
     pub id: String,
     pub object: String,
@@ -282,7 +282,7 @@ pub struct ChatChunk {
 }
 
 /// One entry of `GET /v1/models`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct ModelCard {
     pub id: String,
     pub object: String,
@@ -291,7 +291,7 @@ pub struct ModelCard {
 }
 
 /// Response of `GET /v1/models`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct ModelList {
     pub object: String,
     pub data: Vec<ModelCard>,

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Body of `POST /generate`, `/generate_stream` and `/`.
-#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default, utoipa::ToSchema)]
 pub struct GenerateRequest {
     pub inputs: Option<String>,
     #[serde(default)]
@@ -15,7 +15,7 @@ pub struct GenerateRequest {
 
 /// TGI's `parameters` object. Fields TGI has that migserve does not implement are accepted
 /// and rejected by validation when set to something other than their neutral value.
-#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default, utoipa::ToSchema)]
 pub struct GenerateParameters {
     pub best_of: Option<usize>,
     #[serde(default)]
@@ -46,7 +46,7 @@ pub struct GenerateParameters {
 }
 
 /// One generated (or prompt) token in `details`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct Token {
     pub id: u32,
     pub text: String,
@@ -55,7 +55,7 @@ pub struct Token {
 }
 
 /// A prompt token in `details.prefill`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct PrefillToken {
     pub id: u32,
     pub text: String,
@@ -63,7 +63,7 @@ pub struct PrefillToken {
 }
 
 /// What `details` says of one generated sequence (the answer's, or another `best_of` one).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct SequenceDetails {
     pub finish_reason: String,
     pub generated_tokens: usize,
@@ -76,7 +76,7 @@ pub struct SequenceDetails {
 }
 
 /// `details` of a non-streamed response.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct Details {
     #[serde(flatten)]
     pub sequence: SequenceDetails,
@@ -86,7 +86,7 @@ pub struct Details {
 }
 
 /// One sample of `best_of` that was not the answer.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct BestOfSequence {
     pub generated_text: String,
     #[serde(flatten)]
@@ -94,7 +94,7 @@ pub struct BestOfSequence {
 }
 
 /// Response of `POST /generate`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct GenerateResponse {
     pub generated_text: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -102,7 +102,7 @@ pub struct GenerateResponse {
 }
 
 /// `details` of the last streamed event.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct StreamDetails {
     pub finish_reason: String,
     pub generated_tokens: usize,
@@ -111,7 +111,7 @@ pub struct StreamDetails {
 }
 
 /// One server-sent event of `POST /generate_stream`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct StreamResponse {
     pub index: usize,
     pub token: Token,
@@ -121,7 +121,7 @@ pub struct StreamResponse {
 }
 
 /// Response of `GET /info`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct Info {
     pub model_id: String,
     pub model_sha: Option<String>,
@@ -159,7 +159,7 @@ pub struct Info {
 }
 
 /// The prefix cache of a worker, in `/info`.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct PrefixCacheInfo {
     /// Prompt tokens looked up at admission.
     pub queried_tokens: u64,

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// One token of a tokenized prompt: `start..stop` are its bytes in the decoded prompt.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct SimpleToken {
     pub id: u32,
     pub text: String,
@@ -12,7 +12,7 @@ pub struct SimpleToken {
 }
 
 /// Response of `POST /chat_tokenize`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct ChatTokenizeResponse {
     pub tokenize_response: Vec<SimpleToken>,
     /// The conversation as the chat template renders it.
@@ -20,14 +20,14 @@ pub struct ChatTokenizeResponse {
 }
 
 /// Body of `POST /detokenize`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct DetokenizeRequest {
     pub model: Option<String>,
     pub tokens: Vec<u32>,
 }
 
 /// Response of `POST /detokenize`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct DetokenizeResponse {
     pub prompt: String,
 }

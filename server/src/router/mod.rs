@@ -190,6 +190,8 @@ impl Front {
             .route("/tokenize", relay("/tokenize", Api::Tgi))
             .route("/chat_tokenize", relay("/chat_tokenize", Api::OpenAi))
             .route("/detokenize", relay("/detokenize", Api::OpenAi))
+            .route("/openapi.json", get(crate::api::openapi::openapi_json))
+            .route("/docs", get(crate::api::openapi::docs_page))
             .fallback(crate::api::error::route_not_found)
             .method_not_allowed_fallback(crate::api::error::method_not_allowed)
             .layer(DefaultBodyLimit::max(self.settings.max_body_bytes))

@@ -110,6 +110,8 @@ pub fn router(state: SharedState) -> Router {
         .route("/tokenize", post(tokenize::tokenize))
         .route("/chat_tokenize", post(tokenize::chat_tokenize))
         .route("/detokenize", post(tokenize::detokenize))
+        .route("/openapi.json", get(crate::api::openapi::openapi_json))
+        .route("/docs", get(crate::api::openapi::docs_page))
         .fallback(crate::api::error::route_not_found)
         .method_not_allowed_fallback(crate::api::error::method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
