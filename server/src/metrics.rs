@@ -51,6 +51,26 @@ fn describe() {
     describe_gauge!(BATCH_SIZE, "Sequences in the running batch");
     describe_gauge!(KV_BLOCKS_USED, "KV cache blocks owned by sequences");
     describe_gauge!(KV_BLOCKS_FREE, "KV cache blocks free");
+    describe_gauge!(
+        PREFIX_CACHE_BLOCKS,
+        "Cached full KV blocks, referenced or evictable"
+    );
+    describe_counter!(
+        PREFIX_CACHE_QUERIED_TOKENS,
+        "Prompt tokens looked up in the prefix cache at admission"
+    );
+    describe_counter!(
+        PREFIX_CACHE_HIT_TOKENS,
+        "Prompt tokens found in the prefix cache, not computed"
+    );
+    describe_counter!(
+        PREFIX_CACHE_EVICTIONS,
+        "Cached KV blocks evicted for new allocations"
+    );
+    describe_counter!(
+        KV_BLOCKS_ALLOCATED,
+        "Fresh KV blocks handed out (shared prefix blocks not counted)"
+    );
     describe_counter!(REQUESTS, "Requests accepted");
     describe_histogram!(REQUEST_DURATION, Unit::Seconds, "Arrival to last token");
     describe_histogram!(

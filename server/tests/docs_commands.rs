@@ -393,11 +393,20 @@ fn run_curl(file: &str, line: &str, comment: &str, port: &str, base: &str) {
     if body.trim().is_empty() {
         return; // `/health`: the status is the answer
     }
-    if body.starts_with("# HELP") {
+    // Prometheus text starts with a series' `# HELP` (or `# TYPE` for one without a help).
+    if body.starts_with("# HELP") || body.starts_with("# TYPE") {
         assert!(
             body.contains("\nmigserve_"),
             "{file}: `{line}`: no migserve metrics"
         );
+        // Every series is described.
+        for typed in body.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
+            let name = typed.split(' ').next().unwrap_or_default();
+            assert!(
+                body.contains(&format!("# HELP {name} ")),
+                "{file}: `{line}`: {name} has no # HELP"
+            );
+        }
         return; // Prometheus text
     }
     let short: String = body.chars().take(600).collect();
