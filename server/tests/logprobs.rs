@@ -18,9 +18,12 @@ use serde_json::{json, Value};
 use common::{hf_dir, Worker};
 
 /// Largest difference allowed between a returned log-probability and the reference's: the
-/// worker keeps keys and values in f16 on the CPU (11-bit mantissa), the reference in f32
-/// (measured: under 1e-3 on this prompt).
-const TOLERANCE: f32 = 2e-3;
+/// worker keeps keys and values in f16 on the CPU (11-bit mantissa), the reference in f32, and
+/// the matmul kernels (so the rounding) differ by CPU. Measured on this prompt: under 1e-3 on
+/// an Intel Xeon with AVX2, 4.3e-3 at worst (one prompt position, -6.0253 vs -6.0211, the
+/// same every run) on an AMD EPYC with AVX-512. A wrong position, temperature or normalizer
+/// is off by far more.
+const TOLERANCE: f32 = 6e-3;
 
 const PROMPT: &str = "The three primary colors are red, yellow and";
 
