@@ -141,21 +141,17 @@ impl CostEstimate {
             Some(age) => 0.5f64.powf(age.as_secs_f64() / HALF_LIFE.as_secs_f64()),
             None => 0.0,
         };
-        let blend = |mine: Option<f64>, theirs: Option<f64>| match (mine, theirs) {
-            (Some(m), Some(t)) => Some(own * m + (1.0 - own) * t),
+        let mix = |mine: f64, theirs: f64| own * mine + (1.0 - own) * theirs;
+        let prefill = match (self.prefill_secs_per_token, fleet.prefill_secs_per_token) {
+            (Some(m), Some(t)) => Some(mix(m, t)),
             (m, t) => m.or(t),
         };
         let decode = match (self.decode, fleet.decode) {
-            (Some(m), Some(t)) => {
-                Some((own * m.0 + (1.0 - own) * t.0, own * m.1 + (1.0 - own) * t.1))
-            }
+            (Some(m), Some(t)) => Some((mix(m.0, t.0), mix(m.1, t.1))),
             (m, t) => m.or(t),
         };
         CostEstimate {
-            prefill_secs_per_token: blend(
-                self.prefill_secs_per_token,
-                fleet.prefill_secs_per_token,
-            ),
+            prefill_secs_per_token: prefill,
             decode,
             age: self.age,
         }

@@ -51,14 +51,15 @@ pub type SharedFront = Arc<Front>;
 #[derive(Debug, Clone, Default)]
 pub struct Placing {
     pub work: policy::Work,
-    /// The hash chain of its prompt's chunks ([`prefix_index::prompt_chunks`]).
+    /// The hash chain of its prompt's chunks ([`prefix_index::PromptText::chunks`]); empty
+    /// unless the policy reads it.
     pub chunks: Vec<u64>,
 }
 
 /// The outcome of picking a slice.
 pub enum Pick {
-    /// Chosen, counted in flight there, with the prompt tokens expected cached there.
-    Chosen(Arc<Backend>, InFlight, u64),
+    /// Chosen, and counted in flight there.
+    Chosen(Arc<Backend>, InFlight),
     /// Every healthy candidate is at its queue limit.
     AllFull,
     /// No candidate is healthy (or all were tried).
@@ -253,7 +254,7 @@ impl Front {
             // Another request may have filled it since the snapshot: then choose again.
             if let Some(guard) = chosen.stats.try_begin(work.total(), prefill, limit) {
                 chosen.prefixes.insert(&placing.chunks);
-                return Pick::Chosen(chosen.clone(), guard, loads[k].cached_tokens);
+                return Pick::Chosen(chosen.clone(), guard);
             }
         }
     }

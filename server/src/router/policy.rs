@@ -62,7 +62,7 @@ pub fn choose(
     if loads.is_empty() {
         return None;
     }
-    let all: Vec<usize> = (0..loads.len()).collect();
+    let all = || (0..loads.len()).collect::<Vec<usize>>();
     Some(match policy {
         RoutingPolicy::RoundRobin => turn.fetch_add(1, Ordering::Relaxed) % loads.len(),
         RoutingPolicy::LeastOutstanding => {
@@ -72,16 +72,19 @@ pub fn choose(
                 .collect();
             tied[rng.random_range(0..tied.len())]
         }
-        RoutingPolicy::QueuedTokens => {
-            best_of(loads, &all, &queued_token_seconds(loads, work.total()), rng)
-        }
+        RoutingPolicy::QueuedTokens => best_of(
+            loads,
+            &all(),
+            &queued_token_seconds(loads, work.total()),
+            rng,
+        ),
         RoutingPolicy::EarliestCompletion => {
-            best_of(loads, &all, &expected_completion(loads, work, false), rng)
+            best_of(loads, &all(), &expected_completion(loads, work, false), rng)
         }
         RoutingPolicy::PrefixAware => {
             let fewest = loads.iter().map(|l| l.in_flight).min().unwrap_or(0);
             let bound = (fewest * IMBALANCE_RATIO).max(fewest + IMBALANCE_SLACK);
-            let within: Vec<usize> = all
+            let within: Vec<usize> = all()
                 .into_iter()
                 .filter(|&i| loads[i].in_flight <= bound)
                 .collect();

@@ -17,54 +17,83 @@ pub const BYTES_PER_TOKEN: usize = 4;
 /// Tokens an index holds until a worker says how large its KV cache is.
 pub const DEFAULT_CAPACITY_TOKENS: usize = 16384;
 
-/// The hash chain of a prompt's whole chunks, first chunk first.
-pub fn prompt_chunks(model: &str, body: &Value) -> Vec<u64> {
-    let mut text = Vec::new();
-    for key in ["inputs", "prompt"] {
-        match body.get(key) {
-            Some(Value::String(s)) => text.extend_from_slice(s.as_bytes()),
-            // A list of one prompt is that prompt; a batch of several shares nothing known.
-            Some(Value::Array(items)) if items.len() == 1 => {
-                if let Some(s) = items[0].as_str() {
-                    text.extend_from_slice(s.as_bytes());
+/// A request's prompt as the router sees it: the text (TGI `inputs`, OpenAI `prompt`, or the
+/// chat messages as role + content with separators) and how many of its bytes are content.
+#[derive(Debug, Default)]
+pub struct PromptText {
+    pub bytes: Vec<u8>,
+    /// Bytes of prompt and message content (roles and separators not counted).
+    pub content_bytes: usize,
+}
+
+impl PromptText {
+    /// Reads the prompt of `body`, once.
+    pub fn of(body: &Value) -> Self {
+        let mut text = Self::default();
+        for key in ["inputs", "prompt"] {
+            match body.get(key) {
+                Some(Value::String(s)) => text.content(s.as_bytes()),
+                // A list of one prompt is that prompt; a batch of several shares nothing known.
+                Some(Value::Array(items)) if items.len() == 1 => {
+                    if let Some(s) = items[0].as_str() {
+                        text.content(s.as_bytes());
+                    }
                 }
+                _ => {}
             }
-            _ => {}
         }
-    }
-    if let Some(messages) = body.get("messages").and_then(Value::as_array) {
-        for m in messages {
-            // Role and content, with separators that text cannot fake: the same conversation
-            // so far gives the same bytes, so the same chunks.
-            text.extend_from_slice(
-                m.get("role")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .as_bytes(),
-            );
-            text.push(0x1f);
-            match m.get("content") {
-                Some(Value::String(s)) => text.extend_from_slice(s.as_bytes()),
-                Some(other) => text.extend_from_slice(other.to_string().as_bytes()),
-                None => {}
+        if let Some(messages) = body.get("messages").and_then(Value::as_array) {
+            for m in messages {
+                // Role and content, with separators that text cannot fake: the same
+                // conversation so far gives the same bytes, so the same chunks.
+                let role = m.get("role").and_then(Value::as_str).unwrap_or("");
+                text.bytes.extend_from_slice(role.as_bytes());
+                text.bytes.push(0x1f);
+                match m.get("content") {
+                    Some(Value::String(s)) => text.content(s.as_bytes()),
+                    Some(other) => text.content(other.to_string().as_bytes()),
+                    None => {}
+                }
+                text.bytes.push(0x1e);
             }
-            text.push(0x1e);
         }
+        text
     }
-    let mut parent = {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        model.hash(&mut h);
-        h.finish()
-    };
-    text.chunks_exact(CHUNK_BYTES)
-        .map(|chunk| {
+
+    fn content(&mut self, bytes: &[u8]) {
+        self.bytes.extend_from_slice(bytes);
+        self.content_bytes += bytes.len();
+    }
+
+    /// Estimated prompt tokens (at [`BYTES_PER_TOKEN`], plus one).
+    pub fn tokens(&self) -> u64 {
+        (self.content_bytes / BYTES_PER_TOKEN) as u64 + 1
+    }
+
+    /// The hash chain of the text's whole chunks for `model`, first chunk first.
+    pub fn chunks(&self, model: &str) -> Vec<u64> {
+        let mut parent = {
             let mut h = std::collections::hash_map::DefaultHasher::new();
-            parent.hash(&mut h);
-            chunk.hash(&mut h);
-            parent = h.finish();
-            parent
-        })
-        .collect()
+            model.hash(&mut h);
+            h.finish()
+        };
+        self.bytes
+            .chunks_exact(CHUNK_BYTES)
+            .map(|chunk| {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                parent.hash(&mut h);
+                chunk.hash(&mut h);
+                parent = h.finish();
+                parent
+            })
+            .collect()
+    }
+}
+
+/// The hash chain of the whole chunks of `body`'s prompt for `model`.
+#[cfg(test)]
+fn prompt_chunks(model: &str, body: &Value) -> Vec<u64> {
+    PromptText::of(body).chunks(model)
 }
 
 /// Tokens that `chunks` leading chunks stand for.

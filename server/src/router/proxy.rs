@@ -15,11 +15,12 @@ use serde_json::Value;
 use super::backend::Backend;
 use super::cost::CostSample;
 use super::policy::Work;
-use super::prefix_index;
+use super::prefix_index::PromptText;
 use super::stats::InFlight;
 use super::token_count::TokenCounter;
 use super::{Pick, Placing, SharedFront};
 use crate::api::error::{ApiError, OpenAiError};
+use crate::config::RoutingPolicy;
 
 /// Which wire API a request came in on (errors answer in its shape).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,31 +89,20 @@ fn facts(front: &SharedFront, api: Api, headers: &HeaderMap, body: &Value) -> Re
     .or_else(|| headers.get(MODEL_HEADER).and_then(|v| v.to_str().ok()))
     .filter(|m| !m.is_empty());
     let model = named.unwrap_or(&front.default_model).to_string();
+    let prompt = PromptText::of(body);
     let placing = Placing {
-        work: estimate_work(body, front.settings.default_max_new_tokens),
-        chunks: prefix_index::prompt_chunks(&model, body),
+        work: estimate_work(&prompt, body, front.settings.default_max_new_tokens),
+        // Only the prefix-aware policy reads them.
+        chunks: match front.settings.policy {
+            RoutingPolicy::PrefixAware => prompt.chunks(&model),
+            _ => Vec::new(),
+        },
     };
     RequestFacts { model, placing }
 }
 
 /// Prompt tokens (about 4 bytes each: the router does not tokenize) and requested new ones.
-pub fn estimate_work(body: &Value, default_new: u64) -> Work {
-    let mut prompt_bytes = 0usize;
-    for key in ["inputs", "prompt"] {
-        if let Some(text) = body.get(key).and_then(Value::as_str) {
-            prompt_bytes += text.len();
-        }
-    }
-    if let Some(messages) = body.get("messages").and_then(Value::as_array) {
-        prompt_bytes += messages
-            .iter()
-            .map(|m| match m.get("content") {
-                Some(Value::String(text)) => text.len(),
-                Some(other) => other.to_string().len(),
-                None => 0,
-            })
-            .sum::<usize>();
-    }
+pub fn estimate_work(prompt: &PromptText, body: &Value, default_new: u64) -> Work {
     let new = body
         .get("parameters")
         .and_then(|p| p.get("max_new_tokens"))
@@ -122,7 +112,7 @@ pub fn estimate_work(body: &Value, default_new: u64) -> Work {
         .unwrap_or(default_new)
         .min(MAX_ESTIMATED_NEW_TOKENS);
     Work {
-        prompt_tokens: (prompt_bytes / prefix_index::BYTES_PER_TOKEN) as u64 + 1,
+        prompt_tokens: prompt.tokens(),
         new_tokens: new,
     }
 }
@@ -168,8 +158,8 @@ async fn forward(
     let mut tried: Vec<Arc<Backend>> = Vec::new();
     let mut last_failure: Option<Response> = None;
     for _attempt in 0..=front.settings.max_retries {
-        let (backend, mut guard, cached) = match front.pick(&facts.model, &facts.placing, &tried) {
-            Pick::Chosen(backend, guard, cached) => (backend, guard, cached),
+        let (backend, mut guard) = match front.pick(&facts.model, &facts.placing, &tried) {
+            Pick::Chosen(backend, guard) => (backend, guard),
             Pick::AllFull if last_failure.is_none() => {
                 return api_error(
                     api,
@@ -267,7 +257,6 @@ async fn forward(
             None => {
                 guard.first_token();
                 let relay = StreamRelay {
-                    uncached: facts.placing.work.prompt_tokens.saturating_sub(cached),
                     api,
                     counter,
                     guard,
@@ -396,8 +385,6 @@ fn record_buffered(guard: &InFlight, headers: &HeaderMap, body: &[u8], sent: Ins
 /// A stream being relayed from a worker to the client.
 struct StreamRelay {
     api: Api,
-    /// Prompt tokens the slice was expected to compute (not cached).
-    uncached: u64,
     guard: InFlight,
     backend: Arc<Backend>,
     grace: std::time::Duration,
@@ -443,7 +430,7 @@ impl StreamRelay {
             (tokens > 1).then(|| self.first_at.elapsed().as_secs_f64() / (tokens - 1) as f64);
         // Seen from outside, the first token's wait includes the worker's queue.
         let cost = CostSample {
-            prefill: Some((ttft, self.uncached)),
+            prefill: Some((ttft, self.guard.prefill_tokens())),
             decode: tpot.map(|t| (t, self.guard.mean_batch())),
         };
         self.guard
@@ -475,7 +462,7 @@ mod tests {
     #[test]
     fn token_estimates_use_prompt_size_and_limits() {
         let estimate = |body: Value| {
-            let w = estimate_work(&body, 256);
+            let w = estimate_work(&PromptText::of(&body), &body, 256);
             (w.prompt_tokens, w.new_tokens)
         };
         let tgi =

@@ -135,7 +135,8 @@ impl SliceStats {
         InFlight {
             stats: self.clone(),
             tokens,
-            pending_prefill: prefill,
+            prefill,
+            prefilled: false,
             batch_at_start: before + 1,
         }
     }
@@ -261,8 +262,10 @@ fn sub(counter: &AtomicU64, n: u64) {
 pub struct InFlight {
     stats: Arc<SliceStats>,
     tokens: u64,
-    /// Prompt tokens still counted as waiting for prefill there.
-    pending_prefill: u64,
+    /// Prompt tokens the slice was expected to compute (not cached).
+    prefill: u64,
+    /// Whether they are no longer counted as waiting (the first token came).
+    prefilled: bool,
     /// Requests in flight on the slice when this one was sent, itself included.
     batch_at_start: usize,
 }
@@ -275,10 +278,14 @@ impl InFlight {
 
     /// The first token came: the prompt no longer waits for prefill.
     pub fn first_token(&mut self) {
-        sub(
-            &self.stats.pending_prefill,
-            std::mem::take(&mut self.pending_prefill),
-        );
+        if !std::mem::replace(&mut self.prefilled, true) {
+            sub(&self.stats.pending_prefill, self.prefill);
+        }
+    }
+
+    /// Prompt tokens the slice was expected to compute (not cached).
+    pub fn prefill_tokens(&self) -> u64 {
+        self.prefill
     }
 
     /// The mean of the slice's requests in flight when this one was sent and now: the batch
