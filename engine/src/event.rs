@@ -16,6 +16,8 @@ pub enum FinishReason {
     EosToken,
     /// The text produced one of the request's stop sequences.
     StopSequence,
+    /// The request's grammar is complete: nothing more may follow.
+    GrammarComplete,
 }
 
 /// A token and its log-probability (an alternative at a position, or a prompt token).

@@ -20,6 +20,7 @@ pub mod error;
 pub mod event;
 pub mod fault;
 pub mod flags;
+pub mod grammar;
 pub mod local;
 pub mod metrics;
 pub mod output;
@@ -37,6 +38,7 @@ pub use event::{
     EngineEvent, EventStream, FinishEvent, FinishReason, PrefillLogprob, TokenEvent, TokenLogprob,
 };
 pub use flags::EngineFlags;
+pub use grammar::{Constraint, Grammar, GrammarCompiler};
 pub use local::LocalEngine;
 pub use request::{GenerateRequest, Limits, LogprobsSpec, Prompt, SamplingSpec, MAX_TOP_LOGPROBS};
 pub use step::StepModel;

@@ -1,7 +1,8 @@
 //! [`LocalEngine`]: the model on this process's device, behind the [`Engine`] trait.
 
 use std::path::Path;
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, OnceLock};
+use std::time::Instant;
 
 use migserve_models::{
     ChatTemplate, Device, IncrementalDecoder, Model, ModelConfig, ModelSource, Tokenizer,
@@ -19,6 +20,7 @@ use crate::error::{EngineError, StartError};
 use crate::event::EventStream;
 use crate::fault;
 use crate::flags::{EngineFlags, DEFAULT_KV_CACHE_TOKENS};
+use crate::grammar::GrammarCompiler;
 use crate::request::{GenerateRequest, Limits, Prompt};
 use crate::scheduler::SchedulerConfig;
 use crate::step::StepModel;
@@ -45,6 +47,9 @@ pub struct LocalEngine {
     tokenizer: Arc<Tokenizer>,
     chat_template: ChatTemplate,
     info: EngineInfo,
+    /// Built by the first request with a grammar (the token trie is work no other request
+    /// needs); an error stays for every later one.
+    grammars: OnceLock<Result<GrammarCompiler, String>>,
 }
 
 impl LocalEngine {
@@ -173,7 +178,26 @@ impl LocalEngine {
             tokenizer,
             chat_template: parts.chat_template,
             info: parts.info,
+            grammars: OnceLock::new(),
         })
+    }
+
+    /// The grammar compiler for this model's tokenizer, built on first use.
+    fn grammars(&self) -> Result<&GrammarCompiler, EngineError> {
+        self.grammars
+            .get_or_init(|| {
+                let started = Instant::now();
+                let built = GrammarCompiler::new(&self.tokenizer, self.info.limits.vocab_size)
+                    .map_err(|e| e.to_string());
+                tracing::info!(
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    ok = built.is_ok(),
+                    "grammar support ready"
+                );
+                built
+            })
+            .as_ref()
+            .map_err(|e| EngineError::Generation(e.clone()))
     }
 
     /// Requests waiting or running now.
@@ -203,9 +227,11 @@ impl LocalEngine {
         match prompt {
             Prompt::Text(text) if text.is_empty() => empty("the prompt"),
             Prompt::Text(text) => Ok((self.tokenizer.encode(text, true)?, None)),
-            Prompt::Chat(messages) if messages.is_empty() => empty("`messages`"),
-            Prompt::Chat(messages) => {
-                let text = self.chat_template.render(messages, true)?;
+            Prompt::Chat { messages, .. } if messages.is_empty() => empty("`messages`"),
+            Prompt::Chat { messages, tools } => {
+                let text = self
+                    .chat_template
+                    .render_with_tools(messages, tools, true)?;
                 Ok((self.tokenizer.encode(&text, false)?, Some(text)))
             }
             Prompt::Tokens(ids) if ids.is_empty() => empty("the prompt"),
@@ -225,7 +251,11 @@ impl Engine for LocalEngine {
         let (mut ids, _) = self.prompt_ids(&request.prompt)?;
         validate::truncate(&mut ids, request.truncate)?;
         let return_prompt_tokens = request.return_prompt_tokens;
-        let request = validate::build_request(ids, &request, &self.info.limits)?;
+        let mut built = validate::build_request(ids, &request, &self.info.limits)?;
+        if let Some(grammar) = &request.grammar {
+            built.constraint = Some(self.grammars()?.compile(grammar)?);
+        }
+        let request = built;
         let prompt_tokens = request.prompt.len();
         // Decoded one by one only once the request is known to be valid.
         let prompt = match return_prompt_tokens {

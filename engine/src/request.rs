@@ -5,15 +5,31 @@ use std::time::Instant;
 
 use migserve_models::{ChatMessage, SamplingParams};
 
+use crate::grammar::{Constraint, Grammar};
+
 /// What to generate from.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Prompt {
     /// Plain text, tokenized with the model's tokenizer (a BOS added when the model wants one).
     Text(String),
-    /// A conversation, rendered through the model's chat template, ready for the reply.
-    Chat(Vec<ChatMessage>),
+    /// A conversation, rendered through the model's chat template, ready for the reply; with
+    /// the tools the model may call (OpenAI's function objects; the template's `tools`).
+    Chat {
+        messages: Vec<ChatMessage>,
+        tools: Vec<serde_json::Value>,
+    },
     /// Token ids, used as they are (nothing added).
     Tokens(Vec<u32>),
+}
+
+impl Prompt {
+    /// A conversation without tools.
+    pub fn chat(messages: Vec<ChatMessage>) -> Self {
+        Prompt::Chat {
+            messages,
+            tools: Vec::new(),
+        }
+    }
 }
 
 impl Default for Prompt {
@@ -67,6 +83,8 @@ pub struct GenerateRequest {
     pub ignore_eos: bool,
     /// Return the prompt's tokens (id and text) on acceptance (TGI `decoder_input_details`).
     pub return_prompt_tokens: bool,
+    /// What the output must match (a JSON schema, a regex, a grammar, a choice).
+    pub grammar: Option<Grammar>,
     /// When the request reached the server.
     pub arrived: Instant,
 }
@@ -84,6 +102,7 @@ impl GenerateRequest {
             stop: Vec::new(),
             ignore_eos: false,
             return_prompt_tokens: false,
+            grammar: None,
             arrived: Instant::now(),
         }
     }
@@ -116,6 +135,8 @@ pub struct EngineRequest {
     /// Keep generating past eos (benchmarks with fixed output lengths).
     pub ignore_eos: bool,
     pub logprobs: LogprobsSpec,
+    /// The request's grammar, compiled: which tokens may come next.
+    pub constraint: Option<Constraint>,
     /// When the request reached the server.
     pub arrived: Instant,
 }

@@ -25,7 +25,10 @@ use crate::block_manager::PrefixStats;
 use crate::cache::PagedStore;
 use crate::engine::{Health, PrefixCacheStatus};
 use crate::error::EngineError;
-use crate::event::{EngineEvent, FinishEvent, PrefillLogprob, TokenEvent, TokenLogprob};
+use crate::event::{
+    EngineEvent, FinishEvent, FinishReason, PrefillLogprob, TokenEvent, TokenLogprob,
+};
+use crate::grammar::{Constraint, TokenMask};
 use crate::metrics as m;
 use crate::output::OutputProcessor;
 use crate::request::EngineRequest;
@@ -228,6 +231,56 @@ struct Active {
     first_token: Option<Instant>,
     /// Prompt tokens the prefix cache held at its first admission.
     cached_tokens: usize,
+    /// The request's grammar state, when it has one.
+    constraint: Option<Constraint>,
+    /// The tokens the grammar allows at the position sampled next, computed while the step's
+    /// forward pass ran.
+    mask: Option<Result<TokenMask, String>>,
+}
+
+/// Constraints taken out of their sequences for the length of a forward pass.
+type Pending = Vec<(SeqId, Constraint)>;
+
+/// The constraints given back after the pass, each with its mask (or why there is none).
+type Masked = Vec<(SeqId, Option<Constraint>, Result<TokenMask, String>)>;
+
+/// Each pending constraint's mask for its next token, computed on a thread of its own while
+/// `forward` runs on this one (so rows without a grammar never wait for one). A panic in the
+/// grammar code loses the constraints: those sequences come back with none (and fail).
+fn masks_beside<R>(pending: Pending, forward: impl FnOnce() -> R) -> (R, Masked) {
+    if pending.is_empty() {
+        return (forward(), Vec::new());
+    }
+    let ids: Vec<SeqId> = pending.iter().map(|(id, _)| *id).collect();
+    std::thread::scope(|scope| {
+        let masks = std::thread::Builder::new()
+            .name("grammar-masks".into())
+            .spawn_scoped(scope, move || {
+                pending
+                    .into_iter()
+                    .map(|(id, mut c)| {
+                        let mask = c.mask();
+                        (id, Some(c), mask)
+                    })
+                    .collect::<Vec<_>>()
+            });
+        let result = forward();
+        let lost = |why: String| {
+            ids.iter()
+                .map(|id| (*id, None, Err(why.clone())))
+                .collect::<Vec<_>>()
+        };
+        let masks = match masks {
+            Ok(handle) => handle.join().unwrap_or_else(|p| {
+                lost(format!(
+                    "the grammar panicked: {}",
+                    panic_message(p.as_ref())
+                ))
+            }),
+            Err(e) => lost(format!("no thread for the grammar: {e}")),
+        };
+        (result, masks)
+    })
 }
 
 /// The engine thread's state.
@@ -298,6 +351,12 @@ impl<M: StepModel> StepLoop<M> {
             params.end_tokens = self.tokenizer.eos_ids().to_vec();
         }
         let sampler = Sampler::new(params);
+        let mut request = s.request;
+        let constraint = request.constraint.take();
+        let s = Submission {
+            request,
+            events: s.events,
+        };
         let output = OutputProcessor::new(
             s.request.max_new_tokens,
             s.request.stop.clone(),
@@ -328,6 +387,8 @@ impl<M: StepModel> StepLoop<M> {
                 first_scheduled: None,
                 first_token: None,
                 cached_tokens: 0,
+                constraint,
+                mask: None,
             },
         );
     }
@@ -408,7 +469,14 @@ impl<M: StepModel> StepLoop<M> {
                 m::histogram_record(m::QUEUE_DURATION, now.duration_since(a.request.arrived));
             }
         }
-        let result = self.forward(&plan, &all_positions);
+        let pending = self.take_constraints(&plan);
+        let (result, masks) = masks_beside(pending, || self.forward(&plan, &all_positions));
+        for (id, constraint, mask) in masks {
+            if let Some(a) = self.active.get_mut(&id) {
+                a.constraint = constraint;
+                a.mask = Some(mask);
+            }
+        }
         m::counter_inc(m::STEPS, 1);
         let expected: usize = plan
             .chunks
@@ -464,6 +532,25 @@ impl<M: StepModel> StepLoop<M> {
                 self.sample_and_emit(chunk.seq, &mut row, log_norm);
             }
         }
+    }
+
+    /// The constraints of the sequences whose chunk reaches their last token (they sample
+    /// after this step), taken out of their state so their masks can be computed meanwhile.
+    fn take_constraints(&mut self, plan: &StepPlan) -> Pending {
+        let mut pending = Vec::new();
+        for c in &plan.chunks {
+            let samples = self
+                .scheduler
+                .get(c.seq)
+                .is_some_and(|seq| c.start + c.len >= seq.tokens.len());
+            let Some(a) = self.active.get_mut(&c.seq).filter(|_| samples) else {
+                continue;
+            };
+            if let Some(constraint) = a.constraint.take() {
+                pending.push((c.seq, constraint));
+            }
+        }
+        pending
     }
 
     /// Records the log-probabilities of the prompt tokens that the rows of positions
@@ -570,13 +657,45 @@ impl<M: StepModel> StepLoop<M> {
         let Some(a) = self.active.get_mut(&id) else {
             return;
         };
-        // Bias, penalties and the `min_tokens` mask edit the row in place: keep the raw one
-        // for the log-probabilities (of the model's distribution, before sampling transforms).
-        let edits = a.sampler.params().edits_logits(a.output.generated());
+        // Bias, penalties, the `min_tokens` mask and the grammar edit the row in place: keep
+        // the raw one for the log-probabilities (of the model's distribution, before sampling
+        // transforms).
+        let mask = match (a.mask.take(), a.constraint.as_mut()) {
+            (Some(mask), _) => Some(mask),
+            (None, Some(c)) => Some(c.mask()),
+            (None, None) => None,
+        };
+        let edits = mask.is_some() || a.sampler.params().edits_logits(a.output.generated());
         let raw = edits.then(|| logits.to_vec());
+        match mask {
+            Some(Ok(mask)) if mask.count() > 0 => mask.apply(logits),
+            Some(Ok(_)) => {
+                let e = "the grammar allows no token here".to_string();
+                self.fail(id, EngineError::Generation(e));
+                return;
+            }
+            Some(Err(e)) => {
+                self.fail(id, EngineError::Generation(format!("grammar: {e}")));
+                return;
+            }
+            None => {}
+        }
         let token = a
             .sampler
             .sample(logits, &seq.tokens, a.request.prompt.len());
+        // An end-of-sequence token ends the output itself; any other goes to the grammar.
+        let eos = self.tokenizer.eos_ids().contains(&token);
+        let committed = match a.constraint.as_mut().filter(|_| !eos) {
+            Some(c) => c.commit(token).map(|()| c.is_finished()),
+            None => Ok(false),
+        };
+        let grammar_complete = match committed {
+            Ok(done) => done,
+            Err(e) => {
+                self.fail(id, EngineError::Generation(format!("grammar: {e}")));
+                return;
+            }
+        };
         let raw = raw.as_deref().unwrap_or(logits);
         let logprob = raw[token as usize] - logprob_base;
         let top = alternatives(
@@ -602,7 +721,12 @@ impl<M: StepModel> StepLoop<M> {
             );
         }
         m::counter_inc(m::GENERATED_TOKENS, 1);
-        let out = match a.output.push(&self.tokenizer, token, context_full) {
+        let end = match (grammar_complete, context_full) {
+            (true, _) => Some(FinishReason::GrammarComplete),
+            (false, true) => Some(FinishReason::Length),
+            (false, false) => None,
+        };
+        let out = match a.output.push(&self.tokenizer, token, end) {
             Ok(out) => out,
             Err(e) => {
                 let error = EngineError::Generation(format!("detokenization failed: {e}"));

@@ -101,6 +101,9 @@ pub fn build_request(
     if request.stop.iter().any(String::is_empty) {
         return invalid("stop sequences cannot be empty");
     }
+    if request.grammar.is_some() && request.ignore_eos {
+        return invalid("`ignore_eos` cannot be combined with a grammar (it ends the output)");
+    }
     let params = sampling_params(request, limits.vocab_size, min_new_tokens)?;
     Ok(EngineRequest {
         prompt,
@@ -109,6 +112,7 @@ pub fn build_request(
         stop: request.stop.clone(),
         ignore_eos: request.ignore_eos,
         logprobs: request.logprobs,
+        constraint: None,
         arrived: request.arrived,
     })
 }

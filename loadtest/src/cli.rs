@@ -74,6 +74,10 @@ pub struct LoadArgs {
     /// migserve's `ignore_eos`).
     #[arg(long)]
     pub allow_eos: bool,
+    /// JSON object merged into every request body (OpenAI: at the top; TGI: into
+    /// `parameters`), e.g. `{"response_format": {"type": "json_object"}}`.
+    #[arg(long, value_parser = parse_json_object)]
+    pub extra_body: Option<serde_json::Value>,
     /// Requests sent before measuring (not counted).
     #[arg(long, default_value_t = 2)]
     pub warmup: u64,
@@ -143,6 +147,7 @@ impl LoadArgs {
                 api: self.api,
                 model: self.model.clone(),
                 ignore_eos: !self.allow_eos,
+                extra_body: self.extra_body.clone(),
                 timeout: Duration::from_secs_f64(self.timeout),
             },
             prompt_tokens: self.prompt_tokens,
@@ -324,4 +329,13 @@ fn shared_prefixes(tokens: u64, groups: u64, seed: u64) -> Vec<String> {
             PromptSource::Builtin.prompt(g, tokens, &mut rng)
         })
         .collect()
+}
+
+/// `--extra-body`: a JSON object.
+fn parse_json_object(text: &str) -> Result<serde_json::Value, String> {
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(v) if v.is_object() => Ok(v),
+        Ok(_) => Err("a JSON object".into()),
+        Err(e) => Err(format!("not JSON: {e}")),
+    }
 }

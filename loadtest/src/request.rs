@@ -36,6 +36,9 @@ pub struct Target {
     pub model: Option<String>,
     /// Ask the server to generate exactly the requested tokens (migserve's `ignore_eos`).
     pub ignore_eos: bool,
+    /// Merged into every body (OpenAI: at the top; TGI: into `parameters`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extra_body: Option<Value>,
     #[serde(skip)]
     pub timeout: Duration,
 }
@@ -75,6 +78,21 @@ impl Target {
     }
 
     fn body(&self, prompt: &str, max_tokens: u64) -> Value {
+        let mut body = self.base_body(prompt, max_tokens);
+        let extra = self.extra_body.as_ref().and_then(Value::as_object);
+        let into = match self.api {
+            Api::Tgi => body.get_mut("parameters"),
+            Api::OpenaiChat | Api::OpenaiCompletions => Some(&mut body),
+        };
+        if let (Some(extra), Some(Value::Object(into))) = (extra, into) {
+            for (k, v) in extra {
+                into.insert(k.clone(), v.clone());
+            }
+        }
+        body
+    }
+
+    fn base_body(&self, prompt: &str, max_tokens: u64) -> Value {
         match self.api {
             Api::Tgi => json!({
                 "inputs": prompt,
@@ -285,5 +303,38 @@ fn is_token_event(api: Api, value: &Value) -> bool {
                 text.and_then(Value::as_str).is_some_and(|t| !t.is_empty())
             })
             .unwrap_or(false),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(api: Api, extra: Value) -> Target {
+        Target {
+            url: String::new(),
+            api,
+            model: None,
+            ignore_eos: false,
+            extra_body: Some(extra),
+            timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn extra_body_goes_to_the_top_for_openai_and_into_parameters_for_tgi() {
+        let extra = json!({"response_format": {"type": "json_object"}, "max_tokens": 9});
+        let chat = target(Api::OpenaiChat, extra.clone()).body("hi", 5);
+        assert_eq!(chat["response_format"]["type"], "json_object");
+        assert_eq!(chat["max_tokens"], 9);
+        assert_eq!(chat["messages"][0]["content"], "hi");
+        let tgi = target(
+            Api::Tgi,
+            json!({"grammar": {"type": "regex", "value": "a+"}}),
+        )
+        .body("hi", 5);
+        assert_eq!(tgi["parameters"]["grammar"]["value"], "a+");
+        assert_eq!(tgi["parameters"]["max_new_tokens"], 5);
+        assert!(tgi.get("grammar").is_none());
     }
 }

@@ -2,7 +2,9 @@
 
 use minijinja::{context, Environment, Error, ErrorKind};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
+use crate::chat_tools::{fold_tools, needs_folding};
 use crate::config::Family;
 use crate::error::{ModelError, Result};
 use crate::gguf::GgufFile;
@@ -56,11 +58,21 @@ fn hf_template(config: &JsonFile) -> Result<Option<String>> {
         .ok_or_else(|| config.error(key, "a list of templates without one named `default`"))
 }
 
-/// One chat message, as in the OpenAI API.
+/// One chat message, as in the OpenAI API; templates see the optional fields only when set.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatMessage {
     pub role: String,
     pub content: String,
+    /// An assistant message's tool calls, `{"id", "type", "function": {"name", "arguments"}}`
+    /// with the arguments as a JSON object (as Hugging Face templates read them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<Value>>,
+    /// A `tool` message: the call it answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    /// A `tool` message: the function's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 impl ChatMessage {
@@ -69,6 +81,9 @@ impl ChatMessage {
         Self {
             role: role.into(),
             content: content.into(),
+            tool_calls: None,
+            tool_call_id: None,
+            name: None,
         }
     }
 }
@@ -78,6 +93,9 @@ pub struct ChatTemplate {
     env: Environment<'static>,
     bos_token: String,
     eos_token: String,
+    /// Whether the template reads a `tools` list (otherwise tools must be described in the
+    /// messages themselves).
+    reads_tools: bool,
 }
 
 const TEMPLATE_NAME: &str = "chat";
@@ -97,13 +115,20 @@ impl ChatTemplate {
                 Err(Error::new(ErrorKind::InvalidOperation, msg))
             },
         );
+        let reads_tools = source.contains("tools");
         env.add_template_owned(TEMPLATE_NAME, source)
             .map_err(|e| ModelError::Template(e.to_string()))?;
         Ok(Self {
             env,
             bos_token,
             eos_token,
+            reads_tools,
         })
+    }
+
+    /// Whether the template renders a `tools` list itself.
+    pub fn reads_tools(&self) -> bool {
+        self.reads_tools
     }
 
     /// The file's `tokenizer.chat_template`; when it has none, the family's turn format
@@ -172,6 +197,18 @@ impl ChatTemplate {
     /// Renders the conversation; with `add_generation_prompt` the text ends where the
     /// assistant's reply should begin.
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+        self.render_with_tools(messages, &[], add_generation_prompt)
+    }
+
+    /// As [`ChatTemplate::render`], with the tools the model may call (OpenAI's
+    /// `{"type": "function", "function": {...}}` objects) as the template's `tools`; none:
+    /// `tools` is undefined, as templates expect.
+    pub fn render_with_tools(
+        &self,
+        messages: &[ChatMessage],
+        tools: &[Value],
+        add_generation_prompt: bool,
+    ) -> Result<String> {
         if messages.is_empty() {
             return Err(ModelError::InvalidInput(
                 "a chat needs at least one message".into(),
@@ -181,9 +218,19 @@ impl ChatTemplate {
             .env
             .get_template(TEMPLATE_NAME)
             .map_err(|e| ModelError::Template(e.to_string()))?;
+        // A template without tools of its own: the tools and calls go in the messages.
+        let folded;
+        let (messages, tools) = match !self.reads_tools && needs_folding(messages, tools) {
+            true => {
+                folded = fold_tools(messages, tools);
+                (folded.as_slice(), &[][..])
+            }
+            false => (messages, tools),
+        };
         template
             .render(context! {
                 messages => messages,
+                tools => (!tools.is_empty()).then_some(tools),
                 add_generation_prompt => add_generation_prompt,
                 bos_token => self.bos_token,
                 eos_token => self.eos_token,

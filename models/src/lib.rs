@@ -3,6 +3,7 @@
 //! Gemma 3, Phi-3) with per-sequence KV state, and sampling.
 
 pub mod chat;
+pub mod chat_tools;
 pub mod config;
 pub mod cpu_ops;
 pub mod decoder;
@@ -32,7 +33,7 @@ pub use kv::{AttentionSpan, DenseKvStore, KvStore, SeqId};
 pub use model::Model;
 pub use sampling::{top_logprobs, Sampler, SamplingParams};
 pub use source::ModelSource;
-pub use tokenizer::{IncrementalDecoder, Tokenizer};
+pub use tokenizer::{IncrementalDecoder, Tokenizer, SPECIAL_TOKEN_MARKER};
 pub use weight_format::WeightFormat;
 
 /// Re-exported so callers can name devices without depending on candle directly.

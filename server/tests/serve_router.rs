@@ -129,6 +129,42 @@ async fn thirty_mixed_requests_through_the_front_all_succeed_on_all_three_slices
         "migserve_router_requests_total{slice=\"cpu1\",profile=\"1g.10gb\",model=\"smol\"}"
     ));
 
+    // Structured output and tool calls pass through the front unchanged.
+    let schema = json!({"type": "object", "properties": {"n": {"type": "integer"}},
+                        "required": ["n"], "additionalProperties": false});
+    let v: Value = c
+        .post(serve.at("/v1/chat/completions"))
+        .json(&json!({"model": "smol", "messages": [{"role": "user", "content": "A number, as JSON."}],
+                      "max_tokens": 30, "response_format": {"type": "json_schema",
+                      "json_schema": {"name": "n", "schema": schema}}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let answer: Value =
+        serde_json::from_str(v["choices"][0]["message"]["content"].as_str().unwrap()).unwrap();
+    assert!(answer["n"].is_i64(), "{v}");
+    let v: Value = c
+        .post(serve.at("/v1/chat/completions"))
+        .json(&json!({"model": "smol", "messages": [{"role": "user", "content": "Time in Oslo?"}],
+                      "max_tokens": 60, "tool_choice": "required", "parallel_tool_calls": false,
+                      "tools": [{"type": "function", "function": {"name": "get_time", "parameters":
+                          {"type": "object", "properties": {"tz": {"type": "string", "maxLength": 20}},
+                           "required": ["tz"]}}}]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["choices"][0]["finish_reason"], "tool_calls", "{v}");
+    assert_eq!(
+        v["choices"][0]["message"]["tool_calls"][0]["function"]["name"],
+        "get_time"
+    );
+
     // Unknown models: 404 in each API's error shape; /v1/models and /info answer.
     let r = c
         .post(serve.at("/v1/chat/completions"))

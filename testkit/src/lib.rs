@@ -106,7 +106,7 @@ pub fn token_text(i: usize) -> String {
 fn fake_tokens(prompt: &Prompt) -> Vec<u32> {
     let words = match prompt {
         Prompt::Text(text) => text.split_whitespace().count(),
-        Prompt::Chat(messages) => messages
+        Prompt::Chat { messages, .. } => messages
             .iter()
             .map(|m| m.content.split_whitespace().count() + 1)
             .sum(),

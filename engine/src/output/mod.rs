@@ -52,13 +52,15 @@ impl OutputProcessor {
         self.generated
     }
 
-    /// Takes the next sampled token; `context_full` says the sequence has reached the model's
-    /// context (so this token is its last).
+    /// Takes the next sampled token. `end` is a finish the caller knows this token brings
+    /// (the model's context is full: [`FinishReason::Length`]; the grammar is complete:
+    /// [`FinishReason::GrammarComplete`]); a stop sequence, then a complete grammar, then
+    /// the length limit decide the reason.
     pub fn push(
         &mut self,
         tokenizer: &Tokenizer,
         token: u32,
-        context_full: bool,
+        end: Option<FinishReason>,
     ) -> migserve_models::Result<TokenOutput> {
         self.generated += 1;
         let special = tokenizer.eos_ids().contains(&token);
@@ -77,7 +79,9 @@ impl OutputProcessor {
             }
             if self.stops.stopped() {
                 out.finish = Some(FinishReason::StopSequence);
-            } else if self.generated >= self.max_new_tokens || context_full {
+            } else if end == Some(FinishReason::GrammarComplete) {
+                out.finish = end;
+            } else if self.generated >= self.max_new_tokens || end.is_some() {
                 out.finish = Some(FinishReason::Length);
             }
         }

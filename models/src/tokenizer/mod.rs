@@ -14,6 +14,8 @@ use tokenizers::{AddedToken, SplitDelimiterBehavior};
 use crate::error::{ModelError, Result};
 use crate::gguf::GgufFile;
 
+mod bytes;
+pub use bytes::SPECIAL_TOKEN_MARKER;
 mod hf;
 pub use hf::{GENERATION_CONFIG_FILE, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE};
 mod sentencepiece;

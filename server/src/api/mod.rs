@@ -4,5 +4,6 @@
 pub mod error;
 pub mod openai;
 pub mod openapi;
+pub mod structured;
 pub mod tgi;
 pub mod tokenize;

@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::structured::{GuidedFields, ResponseFormat, Tool, ToolCall, ToolCallDelta, ToolChoice};
+
 /// A field that may be one string or a list of strings.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(untagged)]
@@ -57,6 +59,11 @@ pub struct SamplingFields {
     #[serde(default)]
     pub stream: bool,
     pub stream_options: Option<StreamOptions>,
+    /// What the output must match: JSON (any object, or a schema's), or (extensions) a
+    /// regex, a Lark grammar, a list of choices.
+    pub response_format: Option<ResponseFormat>,
+    #[serde(flatten)]
+    pub guided: GuidedFields,
 }
 
 /// `prompt` of `POST /v1/completions`: a string, token ids, or a list of either (one
@@ -108,8 +115,12 @@ pub struct ContentPart {
 pub struct RequestMessage {
     pub role: String,
     pub content: Option<MessageContent>,
-    /// Accepted and ignored (a participant's name).
+    /// A participant's name (a `tool` message's function name).
     pub name: Option<String>,
+    /// An assistant message's calls of tools.
+    pub tool_calls: Option<Vec<ToolCall>>,
+    /// A `tool` message: the call it answers.
+    pub tool_call_id: Option<String>,
 }
 
 /// Body of `POST /v1/chat/completions`.
@@ -122,6 +133,12 @@ pub struct ChatRequest {
     pub logprobs: Option<bool>,
     /// With `logprobs`: this many most likely alternatives at each position (0..=20).
     pub top_logprobs: Option<i64>,
+    /// Functions the model may call.
+    pub tools: Option<Vec<Tool>>,
+    /// `"none"`, `"auto"` (the default with tools), `"required"`, or a named function.
+    pub tool_choice: Option<ToolChoice>,
+    /// Whether one answer may make several calls (default true).
+    pub parallel_tool_calls: Option<bool>,
     #[serde(flatten)]
     pub sampling: SamplingFields,
 }
@@ -203,7 +220,10 @@ pub struct CompletionResponse {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct ResponseMessage {
     pub role: String,
-    pub content: String,
+    /// The text; `null` when the answer is only tool calls.
+    pub content: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCall>>,
 }
 
 /// A token with its log-probability, as chat `logprobs` lists them.
@@ -258,6 +278,8 @@ pub struct Delta {
     pub role: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallDelta>>,
 }
 
 /// One choice of a chat stream chunk.

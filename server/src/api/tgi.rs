@@ -43,6 +43,8 @@ pub struct GenerateParameters {
     /// migserve extension: keep generating past eos, so benchmarks get fixed output lengths.
     #[serde(default)]
     pub ignore_eos: bool,
+    /// What the output must match: JSON schema, regex (and, extensions, Lark, choice).
+    pub grammar: Option<super::structured::TgiGrammar>,
 }
 
 /// One generated (or prompt) token in `details`.

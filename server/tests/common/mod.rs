@@ -328,3 +328,44 @@ pub async fn get_json(c: &reqwest::Client, url: impl reqwest::IntoUrl) -> serde_
         .await
         .expect("JSON body")
 }
+
+/// An HTTP client for tests that run the real model under load (generous timeout).
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(600))
+        .build()
+        .expect("HTTP client")
+}
+
+/// POSTs `body` as JSON; the status and the JSON answer (`null` when it is not JSON).
+pub async fn post_json(
+    c: &reqwest::Client,
+    url: impl reqwest::IntoUrl,
+    body: &serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let r = c.post(url).json(body).send().await.expect("POST");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+/// POSTs `body` and reads the whole event stream: each `data:` event's JSON, up to `[DONE]`.
+pub async fn post_sse(
+    c: &reqwest::Client,
+    url: impl reqwest::IntoUrl,
+    body: &serde_json::Value,
+) -> Vec<serde_json::Value> {
+    let raw = c
+        .post(url)
+        .json(body)
+        .send()
+        .await
+        .expect("POST")
+        .text()
+        .await
+        .expect("stream body");
+    raw.lines()
+        .filter_map(|l| l.strip_prefix("data:").map(str::trim))
+        .take_while(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).expect("JSON event"))
+        .collect()
+}

@@ -7,8 +7,10 @@ mod openai;
 mod openai_logprobs;
 mod openai_request;
 mod openai_stream;
+mod structured;
 mod tgi;
 mod tokenize;
+mod tools;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -213,7 +215,8 @@ pub async fn collect(accepted: Accepted) -> Result<Collected, ApiError> {
 pub fn tgi_finish_reason(reason: FinishReason) -> &'static str {
     match reason {
         FinishReason::Length => "length",
-        FinishReason::EosToken => "eos_token",
+        // The output is complete, as at an eos (TGI's own grammars end with one).
+        FinishReason::EosToken | FinishReason::GrammarComplete => "eos_token",
         FinishReason::StopSequence => "stop_sequence",
     }
 }
@@ -222,7 +225,9 @@ pub fn tgi_finish_reason(reason: FinishReason) -> &'static str {
 pub fn openai_finish_reason(reason: FinishReason) -> &'static str {
     match reason {
         FinishReason::Length => "length",
-        FinishReason::EosToken | FinishReason::StopSequence => "stop",
+        FinishReason::EosToken | FinishReason::StopSequence | FinishReason::GrammarComplete => {
+            "stop"
+        }
     }
 }
 

@@ -11,11 +11,12 @@ use axum::extract::State;
 use axum::response::sse::{KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use migserve_engine::{Accepted, PromptToken};
+use migserve_engine::{Accepted, FinishReason, PromptToken};
 
 use super::openai_logprobs::{self as logprobs, CompletionBuilder, Echo};
 use super::openai_request::{self as request, Prepared};
 use super::openai_stream;
+use super::tools::ToolPlan;
 use super::{
     openai_finish_reason, stream_headers, submit_all, timing_headers, ApiJson, AppState,
     SharedState,
@@ -124,6 +125,7 @@ async fn respond(
         choices,
         logprobs,
         echo,
+        tools,
     } = prepared;
     // More choices than the worker ever runs at once could never be admitted: not a 429.
     let limit = state.info.max_concurrent_requests;
@@ -158,6 +160,7 @@ async fn respond(
         include_usage: false,
         logprobs: logprobs.is_some(),
         echo,
+        tools,
     };
     if sampling.stream {
         let include_usage = sampling
@@ -192,6 +195,31 @@ pub struct AnswerSetup {
     pub logprobs: bool,
     /// Completions: each choice starts with its prompt.
     pub echo: bool,
+    /// Chat with tools: calls are read out of the text.
+    pub tools: Option<ToolPlan>,
+}
+
+/// A chat choice's message and finish reason: with tools, the calls read out of its text
+/// (`tool_calls` the reason when there are any and the answer was not cut short).
+pub fn chat_message(
+    tools: Option<&ToolPlan>,
+    text: String,
+    reason: FinishReason,
+) -> (ResponseMessage, String) {
+    let (content, calls) = match tools {
+        Some(plan) => plan.parse(&text),
+        None => (Some(text), Vec::new()),
+    };
+    let finish = match !calls.is_empty() && reason != FinishReason::Length {
+        true => "tool_calls",
+        false => openai_finish_reason(reason),
+    };
+    let message = ResponseMessage {
+        role: "assistant".into(),
+        content,
+        tool_calls: (!calls.is_empty()).then_some(calls),
+    };
+    (message, finish.to_string())
 }
 
 /// One choice's token counts.
@@ -238,6 +266,7 @@ async fn whole(
         endpoint,
         logprobs: with_logprobs,
         echo,
+        tools,
         ..
     } = setup;
     let prompts: Vec<Vec<PromptToken>> = accepted.iter().map(|a| a.prompt.clone()).collect();
@@ -304,14 +333,15 @@ async fn whole(
             let choices = results
                 .iter()
                 .enumerate()
-                .map(|(i, c)| ChatChoice {
-                    index: i as u32,
-                    message: ResponseMessage {
-                        role: "assistant".into(),
-                        content: c.visible_text(),
-                    },
-                    logprobs: with_logprobs.then(|| logprobs::chat(&c.tokens)),
-                    finish_reason: Some(openai_finish_reason(c.finish.reason).to_string()),
+                .map(|(i, c)| {
+                    let (message, finish) =
+                        chat_message(tools.as_ref(), c.visible_text(), c.finish.reason);
+                    ChatChoice {
+                        index: i as u32,
+                        message,
+                        logprobs: with_logprobs.then(|| logprobs::chat(&c.tokens)),
+                        finish_reason: Some(finish),
+                    }
                 })
                 .collect();
             let body = ChatResponse {

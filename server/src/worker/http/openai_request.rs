@@ -5,8 +5,14 @@
 
 use std::time::Instant;
 
-use migserve_engine::{GenerateRequest, LogprobsSpec, Prompt, SamplingSpec, MAX_TOP_LOGPROBS};
+use migserve_engine::{
+    GenerateRequest, Grammar, LogprobsSpec, Prompt, SamplingSpec, MAX_TOP_LOGPROBS,
+};
 use migserve_models::ChatMessage;
+use serde_json::Value;
+
+use super::structured;
+use super::tools::{self, ToolPlan};
 
 use crate::api::error::ApiError;
 use crate::api::openai::{
@@ -35,6 +41,8 @@ pub struct Prepared {
     pub logprobs: Option<usize>,
     /// Completions only: the prompt's tokens lead each choice (`echo`).
     pub echo: bool,
+    /// Chat with tools: the calls are read out of each choice's text.
+    pub tools: Option<ToolPlan>,
 }
 
 fn below(
@@ -139,6 +147,7 @@ fn choices(
     prompts: Vec<(Prompt, Option<String>)>,
     s: &SamplingFields,
     logprobs: LogprobsSpec,
+    grammar: Option<Grammar>,
     arrived: Instant,
 ) -> Result<Vec<Choice>, ApiError> {
     integer("n", s.n, 1, MAX_CHOICES as i64)?;
@@ -179,6 +188,7 @@ fn choices(
                 ignore_eos: s.ignore_eos,
                 logprobs,
                 return_prompt_tokens: logprobs.prompt,
+                grammar: grammar.clone(),
                 arrived,
                 ..GenerateRequest::new(prompt.clone())
             };
@@ -234,7 +244,8 @@ pub fn completion(req: &CompletionRequest, arrived: Instant) -> Result<Prepared,
         top: top.unwrap_or(0),
         prompt: echo && top.is_some(),
     };
-    let mut choices = choices(prompts, &req.sampling, logprobs, arrived)?;
+    let grammar = structured::openai(req.sampling.response_format.as_ref(), &req.sampling.guided)?;
+    let mut choices = choices(prompts, &req.sampling, logprobs, grammar, arrived)?;
     if echo {
         for c in &mut choices {
             // Token-id prompts are echoed from their tokens' texts.
@@ -245,6 +256,7 @@ pub fn completion(req: &CompletionRequest, arrived: Instant) -> Result<Prepared,
         choices,
         logprobs: top,
         echo,
+        tools: None,
     })
 }
 
@@ -263,6 +275,8 @@ fn message(i: usize, m: &RequestMessage) -> Result<ChatMessage, ApiError> {
         ));
     }
     let content = match &m.content {
+        // An assistant message may be its tool calls alone.
+        None if m.role == "assistant" && m.tool_calls.is_some() => String::new(),
         None => {
             return Err(ApiError::param(
                 &format!("{param}.content"),
@@ -302,7 +316,37 @@ fn message(i: usize, m: &RequestMessage) -> Result<ChatMessage, ApiError> {
         "developer" => "system".to_string(),
         other => other.to_string(),
     };
-    Ok(ChatMessage::new(role, content))
+    let mut message = ChatMessage::new(role, content);
+    if let Some(calls) = &m.tool_calls {
+        if m.role != "assistant" {
+            return Err(ApiError::param(
+                &format!("{param}.tool_calls"),
+                "invalid_value",
+                "only assistant messages have 'tool_calls'",
+            ));
+        }
+        message.tool_calls = Some(
+            calls
+                .iter()
+                .map(|c| {
+                    // Templates read the arguments as an object; a text that is not JSON
+                    // stays as it is.
+                    let arguments = serde_json::from_str::<Value>(&c.function.arguments)
+                        .unwrap_or_else(|_| Value::String(c.function.arguments.clone()));
+                    serde_json::json!({
+                        "id": c.id,
+                        "type": c.kind,
+                        "function": {"name": c.function.name, "arguments": arguments},
+                    })
+                })
+                .collect(),
+        );
+    }
+    if m.role == "tool" {
+        message.tool_call_id = m.tool_call_id.clone();
+        message.name = m.name.clone();
+    }
+    Ok(message)
 }
 
 /// `POST /v1/chat/completions`: messages through the chat template, `logprobs` and
@@ -335,16 +379,38 @@ pub fn chat(req: &ChatRequest, arrived: Instant) -> Result<Prepared, ApiError> {
         top: top.unwrap_or(0),
         prompt: false,
     };
+    let tool_plan = tools::plan(req)?;
+    let mut grammar =
+        structured::openai(req.sampling.response_format.as_ref(), &req.sampling.guided)?;
+    if let Some(calls) = tool_plan.as_ref().and_then(ToolPlan::grammar) {
+        if grammar.is_some() {
+            return Err(ApiError::param(
+                "tool_choice",
+                "invalid_value",
+                "a required tool call cannot be combined with another output constraint",
+            ));
+        }
+        grammar = Some(calls);
+    }
+    let prompt = Prompt::Chat {
+        messages,
+        tools: tool_plan
+            .as_ref()
+            .map(ToolPlan::template_tools)
+            .unwrap_or_default(),
+    };
     let choices = choices(
-        vec![(Prompt::Chat(messages), None)],
+        vec![(prompt, None)],
         &req.sampling,
         logprobs,
+        grammar,
         arrived,
     )?;
     Ok(Prepared {
         choices,
         logprobs: top,
         echo: false,
+        tools: tool_plan,
     })
 }
 
@@ -446,7 +512,7 @@ mod tests {
         }))
         .unwrap();
         let p = chat(&developer, Instant::now()).unwrap();
-        let Prompt::Chat(m) = &p.choices[0].request.prompt else {
+        let Prompt::Chat { messages: m, .. } = &p.choices[0].request.prompt else {
             panic!("a chat prompt")
         };
         assert_eq!(

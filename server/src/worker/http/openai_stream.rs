@@ -9,17 +9,19 @@ use std::pin::Pin;
 use axum::response::sse::Event;
 use futures_util::stream::{self, select_all, SelectAll, Stream, StreamExt};
 use migserve_engine::{
-    Accepted, EngineEvent, EventStream, PrefillLogprob, PromptToken, TokenEvent,
+    Accepted, EngineEvent, EventStream, FinishReason, PrefillLogprob, PromptToken, TokenEvent,
 };
 
 use super::openai::{echo_text, unix_now, usage, AnswerSetup, Counts, Endpoint};
 use super::openai_finish_reason;
 use super::openai_logprobs::{self as logprobs, CompletionBuilder, Echo};
 use super::tgi::json_event;
+use super::tools::ToolStream;
 use crate::api::error::ApiError;
 use crate::api::openai::{
     ChatChunk, ChunkChoice, CompletionChoice, CompletionResponse, Delta, Usage,
 };
+use crate::api::structured::ToolCallDelta;
 
 /// One choice's progress.
 struct ChoiceState {
@@ -35,6 +37,8 @@ struct ChoiceState {
     prompt_tokens: usize,
     cached_tokens: usize,
     generated_tokens: usize,
+    /// Chat with tools: text that may be a call is held back until the end.
+    tool_stream: Option<ToolStream>,
 }
 
 type Tagged = Pin<Box<dyn Stream<Item = (usize, EngineEvent)> + Send>>;
@@ -77,6 +81,7 @@ pub fn chunks(
             prompt_tokens: a.prompt_tokens,
             cached_tokens: 0,
             generated_tokens: 0,
+            tool_stream: setup.tools.as_ref().map(ToolStream::new),
         });
         streams.push(tagged(i, a.events));
     }
@@ -128,7 +133,10 @@ impl State {
         let (logprobs_on, endpoint, echo) =
             (self.setup.logprobs, self.setup.endpoint, self.setup.echo);
         let c = &mut self.choices[i];
-        let text = t.visible.clone();
+        let mut text = match c.tool_stream.as_mut() {
+            Some(held) => held.push(&t.visible),
+            None => t.visible.clone(),
+        };
         let first = !c.started;
         if logprobs_on {
             c.pending.push(t);
@@ -137,7 +145,21 @@ impl State {
             return None;
         }
         c.started = true;
-        let reason = finish.map(|f| openai_finish_reason(f.reason).to_string());
+        let mut reason = finish.map(|f| openai_finish_reason(f.reason).to_string());
+        // At the end, the held text: calls, and text around them.
+        let mut calls = Vec::new();
+        if let (Some(f), Some(held), Some(plan)) =
+            (finish, c.tool_stream.as_mut(), self.setup.tools.as_ref())
+        {
+            let (rest, found) = held.finish(plan);
+            if let Some(rest) = rest {
+                text.push_str(&rest);
+            }
+            if !found.is_empty() && f.reason != FinishReason::Length {
+                reason = Some("tool_calls".into());
+            }
+            calls = found;
+        }
         if let Some(f) = finish {
             c.done = true;
             c.generated_tokens = f.generated_tokens;
@@ -145,17 +167,43 @@ impl State {
             c.cached_tokens = f.cached_tokens;
         }
         let pending = std::mem::take(&mut c.pending);
+        // Calls go in a chunk of their own, before the one that finishes the choice.
+        let mut finish_chunk = None;
         let chunk = match endpoint {
             Endpoint::Chat => {
+                let deltas: Vec<ToolCallDelta> = calls
+                    .into_iter()
+                    .enumerate()
+                    .map(|(index, call)| ToolCallDelta {
+                        index: index as u32,
+                        id: call.id,
+                        kind: call.kind,
+                        function: call.function,
+                    })
+                    .collect();
+                let has_calls = !deltas.is_empty();
                 let choice = ChunkChoice {
                     index: i as u32,
                     delta: Delta {
                         role: first.then(|| "assistant".to_string()),
-                        content: Some(text),
+                        content: (!has_calls || !text.is_empty()).then_some(text),
+                        tool_calls: has_calls.then_some(deltas),
                     },
                     logprobs: logprobs_on.then(|| logprobs::chat(&pending)),
-                    finish_reason: reason,
+                    finish_reason: match has_calls {
+                        true => None,
+                        false => reason.clone(),
+                    },
                 };
+                if has_calls {
+                    let last = ChunkChoice {
+                        index: i as u32,
+                        delta: Delta::default(),
+                        logprobs: None,
+                        finish_reason: reason,
+                    };
+                    finish_chunk = Some(self.chat_chunk(vec![last], None));
+                }
                 self.chat_chunk(vec![choice], None)
             }
             Endpoint::Completion => {
@@ -191,6 +239,8 @@ impl State {
                 self.tail.push(u);
             }
         }
+        // The tail is sent last first: this goes out right after `chunk`.
+        self.tail.extend(finish_chunk);
         Some(chunk)
     }
 

@@ -15,6 +15,7 @@ use migserve_engine::{
     SamplingSpec, TokenEvent, TokenLogprob,
 };
 
+use super::structured;
 use super::{
     collect, stream_headers, submit, tgi_finish_reason, timing_headers, ApiJson, AppState,
     SharedState,
@@ -107,6 +108,7 @@ fn engine_request(
             )));
         }
     }
+    let grammar = p.grammar.as_ref().map(structured::tgi).transpose()?;
     let prefill_details = p.details && p.decoder_input_details;
     Ok(EngineRequest {
         prompt: Prompt::Text(inputs.to_string()),
@@ -131,6 +133,7 @@ fn engine_request(
             prompt: prefill_details,
         },
         return_prompt_tokens: prefill_details,
+        grammar,
         arrived,
     })
 }
