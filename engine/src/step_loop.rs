@@ -341,7 +341,7 @@ impl<M: StepModel> StepLoop<M> {
         }
     }
 
-    fn admit(&mut self, s: Submission) {
+    fn admit(&mut self, mut s: Submission) {
         let id = self.next_id;
         self.next_id += 1;
         m::counter_inc(m::REQUESTS, 1);
@@ -351,12 +351,7 @@ impl<M: StepModel> StepLoop<M> {
             params.end_tokens = self.tokenizer.eos_ids().to_vec();
         }
         let sampler = Sampler::new(params);
-        let mut request = s.request;
-        let constraint = request.constraint.take();
-        let s = Submission {
-            request,
-            events: s.events,
-        };
+        let constraint = s.request.constraint.take();
         let output = OutputProcessor::new(
             s.request.max_new_tokens,
             s.request.stop.clone(),
