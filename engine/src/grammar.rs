@@ -74,15 +74,20 @@ impl Grammar {
     }
 }
 
-/// JSON compile options we put in a schema that has none: compact separators with one space
-/// (as `json.dumps` writes them), no free whitespace.
-fn json_grammar(mut schema: Value) -> TopLevelGrammar {
+/// `schema` with the JSON compile options we use when it has none of its own (an
+/// `x-guidance` object): separators with one space (as `json.dumps` writes them), no free
+/// whitespace. For schemas embedded in Lark grammars (`%json`) too.
+pub fn compact_json(mut schema: Value) -> Value {
     if let Some(map) = schema.as_object_mut() {
         map.entry("x-guidance").or_insert_with(
             || json!({"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "}),
         );
     }
-    TopLevelGrammar::from_grammar(GrammarWithLexer::from_json_schema(schema))
+    schema
+}
+
+fn json_grammar(schema: Value) -> TopLevelGrammar {
+    TopLevelGrammar::from_grammar(GrammarWithLexer::from_json_schema(compact_json(schema)))
 }
 
 /// A Lark rule matching exactly one of `choices` (each a JSON-quoted literal, which Lark's

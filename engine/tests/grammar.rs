@@ -168,6 +168,16 @@ fn a_constraint_allows_exactly_what_its_grammar_accepts() {
     assert_eq!(walk(&c, &tok, &regex, "555-1234"), Ok(true));
     assert!(walk(&c, &tok, &regex, "555-12a").is_err());
 
+    // No free whitespace in JSON, also inside a Lark grammar's `%json` with our options.
+    assert!(walk(&c, &tok, &schema, "{\"name\":  \"Ada\"").is_err());
+    let embedded = Grammar::Lark(format!(
+        "start: \"call \" args\nargs: %json {}",
+        migserve_engine::grammar::compact_json(json!({"type": "object"}))
+    ));
+    assert_eq!(walk(&c, &tok, &embedded, "call {\"a\": 1}"), Ok(true));
+    assert!(walk(&c, &tok, &embedded, "call {\"a\":  1}").is_err());
+    assert!(walk(&c, &tok, &embedded, "call {\"a\": 1,\n\"b\": 2}").is_err());
+
     let object = Grammar::JsonObject;
     assert_eq!(walk(&c, &tok, &object, "{\"a\": [1, 2]}"), Ok(true));
     assert!(walk(&c, &tok, &object, "[1]").is_err());

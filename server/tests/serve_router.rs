@@ -135,7 +135,7 @@ async fn thirty_mixed_requests_through_the_front_all_succeed_on_all_three_slices
     let v: Value = c
         .post(serve.at("/v1/chat/completions"))
         .json(&json!({"model": "smol", "messages": [{"role": "user", "content": "A number, as JSON."}],
-                      "max_tokens": 30, "response_format": {"type": "json_schema",
+                      "max_tokens": 30, "temperature": 0, "response_format": {"type": "json_schema",
                       "json_schema": {"name": "n", "schema": schema}}}))
         .send()
         .await
@@ -149,10 +149,10 @@ async fn thirty_mixed_requests_through_the_front_all_succeed_on_all_three_slices
     let v: Value = c
         .post(serve.at("/v1/chat/completions"))
         .json(&json!({"model": "smol", "messages": [{"role": "user", "content": "Time in Oslo?"}],
-                      "max_tokens": 60, "tool_choice": "required", "parallel_tool_calls": false,
+                      "max_tokens": 100, "temperature": 0, "tool_choice": "required", "parallel_tool_calls": false,
                       "tools": [{"type": "function", "function": {"name": "get_time", "parameters":
                           {"type": "object", "properties": {"tz": {"type": "string", "maxLength": 20}},
-                           "required": ["tz"]}}}]}))
+                           "required": ["tz"], "additionalProperties": false}}}]}))
         .send()
         .await
         .unwrap()

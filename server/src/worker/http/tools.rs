@@ -8,6 +8,7 @@
 //! of models whose template has no tools (see `migserve_models::chat_tools`); a bare JSON
 //! object `{"name": ..., "arguments"|"parameters": {...}}` (Llama 3's format) is read too.
 
+use migserve_engine::grammar::compact_json;
 use migserve_engine::Grammar;
 use migserve_models::chat_tools::{TOOL_CALL_CLOSE, TOOL_CALL_OPEN};
 use serde_json::{json, Value};
@@ -175,11 +176,12 @@ impl ToolPlan {
         let mut rules = Vec::new();
         let mut alternatives = Vec::new();
         for (i, t) in callable.iter().enumerate() {
-            let schema = t
-                .function
-                .parameters
-                .clone()
-                .unwrap_or_else(|| json!({"type": "object"}));
+            let schema = compact_json(
+                t.function
+                    .parameters
+                    .clone()
+                    .unwrap_or_else(|| json!({"type": "object"})),
+            );
             let head = format!(
                 "{TOOL_CALL_OPEN}\n{{\"name\": {}, \"arguments\": ",
                 Value::from(t.function.name.as_str())
