@@ -251,11 +251,12 @@ impl Engine for LocalEngine {
         let (mut ids, _) = self.prompt_ids(&request.prompt)?;
         validate::truncate(&mut ids, request.truncate)?;
         let return_prompt_tokens = request.return_prompt_tokens;
-        let mut built = validate::build_request(ids, &request, &self.info.limits)?;
-        if let Some(grammar) = &request.grammar {
-            built.constraint = Some(self.grammars()?.compile(grammar)?);
+        let grammar = request.grammar.clone();
+        let mut request = validate::build_request(ids, &request, &self.info.limits)?;
+        // Compiled once the rest is known to be valid.
+        if let Some(grammar) = &grammar {
+            request.constraint = Some(self.grammars()?.compile(grammar)?);
         }
-        let request = built;
         let prompt_tokens = request.prompt.len();
         // Decoded one by one only once the request is known to be valid.
         let prompt = match return_prompt_tokens {

@@ -22,16 +22,6 @@ pub enum Prompt {
     Tokens(Vec<u32>),
 }
 
-impl Prompt {
-    /// A conversation without tools.
-    pub fn chat(messages: Vec<ChatMessage>) -> Self {
-        Prompt::Chat {
-            messages,
-            tools: Vec::new(),
-        }
-    }
-}
-
 impl Default for Prompt {
     fn default() -> Self {
         Prompt::Text(String::new())

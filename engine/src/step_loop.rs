@@ -244,43 +244,66 @@ type Pending = Vec<(SeqId, Constraint)>;
 /// The constraints given back after the pass, each with its mask (or why there is none).
 type Masked = Vec<(SeqId, Option<Constraint>, Result<TokenMask, String>)>;
 
-/// Each pending constraint's mask for its next token, computed on a thread of its own while
-/// `forward` runs on this one (so rows without a grammar never wait for one). A panic in the
-/// grammar code loses the constraints: those sequences come back with none (and fail).
-fn masks_beside<R>(pending: Pending, forward: impl FnOnce() -> R) -> (R, Masked) {
-    if pending.is_empty() {
-        return (forward(), Vec::new());
-    }
-    let ids: Vec<SeqId> = pending.iter().map(|(id, _)| *id).collect();
-    std::thread::scope(|scope| {
-        let masks = std::thread::Builder::new()
+/// Each constraint's mask for its next token.
+fn masks_of(pending: Pending) -> Masked {
+    pending
+        .into_iter()
+        .map(|(id, mut c)| {
+            let mask = c.mask();
+            (id, Some(c), mask)
+        })
+        .collect()
+}
+
+/// A thread that computes the masks of a step's constrained sequences while the engine
+/// thread runs the forward pass (so rows without a grammar never wait for one), started by
+/// the first step with a constraint and kept for the next ones (a step is too short to pay
+/// for a new thread each time).
+struct MaskWorker {
+    jobs: mpsc::Sender<Pending>,
+    done: mpsc::Receiver<Masked>,
+}
+
+impl MaskWorker {
+    fn start() -> std::io::Result<Self> {
+        let (jobs, job_rx) = mpsc::channel::<Pending>();
+        let (done_tx, done) = mpsc::channel();
+        std::thread::Builder::new()
             .name("grammar-masks".into())
-            .spawn_scoped(scope, move || {
-                pending
-                    .into_iter()
-                    .map(|(id, mut c)| {
-                        let mask = c.mask();
-                        (id, Some(c), mask)
-                    })
-                    .collect::<Vec<_>>()
-            });
+            .spawn(move || {
+                while let Ok(pending) = job_rx.recv() {
+                    let ids: Vec<SeqId> = pending.iter().map(|(id, _)| *id).collect();
+                    let masked = catch_unwind(AssertUnwindSafe(|| masks_of(pending)))
+                        // A panic in the grammar code loses these constraints (their sequences
+                        // fail); the thread goes on.
+                        .unwrap_or_else(|p| {
+                            let why =
+                                format!("the grammar panicked: {}", panic_message(p.as_ref()));
+                            ids.iter().map(|id| (*id, None, Err(why.clone()))).collect()
+                        });
+                    if done_tx.send(masked).is_err() {
+                        return;
+                    }
+                }
+            })?;
+        Ok(Self { jobs, done })
+    }
+
+    /// Runs `forward` here while the worker computes each pending constraint's mask.
+    fn beside<R>(&self, pending: Pending, forward: impl FnOnce() -> R) -> (R, Masked) {
+        let ids: Vec<SeqId> = pending.iter().map(|(id, _)| *id).collect();
+        let sent = self.jobs.send(pending).is_ok();
         let result = forward();
-        let lost = |why: String| {
-            ids.iter()
-                .map(|id| (*id, None, Err(why.clone())))
-                .collect::<Vec<_>>()
+        let masked = match sent {
+            true => self.done.recv().ok(),
+            false => None,
         };
-        let masks = match masks {
-            Ok(handle) => handle.join().unwrap_or_else(|p| {
-                lost(format!(
-                    "the grammar panicked: {}",
-                    panic_message(p.as_ref())
-                ))
-            }),
-            Err(e) => lost(format!("no thread for the grammar: {e}")),
-        };
-        (result, masks)
-    })
+        let masked = masked.unwrap_or_else(|| {
+            let why = "the grammar thread is gone".to_string();
+            ids.iter().map(|id| (*id, None, Err(why.clone()))).collect()
+        });
+        (result, masked)
+    }
 }
 
 /// The engine thread's state.
@@ -292,6 +315,8 @@ struct StepLoop<M> {
     active: HashMap<SeqId, Active>,
     next_id: SeqId,
     status: Arc<EngineStatus>,
+    /// The grammar-mask thread, once a step has had a constraint.
+    masks: Option<MaskWorker>,
 }
 
 impl<M: StepModel> StepLoop<M> {
@@ -310,6 +335,7 @@ impl<M: StepModel> StepLoop<M> {
             active: HashMap::new(),
             next_id: 0,
             status,
+            masks: None,
         }
     }
 
@@ -465,7 +491,7 @@ impl<M: StepModel> StepLoop<M> {
             }
         }
         let pending = self.take_constraints(&plan);
-        let (result, masks) = masks_beside(pending, || self.forward(&plan, &all_positions));
+        let (result, masks) = self.forward_beside_masks(&plan, &all_positions, pending);
         for (id, constraint, mask) in masks {
             if let Some(a) = self.active.get_mut(&id) {
                 a.constraint = constraint;
@@ -620,6 +646,33 @@ impl<M: StepModel> StepLoop<M> {
             }
         });
         log_norms
+    }
+
+    /// The forward pass, with the pending constraints' masks computed beside it on the mask
+    /// thread (here, before it, if no thread can be started).
+    fn forward_beside_masks(
+        &mut self,
+        plan: &StepPlan,
+        all_positions: &[bool],
+        pending: Pending,
+    ) -> (Result<Vec<Vec<f32>>, ModelError>, Masked) {
+        if pending.is_empty() {
+            return (self.forward(plan, all_positions), Vec::new());
+        }
+        let worker = match self.masks.take() {
+            Some(w) => w,
+            None => match MaskWorker::start() {
+                Ok(w) => w,
+                Err(e) => {
+                    tracing::warn!(error = %e, "no thread for grammar masks");
+                    let masked = masks_of(pending);
+                    return (self.forward(plan, all_positions), masked);
+                }
+            },
+        };
+        let out = worker.beside(pending, || self.forward(plan, all_positions));
+        self.masks = Some(worker);
+        out
     }
 
     fn forward(

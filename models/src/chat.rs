@@ -126,11 +126,6 @@ impl ChatTemplate {
         })
     }
 
-    /// Whether the template renders a `tools` list itself.
-    pub fn reads_tools(&self) -> bool {
-        self.reads_tools
-    }
-
     /// The file's `tokenizer.chat_template`; when it has none, the family's turn format
     /// (Gemma's for `gemma3`) or ChatML.
     pub fn from_gguf(

@@ -132,33 +132,30 @@ async fn thirty_mixed_requests_through_the_front_all_succeed_on_all_three_slices
     // Structured output and tool calls pass through the front unchanged.
     let schema = json!({"type": "object", "properties": {"n": {"type": "integer"}},
                         "required": ["n"], "additionalProperties": false});
-    let v: Value = c
-        .post(serve.at("/v1/chat/completions"))
-        .json(&json!({"model": "smol", "messages": [{"role": "user", "content": "A number, as JSON."}],
-                      "max_tokens": 30, "temperature": 0, "response_format": {"type": "json_schema",
-                      "json_schema": {"name": "n", "schema": schema}}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (status, v) = common::post_json(
+        &c,
+        serve.at("/v1/chat/completions"),
+        &json!({"model": "smol", "messages": [{"role": "user", "content": "A number, as JSON."}],
+                "max_tokens": 30, "temperature": 0, "response_format": {"type": "json_schema",
+                "json_schema": {"name": "n", "schema": schema}}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
     let answer: Value =
         serde_json::from_str(v["choices"][0]["message"]["content"].as_str().unwrap()).unwrap();
     assert!(answer["n"].is_i64(), "{v}");
-    let v: Value = c
-        .post(serve.at("/v1/chat/completions"))
-        .json(&json!({"model": "smol", "messages": [{"role": "user", "content": "Time in Oslo?"}],
-                      "max_tokens": 100, "temperature": 0, "tool_choice": "required", "parallel_tool_calls": false,
-                      "tools": [{"type": "function", "function": {"name": "get_time", "parameters":
-                          {"type": "object", "properties": {"tz": {"type": "string", "maxLength": 20}},
-                           "required": ["tz"], "additionalProperties": false}}}]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (status, v) = common::post_json(
+        &c,
+        serve.at("/v1/chat/completions"),
+        &json!({"model": "smol", "messages": [{"role": "user", "content": "Time in Oslo?"}],
+                "max_tokens": 100, "temperature": 0, "tool_choice": "required",
+                "parallel_tool_calls": false,
+                "tools": [{"type": "function", "function": {"name": "get_time", "parameters":
+                    {"type": "object", "properties": {"tz": {"type": "string", "maxLength": 20}},
+                     "required": ["tz"], "additionalProperties": false}}}]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
     assert_eq!(v["choices"][0]["finish_reason"], "tool_calls", "{v}");
     assert_eq!(
         v["choices"][0]["message"]["tool_calls"][0]["function"]["name"],

@@ -81,7 +81,7 @@ impl OutputProcessor {
                 out.finish = Some(FinishReason::StopSequence);
             } else if end == Some(FinishReason::GrammarComplete) {
                 out.finish = end;
-            } else if self.generated >= self.max_new_tokens || end.is_some() {
+            } else if self.generated >= self.max_new_tokens || end == Some(FinishReason::Length) {
                 out.finish = Some(FinishReason::Length);
             }
         }

@@ -132,8 +132,6 @@ pub struct FunctionCall {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct ToolCallDelta {
     pub index: u32,
-    pub id: String,
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub function: FunctionCall,
+    #[serde(flatten)]
+    pub call: ToolCall,
 }

@@ -199,8 +199,15 @@ pub struct AnswerSetup {
     pub tools: Option<ToolPlan>,
 }
 
-/// A chat choice's message and finish reason: with tools, the calls read out of its text
-/// (`tool_calls` the reason when there are any and the answer was not cut short).
+/// A chat choice's finish reason: `tool_calls` when it made calls and was not cut short.
+pub fn chat_finish_reason(reason: FinishReason, has_calls: bool) -> &'static str {
+    match has_calls && reason != FinishReason::Length {
+        true => "tool_calls",
+        false => openai_finish_reason(reason),
+    }
+}
+
+/// A chat choice's message and finish reason: with tools, the calls read out of its text.
 pub fn chat_message(
     tools: Option<&ToolPlan>,
     text: String,
@@ -210,10 +217,7 @@ pub fn chat_message(
         Some(plan) => plan.parse(&text),
         None => (Some(text), Vec::new()),
     };
-    let finish = match !calls.is_empty() && reason != FinishReason::Length {
-        true => "tool_calls",
-        false => openai_finish_reason(reason),
-    };
+    let finish = chat_finish_reason(reason, !calls.is_empty());
     let message = ResponseMessage {
         role: "assistant".into(),
         content,

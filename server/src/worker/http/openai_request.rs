@@ -244,7 +244,7 @@ pub fn completion(req: &CompletionRequest, arrived: Instant) -> Result<Prepared,
         top: top.unwrap_or(0),
         prompt: echo && top.is_some(),
     };
-    let grammar = structured::openai(req.sampling.response_format.as_ref(), &req.sampling.guided)?;
+    let grammar = structured::openai(&req.sampling)?;
     let mut choices = choices(prompts, &req.sampling, logprobs, grammar, arrived)?;
     if echo {
         for c in &mut choices {
@@ -380,8 +380,7 @@ pub fn chat(req: &ChatRequest, arrived: Instant) -> Result<Prepared, ApiError> {
         prompt: false,
     };
     let tool_plan = tools::plan(req)?;
-    let mut grammar =
-        structured::openai(req.sampling.response_format.as_ref(), &req.sampling.guided)?;
+    let mut grammar = structured::openai(&req.sampling)?;
     if let Some(calls) = tool_plan.as_ref().and_then(ToolPlan::grammar) {
         if grammar.is_some() {
             return Err(ApiError::param(

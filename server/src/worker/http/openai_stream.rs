@@ -9,10 +9,12 @@ use std::pin::Pin;
 use axum::response::sse::Event;
 use futures_util::stream::{self, select_all, SelectAll, Stream, StreamExt};
 use migserve_engine::{
-    Accepted, EngineEvent, EventStream, FinishReason, PrefillLogprob, PromptToken, TokenEvent,
+    Accepted, EngineEvent, EventStream, PrefillLogprob, PromptToken, TokenEvent,
 };
 
-use super::openai::{echo_text, unix_now, usage, AnswerSetup, Counts, Endpoint};
+use super::openai::{
+    chat_finish_reason, echo_text, unix_now, usage, AnswerSetup, Counts, Endpoint,
+};
 use super::openai_finish_reason;
 use super::openai_logprobs::{self as logprobs, CompletionBuilder, Echo};
 use super::tgi::json_event;
@@ -155,9 +157,7 @@ impl State {
             if let Some(rest) = rest {
                 text.push_str(&rest);
             }
-            if !found.is_empty() && f.reason != FinishReason::Length {
-                reason = Some("tool_calls".into());
-            }
+            reason = Some(chat_finish_reason(f.reason, !found.is_empty()).to_string());
             calls = found;
         }
         if let Some(f) = finish {
@@ -176,9 +176,7 @@ impl State {
                     .enumerate()
                     .map(|(index, call)| ToolCallDelta {
                         index: index as u32,
-                        id: call.id,
-                        kind: call.kind,
-                        function: call.function,
+                        call,
                     })
                     .collect();
                 let has_calls = !deltas.is_empty();

@@ -6,7 +6,8 @@ use migserve_engine::Grammar;
 use serde_json::Value;
 
 use crate::api::error::ApiError;
-use crate::api::structured::{GuidedFields, ResponseFormat, TgiGrammar};
+use crate::api::openai::SamplingFields;
+use crate::api::structured::{ResponseFormat, TgiGrammar};
 
 fn invalid(param: &str, message: impl Into<String>) -> ApiError {
     ApiError::param(param, "invalid_value", message)
@@ -30,10 +31,8 @@ fn schema(param: &str, value: &Value) -> Result<Value, ApiError> {
 }
 
 /// The grammar of an OpenAI request: `response_format`, or one `guided_*` field.
-pub fn openai(
-    format: Option<&ResponseFormat>,
-    guided: &GuidedFields,
-) -> Result<Option<Grammar>, ApiError> {
+pub fn openai(fields: &SamplingFields) -> Result<Option<Grammar>, ApiError> {
+    let (format, guided) = (fields.response_format.as_ref(), &fields.guided);
     let mut found: Vec<(&str, Grammar)> = Vec::new();
     match format {
         None | Some(ResponseFormat::Text) => {}
@@ -112,10 +111,23 @@ pub fn tgi(grammar: &TgiGrammar) -> Result<Grammar, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::structured::GuidedFields;
     use serde_json::json;
 
     fn format(v: Value) -> ResponseFormat {
         serde_json::from_value(v).unwrap()
+    }
+
+    /// The request fields `openai` reads.
+    fn openai(
+        format: Option<&ResponseFormat>,
+        guided: &GuidedFields,
+    ) -> Result<Option<Grammar>, ApiError> {
+        super::openai(&SamplingFields {
+            response_format: format.cloned(),
+            guided: guided.clone(),
+            ..SamplingFields::default()
+        })
     }
 
     #[test]
