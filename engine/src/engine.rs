@@ -22,6 +22,8 @@ pub struct Accepted {
     pub prompt_tokens: usize,
     /// Those tokens with their texts, when the request asked for them (else empty).
     pub prompt: Vec<PromptToken>,
+    /// The seed sampling uses (drawn when a sampled request named none; `None` when greedy).
+    pub seed: Option<u64>,
     /// Its events; dropping the stream cancels the request.
     pub events: EventStream,
 }

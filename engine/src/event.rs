@@ -83,6 +83,10 @@ pub struct FinishEvent {
 pub enum EngineEvent {
     /// The prompt's log-probabilities, once, before the first token (only when asked for).
     Prefill(Vec<PrefillLogprob>),
+    /// A resumed request's earlier output ([`crate::GenerateRequest::resume`]) as output
+    /// processing read it, once, before the first new token: their texts are what was sent
+    /// already, for the answer's whole text; their log-probabilities are not known (0).
+    Resumed(Vec<TokenEvent>),
     /// A token; the last one comes with the finish details.
     Token(TokenEvent, Option<FinishEvent>),
     /// The request failed; nothing follows.
@@ -131,6 +135,7 @@ impl EventStream {
         loop {
             match self.next().await {
                 Some(EngineEvent::Prefill(p)) => prefill = p,
+                Some(EngineEvent::Resumed(earlier)) => tokens.extend(earlier),
                 Some(EngineEvent::Token(t, None)) => tokens.push(t),
                 Some(EngineEvent::Token(t, Some(finish))) => {
                     tokens.push(t);

@@ -255,9 +255,18 @@ impl Engine for LocalEngine {
         let mut request = validate::build_request(ids, &request, &self.info.limits)?;
         // Compiled once the rest is known to be valid.
         if let Some(grammar) = &grammar {
-            request.constraint = Some(self.grammars()?.compile(grammar)?);
+            let mut constraint = self.grammars()?.compile(grammar)?;
+            for &token in &request.resumed {
+                constraint.commit(token).map_err(|e| {
+                    EngineError::Validation(format!(
+                        "the output to resume from does not match the grammar: {e}"
+                    ))
+                })?;
+            }
+            request.constraint = Some(constraint);
         }
         let prompt_tokens = request.prompt.len();
+        let seed = request.params.seed;
         // Decoded one by one only once the request is known to be valid.
         let prompt = match return_prompt_tokens {
             true => request
@@ -296,6 +305,7 @@ impl Engine for LocalEngine {
         Ok(Accepted {
             prompt_tokens,
             prompt,
+            seed,
             events,
         })
     }

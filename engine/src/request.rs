@@ -75,6 +75,10 @@ pub struct GenerateRequest {
     pub return_prompt_tokens: bool,
     /// What the output must match (a JSON schema, a regex, a grammar, a choice).
     pub grammar: Option<Grammar>,
+    /// Output this request already generated elsewhere (a stream continued after its worker
+    /// died): these tokens count as generated, not as prompt; sampling continues where it
+    /// was (same seed, same step), and the answer goes on after them.
+    pub resume: Vec<u32>,
     /// When the request reached the server.
     pub arrived: Instant,
 }
@@ -93,6 +97,7 @@ impl GenerateRequest {
             ignore_eos: false,
             return_prompt_tokens: false,
             grammar: None,
+            resume: Vec::new(),
             arrived: Instant::now(),
         }
     }
@@ -127,6 +132,9 @@ pub struct EngineRequest {
     pub logprobs: LogprobsSpec,
     /// The request's grammar, compiled: which tokens may come next.
     pub constraint: Option<Constraint>,
+    /// Output already generated elsewhere ([`GenerateRequest::resume`]), part of
+    /// `max_new_tokens`.
+    pub resumed: Vec<u32>,
     /// When the request reached the server.
     pub arrived: Instant,
 }

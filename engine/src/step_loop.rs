@@ -376,14 +376,27 @@ impl<M: StepModel> StepLoop<M> {
         if !s.request.ignore_eos {
             params.end_tokens = self.tokenizer.eos_ids().to_vec();
         }
-        let sampler = Sampler::new(params);
+        let sampler = Sampler::resumed(params, s.request.resumed.len());
         let constraint = s.request.constraint.take();
-        let output = OutputProcessor::new(
+        let mut output = OutputProcessor::new(
             s.request.max_new_tokens,
             s.request.stop.clone(),
             s.request.ignore_eos,
         );
-        let mut sequence = Sequence::new(id, s.request.prompt.clone());
+        if !s.request.resumed.is_empty() {
+            match self.replay(&mut output, &s.request.resumed) {
+                Ok(earlier) => {
+                    let _ = s.events.send(EngineEvent::Resumed(earlier));
+                }
+                Err(e) => {
+                    self.status.release();
+                    let _ = s.events.send(EngineEvent::Failed(e));
+                    return;
+                }
+            }
+        }
+        let tokens = [s.request.prompt.as_slice(), &s.request.resumed].concat();
+        let mut sequence = Sequence::new(id, tokens);
         if s.request.logprobs.prompt {
             sequence = sequence
                 .with_chunk_limit(PROMPT_LOGPROBS_CHUNK)
@@ -412,6 +425,35 @@ impl<M: StepModel> StepLoop<M> {
                 mask: None,
             },
         );
+    }
+
+    /// Runs a resumed request's earlier output through its output processing, as if it had
+    /// been generated here; an output that had already finished is refused.
+    fn replay(
+        &self,
+        output: &mut OutputProcessor,
+        resumed: &[u32],
+    ) -> Result<Vec<TokenEvent>, EngineError> {
+        let mut events = Vec::with_capacity(resumed.len());
+        for &id in resumed {
+            let out = output
+                .push(&self.tokenizer, id, None)
+                .map_err(|e| EngineError::Validation(format!("the output to resume from: {e}")))?;
+            if out.finish.is_some() {
+                return Err(EngineError::Validation(
+                    "the output to resume from has already finished".into(),
+                ));
+            }
+            events.push(TokenEvent {
+                id,
+                text: out.text,
+                visible: out.visible,
+                logprob: 0.0,
+                top: Vec::new(),
+                special: out.special,
+            });
+        }
+        Ok(events)
     }
 
     /// Frees the sequences whose clients went away.

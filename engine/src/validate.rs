@@ -104,15 +104,26 @@ pub fn build_request(
     if request.grammar.is_some() && request.ignore_eos {
         return invalid("`ignore_eos` cannot be combined with a grammar (it ends the output)");
     }
+    check_token_ids(&request.resume, limits.vocab_size)?;
+    if request.resume.len() >= max_new_tokens {
+        return invalid(format!(
+            "the output to resume from has {} tokens: nothing is left of `max_new_tokens` ({max_new_tokens})",
+            request.resume.len()
+        ));
+    }
     let params = sampling_params(request, limits.vocab_size, min_new_tokens)?;
+    let mut logprobs = request.logprobs;
+    // A resumed answer's prompt log-probabilities went out with its beginning.
+    logprobs.prompt &= request.resume.is_empty();
     Ok(EngineRequest {
         prompt,
         params,
         max_new_tokens,
         stop: request.stop.clone(),
         ignore_eos: request.ignore_eos,
-        logprobs: request.logprobs,
+        logprobs,
         constraint: None,
+        resumed: request.resume.clone(),
         arrived: request.arrived,
     })
 }
@@ -158,6 +169,12 @@ fn sampling_params(
     } else {
         0.0
     };
+    // A sampled request always has a seed (drawn when it names none), so its choices can be
+    // reported and a stream continued elsewhere draws what it would have drawn here.
+    let seed = match temperature >= 1e-5 && top_k != Some(1) {
+        true => Some(spec.seed.unwrap_or_else(migserve_models::random_seed)),
+        false => spec.seed,
+    };
     let params = SamplingParams {
         temperature,
         top_k,
@@ -169,7 +186,7 @@ fn sampling_params(
         min_tokens,
         // The engine sets the model's end-of-sequence tokens.
         end_tokens: Vec::new(),
-        seed: spec.seed,
+        seed,
     };
     params
         .validate()

@@ -1,9 +1,8 @@
 //! Choosing the next token from logits: logit bias, repetition, presence and frequency
 //! penalties, then greedy or temperature with top-k and top-p. Pure CPU logic on `&[f32]`; a
-//! seeded sampler always makes the same choices.
-
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+//! seeded sampler always makes the same choices, and its `n`-th choice depends only on the seed,
+//! `n` and the logits, so a sequence can continue elsewhere ([`Sampler::resumed`]) and draw what
+//! it would have drawn.
 
 use crate::error::{ModelError, Result};
 
@@ -115,20 +114,26 @@ impl SamplingParams {
 /// A sampler for one sequence: its parameters plus its own random stream.
 pub struct Sampler {
     params: SamplingParams,
-    rng: StdRng,
+    seed: u64,
+    /// Choices made so far: the index of the next draw.
+    step: u64,
     scratch: Vec<(u32, f32)>,
 }
 
 impl Sampler {
     /// A sampler seeded from `params.seed` (or from the OS when unset).
     pub fn new(params: SamplingParams) -> Self {
-        let rng = match params.seed {
-            Some(seed) => StdRng::seed_from_u64(seed),
-            None => StdRng::from_os_rng(),
-        };
+        Self::resumed(params, 0)
+    }
+
+    /// A sampler that has already made `made` choices: its next one is what a sampler with
+    /// the same seed would choose as its `made + 1`-th (given the same logits).
+    pub fn resumed(params: SamplingParams, made: usize) -> Self {
+        let seed = params.seed.unwrap_or_else(random_seed);
         Self {
             params,
-            rng,
+            seed,
+            step: made as u64,
             scratch: Vec::new(),
         }
     }
@@ -141,6 +146,8 @@ impl Sampler {
     /// Picks the next token. `logits` is modified in place (bias, penalties, mask); `history` is
     /// every token of the sequence so far, of which the first `prompt_len` are the prompt.
     pub fn sample(&mut self, logits: &mut [f32], history: &[u32], prompt_len: usize) -> u32 {
+        let step = self.step;
+        self.step += 1;
         apply_edits(&self.params, logits, history, prompt_len);
         if self.params.is_greedy() {
             return argmax(logits);
@@ -193,7 +200,7 @@ impl Sampler {
             candidates.truncate(keep);
             total = candidates.iter().map(|c| c.1).sum();
         }
-        let mut target = self.rng.random::<f32>() * total;
+        let mut target = uniform(self.seed, step) * total;
         for c in candidates.iter() {
             target -= c.1;
             if target <= 0.0 {
@@ -202,6 +209,25 @@ impl Sampler {
         }
         candidates[candidates.len() - 1].0
     }
+}
+
+/// A seed for a request that names none (so its choices can still be reported and repeated).
+pub fn random_seed() -> u64 {
+    rand::random()
+}
+
+/// The `step`-th draw of the stream `seed`, uniform in [0, 1): a counter-based generator
+/// (SplitMix64's finalizer over the seed and the step), so any draw can be made without the
+/// ones before it.
+fn uniform(seed: u64, step: u64) -> f32 {
+    let mix = |mut z: u64| {
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    let bits = mix(seed ^ mix(step.wrapping_add(0x9E37_79B9_7F4A_7C15)));
+    // 24 random bits: every value an f32 in [0, 1) can hold at that spacing.
+    (bits >> 40) as f32 / (1u64 << 24) as f32
 }
 
 /// The `n` most likely tokens of `logits` whose log-softmax normalizer is `log_norm`, with
@@ -400,6 +426,26 @@ mod tests {
             a.iter().collect::<std::collections::HashSet<_>>().len() > 1,
             "temperature 1 should vary"
         );
+    }
+
+    #[test]
+    fn a_resumed_sampler_draws_what_the_undisturbed_one_would() {
+        let params = SamplingParams {
+            temperature: 1.0,
+            seed: Some(11),
+            ..Default::default()
+        };
+        let mut whole = Sampler::new(params.clone());
+        let all: Vec<u32> = (0..40)
+            .map(|_| whole.sample(&mut logits(), &[], 0))
+            .collect();
+        for k in [0, 1, 17, 39] {
+            let mut resumed = Sampler::resumed(params.clone(), k);
+            let rest: Vec<u32> = (k..40)
+                .map(|_| resumed.sample(&mut logits(), &[], 0))
+                .collect();
+            assert_eq!(rest, all[k..], "resumed after {k} choices");
+        }
     }
 
     #[test]

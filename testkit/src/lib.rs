@@ -102,6 +102,19 @@ pub fn token_text(i: usize) -> String {
     format!(" t{i}")
 }
 
+/// Canned token `i`: id `i`, text [`token_text`].
+fn fake_token(i: usize) -> TokenEvent {
+    let text = token_text(i);
+    TokenEvent {
+        id: i as u32,
+        visible: text.clone(),
+        text,
+        logprob: -0.5,
+        top: Vec::new(),
+        special: false,
+    }
+}
+
 /// One fake token id per whitespace-separated word (at least one).
 fn fake_tokens(prompt: &Prompt) -> Vec<u32> {
     let words = match prompt {
@@ -157,6 +170,8 @@ impl Engine for FakeEngine {
         let (tx, events) = EventStream::channel();
         let (n, prompt_tokens, seed) =
             (valid.max_new_tokens, valid.prompt.len(), valid.params.seed);
+        // A resumed request's tokens are those of the same request here: token i is `i`.
+        let resumed = valid.resumed.len();
         let first =
             self.config.first_token_delay + self.config.prefill_per_token * prompt_tokens as u32;
         let (between, slowdown) = (self.config.token_delay, self.config.batch_slowdown);
@@ -165,7 +180,13 @@ impl Engine for FakeEngine {
         self.runtime.spawn(async move {
             let _in_flight = in_flight;
             let started = Instant::now();
-            for i in 0..n {
+            if resumed > 0 {
+                let earlier = (0..resumed).map(fake_token).collect();
+                if tx.send(EngineEvent::Resumed(earlier)).is_err() {
+                    return;
+                }
+            }
+            for i in resumed..n {
                 let others = running.load(Ordering::Acquire).saturating_sub(1) as f64;
                 let delay = if i == 0 {
                     first
@@ -183,16 +204,7 @@ impl Engine for FakeEngine {
                     time_to_first_token: started.duration_since(arrived) + first,
                     seed,
                 });
-                let text = token_text(i);
-                let token = TokenEvent {
-                    id: i as u32,
-                    visible: text.clone(),
-                    text,
-                    logprob: -0.5,
-                    top: Vec::new(),
-                    special: false,
-                };
-                if tx.send(EngineEvent::Token(token, finish)).is_err() {
+                if tx.send(EngineEvent::Token(fake_token(i), finish)).is_err() {
                     return; // the client went away
                 }
             }
@@ -200,6 +212,7 @@ impl Engine for FakeEngine {
         Ok(Accepted {
             prompt_tokens,
             prompt,
+            seed,
             events,
         })
     }

@@ -30,6 +30,9 @@ pub enum ApiError {
     /// The body is larger than the server accepts (413).
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// The body did not arrive within the server's body-read timeout (408).
+    #[error("{0}")]
+    RequestTimeout(String),
     /// Generation failed after the request was accepted (424).
     #[error("{0}")]
     Generation(String),
@@ -57,6 +60,7 @@ impl ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Generation(_) => StatusCode::FAILED_DEPENDENCY,
             ApiError::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unhealthy(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -72,6 +76,7 @@ impl ApiError {
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::RequestTimeout(_) => "request_timeout",
             ApiError::Generation(_) => "generation",
             ApiError::Overloaded(_) => "overloaded",
             ApiError::Unhealthy(_) => "unhealthy",
@@ -112,6 +117,7 @@ impl ApiError {
             ApiError::Validation(_)
             | ApiError::InvalidParam { .. }
             | ApiError::PayloadTooLarge(_)
+            | ApiError::RequestTimeout(_)
             | ApiError::MethodNotAllowed(_) => "invalid_request_error",
             ApiError::Unauthorized(_) => "authentication_error",
             ApiError::NotFound(_) => "not_found_error",

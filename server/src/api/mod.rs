@@ -4,6 +4,7 @@
 pub mod error;
 pub mod openai;
 pub mod openapi;
+pub mod resume;
 pub mod structured;
 pub mod tgi;
 pub mod tokenize;

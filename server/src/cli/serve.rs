@@ -122,11 +122,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
         let app = crate::auth::protect(front.app(), keys);
         let app = crate::access_log::layer(app, crate::access_log::AccessLog { info: true });
+        let limits = front_limits(&config.router);
         let server =
-            axum::serve(crate::net::no_delay(listener), app).with_graceful_shutdown(async move {
+            crate::net::guarded::serve(listener, app, limits, front.guard_stats(), async move {
                 let _ = stop_rx.changed().await;
             });
-        let server = tokio::spawn(async move { server.await });
+        let server = tokio::spawn(server);
         // Machine-readable ready line (the workers may still be loading: see /slices).
         println!("{}http://{local}", crate::contract::SERVE_READY_PREFIX);
         tracing::info!(%local, "front listening");
@@ -147,4 +148,21 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         tracing::info!("all workers stopped");
         anyhow::Ok(())
     })
+}
+
+/// The front's connection limits, the cap held under what the open-files limit allows.
+fn front_limits(router: &crate::config::RouterSection) -> crate::net::guarded::ConnectionLimits {
+    use crate::net::guarded::{raise_open_files_limit, RESERVED_FILES};
+    let mut limits = router.connection_limits();
+    let files = raise_open_files_limit();
+    let room = files.saturating_sub(RESERVED_FILES).max(16) as usize;
+    if limits.max_connections > room {
+        tracing::warn!(
+            max_connections = limits.max_connections,
+            open_files_limit = files,
+            "max_connections lowered to what the open-files limit allows: {room}"
+        );
+        limits.max_connections = room;
+    }
+    limits
 }

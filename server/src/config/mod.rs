@@ -121,6 +121,28 @@ pub struct RouterSection {
     pub default_max_new_tokens: u64,
     /// Largest request body in bytes (413 above).
     pub max_body_bytes: usize,
+    /// Seconds a connection has to send a request head (and an idle keep-alive connection is
+    /// kept); then it is closed.
+    pub header_read_timeout_secs: f64,
+    /// Seconds a request body has to arrive whole after its head (408 after).
+    pub body_read_timeout_secs: f64,
+    /// Open client connections at most (capped by the open-files limit); past it the oldest
+    /// connection not in a request is closed, or, when all are in one, the new one gets 503.
+    pub max_connections: usize,
+    /// Requests one connection may send; the last gets `connection: close`.
+    pub max_requests_per_connection: u64,
+}
+
+impl RouterSection {
+    /// The front server's limits on its clients.
+    pub fn connection_limits(&self) -> crate::net::guarded::ConnectionLimits {
+        crate::net::guarded::ConnectionLimits {
+            header_read_timeout: std::time::Duration::from_secs_f64(self.header_read_timeout_secs),
+            body_read_timeout: std::time::Duration::from_secs_f64(self.body_read_timeout_secs),
+            max_connections: self.max_connections,
+            max_requests_per_connection: self.max_requests_per_connection,
+        }
+    }
 }
 
 impl Default for RouterSection {
@@ -132,6 +154,10 @@ impl Default for RouterSection {
             default_model: None,
             default_max_new_tokens: 256,
             max_body_bytes: 2 * 1024 * 1024,
+            header_read_timeout_secs: 10.0,
+            body_read_timeout_secs: 30.0,
+            max_connections: 4096,
+            max_requests_per_connection: 1000,
         }
     }
 }
@@ -293,6 +319,21 @@ impl DeployConfig {
         let r = &self.router;
         if r.max_queue_per_slice == 0 || r.max_body_bytes == 0 || r.default_max_new_tokens == 0 {
             return Err("[router] max_queue_per_slice, max_body_bytes and default_max_new_tokens must be positive".into());
+        }
+        if r.max_connections == 0 || r.max_requests_per_connection == 0 {
+            return Err(
+                "[router] max_connections and max_requests_per_connection must be positive".into(),
+            );
+        }
+        for (name, secs) in [
+            ("header_read_timeout_secs", r.header_read_timeout_secs),
+            ("body_read_timeout_secs", r.body_read_timeout_secs),
+        ] {
+            if !(secs.is_finite() && secs > 0.0 && secs <= 86_400.0) {
+                return Err(format!(
+                    "[router] {name} must be a number of seconds in (0, 86400], got {secs}"
+                ));
+            }
         }
         let names = self.model_names();
         if let Some(model) = &r.default_model {

@@ -7,6 +7,8 @@ pub mod discovery;
 pub mod policy;
 pub mod prefix_index;
 pub mod proxy;
+pub mod relay;
+pub mod sse;
 pub mod stats;
 pub mod status;
 pub mod token_count;
@@ -42,6 +44,8 @@ pub struct Front {
     pub suspend_grace: Duration,
     pub client: reqwest::Client,
     turn: AtomicUsize,
+    /// What the front's connection guard did (`/metrics`).
+    guard: Arc<crate::net::guarded::GuardStats>,
 }
 
 /// Shared handle on the front.
@@ -129,6 +133,7 @@ impl Front {
             ),
             client,
             turn: AtomicUsize::new(0),
+            guard: Arc::default(),
         });
         for entry in &config.discover {
             discovery::spawn(front.clone(), entry.clone(), discovery::system_resolver());
@@ -197,6 +202,11 @@ impl Front {
             .method_not_allowed_fallback(crate::api::error::method_not_allowed)
             .layer(DefaultBodyLimit::max(self.settings.max_body_bytes))
             .with_state(self.clone())
+    }
+
+    /// The counts of the front's connection guard ([`crate::net::guarded::serve`] fills them).
+    pub fn guard_stats(&self) -> Arc<crate::net::guarded::GuardStats> {
+        self.guard.clone()
     }
 
     /// Whether `model` is served (configured, even if no worker of it is up now).

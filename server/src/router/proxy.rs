@@ -1,25 +1,28 @@
 //! Forwarding API requests to a chosen slice: model selection, admission, retries before the
-//! first byte, streaming pass-through with an error event if the worker dies mid-stream.
+//! first byte (counted in `x-router-retries`), and streams handed to the relay
+//! ([`super::relay`]), which continues them elsewhere if their worker dies.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{post, MethodRouter};
-use futures_util::stream::{self, BoxStream, StreamExt};
+use futures_util::stream::StreamExt;
 use serde_json::Value;
 
 use super::backend::Backend;
 use super::cost::CostSample;
 use super::policy::Work;
 use super::prefix_index::PromptText;
+use super::relay::{Origin, Serving, StreamRelay};
 use super::stats::InFlight;
 use super::token_count::TokenCounter;
 use super::{Pick, Placing, SharedFront};
 use crate::api::error::{ApiError, OpenAiError};
+use crate::api::resume::RESUMABLE_HEADER;
 use crate::config::RoutingPolicy;
 
 /// Which wire API a request came in on (errors answer in its shape).
@@ -34,6 +37,10 @@ type RequestBody = Result<Bytes, axum::extract::rejection::BytesRejection>;
 
 /// Header naming the model for TGI requests (which have no `model` field).
 pub const MODEL_HEADER: &str = "x-model";
+
+/// Response header: slices that failed the request before the one that answered (a stream
+/// counts those before its first event; continuations after that are not in it).
+pub const RETRIES_HEADER: &str = "x-router-retries";
 
 fn api_error(api: Api, error: ApiError) -> Response {
     match api {
@@ -140,6 +147,13 @@ async fn forward(
                 )),
             )
         }
+        Err(rejection) if crate::net::guarded::is_body_timeout(&rejection) => {
+            let error = ApiError::RequestTimeout(format!(
+                "the request body did not arrive within {} s",
+                front.settings.body_read_timeout_secs
+            ));
+            return api_error(api, error);
+        }
         Err(rejection) => return api_error(api, ApiError::Validation(rejection.body_text())),
     };
     let parsed: Value = match serde_json::from_slice(&body) {
@@ -190,6 +204,7 @@ async fn forward(
         let upstream = backend
             .authorize(front.client.post(format!("{url}{path}")))
             .header(header::CONTENT_TYPE, "application/json")
+            .header(RESUMABLE_HEADER, "1")
             .body(body.clone());
         let upstream = match upstream.send().await {
             Ok(r) => r,
@@ -202,6 +217,7 @@ async fn forward(
         let status = upstream.status();
         learn_cache_size(&backend, upstream.headers());
         let mut out_headers = relay_headers(upstream.headers(), &backend.id, sent - arrived);
+        out_headers.insert(RETRIES_HEADER, HeaderValue::from(tried.len() as u64 - 1));
         if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
             // Keep the worker's answer in case no other slice can take the request.
             if status.is_server_error() {
@@ -256,17 +272,22 @@ async fn forward(
         match failure {
             None => {
                 guard.first_token();
-                let relay = StreamRelay {
+                let origin = Origin {
                     api,
-                    counter,
-                    guard,
-                    backend: backend.clone(),
-                    grace: front.suspend_grace,
-                    generation,
+                    path,
+                    body,
+                    model: facts.model,
+                    placing: facts.placing,
+                    tried,
                     sent,
-                    first_at: Instant::now(),
                 };
-                let body = Body::from_stream(relay.run(Bytes::from(head), chunks));
+                let serving = Serving {
+                    backend,
+                    guard,
+                    generation,
+                };
+                let relay = StreamRelay::new(front.clone(), origin, serving, counter);
+                let body = relay.into_body(Bytes::from(head), chunks);
                 return (status, out_headers, body).into_response();
             }
             Some(why) => fail(why),
@@ -380,79 +401,6 @@ fn record_buffered(guard: &InFlight, headers: &HeaderMap, body: &[u8], sent: Ins
     let tpot = secs("x-time-per-token")
         .or_else(|| (tokens > 0).then(|| sent.elapsed().as_secs_f64() / tokens as f64));
     guard.stats().record_success(None, tpot, tokens, cost);
-}
-
-/// A stream being relayed from a worker to the client.
-struct StreamRelay {
-    api: Api,
-    guard: InFlight,
-    backend: Arc<Backend>,
-    grace: std::time::Duration,
-    generation: u64,
-    sent: Instant,
-    first_at: Instant,
-    counter: TokenCounter,
-}
-
-impl StreamRelay {
-    fn run(
-        self,
-        first: Bytes,
-        rest: BoxStream<'static, reqwest::Result<Bytes>>,
-    ) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
-        let head = stream::once(async move { Ok::<Bytes, std::io::Error>(first) });
-        let tail = stream::unfold(Some((self, rest)), |state| async move {
-            let (mut relay, mut rest) = state?;
-            match rest.next().await {
-                Some(Ok(chunk)) => {
-                    relay.counter.feed(&chunk);
-                    Some((Ok(chunk), Some((relay, rest))))
-                }
-                Some(Err(e)) => {
-                    tracing::warn!(slice = %relay.backend.id, error = %e, "worker stream broke; slice taken out of rotation");
-                    relay.backend.stats.record_error();
-                    relay.backend.suspend(relay.grace, relay.generation);
-                    Some((Ok(relay.error_event(&e.to_string())), None))
-                }
-                None => {
-                    relay.finish();
-                    None
-                }
-            }
-        });
-        head.chain(tail)
-    }
-
-    fn finish(&self) {
-        let ttft = self.first_at.duration_since(self.sent).as_secs_f64();
-        let tokens = self.counter.tokens();
-        let tpot =
-            (tokens > 1).then(|| self.first_at.elapsed().as_secs_f64() / (tokens - 1) as f64);
-        // Seen from outside, the first token's wait includes the worker's queue.
-        let cost = CostSample {
-            prefill: Some((ttft, self.guard.prefill_tokens())),
-            decode: tpot.map(|t| (t, self.guard.mean_batch())),
-        };
-        self.guard
-            .stats()
-            .record_success(Some(ttft), tpot, tokens, cost);
-    }
-
-    /// The event that ends a stream whose worker went away, in the endpoint's shape.
-    fn error_event(&self, cause: &str) -> Bytes {
-        let message = format!(
-            "the worker on slice {} stopped mid-stream: {cause}",
-            self.backend.id
-        );
-        let error = ApiError::Generation(message);
-        // As a worker ends a failed stream: OpenAI clients also get `[DONE]`.
-        let event =
-            |body: serde_json::Result<String>| format!("data: {}\n\n", body.unwrap_or_default());
-        Bytes::from(match self.api {
-            Api::Tgi => event(serde_json::to_string(&error.tgi_body())),
-            Api::OpenAi => event(serde_json::to_string(&error.openai_body())) + "data: [DONE]\n\n",
-        })
-    }
 }
 
 #[cfg(test)]

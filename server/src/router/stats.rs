@@ -64,6 +64,7 @@ pub struct SliceStats {
     requests: AtomicU64,
     errors: AtomicU64,
     retries: AtomicU64,
+    resumes: AtomicU64,
     generated_tokens: AtomicU64,
     measured: Mutex<Measured>,
 }
@@ -76,6 +77,8 @@ pub struct StatsSnapshot {
     pub requests: u64,
     pub errors: u64,
     pub retries: u64,
+    /// Streams broken here that went on on another slice.
+    pub resumes: u64,
     pub generated_tokens: u64,
     /// Moving average of time to first token, seconds.
     pub ttft_secs: Option<f64>,
@@ -157,6 +160,11 @@ impl SliceStats {
         self.retries.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A stream this slice broke went on on another slice.
+    pub fn record_resume(&self) {
+        self.resumes.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// A finished request: its time to first token (if measured), time per output token after
     /// the first (if measured), output tokens, and what it showed of the slice's costs.
     pub fn record_success(
@@ -219,6 +227,7 @@ impl SliceStats {
             requests: self.requests.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
             retries: self.retries.load(Ordering::Relaxed),
+            resumes: self.resumes.load(Ordering::Relaxed),
             generated_tokens: self.generated_tokens.load(Ordering::Relaxed),
             ..Default::default()
         };

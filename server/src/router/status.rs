@@ -1,6 +1,7 @@
 //! `/slices`, `/health`, `/metrics` and `/v1/models` of the front.
 
 use std::fmt::Write;
+use std::sync::atomic::Ordering;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -158,6 +159,12 @@ pub async fn metrics(State(front): State<SharedFront>) -> Response {
         &|r| r.stats.retries as f64,
     );
     family(
+        "migserve_router_stream_resumes_total",
+        "counter",
+        "Streams broken on the slice (its worker died or failed them) that went on on another",
+        &|r| r.stats.resumes as f64,
+    );
+    family(
         "migserve_router_generated_tokens_total",
         "counter",
         "Output tokens relayed from the slice",
@@ -218,6 +225,31 @@ pub async fn metrics(State(front): State<SharedFront>) -> Response {
                 u8::from(r.state == state)
             );
         }
+    }
+    let guard = front.guard_stats();
+    for (name, kind, help, value) in [
+        (
+            "migserve_front_connections_open",
+            "gauge",
+            "Client connections open on the front",
+            guard.open.load(Ordering::Relaxed) as u64,
+        ),
+        (
+            "migserve_front_connections_evicted_total",
+            "counter",
+            "Client connections not in a request closed to make room at max_connections",
+            guard.evicted.load(Ordering::Relaxed),
+        ),
+        (
+            "migserve_front_connections_refused_total",
+            "counter",
+            "Client connections refused with 503 at max_connections (all were in requests)",
+            guard.refused.load(Ordering::Relaxed),
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        let _ = writeln!(out, "{name} {value}");
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

@@ -7,6 +7,7 @@ mod openai;
 mod openai_logprobs;
 mod openai_request;
 mod openai_stream;
+mod resume;
 mod structured;
 mod tgi;
 mod tokenize;

@@ -8,6 +8,7 @@
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::response::sse::{KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -16,6 +17,7 @@ use migserve_engine::{Accepted, FinishReason, PromptToken};
 use super::openai_logprobs::{self as logprobs, CompletionBuilder, Echo};
 use super::openai_request::{self as request, Prepared};
 use super::openai_stream;
+use super::resume::StreamResume;
 use super::tools::ToolPlan;
 use super::{
     openai_finish_reason, stream_headers, submit_all, timing_headers, ApiJson, AppState,
@@ -83,6 +85,7 @@ impl Endpoint {
 /// `POST /v1/completions`.
 pub async fn completions(
     State(state): State<SharedState>,
+    headers: HeaderMap,
     body: Result<ApiJson<CompletionRequest>, ApiError>,
 ) -> Response {
     let arrived = Instant::now();
@@ -90,12 +93,13 @@ pub async fn completions(
         check_model(&state, req.model.as_deref())?;
         Ok((request::completion(&req, arrived)?, req.sampling))
     });
-    respond(&state, prepared, Endpoint::Completion, arrived).await
+    respond(&state, &headers, prepared, Endpoint::Completion, arrived).await
 }
 
 /// `POST /v1/chat/completions`.
 pub async fn chat_completions(
     State(state): State<SharedState>,
+    headers: HeaderMap,
     body: Result<ApiJson<ChatRequest>, ApiError>,
 ) -> Response {
     let arrived = Instant::now();
@@ -103,23 +107,36 @@ pub async fn chat_completions(
         check_model(&state, req.model.as_deref())?;
         Ok((request::chat(&req, arrived)?, req.sampling))
     });
-    respond(&state, prepared, Endpoint::Chat, arrived).await
+    respond(&state, &headers, prepared, Endpoint::Chat, arrived).await
 }
 
 /// Runs a prepared request's choices and answers, streamed or whole, in the endpoint's shape.
+/// A stream of one choice takes part in resumption ([`crate::api::resume`]) when the front
+/// asks.
 async fn respond(
     state: &AppState,
+    headers: &HeaderMap,
     prepared: Result<(Prepared, crate::api::openai::SamplingFields), ApiError>,
     endpoint: Endpoint,
     arrived: Instant,
 ) -> Response {
-    let (prepared, sampling) = match prepared {
+    let resume = StreamResume::from_headers(headers);
+    let ((mut prepared, sampling), resume) = match prepared.and_then(|p| Ok((p, resume?))) {
         Ok(p) => p,
         Err(e) => return OpenAiError(e).into_response(),
     };
-    let id = response_id(match endpoint {
-        Endpoint::Completion => "cmpl",
-        Endpoint::Chat => "chatcmpl",
+    let resumable = sampling.stream && prepared.choices.len() == 1 && resume.marked;
+    if resumable {
+        for c in &mut prepared.choices {
+            resume.apply(&mut c.request);
+        }
+    }
+    let (id, created) = resume.identity().filter(|_| resumable).unwrap_or_else(|| {
+        let id = response_id(match endpoint {
+            Endpoint::Completion => "cmpl",
+            Endpoint::Chat => "chatcmpl",
+        });
+        (id, unix_now())
     });
     let Prepared {
         choices,
@@ -155,6 +172,7 @@ async fn respond(
     };
     let setup = AnswerSetup {
         id,
+        created,
         model: state.model_id().to_string(),
         endpoint,
         include_usage: false,
@@ -174,6 +192,7 @@ async fn respond(
             },
             accepted,
             meta,
+            resumable,
         );
         return (
             stream_headers(state),
@@ -187,6 +206,8 @@ async fn respond(
 /// What every part of an answer shares (the body, or each chunk of a stream).
 pub struct AnswerSetup {
     pub id: String,
+    /// Unix seconds (OpenAI's `created`).
+    pub created: u64,
     pub model: String,
     pub endpoint: Endpoint,
     /// Streams: a last chunk carries the usage.
@@ -266,6 +287,7 @@ async fn whole(
 ) -> Response {
     let AnswerSetup {
         id,
+        created,
         model,
         endpoint,
         logprobs: with_logprobs,
@@ -295,7 +317,6 @@ async fn whole(
     headers.insert("x-prompt-tokens", usage.prompt_tokens.into());
     headers.insert("x-prompt-cached-tokens", usage.cached_tokens().into());
     headers.insert("x-generated-tokens", usage.completion_tokens.into());
-    let created = unix_now();
     match endpoint {
         Endpoint::Completion => {
             let choices = results

@@ -12,17 +12,17 @@ use migserve_engine::{
     Accepted, EngineEvent, EventStream, PrefillLogprob, PromptToken, TokenEvent,
 };
 
-use super::openai::{
-    chat_finish_reason, echo_text, unix_now, usage, AnswerSetup, Counts, Endpoint,
-};
+use super::openai::{chat_finish_reason, echo_text, usage, AnswerSetup, Counts, Endpoint};
 use super::openai_finish_reason;
 use super::openai_logprobs::{self as logprobs, CompletionBuilder, Echo};
+use super::resume::{marked as with_mark, worker_fault};
 use super::tgi::json_event;
 use super::tools::ToolStream;
 use crate::api::error::ApiError;
 use crate::api::openai::{
     ChatChunk, ChunkChoice, CompletionChoice, CompletionResponse, Delta, Usage,
 };
+use crate::api::resume::Mark;
 use crate::api::structured::ToolCallDelta;
 
 /// One choice's progress.
@@ -41,13 +41,20 @@ struct ChoiceState {
     generated_tokens: usize,
     /// Chat with tools: text that may be a call is held back until the end.
     tool_stream: Option<ToolStream>,
+    /// Tokens read since the last chunk went out (a marked stream's next mark).
+    unmarked: Vec<u32>,
+    /// The seed it samples with.
+    seed: Option<u64>,
 }
 
 type Tagged = Pin<Box<dyn Stream<Item = (usize, EngineEvent)> + Send>>;
 
 struct State {
     setup: AnswerSetup,
-    created: u64,
+    /// Each chunk carries a mark for the front ([`crate::api::resume`]); the first also the
+    /// seed and the answer's identity, until `introduced`.
+    marked: bool,
+    introduced: bool,
     events: SelectAll<Tagged>,
     choices: Vec<ChoiceState>,
     /// Events still to send after the current one (usage chunk, `[DONE]`), last first.
@@ -62,11 +69,12 @@ fn tagged(index: usize, events: EventStream) -> Tagged {
 }
 
 /// The stream of chunks for `accepted` (one per choice, `meta` their prompt index and echo
-/// text).
+/// text); `marked`: each chunk marked for the front (streams of one choice).
 pub fn chunks(
     setup: AnswerSetup,
     accepted: Vec<Accepted>,
     meta: Vec<(usize, Option<String>)>,
+    marked: bool,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     let mut choices = Vec::with_capacity(accepted.len());
     let mut streams = Vec::with_capacity(accepted.len());
@@ -84,12 +92,15 @@ pub fn chunks(
             cached_tokens: 0,
             generated_tokens: 0,
             tool_stream: setup.tools.as_ref().map(ToolStream::new),
+            unmarked: Vec::new(),
+            seed: a.seed,
         });
         streams.push(tagged(i, a.events));
     }
     let init = State {
         setup,
-        created: unix_now(),
+        marked,
+        introduced: false,
         events: select_all(streams),
         choices,
         tail: Vec::new(),
@@ -106,17 +117,36 @@ pub fn chunks(
             let (i, event) = st.events.next().await?;
             match event {
                 EngineEvent::Prefill(p) => st.choices[i].prefill = p,
+                // Sent by the worker that began the answer: read as this one would have,
+                // so what follows continues it; nothing goes out.
+                EngineEvent::Resumed(earlier) => {
+                    for t in earlier {
+                        let _ = st.token(i, t, None);
+                    }
+                    st.choices[i].unmarked.clear();
+                }
                 EngineEvent::Token(t, finish) => {
                     if let Some(chunk) = st.token(i, t, finish.as_ref()) {
-                        break chunk;
+                        break st.mark(i, chunk, finish.is_some());
                     }
                 }
                 EngineEvent::Failed(e) => {
                     st.over = true;
                     st.tail.push(Event::default().data("[DONE]"));
+                    let retry = worker_fault(&e);
                     let e = ApiError::from(e);
                     crate::metrics::count_error(e.error_type());
-                    break json_event(&e.openai_body());
+                    let event = json_event(&e.openai_body());
+                    break match st.marked {
+                        true => with_mark(
+                            event,
+                            &Mark {
+                                retry,
+                                ..Mark::default()
+                            },
+                        ),
+                        false => event,
+                    };
                 }
             }
         };
@@ -125,6 +155,26 @@ pub fn chunks(
 }
 
 impl State {
+    /// `chunk` of choice `i` with its mark, when the stream is marked.
+    fn mark(&mut self, i: usize, chunk: Event, end: bool) -> Event {
+        if !self.marked {
+            return chunk;
+        }
+        let c = &mut self.choices[i];
+        let mut mark = Mark {
+            tokens: std::mem::take(&mut c.unmarked),
+            end,
+            ..Mark::default()
+        };
+        if !self.introduced {
+            self.introduced = true;
+            mark.seed = c.seed;
+            mark.id = Some(self.setup.id.clone());
+            mark.created = Some(self.setup.created);
+        }
+        with_mark(chunk, &mark)
+    }
+
     /// The chunk for a token of choice `i`, or `None` while all its text is held back.
     fn token(
         &mut self,
@@ -135,6 +185,7 @@ impl State {
         let (logprobs_on, endpoint, echo) =
             (self.setup.logprobs, self.setup.endpoint, self.setup.echo);
         let c = &mut self.choices[i];
+        c.unmarked.push(t.id);
         let mut text = match c.tool_stream.as_mut() {
             Some(held) => held.push(&t.visible),
             None => t.visible.clone(),
@@ -246,7 +297,7 @@ impl State {
         json_event(&ChatChunk {
             id: self.setup.id.clone(),
             object: "chat.completion.chunk".into(),
-            created: self.created,
+            created: self.setup.created,
             model: self.setup.model.clone(),
             choices,
             usage,
@@ -257,7 +308,7 @@ impl State {
         json_event(&CompletionResponse {
             id: self.setup.id.clone(),
             object: "text_completion".into(),
-            created: self.created,
+            created: self.setup.created,
             model: self.setup.model.clone(),
             choices,
             usage,

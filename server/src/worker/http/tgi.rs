@@ -4,6 +4,7 @@ use std::convert::Infallible;
 use std::time::Instant;
 
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -15,12 +16,14 @@ use migserve_engine::{
     SamplingSpec, TokenEvent, TokenLogprob,
 };
 
+use super::resume::{marked, worker_fault, StreamResume};
 use super::structured;
 use super::{
     collect, stream_headers, submit, tgi_finish_reason, timing_headers, ApiJson, AppState,
     SharedState,
 };
 use crate::api::error::ApiError;
+use crate::api::resume::Mark;
 use crate::api::tgi::{
     BestOfSequence, Details, GenerateRequest, GenerateResponse, PrefillToken, SequenceDetails,
     StreamDetails, StreamResponse, Token,
@@ -134,6 +137,7 @@ fn engine_request(
         },
         return_prompt_tokens: prefill_details,
         grammar,
+        resume: Vec::new(),
         arrived,
     })
 }
@@ -260,21 +264,29 @@ async fn generate_inner(
 /// `POST /generate_stream`: server-sent events, one per token.
 pub async fn generate_stream(
     State(state): State<SharedState>,
+    headers: HeaderMap,
     body: Result<ApiJson<GenerateRequest>, ApiError>,
 ) -> Response {
     let arrived = Instant::now();
     let started = async {
         let ApiJson(req) = body?;
-        let accepted = submit(&state, engine_request(&req, arrived, true)?).await?;
+        let resume = StreamResume::from_headers(&headers)?;
+        let mut request = engine_request(&req, arrived, true)?;
+        resume.apply(&mut request);
+        let accepted = submit(&state, request).await?;
         let prefix = req
             .parameters
             .return_full_text
             .then(|| req.inputs.clone().unwrap_or_default());
-        Ok::<_, ApiError>((accepted, prefix))
+        Ok::<_, ApiError>((accepted, prefix, resume.marked))
     };
     match started.await {
-        Ok((accepted, prefix)) => {
-            let events = token_events(accepted.events, accepted.prompt_tokens, prefix);
+        Ok((accepted, prefix, marked)) => {
+            let marks = marked.then_some(Mark {
+                seed: accepted.seed,
+                ..Mark::default()
+            });
+            let events = token_events(accepted.events, accepted.prompt_tokens, prefix, marks);
             (
                 stream_headers(&state),
                 Sse::new(events).keep_alive(KeepAlive::default()),
@@ -288,10 +300,13 @@ pub async fn generate_stream(
 /// `POST /`: `/generate` wrapped in a list, or `/generate_stream` when `stream` is true.
 pub async fn compat_generate(
     State(state): State<SharedState>,
+    headers: HeaderMap,
     body: Result<ApiJson<GenerateRequest>, ApiError>,
 ) -> Response {
     match body {
-        Ok(ApiJson(req)) if req.stream => generate_stream(State(state), Ok(ApiJson(req))).await,
+        Ok(ApiJson(req)) if req.stream => {
+            generate_stream(State(state), headers, Ok(ApiJson(req))).await
+        }
         other => match generate_inner(&state, other).await {
             Ok((headers, response)) => (headers, Json(vec![response])).into_response(),
             Err(e) => e.into_response(),
@@ -305,13 +320,18 @@ struct StreamState {
     text: String,
     input_length: usize,
     done: bool,
+    /// Marks for the front ([`crate::api::resume`]): the first one's fields, then each
+    /// event's token.
+    marks: Option<Mark>,
 }
 
 /// TGI stream events: every token; the last one also carries `generated_text` and `details`.
+/// With `marks`, each event is marked (the first with `marks`' fields).
 fn token_events(
     events: EventStream,
     input_length: usize,
     prefix: Option<String>,
+    marks: Option<Mark>,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     let init = StreamState {
         events,
@@ -319,18 +339,29 @@ fn token_events(
         text: prefix.unwrap_or_default(),
         input_length,
         done: false,
+        marks,
     };
     stream::unfold(init, |mut st| async move {
         if st.done {
             return None;
         }
         let mut next = st.events.next().await;
-        // Prompt log-probabilities are refused for streams; none come, but skip any.
-        while let Some(EngineEvent::Prefill(_)) = next {
+        // Prompt log-probabilities are refused for streams; none come, but skip any. A resumed
+        // answer's earlier tokens were sent by another worker: they only count.
+        loop {
+            match next {
+                Some(EngineEvent::Prefill(_)) => {}
+                Some(EngineEvent::Resumed(earlier)) => {
+                    st.index += earlier.len();
+                    st.text.extend(earlier.iter().map(|t| t.text.as_str()));
+                }
+                _ => break,
+            }
             next = st.events.next().await;
         }
+        let mark = st.marks.as_mut().map(std::mem::take);
         let event = match next {
-            Some(EngineEvent::Prefill(_)) => return None,
+            Some(EngineEvent::Prefill(_) | EngineEvent::Resumed(_)) => return None,
             Some(EngineEvent::Token(t, finish)) => {
                 st.index += 1;
                 st.text.push_str(&t.text);
@@ -347,6 +378,7 @@ fn token_events(
                     }
                     None => (None, None),
                 };
+                let end = details.is_some();
                 let body = StreamResponse {
                     index: st.index,
                     token: generated_token(&t),
@@ -354,11 +386,27 @@ fn token_events(
                     generated_text,
                     details,
                 };
-                json_event(&body)
+                let event = json_event(&body);
+                match mark {
+                    Some(m) => marked(
+                        event,
+                        &Mark {
+                            tokens: vec![t.id],
+                            end,
+                            ..m
+                        },
+                    ),
+                    None => event,
+                }
             }
             Some(EngineEvent::Failed(e)) => {
                 st.done = true;
-                error_event(ApiError::from(e))
+                let retry = worker_fault(&e);
+                let event = error_event(ApiError::from(e));
+                match mark {
+                    Some(m) => marked(event, &Mark { retry, ..m }),
+                    None => event,
+                }
             }
             // After the final event (`done` is set then).
             None => return None,

@@ -1,4 +1,7 @@
-//! Listener set-up and shutdown signals shared by every HTTP server in migserve.
+//! Listener set-up and shutdown signals shared by every HTTP server in migserve, and the
+//! front's guarded server ([`guarded`]).
+
+pub mod guarded;
 
 use axum::serve::{ListenerExt, TapIo};
 use tokio::net::{TcpListener, TcpStream};
