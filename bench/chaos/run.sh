@@ -3,7 +3,8 @@
 # build), 16 clients mixing streamed and non-streamed greedy TGI and OpenAI requests, a random
 # worker SIGKILLed every 10 s for 2 minutes. Passes (exit 0) when no request is lost, none
 # errs, and every answer equals the same request's answer taken before the kills.
-# Usage (repository root, after `cargo build --release -p migserve`):
+# Usage (repository root, after `cargo build --release -p migserve`; MIGSERVE=path picks
+# another binary):
 #   bash bench/chaos/run.sh [OUT_DIR]
 set -euo pipefail
 OUT=${1:-/tmp/bench/chaos}
@@ -27,7 +28,7 @@ replicas = 3
 [models.engine]
 kv_cache_tokens = 8192
 TOML
-RUST_LOG=${RUST_LOG:-info} target/release/migserve serve --config "$OUT/serve.toml" \
+RUST_LOG=${RUST_LOG:-info} ${MIGSERVE:-target/release/migserve} serve --config "$OUT/serve.toml" \
   --listen 127.0.0.1:$PORT > "$OUT/serve.log" 2>&1 &
 SERVE=$!
 trap 'kill $SERVE 2>/dev/null || true' EXIT

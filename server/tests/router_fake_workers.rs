@@ -251,8 +251,8 @@ async fn with_every_queue_full_the_router_answers_429_at_once() {
     }
 }
 
-/// One request's outcome: (slice, complete, ended with an error event).
-async fn one_request(c: reqwest::Client, base: String, i: usize) -> (String, bool, bool) {
+/// One request's outcome: (slice, complete, ended with an error event, `x-router-retries`).
+async fn one_request(c: reqwest::Client, base: String, i: usize) -> (String, bool, bool, u64) {
     let stream = i.is_multiple_of(2);
     let path = if stream {
         "/generate_stream"
@@ -267,6 +267,7 @@ async fn one_request(c: reqwest::Client, base: String, i: usize) -> (String, boo
         .unwrap_or_else(|e| panic!("request {i}: connection error {e}"));
     assert_eq!(r.status(), 200, "request {i}");
     let slice = r.headers()["x-slice"].to_str().unwrap().to_string();
+    let retries: u64 = r.headers()["x-router-retries"].to_str().unwrap().parse().unwrap();
     if !stream {
         let v: Value = r
             .json()
@@ -276,6 +277,7 @@ async fn one_request(c: reqwest::Client, base: String, i: usize) -> (String, boo
             slice,
             v["generated_text"] == " t0 t1 t2 t3 t4 t5 t6 t7 t8 t9",
             false,
+            retries,
         );
     }
     let mut text = String::new();
@@ -301,7 +303,7 @@ async fn one_request(c: reqwest::Client, base: String, i: usize) -> (String, boo
         && tokens == " t0 t1 t2 t3 t4 t5 t6 t7 t8 t9"
         && events[9]["generated_text"] == tokens
         && events[9]["details"]["generated_tokens"] == 10;
-    (slice, complete, error)
+    (slice, complete, error, retries)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -323,11 +325,18 @@ async fn a_worker_killed_under_load_loses_no_request() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let (mut complete, mut broken_on_w1, mut other) = (0, 0, 0);
+    let (mut complete, mut broken_on_w1, mut other, mut retried) = (0, 0, 0, 0);
     while let Some(result) = tasks.join_next().await {
         match result.unwrap() {
-            (_, true, false) => complete += 1,
-            (slice, false, true) if slice == "w1" => broken_on_w1 += 1,
+            (slice, true, false, retries) => {
+                complete += 1;
+                if retries > 0 {
+                    // Sent again after w1 failed it: answered by a live slice.
+                    assert_ne!(slice, "w1");
+                    retried += 1;
+                }
+            }
+            (slice, false, true, _) if slice == "w1" => broken_on_w1 += 1,
             outcome => {
                 other += 1;
                 eprintln!("unexpected outcome {outcome:?}");
@@ -337,18 +346,22 @@ async fn a_worker_killed_under_load_loses_no_request() {
     let slices = serve.slices(&c).await;
     let w1 = slices.iter().find(|s| s["id"] == "w1").unwrap();
     let resumed = w1["resumes"].as_u64().unwrap();
-    println!("complete {complete}, streams cut {broken_on_w1}, continued elsewhere {resumed}");
+    println!(
+        "complete {complete}, streams cut {broken_on_w1}, continued elsewhere {resumed}, \
+         retried before the first byte {retried}"
+    );
     assert_eq!(other, 0);
     // Streams running on w1 went on elsewhere, with no gap and nothing twice.
     assert_eq!((complete, broken_on_w1), (120, 0));
+    // About seven requests are in flight on each slice at any time: w1 died with some.
     assert!(
-        resumed >= 1,
-        "no stream was running on w1 when it died: {w1:#}"
+        resumed + retried >= 1,
+        "nothing was running on w1 when it died: {w1:#}"
     );
     assert_eq!(w1["state"], "unhealthy", "{w1:#}");
     // Requests after the kill all went elsewhere.
     for i in 0..6 {
-        let (slice, ok, _) = one_request(c.clone(), base.clone(), i).await;
+        let (slice, ok, _, _) = one_request(c.clone(), base.clone(), i).await;
         assert!(ok && slice != "w1");
     }
 }
@@ -441,4 +454,39 @@ async fn a_keyed_front_calls_a_remote_worker_with_the_remotes_own_key() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401, "the front is keyed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_no_other_slice_can_take_ends_with_an_error_event() {
+    let mut workers = vec![FakeWorker::start(5, 50)];
+    let (serve, c) = start("alone", &workers, "").await;
+    let r = c
+        .post(serve.at("/generate_stream"))
+        .json(&json!({"inputs": "hello", "parameters": {"max_new_tokens": 40}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let started = Instant::now();
+    let mut body = r.bytes_stream();
+    let mut raw = String::new();
+    let mut killed = false;
+    while let Some(chunk) = body.next().await {
+        raw.push_str(&String::from_utf8_lossy(&chunk.expect("no reset")));
+        if !killed && raw.matches("\"token\"").count() >= 3 {
+            workers[0].kill();
+            killed = true;
+        }
+    }
+    let events: Vec<Value> = raw
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .map(|d| serde_json::from_str(d.trim()).unwrap())
+        .collect();
+    let (last, tokens) = events.split_last().unwrap();
+    assert!(tokens.len() >= 3 && tokens.len() < 40, "{raw}");
+    assert!(tokens.iter().all(|e| e.get("token").is_some()), "{raw}");
+    assert_eq!(last["error_type"], "generation", "{raw}");
+    assert!(last["error"].as_str().unwrap().contains("mid-stream"), "{last}");
+    assert!(started.elapsed() < Duration::from_secs(10), "the stream hung");
 }

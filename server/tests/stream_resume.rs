@@ -1,9 +1,10 @@
 //! Streams that continue on another slice when their worker dies: `migserve serve` on three
 //! emulated CPU slices with the real model. The client reads k tokens of a stream, then the
 //! worker serving it is killed (SIGKILL); for k at the first token, the middle and near the
-//! end, over TGI, OpenAI chat (greedy) and OpenAI completions (sampled with a seed), the
-//! client's answer equals an undisturbed run of the same request: the same text, tokens and
-//! counts, no gap, nothing twice, and no trace of the router's marks.
+//! end, over TGI, OpenAI chat (greedy, and with a JSON schema) and OpenAI completions
+//! (sampled with a seed), the client's answer equals an undisturbed run of the same request:
+//! the same text, tokens and counts, no gap, nothing twice, and no trace of the router's
+//! marks.
 
 mod common;
 
@@ -194,27 +195,43 @@ async fn a_stream_whose_worker_dies_goes_on_elsewhere_as_if_nothing_happened() {
         .wait_slices(&c, Duration::from_secs(120), "three workers", all_ready)
         .await;
     let prompt = "Write a short story about a lighthouse keeper.";
+    let schema = json!({"type": "object", "properties": {
+        "name": {"type": "string", "maxLength": 20}, "age": {"type": "integer"}},
+        "required": ["name", "age"], "additionalProperties": false});
+    // (route, body, after how many tokens to kill)
     let requests = [
         (
             "/generate_stream",
             json!({"inputs": prompt, "parameters": {"max_new_tokens": N, "ignore_eos": true}}),
+            vec![1, N / 2, N - 2],
         ),
         (
             "/v1/chat/completions",
             json!({"model": "smol", "messages": [{"role": "user", "content": prompt}],
                    "max_tokens": N, "ignore_eos": true, "temperature": 0, "stream": true,
                    "stream_options": {"include_usage": true}}),
+            vec![1, N / 2, N - 2],
         ),
         (
             "/v1/completions",
             json!({"model": "smol", "prompt": prompt, "max_tokens": N, "ignore_eos": true,
                    "temperature": 0.9, "seed": 42, "stream": true,
                    "stream_options": {"include_usage": true}}),
+            vec![1, N / 2, N - 2],
+        ),
+        // A grammar: the continuation's matcher starts where the dead worker's was.
+        (
+            "/v1/chat/completions",
+            json!({"model": "smol", "temperature": 0, "stream": true, "max_tokens": 40,
+                   "messages": [{"role": "user", "content": "Describe a lighthouse keeper as JSON."}],
+                   "response_format": {"type": "json_schema",
+                                       "json_schema": {"name": "keeper", "schema": schema}}}),
+            vec![4],
         ),
     ];
-    for (path, body) in &requests {
+    for (path, body, kills) in &requests {
         let want = answer(path, &stream(&serve, &c, path, body, None).await);
-        for k in [1, N / 2, N - 2] {
+        for &k in kills {
             let before = resumes(&serve.slices(&c).await);
             let seen = stream(&serve, &c, path, body, Some(k)).await;
             assert!(seen.killed, "{path}: fewer than {k} tokens");
@@ -233,7 +250,7 @@ async fn a_stream_whose_worker_dies_goes_on_elsewhere_as_if_nothing_happened() {
                 seen.slice
             );
             assert_eq!(got, want, "{path}, killed after {k} tokens: {}", seen.raw);
-            if k < N - 2 {
+            if k < N / 2 + 1 {
                 assert_eq!(resumed, 1, "{path}: the stream was not continued elsewhere");
             }
         }

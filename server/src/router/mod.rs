@@ -218,6 +218,18 @@ impl Front {
     /// flight there (never past the per-slice queue limit); its prompt's chunks are noted as
     /// held there.
     pub fn pick(&self, model: &str, placing: &Placing, tried: &[Arc<Backend>]) -> Pick {
+        self.pick_within(model, placing, tried, self.settings.max_queue_per_slice)
+    }
+
+    /// [`Front::pick`] with `limit` requests in flight per slice at most (a stream continued
+    /// from a dead slice was admitted already: it may go past the queue limit).
+    pub fn pick_within(
+        &self,
+        model: &str,
+        placing: &Placing,
+        tried: &[Arc<Backend>],
+        limit: usize,
+    ) -> Pick {
         let backends = self.backends();
         let mut healthy: Vec<&Arc<Backend>> = backends
             .iter()
@@ -227,7 +239,6 @@ impl Front {
         if healthy.is_empty() {
             return Pick::NoneHealthy;
         }
-        let limit = self.settings.max_queue_per_slice;
         loop {
             healthy.retain(|b| b.stats.in_flight() < limit);
             if healthy.is_empty() {

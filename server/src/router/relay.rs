@@ -63,8 +63,9 @@ struct Progress {
 enum Broke {
     /// The connection failed or closed: the worker is suspect.
     Transport(String),
-    /// The worker reported a failure of its own (its engine failed the request).
-    Reported,
+    /// The worker reported a failure of its own (its engine failed the request): its error
+    /// event, relayed if no slice can go on.
+    Reported(Vec<u8>),
 }
 
 /// A stream being relayed to the client.
@@ -153,11 +154,17 @@ impl StreamRelay {
                     upstream = next;
                 }
                 None => {
-                    let cause = match broke {
-                        Broke::Transport(why) => why,
-                        Broke::Reported => "its engine failed the request".into(),
+                    let last = match broke {
+                        Broke::Transport(why) => self.error_event(&backend.id, &why),
+                        // The worker's own words; OpenAI clients also get `[DONE]`.
+                        Broke::Reported(mut event) => {
+                            if self.origin.api == Api::OpenAi {
+                                event.extend_from_slice(b"data: [DONE]\n\n");
+                            }
+                            Bytes::from(event)
+                        }
                     };
-                    let _ = tx.send(Ok(self.error_event(&backend.id, &cause))).await;
+                    let _ = tx.send(Ok(last)).await;
                     return;
                 }
             }
@@ -175,17 +182,23 @@ impl StreamRelay {
     ) -> Result<Option<Broke>, ClientGone> {
         let mut split = EventSplitter::default();
         loop {
-            let chunk = match first.take() {
-                Some(head) => head,
-                None => match upstream.next().await {
-                    Some(Ok(chunk)) => chunk,
-                    Some(Err(e)) => return Ok(Some(Broke::Transport(e.to_string()))),
-                    None if progress.end || !progress.marked => return Ok(None),
-                    None => {
-                        let why = "the stream ended before the answer did".to_string();
-                        return Ok(Some(Broke::Transport(why)));
-                    }
+            let next = match first.take() {
+                Some(head) => Some(Ok(head)),
+                // A client that goes away cancels the worker's request at once, not at the
+                // next event.
+                None => tokio::select! {
+                    next = upstream.next() => next,
+                    _ = tx.closed() => return Err(ClientGone),
                 },
+            };
+            let chunk = match next {
+                Some(Ok(chunk)) => chunk,
+                Some(Err(e)) => return Ok(Some(Broke::Transport(e.to_string()))),
+                None if progress.end || !progress.marked => return Ok(None),
+                None => {
+                    let why = "the stream ended before the answer did".to_string();
+                    return Ok(Some(Broke::Transport(why)));
+                }
             };
             for event in split.push(&chunk) {
                 let u = unmark(&event);
@@ -193,7 +206,7 @@ impl StreamRelay {
                     progress.marked = true;
                     if mark.retry {
                         // Not relayed: the answer goes on elsewhere if it can.
-                        return Ok(Some(Broke::Reported));
+                        return Ok(Some(Broke::Reported(u.event)));
                     }
                     progress.tokens.extend(mark.tokens);
                     progress.seed = progress.seed.or(mark.seed);
@@ -225,7 +238,11 @@ impl StreamRelay {
         let point = serde_json::to_string(&point).ok()?;
         let o = &mut self.origin;
         for _ in 0..=self.front.settings.max_retries {
-            let (backend, mut guard) = match self.front.pick(&o.model, &o.placing, &o.tried) {
+            // Admitted already: the slices' queue limits do not refuse it (their workers may).
+            let picked = self
+                .front
+                .pick_within(&o.model, &o.placing, &o.tried, usize::MAX);
+            let (backend, mut guard) = match picked {
                 Pick::Chosen(backend, guard) => (backend, guard),
                 Pick::AllFull | Pick::NoneHealthy => return None,
             };
