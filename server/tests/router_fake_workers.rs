@@ -267,7 +267,11 @@ async fn one_request(c: reqwest::Client, base: String, i: usize) -> (String, boo
         .unwrap_or_else(|e| panic!("request {i}: connection error {e}"));
     assert_eq!(r.status(), 200, "request {i}");
     let slice = r.headers()["x-slice"].to_str().unwrap().to_string();
-    let retries: u64 = r.headers()["x-router-retries"].to_str().unwrap().parse().unwrap();
+    let retries: u64 = r.headers()["x-router-retries"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     if !stream {
         let v: Value = r
             .json()
@@ -487,6 +491,12 @@ async fn a_stream_no_other_slice_can_take_ends_with_an_error_event() {
     assert!(tokens.len() >= 3 && tokens.len() < 40, "{raw}");
     assert!(tokens.iter().all(|e| e.get("token").is_some()), "{raw}");
     assert_eq!(last["error_type"], "generation", "{raw}");
-    assert!(last["error"].as_str().unwrap().contains("mid-stream"), "{last}");
-    assert!(started.elapsed() < Duration::from_secs(10), "the stream hung");
+    assert!(
+        last["error"].as_str().unwrap().contains("mid-stream"),
+        "{last}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the stream hung"
+    );
 }
