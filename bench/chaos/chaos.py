@@ -188,7 +188,7 @@ def main():
         "errors": sum(bool(r.get("error")) for r in results),
         "wrong": sum(bool(r.get("wrong")) for r in results),
         "retried_before_first_byte": sum(r.get("retries", 0) > 0 for r in results),
-        "streams_continued_elsewhere": sum(s["resumes"] for s in slices),
+        "streams_continued_elsewhere": sum(s.get("resumes", 0) for s in slices),
         "wall_secs": round(wall, 1),
         "clients": a.clients,
         "kill_every_secs": a.kill_every,
