@@ -169,13 +169,7 @@ fn sampling_params(
     } else {
         0.0
     };
-    // A sampled request always has a seed (drawn when it names none), so its choices can be
-    // reported and a stream continued elsewhere draws what it would have drawn here.
-    let seed = match temperature >= 1e-5 && top_k != Some(1) {
-        true => Some(spec.seed.unwrap_or_else(migserve_models::random_seed)),
-        false => spec.seed,
-    };
-    let params = SamplingParams {
+    let mut params = SamplingParams {
         temperature,
         top_k,
         top_p: spec.top_p,
@@ -186,8 +180,13 @@ fn sampling_params(
         min_tokens,
         // The engine sets the model's end-of-sequence tokens.
         end_tokens: Vec::new(),
-        seed,
+        seed: spec.seed,
     };
+    // A sampled request always has a seed (drawn when it names none), so its choices can be
+    // reported and a stream continued elsewhere draws what it would have drawn here.
+    if !params.is_greedy() && params.seed.is_none() {
+        params.seed = Some(migserve_models::random_seed());
+    }
     params
         .validate()
         .map_err(|e| EngineError::Validation(e.to_string()))?;

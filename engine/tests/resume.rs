@@ -23,6 +23,17 @@ fn request(max_new_tokens: i64, resume: Vec<u32>) -> GenerateRequest {
     }
 }
 
+/// An engine whose model answers `PROMPT` with `script`, token by token.
+fn answering(script: &[u32]) -> Arc<migserve_engine::LocalEngine> {
+    let prompt_len = tokenizer().encode(PROMPT, true).unwrap().len();
+    let script = script.to_vec();
+    let next = Box::new(move |history: &[u32]| script[(history.len() - prompt_len) % script.len()]);
+    Arc::new(engine(
+        ScriptedModel::new(49152, next, Arc::default()),
+        Sizes::default(),
+    ))
+}
+
 /// Every event of a request: the resumed tokens (if any), then each new token's id, text,
 /// visible text, and the finish.
 async fn events(
@@ -66,15 +77,7 @@ async fn a_resumed_request_goes_on_exactly_as_the_undisturbed_one() {
     let script = t
         .encode(" a crab 🦀 said ST and then STOP here", false)
         .unwrap();
-    let prompt_len = t.encode(PROMPT, true).unwrap().len();
-    let next = {
-        let script = script.clone();
-        Box::new(move |history: &[u32]| script[(history.len() - prompt_len) % script.len()])
-    };
-    let e = Arc::new(engine(
-        ScriptedModel::new(49152, next, Arc::default()),
-        Sizes::default(),
-    ));
+    let e = answering(&script);
     let max = 40;
     let (_, whole, finish) = events(&e, request(max, Vec::new())).await.unwrap();
     assert_eq!(finish.0, FinishReason::StopSequence);
@@ -96,15 +99,7 @@ async fn a_resumed_request_goes_on_exactly_as_the_undisturbed_one() {
 async fn resuming_past_the_end_is_refused() {
     let t = tokenizer();
     let script = t.encode(" one two STOP three four five", false).unwrap();
-    let prompt_len = t.encode(PROMPT, true).unwrap().len();
-    let next = {
-        let script = script.clone();
-        Box::new(move |history: &[u32]| script[(history.len() - prompt_len) % script.len()])
-    };
-    let e = Arc::new(engine(
-        ScriptedModel::new(49152, next, Arc::default()),
-        Sizes::default(),
-    ));
+    let e = answering(&script);
     // Nothing left of max_new_tokens: a validation error at submission.
     let err = events(&e, request(3, script[..3].to_vec()))
         .await

@@ -255,13 +255,14 @@ async fn forward(
         // count), so a worker that dies before sending a token costs the client nothing.
         let mut chunks = upstream.bytes_stream().boxed();
         let mut head: Vec<u8> = Vec::new();
-        let mut counter = TokenCounter::new(api);
+        // Only finds the first event: the relay counts the stream's tokens, head included.
+        let mut seen = TokenCounter::new(api);
         let failure = loop {
             match chunks.next().await {
                 Some(Ok(chunk)) => {
                     head.extend_from_slice(&chunk);
-                    counter.feed(&chunk);
-                    if counter.data_events() > 0 {
+                    seen.feed(&chunk);
+                    if seen.data_events() > 0 {
                         break None;
                     }
                 }
@@ -286,7 +287,7 @@ async fn forward(
                     guard,
                     generation,
                 };
-                let relay = StreamRelay::new(front.clone(), origin, serving, counter);
+                let relay = StreamRelay::new(front.clone(), origin, serving);
                 let body = relay.into_body(Bytes::from(head), chunks);
                 return (status, out_headers, body).into_response();
             }

@@ -78,16 +78,11 @@ pub struct StreamRelay {
 }
 
 impl StreamRelay {
-    pub fn new(
-        front: SharedFront,
-        origin: Origin,
-        serving: Serving,
-        counter: TokenCounter,
-    ) -> Self {
+    pub fn new(front: SharedFront, origin: Origin, serving: Serving) -> Self {
         Self {
+            counter: TokenCounter::new(origin.api),
             origin,
             serving,
-            counter,
             first_at: Instant::now(),
             front,
         }
@@ -218,7 +213,7 @@ impl StreamRelay {
                 if u.event.is_empty() {
                     continue;
                 }
-                self.counter.feed(&u.event);
+                self.counter.event(&u.event);
                 if tx.send(Ok(Bytes::from(u.event))).await.is_err() {
                     return Err(ClientGone);
                 }

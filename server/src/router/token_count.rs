@@ -5,6 +5,7 @@
 use serde_json::Value;
 
 use super::proxy::Api;
+use super::sse::EventSplitter;
 
 /// The number at `path` in a JSON event.
 fn parse_total(data: &[u8], path: &[&str]) -> Option<u64> {
@@ -16,7 +17,7 @@ fn parse_total(data: &[u8], path: &[&str]) -> Option<u64> {
 #[derive(Debug)]
 pub struct TokenCounter {
     api: Api,
-    pending: Vec<u8>,
+    split: EventSplitter,
     /// Token events.
     events: u64,
     /// `data:` events of any kind except OpenAI's `[DONE]`.
@@ -28,33 +29,27 @@ impl TokenCounter {
     pub fn new(api: Api) -> Self {
         Self {
             api,
-            pending: Vec::new(),
+            split: EventSplitter::default(),
             events: 0,
             data_events: 0,
             reported: None,
         }
     }
 
-    /// Feeds the next chunk (events may span chunks). Complete events are read in place;
-    /// only an unfinished tail stays buffered.
+    /// Feeds the next chunk (events may span chunks; an unfinished tail stays buffered).
     pub fn feed(&mut self, chunk: &[u8]) {
-        let mut pending = std::mem::take(&mut self.pending);
-        // A boundary can straddle the old tail and the chunk: rescan one byte of the tail.
-        let mut scan = pending.len().saturating_sub(1);
-        pending.extend_from_slice(chunk);
-        let mut start = 0;
-        while let Some(at) = pending[scan..].windows(2).position(|w| w == b"\n\n") {
-            let end = scan + at;
-            for line in pending[start..end].split(|b| *b == b'\n') {
-                if let Some(data) = line.strip_prefix(b"data:") {
-                    self.data(data);
-                }
-            }
-            start = end + 2;
-            scan = start;
+        for event in self.split.push(chunk) {
+            self.event(&event);
         }
-        pending.drain(..start);
-        self.pending = pending;
+    }
+
+    /// Reads one whole event.
+    pub fn event(&mut self, event: &[u8]) {
+        for line in event.split(|b| *b == b'\n') {
+            if let Some(data) = line.strip_prefix(b"data:") {
+                self.data(data);
+            }
+        }
     }
 
     fn data(&mut self, data: &[u8]) {

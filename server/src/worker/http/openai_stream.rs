@@ -15,7 +15,7 @@ use migserve_engine::{
 use super::openai::{chat_finish_reason, echo_text, usage, AnswerSetup, Counts, Endpoint};
 use super::openai_finish_reason;
 use super::openai_logprobs::{self as logprobs, CompletionBuilder, Echo};
-use super::resume::{marked as with_mark, worker_fault};
+use super::resume::Marker;
 use super::tgi::json_event;
 use super::tools::ToolStream;
 use crate::api::error::ApiError;
@@ -41,20 +41,14 @@ struct ChoiceState {
     generated_tokens: usize,
     /// Chat with tools: text that may be a call is held back until the end.
     tool_stream: Option<ToolStream>,
-    /// Tokens read since the last chunk went out (a marked stream's next mark).
-    unmarked: Vec<u32>,
-    /// The seed it samples with.
-    seed: Option<u64>,
 }
 
 type Tagged = Pin<Box<dyn Stream<Item = (usize, EngineEvent)> + Send>>;
 
 struct State {
     setup: AnswerSetup,
-    /// Each chunk carries a mark for the front ([`crate::api::resume`]); the first also the
-    /// seed and the answer's identity, until `introduced`.
-    marked: bool,
-    introduced: bool,
+    /// Marks for the front ([`crate::api::resume`]; only streams of one choice are marked).
+    marks: Marker,
     events: SelectAll<Tagged>,
     choices: Vec<ChoiceState>,
     /// Events still to send after the current one (usage chunk, `[DONE]`), last first.
@@ -76,6 +70,7 @@ pub fn chunks(
     meta: Vec<(usize, Option<String>)>,
     marked: bool,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
+    let accepted_seed = accepted.first().and_then(|a| a.seed);
     let mut choices = Vec::with_capacity(accepted.len());
     let mut streams = Vec::with_capacity(accepted.len());
     for (i, (a, (prompt_index, echo_source))) in accepted.into_iter().zip(meta).enumerate() {
@@ -92,15 +87,18 @@ pub fn chunks(
             cached_tokens: 0,
             generated_tokens: 0,
             tool_stream: setup.tools.as_ref().map(ToolStream::new),
-            unmarked: Vec::new(),
-            seed: a.seed,
         });
         streams.push(tagged(i, a.events));
     }
+    let opening = Mark {
+        seed: accepted_seed,
+        id: Some(setup.id.clone()),
+        created: Some(setup.created),
+        ..Mark::default()
+    };
     let init = State {
+        marks: Marker::new(marked, opening),
         setup,
-        marked,
-        introduced: false,
         events: select_all(streams),
         choices,
         tail: Vec::new(),
@@ -123,30 +121,19 @@ pub fn chunks(
                     for t in earlier {
                         let _ = st.token(i, t, None);
                     }
-                    st.choices[i].unmarked.clear();
+                    st.marks.forget();
                 }
                 EngineEvent::Token(t, finish) => {
                     if let Some(chunk) = st.token(i, t, finish.as_ref()) {
-                        break st.mark(i, chunk, finish.is_some());
+                        break st.marks.token_event(chunk, finish.is_some());
                     }
                 }
                 EngineEvent::Failed(e) => {
                     st.over = true;
                     st.tail.push(Event::default().data("[DONE]"));
-                    let retry = worker_fault(&e);
-                    let e = ApiError::from(e);
-                    crate::metrics::count_error(e.error_type());
-                    let event = json_event(&e.openai_body());
-                    break match st.marked {
-                        true => with_mark(
-                            event,
-                            &Mark {
-                                retry,
-                                ..Mark::default()
-                            },
-                        ),
-                        false => event,
-                    };
+                    let error = ApiError::from(e.clone());
+                    crate::metrics::count_error(error.error_type());
+                    break st.marks.failure_event(json_event(&error.openai_body()), &e);
                 }
             }
         };
@@ -155,26 +142,6 @@ pub fn chunks(
 }
 
 impl State {
-    /// `chunk` of choice `i` with its mark, when the stream is marked.
-    fn mark(&mut self, i: usize, chunk: Event, end: bool) -> Event {
-        if !self.marked {
-            return chunk;
-        }
-        let c = &mut self.choices[i];
-        let mut mark = Mark {
-            tokens: std::mem::take(&mut c.unmarked),
-            end,
-            ..Mark::default()
-        };
-        if !self.introduced {
-            self.introduced = true;
-            mark.seed = c.seed;
-            mark.id = Some(self.setup.id.clone());
-            mark.created = Some(self.setup.created);
-        }
-        with_mark(chunk, &mark)
-    }
-
     /// The chunk for a token of choice `i`, or `None` while all its text is held back.
     fn token(
         &mut self,
@@ -182,10 +149,10 @@ impl State {
         t: TokenEvent,
         finish: Option<&migserve_engine::FinishEvent>,
     ) -> Option<Event> {
+        self.marks.read(t.id);
         let (logprobs_on, endpoint, echo) =
             (self.setup.logprobs, self.setup.endpoint, self.setup.echo);
         let c = &mut self.choices[i];
-        c.unmarked.push(t.id);
         let mut text = match c.tool_stream.as_mut() {
             Some(held) => held.push(&t.visible),
             None => t.visible.clone(),

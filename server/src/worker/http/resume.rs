@@ -49,18 +49,68 @@ impl StreamResume {
     }
 }
 
-/// `event` with `mark` as its comment line.
-pub fn marked(event: Event, mark: &Mark) -> Event {
-    event.comment(mark.comment())
+/// The marks of one stream's events (nothing, for a stream the front did not ask to mark):
+/// the tokens read since the last marked event, and on the first mark `opening`'s fields.
+#[derive(Debug, Default)]
+pub struct Marker {
+    on: bool,
+    opening: Option<Mark>,
+    read: Vec<u32>,
 }
 
-/// Whether a stream failing with `e` is the worker's fault rather than the request's, so that
-/// another worker may continue it.
-pub fn worker_fault(e: &EngineError) -> bool {
-    matches!(
-        e,
-        EngineError::Generation(_) | EngineError::Crashed(_) | EngineError::Unavailable(_)
-    )
+impl Marker {
+    /// Marks when `on`; the first mark carries `opening` (the seed, an OpenAI answer's id).
+    pub fn new(on: bool, opening: Mark) -> Self {
+        Self {
+            on,
+            opening: Some(opening),
+            read: Vec::new(),
+        }
+    }
+
+    /// A token whose output goes out with the next marked event.
+    pub fn read(&mut self, token: u32) {
+        if self.on {
+            self.read.push(token);
+        }
+    }
+
+    /// Forgets the tokens read (a resumed answer's earlier ones: another worker sent them).
+    pub fn forget(&mut self) {
+        self.read.clear();
+    }
+
+    /// `event` marked with the tokens read since the last mark; `end`: it completes the answer.
+    pub fn token_event(&mut self, event: Event, end: bool) -> Event {
+        if !self.on {
+            return event;
+        }
+        let mark = Mark {
+            tokens: std::mem::take(&mut self.read),
+            end,
+            ..self.opening.take().unwrap_or_default()
+        };
+        event.comment(mark.comment())
+    }
+
+    /// An error event for `e`, marked `retry` when it is the worker's fault rather than the
+    /// request's (so that another worker may continue the stream).
+    pub fn failure_event(&mut self, event: Event, e: &EngineError) -> Event {
+        if !self.on {
+            return event;
+        }
+        let retry = matches!(
+            e,
+            EngineError::Generation(_) | EngineError::Crashed(_) | EngineError::Unavailable(_)
+        );
+        event.comment(
+            Mark {
+                retry,
+                ..Mark::default()
+            }
+            .comment(),
+        )
+    }
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use migserve_engine::{
     SamplingSpec, TokenEvent, TokenLogprob,
 };
 
-use super::resume::{marked, worker_fault, StreamResume};
+use super::resume::{Marker, StreamResume};
 use super::structured;
 use super::{
     collect, stream_headers, submit, tgi_finish_reason, timing_headers, ApiJson, AppState,
@@ -282,10 +282,11 @@ pub async fn generate_stream(
     };
     match started.await {
         Ok((accepted, prefix, marked)) => {
-            let marks = marked.then_some(Mark {
+            let opening = Mark {
                 seed: accepted.seed,
                 ..Mark::default()
-            });
+            };
+            let marks = Marker::new(marked, opening);
             let events = token_events(accepted.events, accepted.prompt_tokens, prefix, marks);
             (
                 stream_headers(&state),
@@ -320,18 +321,17 @@ struct StreamState {
     text: String,
     input_length: usize,
     done: bool,
-    /// Marks for the front ([`crate::api::resume`]): the first one's fields, then each
-    /// event's token.
-    marks: Option<Mark>,
+    /// Marks for the front ([`crate::api::resume`]).
+    marks: Marker,
 }
 
 /// TGI stream events: every token; the last one also carries `generated_text` and `details`.
-/// With `marks`, each event is marked (the first with `marks`' fields).
+/// `marks` marks each event for the front.
 fn token_events(
     events: EventStream,
     input_length: usize,
     prefix: Option<String>,
-    marks: Option<Mark>,
+    marks: Marker,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     let init = StreamState {
         events,
@@ -359,7 +359,6 @@ fn token_events(
             }
             next = st.events.next().await;
         }
-        let mark = st.marks.as_mut().map(std::mem::take);
         let event = match next {
             Some(EngineEvent::Prefill(_) | EngineEvent::Resumed(_)) => return None,
             Some(EngineEvent::Token(t, finish)) => {
@@ -386,27 +385,13 @@ fn token_events(
                     generated_text,
                     details,
                 };
-                let event = json_event(&body);
-                match mark {
-                    Some(m) => marked(
-                        event,
-                        &Mark {
-                            tokens: vec![t.id],
-                            end,
-                            ..m
-                        },
-                    ),
-                    None => event,
-                }
+                st.marks.read(t.id);
+                st.marks.token_event(json_event(&body), end)
             }
             Some(EngineEvent::Failed(e)) => {
                 st.done = true;
-                let retry = worker_fault(&e);
-                let event = error_event(ApiError::from(e));
-                match mark {
-                    Some(m) => marked(event, &Mark { retry, ..m }),
-                    None => event,
-                }
+                let event = error_event(ApiError::from(e.clone()));
+                st.marks.failure_event(event, &e)
             }
             // After the final event (`done` is set then).
             None => return None,
