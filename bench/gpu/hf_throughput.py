@@ -72,7 +72,8 @@ def random_llama(path, device):
         rope_theta=g("rope.freq_base", 10000.0),
         tie_word_embeddings=True,
     )
-    model = transformers.LlamaForCausalLM(config).to(device=device, dtype=torch.bfloat16)
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    model = transformers.LlamaForCausalLM(config).to(device=device, dtype=dtype)
     return model, config.vocab_size
 
 
@@ -83,7 +84,7 @@ def load(path, device):
         model = transformers.AutoModelForCausalLM.from_pretrained(
             os.path.dirname(os.path.abspath(path)),
             gguf_file=os.path.basename(path),
-            torch_dtype=torch.bfloat16,
+            torch_dtype=torch.bfloat16 if device == "cuda" else torch.float32,
         ).to(device)
         return model, model.config.vocab_size, "gguf weights"
     except Exception as e:  # no `gguf` package, or an unsupported file
@@ -99,8 +100,10 @@ def main():
     p.add_argument("--output-tokens", type=int, default=64)
     p.add_argument("--duration", type=float, default=30.0)
     p.add_argument("--out", required=True)
+    p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     a = p.parse_args()
-    device = "cuda"
+    device = a.device
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     model, vocab, weights = load(a.gguf, device)
     model.eval()
     gen = torch.Generator().manual_seed(0)
@@ -116,15 +119,15 @@ def main():
         )
         with torch.inference_mode():
             model.generate(ids, **kwargs)  # warm-up
-            torch.cuda.synchronize()
+            sync()
             start, rounds = time.perf_counter(), 0
             while time.perf_counter() - start < a.duration:
                 out = model.generate(ids, **kwargs)
                 rounds += 1
-            torch.cuda.synchronize()
+            sync()
             wall = time.perf_counter() - start
         new = (out.shape[1] - a.prompt_tokens) * c * rounds
-        row = {"concurrency": c, "output_tok_per_s": new / wall, "rounds": rounds, "wall_s": wall}
+        row = {"concurrency": c, "output_tokens_per_sec": new / wall, "rounds": rounds, "wall_s": wall}
         print(json.dumps(row), flush=True)
         results.append(row)
     with open(a.out, "w") as f:
@@ -133,11 +136,11 @@ def main():
                 "tool": "HF transformers generate (static batch of C)",
                 "transformers": transformers.__version__,
                 "torch": torch.__version__,
-                "gpu": torch.cuda.get_device_name(0),
+                "device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
                 "weights": weights,
                 "prompt_tokens": a.prompt_tokens,
                 "output_tokens": a.output_tokens,
-                "results": results,
+                "levels": results,
             },
             f,
             indent=2,

@@ -43,7 +43,7 @@ impl<M: StepModel> StepModel for PanicAtStep<M> {
         chunks: &[SeqChunk<'_>],
         all_positions: &[bool],
         cache: &mut dyn PagedStore,
-    ) -> Result<Vec<Vec<f32>>, ModelError> {
+    ) -> Result<candle_core::Tensor, ModelError> {
         self.steps += 1;
         if self.steps == self.at {
             panic!("injected fault: {PANIC_AT_STEP_ENV}={} reached", self.at);

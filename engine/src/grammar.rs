@@ -191,20 +191,14 @@ impl TokenMask {
         (token as usize) < self.0.len() && self.0.is_allowed(token)
     }
 
-    /// Sets every disallowed token's logit to minus infinity.
-    pub fn apply(&self, logits: &mut [f32]) {
-        let known = self.0.len().min(logits.len());
-        self.0.iter_unset_entries(|id| {
-            if id < known {
-                logits[id] = f32::NEG_INFINITY;
-            }
-        });
-        logits[known..].fill(f32::NEG_INFINITY);
-    }
-
     /// How many tokens are allowed.
     pub fn count(&self) -> usize {
         self.0.num_set()
+    }
+
+    /// One bit per token (1: allowed), 32 per word, the lowest bit first.
+    pub fn words(&self) -> &[u32] {
+        self.0.as_slice()
     }
 }
 

@@ -25,6 +25,7 @@ pub mod local;
 pub mod metrics;
 pub mod output;
 pub mod request;
+pub mod row_sampler;
 pub mod scheduler;
 pub mod step;
 pub mod step_loop;

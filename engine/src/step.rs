@@ -1,6 +1,7 @@
 //! The model behind an engine step: one batched forward pass over chunks of many sequences,
 //! reading and writing their keys and values in the paged cache.
 
+use candle_core::Tensor;
 use migserve_models::{Decoder, ModelError, SeqChunk};
 
 use crate::cache::PagedStore;
@@ -10,15 +11,16 @@ use crate::cache::PagedStore;
 /// weights.
 pub trait StepModel: Send {
     /// Runs `chunks` (positions `start..start + tokens.len()` of each sequence) through the
-    /// model, storing their keys and values in `cache`, and returns logits rows in chunk
-    /// order: one per position of a chunk whose `all_positions` entry is true (prompt
-    /// log-probabilities), else one for its last position.
+    /// model, storing their keys and values in `cache`, and returns the logits, `[rows]
+    /// [vocab]` on the model's device (they stay there: the step samples them there), rows
+    /// in chunk order: one per position of a chunk whose `all_positions` entry is true
+    /// (prompt log-probabilities), else one for its last position.
     fn forward(
         &mut self,
         chunks: &[SeqChunk<'_>],
         all_positions: &[bool],
         cache: &mut dyn PagedStore,
-    ) -> Result<Vec<Vec<f32>>, ModelError>;
+    ) -> Result<Tensor, ModelError>;
 
     /// Longest sequence (prompt and generated tokens) the model can hold.
     fn context_length(&self) -> usize;
@@ -33,9 +35,8 @@ impl StepModel for Decoder {
         chunks: &[SeqChunk<'_>],
         all_positions: &[bool],
         cache: &mut dyn PagedStore,
-    ) -> Result<Vec<Vec<f32>>, ModelError> {
-        let logits = Decoder::forward_rows(self, chunks, all_positions, cache)?;
-        Ok(logits.to_vec2::<f32>()?)
+    ) -> Result<Tensor, ModelError> {
+        Decoder::forward_rows(self, chunks, all_positions, cache)
     }
 
     fn context_length(&self) -> usize {
@@ -53,7 +54,7 @@ impl<M: StepModel + ?Sized> StepModel for Box<M> {
         chunks: &[SeqChunk<'_>],
         all_positions: &[bool],
         cache: &mut dyn PagedStore,
-    ) -> Result<Vec<Vec<f32>>, ModelError> {
+    ) -> Result<Tensor, ModelError> {
         (**self).forward(chunks, all_positions, cache)
     }
 

@@ -14,10 +14,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
+use candle_core::Tensor;
 use migserve_kernels::cpu::exp::log_sum_exp;
-use migserve_kernels::cpu::parallel::{par_rows, ParallelFor};
+use migserve_kernels::cpu::parallel::ParallelFor;
+use migserve_kernels::cpu::sample::{RowChoice, RowSampling};
 use migserve_models::parallel::candle_pool;
-use migserve_models::{top_logprobs, ModelError, Sampler, SeqChunk, SeqId, Tokenizer};
+use migserve_models::{top_logprobs, LogitEdit, ModelError, Sampler, SeqChunk, SeqId, Tokenizer};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::watch;
 
@@ -32,6 +34,7 @@ use crate::grammar::{Constraint, TokenMask};
 use crate::metrics as m;
 use crate::output::OutputProcessor;
 use crate::request::EngineRequest;
+use crate::row_sampler::{sample_rows, RowRequest};
 use crate::scheduler::{Scheduler, SchedulerConfig, Sequence, StepPlan};
 use crate::step::StepModel;
 
@@ -207,6 +210,16 @@ fn alternatives(
             }
         })
         .collect()
+}
+
+/// A row that samples this step: its sequence, its row of the step's logits, how it
+/// chooses, the edits to its logits and its grammar's mask.
+struct PlannedRow {
+    id: SeqId,
+    row: usize,
+    sampling: RowSampling,
+    edits: Vec<LogitEdit>,
+    mask: Option<TokenMask>,
 }
 
 /// The text of a panic's payload.
@@ -548,16 +561,16 @@ impl<M: StepModel> StepLoop<M> {
             .map(|(c, all)| if *all { c.len } else { 1 })
             .sum();
         // The blocks this step was to fill stay cached only if it ran.
-        let mut rows = match result {
-            Ok(rows) if rows.len() == expected => {
+        let logits = match result {
+            Ok(t) if t.dims2().is_ok_and(|(rows, _)| rows == expected) => {
                 self.cache.blocks_mut().commit_step();
-                rows
+                t
             }
-            Ok(rows) => {
+            Ok(t) => {
                 self.cache.blocks_mut().forget_step();
                 let e = format!(
-                    "the model returned {} logits rows for {expected} expected",
-                    rows.len(),
+                    "the model returned logits of shape {:?} for {expected} rows",
+                    t.dims(),
                 );
                 self.fail_batch(&plan, &e);
                 return;
@@ -569,32 +582,39 @@ impl<M: StepModel> StepLoop<M> {
             }
         };
         // Rows of every position (prompt log-probabilities) go to their sequences; each
-        // chunk keeps its last row.
-        if all_positions.contains(&true) {
-            let mut last = Vec::with_capacity(plan.chunks.len());
-            let mut rest = rows.into_iter();
-            for (c, all) in plan.chunks.iter().zip(&all_positions) {
-                if *all {
-                    let mut chunk_rows: Vec<Vec<f32>> = rest.by_ref().take(c.len).collect();
-                    let tail = chunk_rows.pop().unwrap_or_default();
-                    self.record_prompt_logprobs(c.seq, c.start, &chunk_rows, &tail);
-                    last.push(tail);
-                } else {
-                    last.push(rest.next().unwrap_or_default());
+        // chunk samples from its last row.
+        let mut last_rows = Vec::with_capacity(plan.chunks.len());
+        let mut offset = 0;
+        for (c, all) in plan.chunks.iter().zip(&all_positions) {
+            let len = if *all { c.len } else { 1 };
+            if *all {
+                let rows = logits
+                    .narrow(0, offset, len)
+                    .and_then(|r| r.to_vec2::<f32>());
+                match rows {
+                    Ok(mut rows) => {
+                        let tail = rows.pop().unwrap_or_default();
+                        self.record_prompt_logprobs(c.seq, c.start, &rows, &tail);
+                    }
+                    Err(e) => {
+                        self.fail_batch(&plan, &e.to_string());
+                        return;
+                    }
                 }
             }
-            rows = last;
+            last_rows.push(offset + len - 1);
+            offset += len;
         }
         let ready = self.scheduler.complete(&plan);
-        // Rows whose sequence samples a token now (not the middle of a chunked prompt).
-        let samples: Vec<bool> = plan.chunks.iter().map(|c| ready.contains(&c.seq)).collect();
-        let log_norms = self.log_normalizers(&rows, &samples);
-        let rows = plan.chunks.iter().zip(rows).zip(log_norms).zip(samples);
-        for (((chunk, mut row), log_norm), samples) in rows {
-            if samples {
-                self.sample_and_emit(chunk.seq, &mut row, log_norm);
-            }
-        }
+        // Sequences that sample a token now (not the middle of a chunked prompt).
+        let due: Vec<(SeqId, usize)> = plan
+            .chunks
+            .iter()
+            .zip(last_rows)
+            .filter(|(c, _)| ready.contains(&c.seq))
+            .map(|(c, row)| (c.seq, row))
+            .collect();
+        self.sample_and_emit(&logits, &due);
     }
 
     /// The constraints of the sequences whose chunk reaches their last token (they sample
@@ -666,30 +686,6 @@ impl<M: StepModel> StepLoop<M> {
         }
     }
 
-    /// Each sampling row's log-softmax normalizer (for the sampled token's log-probability): a
-    /// pass over the whole vocabulary per row, all rows at once on the CPU pool where the model
-    /// runs on the CPU (a GPU worker does not start that pool's spinning threads).
-    fn log_normalizers(&self, rows: &[Vec<f32>], samples: &[bool]) -> Vec<f32> {
-        let mut log_norms = vec![0.0f32; rows.len()];
-        let serial = |n: usize, f: &(dyn Fn(std::ops::Range<usize>) + Sync)| f(0..n);
-        let parallel: ParallelFor<'_> = match self.model.on_cpu() {
-            true => &candle_pool,
-            false => &serial,
-        };
-        par_rows(parallel, &mut log_norms, 1, &|range, out| {
-            for ((o, row), samples) in out
-                .iter_mut()
-                .zip(&rows[range.clone()])
-                .zip(&samples[range])
-            {
-                if *samples {
-                    *o = log_sum_exp(row);
-                }
-            }
-        });
-        log_norms
-    }
-
     /// The forward pass, with the pending constraints' masks computed beside it on the mask
     /// thread (here, before it, if no thread can be started).
     fn forward_beside_masks(
@@ -697,7 +693,7 @@ impl<M: StepModel> StepLoop<M> {
         plan: &StepPlan,
         all_positions: &[bool],
         pending: Pending,
-    ) -> (Result<Vec<Vec<f32>>, ModelError>, Masked) {
+    ) -> (Result<Tensor, ModelError>, Masked) {
         if pending.is_empty() {
             return (self.forward(plan, all_positions), Vec::new());
         }
@@ -717,11 +713,7 @@ impl<M: StepModel> StepLoop<M> {
         out
     }
 
-    fn forward(
-        &mut self,
-        plan: &StepPlan,
-        all_positions: &[bool],
-    ) -> Result<Vec<Vec<f32>>, ModelError> {
+    fn forward(&mut self, plan: &StepPlan, all_positions: &[bool]) -> Result<Tensor, ModelError> {
         let mut chunks = Vec::with_capacity(plan.chunks.len());
         for c in &plan.chunks {
             let seq = self.scheduler.get(c.seq).ok_or_else(|| {
@@ -737,9 +729,84 @@ impl<M: StepModel> StepLoop<M> {
             .forward(&chunks, all_positions, self.cache.as_mut())
     }
 
-    /// Samples the next token of `id` from `logits`, whose log-softmax normalizer is
-    /// `logprob_base` (before any penalty edits them), and sends it out.
-    fn sample_and_emit(&mut self, id: SeqId, logits: &mut [f32], logprob_base: f32) {
+    /// Samples the next token of every sequence in `due` (each with its row of `logits`) where
+    /// the logits are, and sends each out.
+    fn sample_and_emit(&mut self, logits: &Tensor, due: &[(SeqId, usize)]) {
+        let mut planned: Vec<PlannedRow> = Vec::with_capacity(due.len());
+        for &(id, row) in due {
+            let Some(seq) = self.scheduler.get(id) else {
+                continue;
+            };
+            let Some(a) = self.active.get_mut(&id) else {
+                continue;
+            };
+            let mask = match (a.mask.take(), a.constraint.as_mut()) {
+                (Some(mask), _) => Some(mask),
+                (None, Some(c)) => Some(c.mask()),
+                (None, None) => None,
+            };
+            let mask = match mask {
+                Some(Ok(mask)) if mask.count() > 0 => Some(mask),
+                Some(Ok(_)) => {
+                    let e = "the grammar allows no token here".to_string();
+                    self.fail(id, EngineError::Generation(e));
+                    continue;
+                }
+                Some(Err(e)) => {
+                    self.fail(id, EngineError::Generation(format!("grammar: {e}")));
+                    continue;
+                }
+                None => None,
+            };
+            let params = a.sampler.params();
+            let edits = match params.edits_logits(a.output.generated()) {
+                true => params.edits(&seq.tokens, a.request.prompt.len()),
+                false => Vec::new(),
+            };
+            planned.push(PlannedRow {
+                id,
+                row,
+                sampling: a.sampler.next_row(),
+                edits,
+                mask,
+            });
+        }
+        let requests: Vec<RowRequest<'_>> = planned
+            .iter()
+            .map(|p| RowRequest {
+                row: p.row,
+                sampling: p.sampling,
+                edits: &p.edits,
+                mask: p.mask.as_ref().map(TokenMask::words),
+            })
+            .collect();
+        let serial = |n: usize, f: &(dyn Fn(std::ops::Range<usize>) + Sync)| f(0..n);
+        let parallel: ParallelFor<'_> = match self.model.on_cpu() {
+            true => &candle_pool,
+            false => &serial,
+        };
+        let choices = match sample_rows(logits, &requests, parallel) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "sampling failed");
+                for p in &planned {
+                    self.fail(
+                        p.id,
+                        EngineError::Generation(format!("sampling failed: {e}")),
+                    );
+                }
+                return;
+            }
+        };
+        drop(requests);
+        for (p, choice) in planned.into_iter().zip(choices) {
+            self.emit(p.id, logits, p.row, choice);
+        }
+    }
+
+    /// Sends out the token a sequence chose (its grammar advanced, its alternatives read from
+    /// its raw row when asked for).
+    fn emit(&mut self, id: SeqId, logits: &Tensor, row: usize, choice: RowChoice) {
         let Some(seq) = self.scheduler.get(id) else {
             return;
         };
@@ -747,32 +814,7 @@ impl<M: StepModel> StepLoop<M> {
         let Some(a) = self.active.get_mut(&id) else {
             return;
         };
-        // Bias, penalties, the `min_tokens` mask and the grammar edit the row in place: keep
-        // the raw one for the log-probabilities (of the model's distribution, before sampling
-        // transforms).
-        let mask = match (a.mask.take(), a.constraint.as_mut()) {
-            (Some(mask), _) => Some(mask),
-            (None, Some(c)) => Some(c.mask()),
-            (None, None) => None,
-        };
-        let edits = mask.is_some() || a.sampler.params().edits_logits(a.output.generated());
-        let raw = edits.then(|| logits.to_vec());
-        match mask {
-            Some(Ok(mask)) if mask.count() > 0 => mask.apply(logits),
-            Some(Ok(_)) => {
-                let e = "the grammar allows no token here".to_string();
-                self.fail(id, EngineError::Generation(e));
-                return;
-            }
-            Some(Err(e)) => {
-                self.fail(id, EngineError::Generation(format!("grammar: {e}")));
-                return;
-            }
-            None => {}
-        }
-        let token = a
-            .sampler
-            .sample(logits, &seq.tokens, a.request.prompt.len());
+        let token = choice.token;
         // An end-of-sequence token ends the output itself; any other goes to the grammar.
         let eos = self.tokenizer.eos_ids().contains(&token);
         let committed = match a.constraint.as_mut().filter(|_| !eos) {
@@ -786,15 +828,23 @@ impl<M: StepModel> StepLoop<M> {
                 return;
             }
         };
-        let raw = raw.as_deref().unwrap_or(logits);
-        let logprob = raw[token as usize] - logprob_base;
-        let top = alternatives(
-            &self.tokenizer,
-            seq.tokens.last().copied(),
-            raw,
-            logprob_base,
-            a.request.logprobs.top,
-        );
+        let logprob = choice.logprob;
+        let top = match a.request.logprobs.top {
+            0 => Vec::new(),
+            n => match logits.get(row).and_then(|r| r.to_vec1::<f32>()) {
+                Ok(raw) => alternatives(
+                    &self.tokenizer,
+                    seq.tokens.last().copied(),
+                    &raw,
+                    choice.log_norm,
+                    n,
+                ),
+                Err(e) => {
+                    self.fail(id, EngineError::Generation(format!("logprobs: {e}")));
+                    return;
+                }
+            },
+        };
         if let Some(prefill) = a.prefill.take() {
             if a.events.send(EngineEvent::Prefill(prefill)).is_err() {
                 m::counter_inc(m::CANCELLED, 1);

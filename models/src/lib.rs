@@ -31,7 +31,7 @@ pub use generate::{generate, FinishReason, Generation};
 pub use gguf::GgufFile;
 pub use kv::{AttentionSpan, DenseKvStore, KvStore, SeqId};
 pub use model::Model;
-pub use sampling::{random_seed, top_logprobs, Sampler, SamplingParams};
+pub use sampling::{random_seed, top_logprobs, LogitEdit, Sampler, SamplingParams};
 pub use source::ModelSource;
 pub use tokenizer::{IncrementalDecoder, Tokenizer, SPECIAL_TOKEN_MARKER};
 pub use weight_format::WeightFormat;

@@ -1,8 +1,14 @@
 //! Choosing the next token from logits: logit bias, repetition, presence and frequency
-//! penalties, then greedy or temperature with top-k and top-p. Pure CPU logic on `&[f32]`; a
-//! seeded sampler always makes the same choices, and its `n`-th choice depends only on the seed,
-//! `n` and the logits, so a sequence can continue elsewhere ([`Sampler::resumed`]) and draw what
+//! penalties ([`LogitEdit`]s, a few per row), then greedy or temperature with top-k and top-p
+//! ([`migserve_kernels::cpu::sample`], which the engine runs where the logits are: one
+//! definition of the choice for the host, the CPU device and the CUDA kernel). A seeded
+//! sampler always makes the same choices, and its `n`-th choice depends only on the seed, `n`
+//! and the logits, so a sequence can continue elsewhere ([`Sampler::resumed`]) and draw what
 //! it would have drawn.
+
+use std::collections::HashMap;
+
+use migserve_kernels::cpu::sample::{choose, RowSampling, NO_MASK};
 
 use crate::error::{ModelError, Result};
 
@@ -117,7 +123,6 @@ pub struct Sampler {
     seed: u64,
     /// Choices made so far: the index of the next draw.
     step: u64,
-    scratch: Vec<(u32, f32)>,
 }
 
 impl Sampler {
@@ -134,7 +139,6 @@ impl Sampler {
             params,
             seed,
             step: made as u64,
-            scratch: Vec::new(),
         }
     }
 
@@ -146,88 +150,33 @@ impl Sampler {
     /// Picks the next token. `logits` is modified in place (bias, penalties, mask); `history` is
     /// every token of the sequence so far, of which the first `prompt_len` are the prompt.
     pub fn sample(&mut self, logits: &mut [f32], history: &[u32], prompt_len: usize) -> u32 {
-        let step = self.step;
-        self.step += 1;
         apply_edits(&self.params, logits, history, prompt_len);
-        if self.params.is_greedy() {
-            return argmax(logits);
+        let row = self.next_row();
+        choose(logits, None, &row)
+    }
+
+    /// The parameters of this sampler's next choice for the row sampler (and counts it made):
+    /// the edits ([`SamplingParams::edits`]) are the caller's to apply first.
+    pub fn next_row(&mut self) -> RowSampling {
+        let draw = self.step;
+        self.step += 1;
+        RowSampling {
+            temperature: self.params.temperature,
+            top_k: self
+                .params
+                .top_k
+                .map_or(0, |k| k.min(u32::MAX as usize) as u32),
+            top_p: self.params.top_p.unwrap_or(1.0),
+            seed: self.seed,
+            draw,
+            mask_row: NO_MASK,
         }
-        let inv_t = 1.0 / self.params.temperature;
-        let candidates = &mut self.scratch;
-        candidates.clear();
-        candidates.extend(
-            logits
-                .iter()
-                .enumerate()
-                .filter(|(_, l)| l.is_finite())
-                .map(|(i, l)| (i as u32, l * inv_t)),
-        );
-        if candidates.is_empty() {
-            return argmax(logits);
-        }
-        let by_logit_desc =
-            |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-        if let Some(k) = self.params.top_k.filter(|k| *k < candidates.len()) {
-            candidates.select_nth_unstable_by(k, by_logit_desc);
-            candidates.truncate(k);
-        }
-        // Only the nucleus needs the candidates in order: sorting a whole vocabulary per row
-        // (150k for Qwen) would cost more than the rest of sampling together.
-        let top_p = self.params.top_p.filter(|p| *p < 1.0);
-        if top_p.is_some() {
-            candidates.sort_unstable_by(by_logit_desc);
-        }
-        // Softmax over the survivors.
-        let max = candidates
-            .iter()
-            .map(|c| c.1)
-            .fold(f32::NEG_INFINITY, f32::max);
-        let mut total = 0.0f32;
-        for c in candidates.iter_mut() {
-            c.1 = (c.1 - max).exp();
-            total += c.1;
-        }
-        if let Some(p) = top_p {
-            let mut cumulative = 0.0;
-            let mut keep = candidates.len();
-            for (i, c) in candidates.iter().enumerate() {
-                cumulative += c.1 / total;
-                if cumulative >= p {
-                    keep = i + 1;
-                    break;
-                }
-            }
-            candidates.truncate(keep);
-            total = candidates.iter().map(|c| c.1).sum();
-        }
-        let mut target = uniform(self.seed, step) * total;
-        for c in candidates.iter() {
-            target -= c.1;
-            if target <= 0.0 {
-                return c.0;
-            }
-        }
-        candidates[candidates.len() - 1].0
     }
 }
 
 /// A seed for a request that names none (so its choices can still be reported and repeated).
 pub fn random_seed() -> u64 {
     rand::random()
-}
-
-/// The `step`-th draw of the stream `seed`, uniform in [0, 1): a counter-based generator
-/// (SplitMix64's finalizer over the seed and the step), so any draw can be made without the
-/// ones before it.
-fn uniform(seed: u64, step: u64) -> f32 {
-    let mix = |mut z: u64| {
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    };
-    let bits = mix(seed ^ mix(step.wrapping_add(0x9E37_79B9_7F4A_7C15)));
-    // 24 random bits: every value an f32 in [0, 1) can hold at that spacing.
-    (bits >> 40) as f32 / (1u64 << 24) as f32
 }
 
 /// The `n` most likely tokens of `logits` whose log-softmax normalizer is `log_norm`, with
@@ -265,49 +214,97 @@ pub fn argmax(logits: &[f32]) -> u32 {
     best as u32
 }
 
-/// The edits sampling makes to the raw logits, in this order: `logit_bias` added; the
-/// repetition penalty (CTRL-style: the positive logit of a token seen in the prompt or the
-/// output divided by it, a negative one multiplied); then, over the output only, the logit of
-/// a token generated `c` times lowered by `frequency_penalty x c + presence_penalty`; last,
-/// while fewer than `min_tokens` are out, `end_tokens` masked.
+/// What sampling does to one token's logit, in this order: `bias` added (`logit_bias`); the
+/// repetition penalty (CTRL-style: a positive logit divided by it, a negative one multiplied;
+/// 1 for none); `lower` subtracted (frequency and presence penalties); masked to minus
+/// infinity (an end token before `min_tokens` are out).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LogitEdit {
+    pub token: u32,
+    pub bias: f32,
+    pub repetition: f32,
+    pub lower: f32,
+    pub masked: bool,
+}
+
+impl LogitEdit {
+    fn new(token: u32) -> Self {
+        Self {
+            token,
+            bias: 0.0,
+            repetition: 1.0,
+            lower: 0.0,
+            masked: false,
+        }
+    }
+
+    /// The edited logit.
+    pub fn apply(&self, logit: f32) -> f32 {
+        if self.masked {
+            return f32::NEG_INFINITY;
+        }
+        let mut l = logit + self.bias;
+        if self.repetition != 1.0 {
+            l = if l > 0.0 {
+                l / self.repetition
+            } else {
+                l * self.repetition
+            };
+        }
+        l - self.lower
+    }
+}
+
+impl SamplingParams {
+    /// The edits these parameters make to a row, by token id: `logit_bias`; the repetition
+    /// penalty on every token of the prompt and the output; over the output only, a token
+    /// generated `c` times lowered by `frequency_penalty x c + presence_penalty`; while fewer
+    /// than `min_tokens` are out, `end_tokens` masked. Tokens outside the vocabulary are the
+    /// caller's to skip.
+    pub fn edits(&self, history: &[u32], prompt_len: usize) -> Vec<LogitEdit> {
+        let mut edits: HashMap<u32, LogitEdit> = HashMap::new();
+        for &(id, bias) in &self.logit_bias {
+            edits.entry(id).or_insert_with(|| LogitEdit::new(id)).bias += bias;
+        }
+        if let Some(penalty) = self.repetition_penalty.filter(|p| *p != 1.0) {
+            for &t in history {
+                edits
+                    .entry(t)
+                    .or_insert_with(|| LogitEdit::new(t))
+                    .repetition = penalty;
+            }
+        }
+        if self.presence_penalty != 0.0 || self.frequency_penalty != 0.0 {
+            let mut counts = HashMap::<u32, u32>::with_capacity(history.len());
+            for &t in &history[prompt_len.min(history.len())..] {
+                *counts.entry(t).or_default() += 1;
+            }
+            for (t, c) in counts {
+                edits.entry(t).or_insert_with(|| LogitEdit::new(t)).lower =
+                    self.frequency_penalty * c as f32 + self.presence_penalty;
+            }
+        }
+        if history.len().saturating_sub(prompt_len) < self.min_tokens {
+            for &t in &self.end_tokens {
+                edits.entry(t).or_insert_with(|| LogitEdit::new(t)).masked = true;
+            }
+        }
+        let mut edits: Vec<LogitEdit> = edits.into_values().collect();
+        edits.sort_by_key(|e| e.token);
+        edits
+    }
+}
+
+/// Applies [`SamplingParams::edits`] to a row of logits in place.
 pub fn apply_edits(
     params: &SamplingParams,
     logits: &mut [f32],
     history: &[u32],
     prompt_len: usize,
 ) {
-    for &(id, bias) in &params.logit_bias {
-        if let Some(l) = logits.get_mut(id as usize) {
-            *l += bias;
-        }
-    }
-    if let Some(penalty) = params.repetition_penalty.filter(|p| *p != 1.0) {
-        let mut seen = std::collections::HashSet::with_capacity(history.len());
-        for &t in history {
-            if seen.insert(t) {
-                if let Some(l) = logits.get_mut(t as usize) {
-                    *l = if *l > 0.0 { *l / penalty } else { *l * penalty };
-                }
-            }
-        }
-    }
-    if params.presence_penalty != 0.0 || params.frequency_penalty != 0.0 {
-        let output = &history[prompt_len.min(history.len())..];
-        let mut counts = std::collections::HashMap::<u32, u32>::with_capacity(output.len());
-        for &t in output {
-            *counts.entry(t).or_default() += 1;
-        }
-        for (t, c) in counts {
-            if let Some(l) = logits.get_mut(t as usize) {
-                *l -= params.frequency_penalty * c as f32 + params.presence_penalty;
-            }
-        }
-    }
-    if history.len().saturating_sub(prompt_len) < params.min_tokens {
-        for &t in &params.end_tokens {
-            if let Some(l) = logits.get_mut(t as usize) {
-                *l = f32::NEG_INFINITY;
-            }
+    for e in params.edits(history, prompt_len) {
+        if let Some(l) = logits.get_mut(e.token as usize) {
+            *l = e.apply(*l);
         }
     }
 }

@@ -132,7 +132,7 @@ impl migserve_engine::StepModel for ScriptedModel {
         chunks: &[SeqChunk<'_>],
         all_positions: &[bool],
         cache: &mut dyn PagedStore,
-    ) -> Result<Vec<Vec<f32>>, ModelError> {
+    ) -> Result<candle_core::Tensor, ModelError> {
         let step = self.seen.steps.fetch_add(1, Ordering::SeqCst) + 1;
         std::thread::sleep(self.step_time);
         if self.panic_at == Some(step) {
@@ -148,7 +148,7 @@ impl migserve_engine::StepModel for ScriptedModel {
             .used_blocks
             .store(blocks.used_blocks(), Ordering::SeqCst);
         let size = blocks.block_size();
-        let mut rows = Vec::with_capacity(chunks.len());
+        let mut rows = Vec::new();
         for (i, chunk) in chunks.iter().enumerate() {
             let table = blocks.table(chunk.seq).unwrap_or(&[]);
             let end = chunk.start + chunk.tokens.len();
@@ -192,10 +192,15 @@ impl migserve_engine::StepModel for ScriptedModel {
             for upto in first..=end {
                 let mut row = vec![0.0f32; self.vocab];
                 row[(self.next)(&history[..upto]) as usize % self.vocab] = 10.0;
-                rows.push(row);
+                rows.extend(row);
             }
         }
-        Ok(rows)
+        let n = rows.len() / self.vocab;
+        Ok(candle_core::Tensor::from_vec(
+            rows,
+            (n, self.vocab),
+            &candle_core::Device::Cpu,
+        )?)
     }
 
     fn context_length(&self) -> usize {

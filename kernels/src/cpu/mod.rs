@@ -9,3 +9,4 @@ pub mod layer_ops;
 pub mod paged_attention;
 pub mod parallel;
 pub mod q8_matmul;
+pub mod sample;

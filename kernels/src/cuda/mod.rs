@@ -194,3 +194,78 @@ pub fn paged_attention(
 
 /// The element type of the CUDA KV cache.
 pub use half::bf16 as Bf16;
+
+/// PTX of `cuda/sample.cu`.
+pub const SAMPLE_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/sample.ptx"));
+const SAMPLE_MODULE: &str = "migserve_sample";
+
+/// Chooses every row's token where the logits are: `raw` and `edited` are `[rows][vocab]`
+/// (`edited` with bias and penalties applied; it may be `raw` itself), `params` one per row,
+/// `masks` the allowed-token bitmasks the rows' `mask_row` name (`mask_words` words each).
+/// Only the parameters and masks go up and three numbers per row come back.
+/// Reference: [`crate::cpu::sample::sample_row`].
+pub fn sample_rows(
+    device: &CudaDevice,
+    raw: &CudaView<'_, f32>,
+    edited: &CudaView<'_, f32>,
+    vocab: usize,
+    params: &[crate::cpu::sample::RowSampling],
+    masks: &[u32],
+    mask_words: usize,
+) -> Result<Vec<crate::cpu::sample::RowChoice>, KernelError> {
+    use crate::cpu::sample::{RowChoice, NO_MASK};
+    let rows = params.len();
+    if rows == 0 {
+        return Ok(Vec::new());
+    }
+    if vocab == 0 || raw.len() < rows * vocab || edited.len() < rows * vocab {
+        return Err(KernelError::BadLength(format!(
+            "{rows} rows of {vocab} logits, raw has {}, edited {}",
+            raw.len(),
+            edited.len()
+        )));
+    }
+    let mask_rows = masks.len().checked_div(mask_words).unwrap_or(0);
+    let bad_mask = params
+        .iter()
+        .any(|p| p.mask_row != NO_MASK && p.mask_row as usize >= mask_rows);
+    if bad_mask || (mask_rows > 0 && mask_words * 32 < vocab) {
+        return Err(KernelError::BadLength(format!(
+            "{mask_rows} masks of {mask_words} words for {vocab} tokens do not cover every row"
+        )));
+    }
+    let func = device
+        .get_or_load_custom_func("migserve_sample_rows", SAMPLE_MODULE, SAMPLE_PTX)
+        .map_err(cuda)?;
+    let stream = device.cuda_stream();
+    let packed: Vec<u32> = params.iter().flat_map(|p| p.packed()).collect();
+    let params_d = stream.clone_htod(&packed).map_err(cuda)?;
+    let masks_d = stream
+        .clone_htod(if masks.is_empty() { &[0u32][..] } else { masks })
+        .map_err(cuda)?;
+    let mut out = stream.alloc_zeros::<f32>(rows * 3).map_err(cuda)?;
+    let (vocab_arg, words_arg) = (vocab as u32, mask_words as u32);
+    let cfg = LaunchConfig {
+        grid_dim: (rows as u32, 1, 1),
+        block_dim: (SAMPLE_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let mut launch = func.builder();
+    launch
+        .arg(raw)
+        .arg(edited)
+        .arg(&params_d)
+        .arg(&masks_d)
+        .arg(&vocab_arg)
+        .arg(&words_arg)
+        .arg(&mut out);
+    // SAFETY: argument types and order match the kernel's signature; raw/edited hold `rows`
+    // rows of `vocab` (checked), every mask row named is inside `masks` (checked), and `out`
+    // holds three values per row.
+    unsafe { launch.launch(cfg) }.map_err(cuda)?;
+    let host = stream.clone_dtoh(&out).map_err(cuda)?;
+    Ok(RowChoice::unpack_all(&host))
+}
+
+/// Threads per row of the sampling kernel (`THREADS` in `cuda/sample.cu`).
+const SAMPLE_THREADS: u32 = 256;

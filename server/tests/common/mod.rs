@@ -12,6 +12,14 @@ mod model_file;
 #[allow(unused_imports)]
 pub use model_file::{gemma_path, hf_dir, model_path};
 
+/// The migserve binary the tests start: `$MIGSERVE_TEST_BIN` (a binary carried to another
+/// machine with these tests, as `bench/gpu/validate.sh` does), else the one cargo built.
+pub fn migserve_binary() -> std::path::PathBuf {
+    std::env::var_os("MIGSERVE_TEST_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_migserve").into())
+}
+
 /// The test stand-in worker (crate `migserve-testkit`), built beside migserve by `cargo test`
 /// at the workspace root.
 pub fn fake_worker_binary() -> std::path::PathBuf {
@@ -102,7 +110,7 @@ impl Worker {
         env: &[(&str, &str)],
         stderr: Stdio,
     ) -> Self {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_migserve"));
+        let mut command = Command::new(migserve_binary());
         command
             .args([
                 "worker",
@@ -181,7 +189,7 @@ impl Serve {
         let path = dir.join(format!("{name}.toml"));
         let model = model_path();
         std::fs::write(&path, config.replace("{model}", model.to_str().unwrap())).unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_migserve"));
+        let mut command = Command::new(migserve_binary());
         command.args([
             "serve",
             "--config",
