@@ -79,8 +79,24 @@ impl BatchLayout {
     }
 }
 
+/// The new size of a step buffer that holds `current` elements and must hold `needed`: none
+/// when it does, else the next power of two (at least 64), so steps that grow slowly
+/// reallocate rarely and steps no larger than any before never do.
+pub fn grown_capacity(current: usize, needed: usize) -> Option<usize> {
+    (needed > current).then(|| needed.next_power_of_two().max(64))
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn buffers_grow_to_powers_of_two_and_only_when_needed() {
+        assert_eq!(grown_capacity(64, 64), None);
+        assert_eq!(grown_capacity(64, 10), None);
+        assert_eq!(grown_capacity(64, 65), Some(128));
+        assert_eq!(grown_capacity(0, 1), Some(64));
+        assert_eq!(grown_capacity(1024, 3000), Some(4096));
+    }
+
     use super::*;
 
     #[test]

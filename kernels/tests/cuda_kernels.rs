@@ -91,7 +91,7 @@ mod gpu {
         }
     }
 
-    fn run_case(dev: &CudaDevice, rng: &mut impl Rng, c: &Case) {
+    fn run_case(dev: &CudaDevice, dl: &mut DeviceLayout, rng: &mut impl Rng, c: &Case) {
         let s = c.shape;
         let kv_row = s.n_kv_heads * s.head_dim;
         let row_len = s.n_heads * s.head_dim;
@@ -143,12 +143,20 @@ mod gpu {
         let nk = stream.clone_htod(&new_k_h).unwrap();
         let nv = stream.clone_htod(&new_v_h).unwrap();
         let gq = stream.clone_htod(&q_h).unwrap();
-        let dl = DeviceLayout::upload(dev, &layout).unwrap();
+        dl.write(dev, &layout).unwrap();
+        // The same step again: written in place, nothing allocated.
+        let allocations = dl.allocations;
+        dl.write(dev, &layout).unwrap();
+        assert_eq!(
+            dl.allocations, allocations,
+            "a step of the same size allocated"
+        );
+        let dl = &*dl;
         kv_write(
             dev,
             &nk.slice(..),
             &nv.slice(..),
-            &dl.slots.slice(..),
+            &dl.slots(),
             kv_row,
             &mut gk,
             &mut gv,
@@ -158,7 +166,7 @@ mod gpu {
         let want_k: Vec<bf16> = cache_k.iter().map(|x| bf16::from_f32(*x)).collect();
         assert!(written == want_k, "kv_write keys differ from write_rows");
         let mut out = stream.alloc_zeros::<bf16>(rows * row_len).unwrap();
-        gpu_attention(dev, s, &gq.slice(..), &gk, &gv, &dl, &mut out.slice_mut(..)).unwrap();
+        gpu_attention(dev, s, &gq.slice(..), &gk, &gv, dl, &mut out.slice_mut(..)).unwrap();
         let got: Vec<bf16> = stream.clone_dtoh(&out).unwrap();
         let worst = got
             .iter()
@@ -175,6 +183,8 @@ mod gpu {
         let seed: u64 = rand::random();
         eprintln!("random inputs from seed {seed}");
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        // Small on purpose: the cases grow it, and the same case again must not.
+        let mut dl = DeviceLayout::with_capacity(&dev, 16, 16).unwrap();
         // SmolLM2 (9/3 heads, 64), Qwen 0.5B (14/2, 64), Llama 3.2 1B (32/8, 64), and
         // head_dim 128 with 8 heads per KV head, Gemma 3 270M (4/1, 256).
         for (n_heads, n_kv_heads, head_dim) in [
@@ -193,14 +203,14 @@ mod gpu {
                     window: None,
                 };
                 let c = case(&mut rng, shape, 9);
-                run_case(&dev, &mut rng, &c);
+                run_case(&dev, &mut dl, &mut rng, &c);
                 // Gemma 3's sliding window (shorter than some sequences of the case).
                 let windowed = AttentionShape {
                     window: Some(block_size + 3),
                     ..shape
                 };
                 let c = case(&mut rng, windowed, 9);
-                run_case(&dev, &mut rng, &c);
+                run_case(&dev, &mut dl, &mut rng, &c);
             }
         }
     }

@@ -4,6 +4,8 @@
 //! stored keys. What differs between families (biases, q/k norms, post norms, activation,
 //! RoPE pairing, embedding scale, sliding windows) is read from [`ModelConfig`].
 
+use std::sync::Mutex;
+
 use candle_core::{DType, Device, Tensor};
 use candle_nn::ops::rms_norm;
 use candle_nn::rotary_emb::{rope, rope_i};
@@ -14,6 +16,7 @@ use crate::error::{ModelError, Result};
 use crate::kv::{AttentionSpan, KvStore, SeqId};
 use crate::linear::{split_columns, Linear};
 use crate::rope::RopeTables;
+use crate::step_inputs::StepInputs;
 use crate::weight_format::WeightFormat;
 use crate::weights::{check_dims, shape_mismatch, RawTensor, TensorSource};
 use migserve_kernels::cpu::layer_ops::{HeadNorms, QkOptions, QkvShape, RopePairs};
@@ -87,6 +90,8 @@ pub struct Decoder {
     /// `Cpu` on the CPU with f32 activations: the element-wise steps run as `cpu_ops` kernels.
     ropes: Ropes,
     device: Device,
+    /// The step's token ids, positions and selected rows, in buffers kept between steps.
+    inputs: Mutex<StepInputs>,
 }
 
 /// Reads weights of one model onto a device, in one format.
@@ -301,6 +306,7 @@ impl Decoder {
             lm_head,
             ropes,
             device: device.clone(),
+            inputs: Mutex::new(StepInputs::new(device, 512)?),
         })
     }
 
@@ -372,12 +378,17 @@ impl Decoder {
                 false => rows.push((ids.len() - 1) as u32),
             }
         }
-        let total = ids.len();
-        let ids = Tensor::from_vec(ids, total, &self.device)?;
+        // One step at a time: the lock is never contended, and a panic mid-step leaves the
+        // buffers usable (they are overwritten at the next step).
+        let mut inputs = self
+            .inputs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let ids = inputs.ids.write(&ids)?;
         let rope_rows = match &self.ropes {
             Ropes::Cpu(_) => Vec::new(),
             Ropes::Tensors(tables) => {
-                let positions = Tensor::from_slice(&positions, total, &self.device)?;
+                let positions = inputs.positions.write(&positions)?;
                 tables
                     .iter()
                     .map(|(cos, sin)| {
@@ -416,8 +427,7 @@ impl Decoder {
             }
             x = (x + out)?;
         }
-        let selected = rows.len();
-        let rows = Tensor::from_vec(rows, selected, &self.device)?;
+        let rows = inputs.rows.write(&rows)?;
         let x = x.index_select(&rows, 0)?;
         let x = self.output_norm.apply(&x, cfg.rms_eps)?;
         Ok(self.lm_head.forward(&x)?.to_dtype(DType::F32)?)

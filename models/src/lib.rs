@@ -18,6 +18,7 @@ pub mod parallel;
 pub mod rope;
 pub mod sampling;
 pub mod source;
+pub mod step_inputs;
 pub mod synth;
 pub mod tokenizer;
 pub mod weight_format;

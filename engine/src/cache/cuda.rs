@@ -22,8 +22,11 @@ pub struct CudaPagedKvCache {
     shape: AttentionShape,
     /// Per layer: its sliding window (`None`: full attention).
     windows: Vec<Option<usize>>,
-    /// The current step's layout on the device, from `begin_step`, read by every layer.
-    step: Option<DeviceLayout>,
+    /// The current step's layout on the device, written by `begin_step` into buffers kept
+    /// from step to step, read by every layer.
+    step: DeviceLayout,
+    /// Whether `begin_step` laid out a step with new tokens.
+    step_ready: bool,
 }
 
 fn kernel_error(e: impl std::fmt::Display) -> ModelError {
@@ -54,6 +57,8 @@ impl CudaPagedKvCache {
             keys.push(device.alloc_zeros::<Bf16>(len)?);
             values.push(device.alloc_zeros::<Bf16>(len)?);
         }
+        // Room for 1024 rows and 8192 block-table entries; grown if a step needs more.
+        let step = DeviceLayout::with_capacity(&device, 1024, 8192).map_err(kernel_error)?;
         Ok(Self {
             blocks: BlockManager::new(total_blocks, block_size),
             device,
@@ -61,7 +66,8 @@ impl CudaPagedKvCache {
             values,
             shape,
             windows: config.layer_windows.clone(),
-            step: None,
+            step,
+            step_ready: false,
         })
     }
 }
@@ -80,10 +86,13 @@ fn view<'a>(storage: &'a Storage, t: &Tensor) -> Result<CudaView<'a, Bf16>, Mode
 
 impl KvStore for CudaPagedKvCache {
     fn begin_step(&mut self, spans: &[AttentionSpan]) -> Result<(), ModelError> {
-        self.step = None;
+        self.step_ready = false;
         let layout = batch_layout(&self.blocks, spans)?;
         if !layout.slots.is_empty() {
-            self.step = Some(DeviceLayout::upload(&self.device, &layout).map_err(kernel_error)?);
+            self.step
+                .write(&self.device, &layout)
+                .map_err(kernel_error)?;
+            self.step_ready = true;
         }
         Ok(())
     }
@@ -107,9 +116,10 @@ impl KvStore for CudaPagedKvCache {
                 q.device(),
             )?);
         }
-        let Some(step) = self.step.as_ref() else {
+        if !self.step_ready {
             return Err(kernel_error("attend before begin_step"));
-        };
+        }
+        let step = &self.step;
         if rows != step.rows {
             return Err(ModelError::InvalidInput(format!(
                 "{rows} query rows for a step laid out with {}",
@@ -128,7 +138,7 @@ impl KvStore for CudaPagedKvCache {
                 &self.device,
                 &k_view,
                 &v_view,
-                &step.slots.slice(..),
+                &step.slots(),
                 kv_row,
                 keys,
                 values,

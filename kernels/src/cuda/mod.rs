@@ -103,31 +103,80 @@ pub fn kv_write(
     Ok(())
 }
 
-/// Device copies of a step's [`crate::batch::BatchLayout`] that the attention kernel reads.
+/// Device buffers of a step's [`crate::batch::BatchLayout`] that the attention kernel reads:
+/// allocated once and written in place each step (grown, to the next power of two, only when
+/// a step needs more than any before), so a step allocates nothing for its layout and the
+/// kernels read the same addresses every step (what a captured CUDA graph needs).
 pub struct DeviceLayout {
     pub row_seq: CudaSlice<u32>,
     pub row_visible: CudaSlice<u32>,
     pub block_tables: CudaSlice<u32>,
-    pub slots: CudaSlice<u32>,
+    slots: CudaSlice<u32>,
+    slot_count: usize,
+    /// Width of one row of `block_tables` this step.
     pub max_blocks: usize,
+    /// Query rows this step.
     pub rows: usize,
+    /// Buffers allocated so far (4 at the start; more only when one grew).
+    pub allocations: usize,
 }
 
 impl DeviceLayout {
-    /// Uploads `layout` (on the device's stream, ordered before the kernels that read it).
-    pub fn upload(
+    /// Buffers for steps of up to `rows` query rows and `table_entries` block-table entries.
+    pub fn with_capacity(
         device: &CudaDevice,
-        layout: &crate::batch::BatchLayout,
+        rows: usize,
+        table_entries: usize,
     ) -> Result<Self, KernelError> {
         let stream = device.cuda_stream();
+        let alloc = |n: usize| stream.alloc_zeros::<u32>(n.max(64)).map_err(cuda);
         Ok(Self {
-            row_seq: stream.clone_htod(&layout.row_seq).map_err(cuda)?,
-            row_visible: stream.clone_htod(&layout.row_visible).map_err(cuda)?,
-            block_tables: stream.clone_htod(&layout.block_tables).map_err(cuda)?,
-            slots: stream.clone_htod(&layout.slots).map_err(cuda)?,
-            max_blocks: layout.max_blocks,
-            rows: layout.row_seq.len(),
+            row_seq: alloc(rows)?,
+            row_visible: alloc(rows)?,
+            block_tables: alloc(table_entries)?,
+            slots: alloc(rows)?,
+            slot_count: 0,
+            max_blocks: 1,
+            rows: 0,
+            allocations: 4,
         })
+    }
+
+    /// Writes `layout` into the buffers (on the device's stream, ordered before the kernels
+    /// that read it), growing any that is too small.
+    pub fn write(
+        &mut self,
+        device: &CudaDevice,
+        layout: &crate::batch::BatchLayout,
+    ) -> Result<(), KernelError> {
+        let stream = device.cuda_stream();
+        let mut allocations = 0;
+        for (buffer, values) in [
+            (&mut self.row_seq, &layout.row_seq),
+            (&mut self.row_visible, &layout.row_visible),
+            (&mut self.block_tables, &layout.block_tables),
+            (&mut self.slots, &layout.slots),
+        ] {
+            if let Some(n) = crate::batch::grown_capacity(buffer.len(), values.len()) {
+                *buffer = stream.alloc_zeros::<u32>(n).map_err(cuda)?;
+                allocations += 1;
+            }
+            if !values.is_empty() {
+                stream
+                    .memcpy_htod(values.as_slice(), &mut buffer.slice_mut(..values.len()))
+                    .map_err(cuda)?;
+            }
+        }
+        self.allocations += allocations;
+        self.max_blocks = layout.max_blocks;
+        self.rows = layout.row_seq.len();
+        self.slot_count = layout.slots.len();
+        Ok(())
+    }
+
+    /// The cache rows this step's new tokens go to.
+    pub fn slots(&self) -> CudaView<'_, u32> {
+        self.slots.slice(..self.slot_count)
     }
 }
 
