@@ -134,6 +134,38 @@ fn a_large_vocabulary_nucleus_needs_more_than_one_selection_round() {
 }
 
 #[test]
+fn top_k_over_a_large_vocabulary_keeps_exactly_the_k_most_likely() {
+    let logits = random_logits(50_000, 21);
+    let mut sorted = logits.clone();
+    sorted.sort_by(|a, b| b.total_cmp(a));
+    for k in [1u32, 2, 40, 1000] {
+        let cut = sorted[k as usize - 1];
+        let mut seen = std::collections::HashSet::new();
+        for draw in 0..1500 {
+            let params = RowSampling {
+                temperature: 3.0,
+                top_k: k,
+                top_p: 1.0,
+                seed: 8,
+                draw,
+                mask_row: NO_MASK,
+            };
+            let t = choose(&logits, None, &params) as usize;
+            assert!(
+                logits[t] >= cut,
+                "k {k}: token {t} ({}) below the cut {cut}",
+                logits[t]
+            );
+            seen.insert(t);
+        }
+        // At temperature 3 over near-equal logits, small k are all drawn.
+        if k <= 40 {
+            assert_eq!(seen.len(), k as usize, "k {k}");
+        }
+    }
+}
+
+#[test]
 fn greedy_matches_argmax_and_logprob_is_the_raw_rows() {
     for seed in 0..20 {
         let raw = random_logits(1000, seed);

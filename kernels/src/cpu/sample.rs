@@ -16,6 +16,7 @@
 //!   token the smallest id whose running sum of kept weights (in id order) passes `target`.
 
 use super::exp::log_sum_exp;
+use super::lanes::max_lanes;
 
 /// Fixed-point bits of a candidate's weight.
 pub const WEIGHT_BITS: u32 = 40;
@@ -149,13 +150,7 @@ pub fn sample_row(
 
 /// The token a row chooses (see the module's documentation).
 pub fn choose(logits: &[f32], mask: Option<&[u32]>, params: &RowSampling) -> u32 {
-    let mut best: Option<(usize, f32)> = None;
-    for (i, &l) in logits.iter().enumerate() {
-        if allows(mask, i) && l.is_finite() && best.is_none_or(|(_, b)| l > b) {
-            best = Some((i, l));
-        }
-    }
-    let Some((best, max)) = best else {
+    let Some((best, max)) = most_likely(logits, mask) else {
         // Nothing finite is allowed: the first allowed token.
         return (0..logits.len()).find(|&i| allows(mask, i)).unwrap_or(0) as u32;
     };
@@ -166,47 +161,133 @@ pub fn choose(logits: &[f32], mask: Option<&[u32]>, params: &RowSampling) -> u32
         let w = ((l - max) / params.temperature).exp();
         (w * (1u64 << WEIGHT_BITS) as f32) as u64
     };
-    // (id, logit, weight) of every candidate, in id order.
-    let candidates: Vec<(usize, f32, u64)> = logits
-        .iter()
-        .enumerate()
-        .filter(|&(i, l)| allows(mask, i) && l.is_finite())
-        .map(|(i, &l)| (i, l, weight(l)))
-        .filter(|c| c.2 > 0)
-        .collect();
-    let mut cut = f32::NEG_INFINITY;
-    let k = params.top_k as usize;
-    if k > 0 && k < candidates.len() {
-        let mut values: Vec<f32> = candidates.iter().map(|c| c.1).collect();
-        values.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
-        cut = values[k - 1];
-    }
-    if params.top_p < 1.0 {
-        let kept: Vec<(f32, u64)> = candidates
-            .iter()
-            .filter(|c| c.1 >= cut)
-            .map(|c| (c.1, c.2))
-            .collect();
-        let total: u64 = kept.iter().map(|c| c.1).sum();
-        let need = ((params.top_p as f64 * total as f64).ceil() as u64).clamp(1, total);
-        cut = cut.max(nucleus_cut(kept, need));
-    }
-    let total: u64 = candidates.iter().filter(|c| c.1 >= cut).map(|c| c.2).sum();
-    let target = scaled_target(draw_bits(params.seed, params.draw), total);
-    let mut running = 0u64;
-    for c in candidates.iter().filter(|c| c.1 >= cut) {
-        running += c.2;
-        if running > target {
-            return c.0 as u32;
+    // Below this no weight can be above 0 (exp(-40 ln 2) is 2^-40; one logit of slack for
+    // rounding): such tokens are never weighed.
+    let floor = max - params.temperature * WEIGHT_BITS as f32 * std::f32::consts::LN_2 - 1.0;
+    let considered = |i: usize, l: f32| l >= floor && l.is_finite() && allows(mask, i);
+    SCRATCH.with(|scratch| {
+        let mut scratch = scratch.borrow_mut();
+        let Scratch { values, kept, pool } = &mut *scratch;
+        // Top-k over logits first: candidates are the most likely tokens down to the weight
+        // floor, so the k-th largest logit among all is theirs unless fewer than k have a
+        // weight (then it cuts below every candidate: none lost).
+        let mut cut = f32::NEG_INFINITY;
+        let k = params.top_k as usize;
+        if k > 0 {
+            cut = kth_largest(logits, considered, k, values);
+        }
+        // (id, logit, weight) of every kept candidate, in id order.
+        kept.clear();
+        kept.extend(
+            logits
+                .iter()
+                .enumerate()
+                .filter(|&(i, &l)| l >= cut && considered(i, l))
+                .map(|(i, &l)| (i as u32, l, weight(l)))
+                .filter(|c| c.2 > 0),
+        );
+        if params.top_p < 1.0 {
+            pool.clear();
+            pool.extend(kept.iter().map(|c| (c.1, c.2)));
+            let total: u64 = pool.iter().map(|c| c.1).sum();
+            let need = ((params.top_p as f64 * total as f64).ceil() as u64).clamp(1, total);
+            cut = cut.max(nucleus_cut(pool, need));
+        }
+        let total: u64 = kept.iter().filter(|c| c.1 >= cut).map(|c| c.2).sum();
+        let target = scaled_target(draw_bits(params.seed, params.draw), total);
+        let mut running = 0u64;
+        for c in kept.iter().filter(|c| c.1 >= cut) {
+            running += c.2;
+            if running > target {
+                return c.0;
+            }
+        }
+        best as u32
+    })
+}
+
+/// The first most likely allowed finite token and its logit. Without a mask: a vectorized
+/// maximum, then its first position.
+fn most_likely(logits: &[f32], mask: Option<&[u32]>) -> Option<(usize, f32)> {
+    if mask.is_none() {
+        let max = max_lanes(logits);
+        if max.is_finite() {
+            return logits.iter().position(|&l| l == max).map(|i| (i, max));
         }
     }
-    best as u32
+    let mut best: Option<(usize, f32)> = None;
+    for (i, &l) in logits.iter().enumerate() {
+        if allows(mask, i) && l.is_finite() && best.is_none_or(|(_, b)| l > b) {
+            best = Some((i, l));
+        }
+    }
+    best
+}
+
+/// The `k`-th largest logit of the tokens `considered`, or minus infinity when there are no
+/// more than `k`. A small `k` (the usual 20 to 100) keeps a sorted list of the `k` largest
+/// seen in one pass, most tokens costing one comparison; a large one selects over all.
+fn kth_largest(
+    logits: &[f32],
+    considered: impl Fn(usize, f32) -> bool,
+    k: usize,
+    values: &mut Vec<f32>,
+) -> f32 {
+    values.clear();
+    if k <= 256 {
+        // Whether a considered token fell outside the list (else there were no more than k).
+        let mut dropped = false;
+        for (i, &l) in logits.iter().enumerate() {
+            if values.len() == k && l <= values[k - 1] {
+                dropped = dropped || considered(i, l);
+                continue;
+            }
+            if !considered(i, l) {
+                continue;
+            }
+            let at = values.partition_point(|v| *v >= l);
+            values.insert(at, l);
+            if values.len() > k {
+                values.truncate(k);
+                dropped = true;
+            }
+        }
+        return if dropped {
+            values[k - 1]
+        } else {
+            f32::NEG_INFINITY
+        };
+    }
+    values.extend(
+        logits
+            .iter()
+            .enumerate()
+            .filter(|&(i, &l)| considered(i, l))
+            .map(|(_, &l)| l),
+    );
+    if values.len() <= k {
+        return f32::NEG_INFINITY;
+    }
+    values.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
+    values[k - 1]
+}
+
+/// Buffers `choose` reuses from row to row on each thread.
+#[derive(Default)]
+struct Scratch {
+    values: Vec<f32>,
+    kept: Vec<(u32, f32, u64)>,
+    pool: Vec<(f32, u64)>,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
 }
 
 /// The largest logit `t` with `sum(w : l >= t) >= need` over `(logit, weight)` pairs whose
 /// weights add up to at least `need`. Sorts only as many of the most likely as it takes (a
 /// nucleus is usually a few tokens of a vocabulary of tens of thousands).
-fn nucleus_cut(mut pool: Vec<(f32, u64)>, need: u64) -> f32 {
+fn nucleus_cut(pool: &mut [(f32, u64)], need: u64) -> f32 {
     let desc = |a: &(f32, u64), b: &(f32, u64)| b.0.total_cmp(&a.0);
     let mut m = pool.len().min(64);
     loop {
