@@ -9,8 +9,8 @@
 # tokenizer of the synthetic model validate.sh writes there).
 #
 # Writes DIR (default target/gpu-carry-<device>): bundle/ (the files, for a rehearsal here),
-# part-00, part-01, ... (bundle.tar.zst cut into pieces that each fit one device command's
-# 64 MiB carry with the working tree beside it) and MANIFEST (sha256 of the whole archive).
+# part-00, part-01, ... (bundle.tar.xz cut into pieces that each fit one device command's
+# 64 MiB with the working tree beside it) and MANIFEST (sha256 of the whole archive, parts).
 # On the device: one `validate.sh stage` call per part, then `validate.sh run` (see
 # bench/gpu/README.md).
 set -euo pipefail
@@ -27,7 +27,11 @@ while [ $# -gt 0 ]; do
 done
 case "$device" in cuda|cpu) ;; *) echo "--device is cuda or cpu" >&2; exit 2 ;; esac
 out="${out:-target/gpu-carry-$device}"
-part_mib="${PART_MIB:-56}"
+# A device command carries the working tree too (tracked and untracked files not ignored):
+# each part gets what is left of 64 MiB beside it, less 2 MiB of margin.
+tree_kib=$( (git ls-files -z; git ls-files -z --others --exclude-standard) \
+  | du --files0-from=- -ck 2>/dev/null | tail -n1 | cut -f1)
+part_mib="${PART_MIB:-$(( 62 - tree_kib / 1024 ))}"
 model=models-data/SmolLM2-135M-Instruct.Q4_1.gguf
 [ -f "$model" ] || bash scripts/fetch-model.sh
 
@@ -72,10 +76,11 @@ echo "$device" > "$out/bundle/DEVICE"
 git rev-parse HEAD > "$out/bundle/COMMIT" 2>/dev/null || echo unknown > "$out/bundle/COMMIT"
 
 echo "== pack"
-tar -C "$out/bundle" -cf - . | zstd -q -19 -T0 -o "$out/bundle.tar.zst"
-(cd "$out" && split -b "${part_mib}M" -d -a 2 bundle.tar.zst part-)
-sha256sum "$out/bundle.tar.zst" | cut -d' ' -f1 > "$out/MANIFEST"
+# xz: the GPU machine can unpack it without any tool (Python's lzma), and PTX packs well.
+tar -C "$out/bundle" -cf - . | xz -9 -T0 > "$out/bundle.tar.xz"
+(cd "$out" && split -b "${part_mib}M" -d -a 2 bundle.tar.xz part-)
+sha256sum "$out/bundle.tar.xz" | cut -d' ' -f1 > "$out/MANIFEST"
 ls "$out"/part-* | wc -l >> "$out/MANIFEST"
-rm "$out/bundle.tar.zst"
+rm "$out/bundle.tar.xz"
 du -b "$out"/bundle/bin/* "$out"/bundle/model.gguf "$out"/part-* | awk '{printf "%8.1f MiB  %s\n", $1 / 1048576, $2}'
 echo "packed: $out ($(sed -n 2p "$out/MANIFEST") parts)"

@@ -19,8 +19,10 @@
 #               reason when torch is missing)
 #   compare     seven workers on emulated 7x1g slices of the device against one on all of it
 #               (`loadtest compare`; on a CPU of fewer than 7 cores, as many 1g slices as cores)
-# Results go to $OUT (the device tool's folder) or --out: summary.md, one folder per part and
-# every log. Exit status: 0 when every part run passed (a skip is not a failure), else 1.
+# Results go to --out DIR (default $MIGSERVE_STAGE/results): summary.md, one folder per part
+# and every log. When $OUT is set (the device tool's folder, from which at most 8 files come
+# back), summary.md and all of it as results.tar.gz are copied there at the end. Exit status: 0
+# when every part run passed (a skip is not a failure), else 1.
 set -uo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 stage="${MIGSERVE_STAGE:-/tmp/migserve-gpu}"
@@ -39,7 +41,8 @@ if [ "${1:-}" = stage ]; then
       exit 1
     fi
     rm -rf "$stage/bundle" && mkdir -p "$stage/bundle"
-    cat "$stage"/parts/part-* | zstd -d -q | tar -C "$stage/bundle" -xf - && rm -rf "$stage/parts"
+    unxz() { python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.stdin.buffer), sys.stdout.buffer)'; }
+    cat "$stage"/parts/part-* | unxz | tar -C "$stage/bundle" -xf - && rm -rf "$stage/parts"
     echo "unpacked into $stage/bundle: $(cat "$stage/bundle/COMMIT")"
   fi
   exit 0
@@ -48,7 +51,7 @@ fi
 shift
 
 device="" bundle="$stage/bundle" parts="tests,france,throughput,hf,compare" quick=0
-out="${OUT:-}"
+out="$stage/results"
 while [ $# -gt 0 ]; do
   case "$1" in
     --device) device=$2; shift 2 ;;
@@ -60,7 +63,6 @@ while [ $# -gt 0 ]; do
   esac
 done
 case "$device" in cuda|cpu) ;; *) echo "--device is cuda or cpu" >&2; exit 2 ;; esac
-[ -n "$out" ] || { echo "--out DIR (or \$OUT) is where the results go" >&2; exit 2; }
 bundle="$(cd "$bundle" && pwd)" || { echo "no bundle at $bundle: stage it first" >&2; exit 2; }
 mkdir -p "$out"
 out="$(cd "$out" && pwd)"
@@ -138,7 +140,9 @@ if has tests; then
   "$bin/test-cuda-kernels" --nocapture > "$out/tests/cuda_kernels.log" 2>&1 || ok=0
   MIGSERVE_TEST_BIN="$bin/migserve" MIGSERVE_TEST_MODEL="$model" \
     "$bin/test-gpu" --nocapture --test-threads 1 > "$out/tests/gpu.log" 2>&1 || ok=0
-  skips=$(cat "$out/tests/"*.log | grep -c '^skipped' || true)
+  skips=$(cat "$out/tests/"*.log | grep -c 'skipped' || true)
+  # On the GPU machine a test that skips did not test the GPU.
+  [ "$device" = cuda ] && [ "$skips" != 0 ] && ok=0
   passed=$(cat "$out/tests/"*.log | sed -n 's/^test result: ok. \([0-9]*\) passed.*/\1/p' | awk '{s += $1} END {print s + 0}')
   note="${passed:-0} passed, $skips printed a skip"
   [ "$ok" = 1 ] && record tests passed $(( $(date +%s) - t0 )) "$note" \
@@ -200,7 +204,13 @@ if has hf; then
     if python3 "$here/hf_throughput.py" --gguf "$synth" --device "$device" --concurrency "$levels" \
       --prompt-tokens "$prompt" --output-tokens "$output" --duration "$duration" \
       --out "$out/hf/hf.json" > "$out/hf/hf.log" 2>&1; then
-      note=$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(", ".join(f"c={l[\"concurrency\"]}: {l[\"output_tokens_per_sec\"]:.0f} tok/s" for l in r["levels"]))' "$out/hf/hf.json")
+      note=$(python3 - "$out/hf/hf.json" <<'EOF'
+import json, sys
+r = json.load(open(sys.argv[1]))
+levels = ", ".join(f"c={l['concurrency']}: {l['output_tokens_per_sec']:.0f} tok/s" for l in r["levels"])
+print(f"{levels} ({r['weights'].split(' (')[0]})")
+EOF
+)
       record hf passed $(( $(date +%s) - t0 )) "$note"
     else
       record hf failed $(( $(date +%s) - t0 )) "see hf/hf.log"
@@ -256,4 +266,9 @@ fi
   echo "total: $(( $(date +%s) - started )) s"
 } >> "$summary"
 cat "$summary"
+if [ -n "${OUT:-}" ] && [ "$OUT" != "$out" ]; then
+  mkdir -p "$OUT"
+  cp "$summary" "$OUT/summary.md"
+  tar -C "$out" -czf "$OUT/results.tar.gz" .
+fi
 exit "$failed"
