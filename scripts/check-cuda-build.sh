@@ -17,16 +17,16 @@ bash scripts/cuda-toolchain.sh
 # shellcheck disable=SC1091
 source "$MIGSERVE_CUDA_TOOLS/env.sh"
 
-echo "== cuda: build"
-cargo build --locked -p migserve --features cuda
+echo "== cuda: build, and the GPU tests (skip lines when no GPU is visible)"
+# One invocation builds the `migserve` binary (the GPU server tests run it) and both test
+# binaries with one feature set: a separate `cargo build` first would build it without the
+# dev-dependencies' features and this step would then rebuild candle and ~75 crates (~6
+# minutes of a cold run); the kernels' tests run alone would rebuild candle too.
+cargo test --locked -p migserve -p migserve-kernels --features migserve/cuda,migserve-kernels/cuda \
+  --test gpu --test cuda_kernels -- --nocapture
 echo "== cuda: lints"
 cargo clippy --locked -p migserve -p migserve-engine -p migserve-kernels -p migserve-models --features cuda \
   --all-targets -- -D warnings
-echo "== cuda: GPU tests (skip lines when no GPU is visible)"
-# One invocation for both packages, so the kernels' tests build against the same features
-# of candle as the binary (run alone they would rebuild candle: ~7 minutes of a cold run).
-cargo test --locked -p migserve -p migserve-kernels --features migserve/cuda,migserve-kernels/cuda \
-  --test gpu --test cuda_kernels -- --nocapture
 
 echo "== cuda: a worker that finds no usable GPU says so in one line and exits 3"
 bash scripts/fetch-model.sh >/dev/null

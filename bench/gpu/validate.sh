@@ -14,7 +14,11 @@
 #               where there is no GPU)
 #   france      the real SmolLM2 on one worker: the France answer (greedy) must name Paris
 #   throughput  a same-shape synthetic model (`migserve synth`) on one worker on the whole
-#               device, `loadtest` at concurrency 1/16/64/256 (--quick: 1/8, shorter)
+#               device, `loadtest` at concurrency 1/16/64/256 (--quick: 1/8, shorter), with
+#               the worker's mean decode step per level (its `migserve_step_*` metrics)
+#   profile     the same worker with `--profile-steps` (the device synchronized after each
+#               forward pass) at concurrency 1 and 64 (CPU: 1 and 8): where a step's time goes,
+#               schedule / forward / sample / emit
 #   hf          HF transformers on the same shapes (hf_throughput.py; skipped with the
 #               reason when torch is missing)
 #   compare     seven workers on emulated 7x1g slices of the device against one on all of it
@@ -47,10 +51,10 @@ if [ "${1:-}" = stage ]; then
   fi
   exit 0
 fi
-[ "${1:-}" = run ] || { sed -n 2,26p "${BASH_SOURCE[0]}"; exit 2; }
+[ "${1:-}" = run ] || { sed -n 2,29p "${BASH_SOURCE[0]}"; exit 2; }
 shift
 
-device="" bundle="$stage/bundle" parts="tests,france,throughput,hf,compare" quick=0
+device="" bundle="$stage/bundle" parts="tests,france,throughput,profile,hf,compare" quick=0
 out="$stage/results"
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -78,14 +82,14 @@ if [ "$device" = cuda ]; then
     export LD_LIBRARY_PATH
   fi
   machine=$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | head -n1)
-  emulate_on=gpu full_batch=256 levels="1,16,64,256" sliced=7x1g.10gb
+  emulate_on=gpu full_batch=256 levels="1,16,64,256" profile_levels="1,64" sliced=7x1g.10gb
 else
   machine="$(nproc) CPU cores, $(lscpu | sed -n 's/^Model name: *//p')"
-  emulate_on=cpu full_batch=32 levels="1,16" sliced="$(( $(nproc) < 7 ? $(nproc) : 7 ))x1g.10gb"
+  emulate_on=cpu full_batch=32 levels="1,16" profile_levels="1,8" sliced="$(( $(nproc) < 7 ? $(nproc) : 7 ))x1g.10gb"
 fi
-duration=20 prompt=128 output=64
+duration=20 profile_duration=8 prompt=128 output=64
 if [ "$quick" = 1 ]; then
-  duration=6 output=16
+  duration=6 profile_duration=4 output=16
   [ "$device" = cpu ] && levels="1,8"
 fi
 
@@ -127,7 +131,29 @@ tok_s() {
 import json, sys
 r = json.load(open(sys.argv[1]))
 levels = r.get("levels", [])
-print(", ".join(f"c={l.get('concurrency')}: {l['output_tokens_per_sec']:.0f} tok/s ({l['requests_failed']} failed)" for l in levels))
+def step(l):
+    s = l.get("server_steps") or {}
+    if s.get("decode_step_ms") is None:
+        return ""
+    return f", decode step {s['decode_step_ms']:.2f} ms at batch {s['decode_batch']:.1f}"
+print(", ".join(f"c={l.get('concurrency')}: {l['output_tokens_per_sec']:.0f} tok/s ({l['requests_failed']} failed){step(l)}" for l in levels))
+EOF
+}
+
+# phases RESULT_JSON: per level, the mean decode step and the mean phases of every step.
+phases() {
+  python3 - "$1" <<'EOF'
+import json, sys
+r = json.load(open(sys.argv[1]))
+out = []
+for l in r.get("levels", []):
+    s = l.get("server_steps") or {}
+    p = s.get("phase_ms", {})
+    ph = " / ".join(f"{p.get(k, 0):.3f}" for k in ("schedule", "forward", "sample", "emit"))
+    d = s.get("decode_step_ms")
+    d = f"{d:.3f} ms at batch {s.get('decode_batch', 0):.1f}" if d is not None else "none"
+    out.append(f"c={l.get('concurrency')}: decode step {d}; schedule / forward / sample / emit {ph} ms")
+print("; ".join(out) or "no levels")
 EOF
 }
 
@@ -172,7 +198,7 @@ if has france; then
 fi
 
 synth="$bundle/synth-smollm2-135m.gguf"
-if { has throughput || has hf || has compare; } && [ ! -f "$synth" ]; then
+if { has throughput || has profile || has hf || has compare; } && [ ! -f "$synth" ]; then
   "$bin/migserve" synth --like smollm2-135m --tokenizer-from "$model" --out "$synth" \
     > "$out/synth.log" 2>&1 || { echo "migserve synth failed: $out/synth.log" >&2; }
 fi
@@ -194,6 +220,28 @@ if has throughput; then
     fi
   else
     record throughput failed $(( $(date +%s) - t0 )) "the worker did not start: throughput/worker.log"
+  fi
+fi
+
+if has profile; then
+  t0=$(date +%s)
+  mkdir -p "$out/profile"
+  if start_worker "$synth" "$out/profile/worker.log" --max-batch-size "$full_batch" \
+    --max-concurrent-requests 1024 --profile-steps; then
+    "$bin/loadtest" run --url "$url" --api tgi --concurrency "$profile_levels" \
+      --prompt-tokens "$prompt" --output-tokens "$output" --duration "$profile_duration" \
+      --max-in-flight 1024 --out "$out/profile" --name "migserve-$device-profile" --quiet \
+      > "$out/profile/loadtest.log" 2>&1
+    rc=$?
+    curl -sS "$url/metrics" > "$out/profile/metrics.txt" 2>/dev/null
+    stop_worker
+    if [ "$rc" = 0 ]; then
+      record profile passed $(( $(date +%s) - t0 )) "$(phases "$out/profile/result.json")"
+    else
+      record profile failed $(( $(date +%s) - t0 )) "loadtest exit $rc: profile/loadtest.log"
+    fi
+  else
+    record profile failed $(( $(date +%s) - t0 )) "the worker did not start: profile/worker.log"
   fi
 fi
 

@@ -56,6 +56,12 @@ pub struct EngineFlags {
     /// already computed (on by default).
     #[arg(long)]
     pub no_prefix_caching: bool,
+    /// Wait for the device at the end of every forward pass, so the step phase metrics
+    /// (`migserve_step_phase_seconds`) show the device's time under `forward` rather than
+    /// under `sample`; a profiling aid (it costs the overlap of the host's sampling
+    /// preparation with the device; nothing on the CPU).
+    #[arg(long)]
+    pub profile_steps: bool,
 }
 
 impl Default for EngineFlags {
@@ -74,6 +80,7 @@ impl Default for EngineFlags {
             default_max_new_tokens: 256,
             weights: None,
             no_prefix_caching: false,
+            profile_steps: false,
         }
     }
 }
@@ -186,6 +193,7 @@ mod tests {
             default_max_new_tokens: 5,
             weights: Some(WeightFormat::F32),
             no_prefix_caching: true,
+            profile_steps: true,
         };
         let mut argv = vec!["worker".to_string()];
         argv.extend(flags.to_args());

@@ -28,6 +28,7 @@ pub mod request;
 pub mod row_sampler;
 pub mod scheduler;
 pub mod step;
+pub mod step_clock;
 pub mod step_loop;
 pub mod validate;
 

@@ -24,6 +24,7 @@ use crate::grammar::GrammarCompiler;
 use crate::request::{GenerateRequest, Limits, Prompt};
 use crate::scheduler::SchedulerConfig;
 use crate::step::StepModel;
+use crate::step_clock::SyncAfterForward;
 use crate::step_loop::{self, EngineStatus, Submission};
 use crate::validate;
 
@@ -150,6 +151,10 @@ impl LocalEngine {
                 Box::new(fault::PanicAtStep::new(decoder, at))
             }
             None => Box::new(decoder),
+        };
+        let model: Box<dyn StepModel> = match flags.profile_steps {
+            true => Box::new(SyncAfterForward(model)),
+            false => model,
         };
         Self::start(EngineParts {
             model,

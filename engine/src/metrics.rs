@@ -41,6 +41,15 @@ pub const PREEMPTIONS: &str = "migserve_preemptions_total";
 pub const CANCELLED: &str = "migserve_cancelled_total";
 /// Forward passes run (counter).
 pub const STEPS: &str = "migserve_engine_steps_total";
+/// Seconds of a step that ran, schedule to last token sent, label `kind`: `decode` (one new
+/// token per sequence) or `prefill` (prompt chunks too) (histogram).
+pub const STEP_DURATION: &str = "migserve_step_duration_seconds";
+/// Sequences in the steps of [`STEP_DURATION`], label `kind`: over its count, the mean batch
+/// (counter).
+pub const STEP_SEQUENCES: &str = "migserve_step_sequences_total";
+/// Seconds of each phase of a step, label `phase`: `schedule`, `forward`, `sample`, `emit`
+/// (see `step_clock`) (histogram).
+pub const STEP_PHASE_DURATION: &str = "migserve_step_phase_seconds";
 
 /// Adds to a counter.
 pub fn counter_inc(name: &'static str, by: u64) {

@@ -37,6 +37,7 @@ use crate::request::EngineRequest;
 use crate::row_sampler::{sample_rows, RowRequest};
 use crate::scheduler::{Scheduler, SchedulerConfig, Sequence, StepPlan};
 use crate::step::StepModel;
+use crate::step_clock::{StepClock, StepKind, StepPhase};
 
 /// Most prompt tokens per step of a request that wants the prompt's log-probabilities: its
 /// logits come back for every position (`positions x vocab` f32), so its chunks stay small
@@ -512,6 +513,7 @@ impl<M: StepModel> StepLoop<M> {
     }
 
     fn step(&mut self) {
+        let mut clock = StepClock::start();
         let plan = self.scheduler.schedule(self.cache.blocks_mut());
         m::counter_inc(m::PREEMPTIONS, plan.preempted.len() as u64);
         for &(id, cached) in &plan.admitted {
@@ -546,7 +548,9 @@ impl<M: StepModel> StepLoop<M> {
             }
         }
         let pending = self.take_constraints(&plan);
+        clock.lap(StepPhase::Schedule);
         let (result, masks) = self.forward_beside_masks(&plan, &all_positions, pending);
+        clock.lap(StepPhase::Forward);
         for (id, constraint, mask) in masks {
             if let Some(a) = self.active.get_mut(&id) {
                 a.constraint = constraint;
@@ -614,7 +618,11 @@ impl<M: StepModel> StepLoop<M> {
             .filter(|(c, _)| ready.contains(&c.seq))
             .map(|(c, row)| (c.seq, row))
             .collect();
-        self.sample_and_emit(&logits, &due);
+        self.sample_and_emit(&logits, &due, &mut clock);
+        clock.finish(
+            StepKind::of(plan.chunks.iter().map(|c| c.len)),
+            plan.chunks.len(),
+        );
     }
 
     /// The constraints of the sequences whose chunk reaches their last token (they sample
@@ -730,8 +738,8 @@ impl<M: StepModel> StepLoop<M> {
     }
 
     /// Samples the next token of every sequence in `due` (each with its row of `logits`) where
-    /// the logits are, and sends each out.
-    fn sample_and_emit(&mut self, logits: &Tensor, due: &[(SeqId, usize)]) {
+    /// the logits are, and sends each out (lapping `clock` after each).
+    fn sample_and_emit(&mut self, logits: &Tensor, due: &[(SeqId, usize)], clock: &mut StepClock) {
         let mut planned: Vec<PlannedRow> = Vec::with_capacity(due.len());
         for &(id, row) in due {
             let Some(seq) = self.scheduler.get(id) else {
@@ -799,9 +807,11 @@ impl<M: StepModel> StepLoop<M> {
             }
         };
         drop(requests);
+        clock.lap(StepPhase::Sample);
         for (p, choice) in planned.into_iter().zip(choices) {
             self.emit(p.id, logits, p.row, choice);
         }
+        clock.lap(StepPhase::Emit);
     }
 
     /// Sends out the token a sequence chose (its grammar advanced, its alternatives read from

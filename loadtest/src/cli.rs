@@ -12,7 +12,7 @@ use tokio::sync::watch;
 
 use crate::corpus::PromptSource;
 use crate::dist::LengthDist;
-use crate::metrics::{self, MetricsCheck};
+use crate::metrics::{self, MetricsCheck, ServerSteps, StepTotals};
 use crate::report::Report;
 use crate::request::{Api, Target};
 use crate::run::{run_level, Level, LoadShape};
@@ -225,7 +225,10 @@ pub async fn measure(
             .prompt(i, shape.prompt_tokens.sample(&mut rng), &mut rng);
         crate::request::send(client, &shape.target, &prompt, 4, std::time::Instant::now()).await;
     }
-    let before = metrics::snapshot(client, url).await;
+    let first_metrics = metrics::fetch_settled(client, url).await;
+    let before = first_metrics.as_deref().and_then(metrics::snapshot);
+    let mut steps_before = first_metrics.as_deref().and_then(StepTotals::read);
+    let mut last_metrics = first_metrics;
     let mut report = Report {
         name: name.to_string(),
         url: url.to_string(),
@@ -242,10 +245,16 @@ pub async fn measure(
             report.interrupted = true;
             break;
         }
-        let result = run_level(&shape, client, level, cancel.clone()).await;
+        let mut result = run_level(&shape, client, level, cancel.clone()).await;
+        last_metrics = metrics::fetch_settled(client, url).await;
+        let steps_after = last_metrics.as_deref().and_then(StepTotals::read);
+        if let (Some(b), Some(a)) = (&steps_before, &steps_after) {
+            result.server_steps = Some(ServerSteps::between(b, a));
+        }
+        steps_before = steps_after;
         if !load.quiet {
             eprintln!(
-                "{name} {}: {} ok, {} failed, {:.1} output tok/s, TTFT p50 {:.0} ms, e2e p50 {:.0} ms{}",
+                "{name} {}: {} ok, {} failed, {:.1} output tok/s, TTFT p50 {:.0} ms, e2e p50 {:.0} ms{}{}",
                 result.label,
                 result.requests_ok,
                 result.requests_failed,
@@ -255,13 +264,22 @@ pub async fn measure(
                 result
                     .cached_share
                     .map(|s| format!(", {:.0} % of prompt tokens cached", s * 100.0))
+                    .unwrap_or_default(),
+                result
+                    .server_steps
+                    .as_ref()
+                    .and_then(|s| Some(format!(
+                        ", decode step {:.2} ms at batch {:.1}",
+                        s.decode_step_ms?,
+                        s.decode_batch?
+                    )))
                     .unwrap_or_default()
             );
         }
         report.interrupted |= result.interrupted;
         report.levels.push(result);
     }
-    let after = metrics::snapshot(client, url).await;
+    let after = last_metrics.as_deref().and_then(metrics::snapshot);
     let comparable =
         matches!((&before, &after), (Some(b), Some(a)) if b.requests_metric == a.requests_metric);
     if let (Some(before), Some(after), false, true) =

@@ -107,6 +107,9 @@ impl Report {
                 shares.join(", ")
             );
         }
+        if self.levels.iter().any(|l| l.server_steps.is_some()) {
+            self.steps_table(&mut out);
+        }
         if self.levels.iter().any(|l| !l.errors.is_empty()) {
             let _ = writeln!(out, "\nErrors by type:\n");
             for l in self.levels.iter().filter(|l| !l.errors.is_empty()) {
@@ -169,6 +172,43 @@ impl Report {
             );
         }
         out
+    }
+
+    /// The server's step metrics per level (a migserve worker's `migserve_step_*`).
+    fn steps_table(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "\nServer steps (the worker's `/metrics`; on a GPU `forward` is the time to enqueue its kernels unless the worker runs with `--profile-steps`):\n"
+        );
+        let _ = writeln!(
+            out,
+            "| level | decode steps | decode batch | decode step (ms) | prefill steps | prefill step (ms) | schedule / forward / sample / emit (ms per step) |"
+        );
+        let _ = writeln!(out, "|---|---|---|---|---|---|---|");
+        let opt = |v: Option<f64>, digits: usize| match v {
+            Some(v) => format!("{v:.digits$}"),
+            None => "-".into(),
+        };
+        for l in &self.levels {
+            let Some(s) = &l.server_steps else {
+                continue;
+            };
+            let phases: Vec<String> = ["schedule", "forward", "sample", "emit"]
+                .iter()
+                .map(|p| opt(s.phase_ms.get(*p).copied(), 3))
+                .collect();
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} | {} |",
+                l.label,
+                s.decode_steps,
+                opt(s.decode_batch, 1),
+                opt(s.decode_step_ms, 3),
+                s.prefill_steps,
+                opt(s.prefill_step_ms, 3),
+                phases.join(" / ")
+            );
+        }
     }
 
     /// Latency against throughput, one point per level: TTFT and e2e p50 and p99.

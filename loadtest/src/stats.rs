@@ -80,6 +80,9 @@ pub struct LevelResult {
     pub answered_by_a_slice: u64,
     /// Cut short by Ctrl-C.
     pub interrupted: bool,
+    /// The server's own step metrics over this level, when it is a migserve worker.
+    #[serde(default)]
+    pub server_steps: Option<crate::metrics::ServerSteps>,
 }
 
 impl LevelResult {

@@ -304,6 +304,90 @@ fn counts_agree_with_the_servers_own_metrics() {
 }
 
 #[test]
+fn a_workers_step_metrics_are_reported_per_level() {
+    let model = model_file::model_path();
+    let (_worker, url) = start(
+        &[
+            "worker",
+            "--model",
+            model.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--kv-cache-tokens",
+            "2048",
+            "--no-prefix-caching",
+            // On the CPU it only waits for nothing: the same steps, the same phases.
+            "--profile-steps",
+        ],
+        "migserve worker listening on ",
+    );
+    let out = temp_dir("steps");
+    let result = loadtest(&[
+        "run",
+        "--url",
+        &url,
+        "--api",
+        "tgi",
+        "--concurrency",
+        "1,4",
+        "--requests",
+        "8",
+        "--output-tokens",
+        "6",
+        "--prompt-tokens",
+        "24",
+        "--quiet",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    let report = json(&out.join("result.json"));
+    let levels = report["levels"].as_array().unwrap();
+    for level in levels {
+        let steps = &level["server_steps"];
+        let decode = steps["decode_steps"].as_u64().unwrap();
+        let prefill = steps["prefill_steps"].as_u64().unwrap();
+        // Each request: one step over its prompt gives its first token, one decode step each
+        // of the other five (a step may run several requests' prompts or decodes together).
+        assert!(
+            (1..=8).contains(&prefill) && (5..=40).contains(&decode),
+            "{steps}"
+        );
+        let batch = steps["decode_batch"].as_f64().unwrap();
+        let step_ms = |key: &str| steps[key].as_f64().unwrap();
+        let phases: f64 = ["schedule", "forward", "sample", "emit"]
+            .iter()
+            .map(|p| steps["phase_ms"][p].as_f64().unwrap())
+            .sum();
+        // The phases cover the whole step, back to back.
+        let mean = (step_ms("decode_step_ms") * decode as f64
+            + step_ms("prefill_step_ms") * prefill as f64)
+            / (decode + prefill) as f64;
+        assert!(
+            (phases - mean).abs() <= 0.05 * mean,
+            "{phases} vs {mean}: {steps}"
+        );
+        assert!(
+            steps["phase_ms"]["forward"].as_f64().unwrap() > 0.0,
+            "{steps}"
+        );
+        if level["label"] == "c=1" {
+            // One client: exactly one sequence per decode step, five per request.
+            assert_eq!(batch, 1.0, "{steps}");
+            assert_eq!((decode, prefill), (40, 8), "{steps}");
+        } else {
+            assert!((1.0..=4.0).contains(&batch), "{steps}");
+        }
+    }
+    let summary = std::fs::read_to_string(out.join("summary.md")).unwrap();
+    assert!(summary.contains("Server steps"), "{summary}");
+}
+
+#[test]
 fn compare_runs_each_layout_and_writes_one_report() {
     let (_a, url_a) = fake_worker(&[]);
     let (_b, url_b) = fake_worker(&[]);

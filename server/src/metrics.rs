@@ -15,6 +15,12 @@ const LATENCY_BUCKETS: &[f64] = &[
 const PER_TOKEN_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28,
 ];
+/// Steps and their phases: from a small model's decode step on a GPU (well under a
+/// millisecond) to a long prompt chunk on a CPU.
+const STEP_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015,
+    0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
 
 /// Labels every series of this process carries.
 #[derive(Debug, Clone)]
@@ -36,7 +42,9 @@ pub fn install(labels: &MetricLabels) -> anyhow::Result<PrometheusHandle> {
         .set_buckets_for_metric(
             Matcher::Full(TIME_PER_OUTPUT_TOKEN.into()),
             PER_TOKEN_BUCKETS,
-        )?;
+        )?
+        .set_buckets_for_metric(Matcher::Full(STEP_DURATION.into()), STEP_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(STEP_PHASE_DURATION.into()), STEP_BUCKETS)?;
     let handle = builder.install_recorder()?;
     describe();
     Ok(handle)
@@ -94,6 +102,17 @@ fn describe() {
     describe_counter!(CANCELLED, "Requests cancelled by client disconnect");
     describe_counter!(ERRORS, "Failed requests by error_type");
     describe_counter!(STEPS, "Forward passes run");
+    describe_histogram!(
+        STEP_DURATION,
+        Unit::Seconds,
+        "Steps that ran, by kind (decode or prefill)"
+    );
+    describe_counter!(STEP_SEQUENCES, "Sequences in the steps, by kind");
+    describe_histogram!(
+        STEP_PHASE_DURATION,
+        Unit::Seconds,
+        "Step phases: schedule, forward, sample, emit"
+    );
 }
 
 /// Counts one failed request.
