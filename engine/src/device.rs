@@ -137,6 +137,24 @@ pub fn kv_tokens_for(free_bytes: usize, fraction: f64, bytes_per_position: usize
     ((free_bytes as f64 * fraction) / bytes_per_position.max(1) as f64) as usize
 }
 
+/// Memory a worker needs for `weight_bytes` of weights and `kv_bytes` of KV cache: both plus
+/// 10 % for activations and the runtime. Placement estimates with it and a worker given a
+/// memory budget sizes its KV cache by its inverse ([`kv_tokens_in_budget`]).
+pub fn footprint_bytes(weight_bytes: u64, kv_bytes: u64) -> u64 {
+    (weight_bytes.saturating_add(kv_bytes) as f64 * 1.1) as u64
+}
+
+/// KV cache positions of `bytes_per_position` that a worker with `budget` bytes in all has
+/// room for beside `weight_bytes` of weights (the inverse of [`footprint_bytes`]); 0 when
+/// the weights alone take the budget.
+pub fn kv_tokens_in_budget(budget: u64, weight_bytes: u64, bytes_per_position: usize) -> usize {
+    let room = budget as f64 / 1.1 - weight_bytes as f64;
+    if room <= 0.0 {
+        return 0;
+    }
+    (room / bytes_per_position.max(1) as f64) as usize
+}
+
 /// GiB with one decimal, for messages.
 pub fn gib(bytes: usize) -> String {
     format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
@@ -150,6 +168,21 @@ mod tests {
     fn kv_tokens_scale_with_memory_and_fraction() {
         assert_eq!(kv_tokens_for(1 << 30, 0.5, 1024), 1 << 19);
         assert_eq!(kv_tokens_for(0, 0.9, 1024), 0);
+    }
+
+    #[test]
+    fn a_budget_holds_the_cache_its_footprint_was_sized_with() {
+        let (weights, per_position) = (150_000_000u64, 23_040usize);
+        for tokens in [1usize, 4096, 16384, 100_000] {
+            let budget = footprint_bytes(weights, (tokens * per_position) as u64);
+            let back = kv_tokens_in_budget(budget, weights, per_position);
+            assert!(back.abs_diff(tokens) <= 1, "{tokens} -> {back}");
+        }
+        assert_eq!(
+            kv_tokens_in_budget(100, 1_000, 10),
+            0,
+            "weights over budget"
+        );
     }
 
     #[cfg(not(feature = "cuda"))]

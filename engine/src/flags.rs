@@ -62,6 +62,13 @@ pub struct EngineFlags {
     /// preparation with the device; nothing on the CPU).
     #[arg(long)]
     pub profile_steps: bool,
+    /// Bytes of memory this worker may use in all (weights, KV cache, activations): its
+    /// share of a slice it shares with other workers. Without --kv-cache-tokens the KV cache
+    /// gets what the weights leave of it (less the 10 % kept for activations; on a GPU never
+    /// more than --kv-memory-fraction of what is free). `serve` sets it for workers that
+    /// share a slice; default: the whole device.
+    #[arg(long)]
+    pub memory_budget_bytes: Option<u64>,
 }
 
 impl Default for EngineFlags {
@@ -81,6 +88,7 @@ impl Default for EngineFlags {
             weights: None,
             no_prefix_caching: false,
             profile_steps: false,
+            memory_budget_bytes: None,
         }
     }
 }
@@ -105,6 +113,9 @@ impl EngineFlags {
         }
         if self.default_max_new_tokens == 0 {
             return Err("--default-max-new-tokens must be at least 1".into());
+        }
+        if self.memory_budget_bytes == Some(0) {
+            return Err("--memory-budget-bytes must be positive".into());
         }
         Ok(())
     }
@@ -194,6 +205,7 @@ mod tests {
             weights: Some(WeightFormat::F32),
             no_prefix_caching: true,
             profile_steps: true,
+            memory_budget_bytes: Some(3_000_000_000),
         };
         let mut argv = vec!["worker".to_string()];
         argv.extend(flags.to_args());

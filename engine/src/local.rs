@@ -84,17 +84,37 @@ impl LocalEngine {
         sync(device)?;
         let config = model.config().clone();
         let bytes_per_position = config.kv_bytes_per_position(kind.kv_element_bytes());
-        let kv_cache_tokens = match (flags.kv_cache_tokens, device::memory(device)?) {
+        let free = device::memory(device)?.map(|(free, _)| free);
+        let kv_cache_tokens = match (flags.kv_cache_tokens, flags.memory_budget_bytes) {
             (Some(tokens), _) => tokens,
-            (None, None) => DEFAULT_KV_CACHE_TOKENS,
-            (None, Some((free, _))) => {
-                device::kv_tokens_for(free, flags.kv_memory_fraction, bytes_per_position)
+            (None, Some(budget)) => {
+                let weight_bytes = weight_bytes(path, weights)?;
+                let in_budget =
+                    device::kv_tokens_in_budget(budget, weight_bytes, bytes_per_position);
+                match free {
+                    Some(free) => in_budget.min(device::kv_tokens_for(
+                        free,
+                        flags.kv_memory_fraction,
+                        bytes_per_position,
+                    )),
+                    None => in_budget,
+                }
             }
+            (None, None) => match free {
+                Some(free) => {
+                    device::kv_tokens_for(free, flags.kv_memory_fraction, bytes_per_position)
+                }
+                None => DEFAULT_KV_CACHE_TOKENS,
+            },
         };
         let kv_blocks = kv_cache_tokens / flags.block_size;
         if kv_blocks == 0 {
+            let within = flags
+                .memory_budget_bytes
+                .map(|b| format!(" (memory budget {})", device::gib(b as usize)))
+                .unwrap_or_default();
             return Err(DeviceUnusable(format!(
-                "no room for a KV cache: {kv_cache_tokens} positions is less than one block of {}",
+                "no room for a KV cache{within}: {kv_cache_tokens} positions is less than one block of {}",
                 flags.block_size
             ))
             .into());
@@ -401,6 +421,17 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
+/// Bytes the weights of the model at `path` take when held as `weights`.
+fn weight_bytes(path: &Path, weights: WeightFormat) -> Result<u64, StartError> {
+    let model_error = |source| StartError::Model {
+        path: path.display().to_string(),
+        source,
+    };
+    let source = ModelSource::open(path).map_err(model_error)?;
+    let config = source.config().map_err(model_error)?;
+    Ok(source.weight_bytes(&config, weights))
+}
+
 /// Refuses, before loading, a model whose weights cannot fit in the GPU's free memory.
 fn check_weights_fit(
     path: &Path,
@@ -410,13 +441,7 @@ fn check_weights_fit(
     let Some((free, total)) = device::memory(device)? else {
         return Ok(());
     };
-    let model_error = |source| StartError::Model {
-        path: path.display().to_string(),
-        source,
-    };
-    let source = ModelSource::open(path).map_err(model_error)?;
-    let config = source.config().map_err(model_error)?;
-    let need = source.weight_bytes(&config, weights) as usize;
+    let need = weight_bytes(path, weights)? as usize;
     if need > free {
         return Err(DeviceUnusable(format!(
             "{} needs {} for its weights ({}) but the GPU has {} free of {} \

@@ -90,6 +90,13 @@ impl ApiKeys {
         format!("migserve-{:032x}", rand::random::<u128>())
     }
 
+    /// Whether `key` is one of the keys.
+    pub fn accepts_key(&self, key: &str) -> bool {
+        self.keys
+            .iter()
+            .fold(false, |ok, k| ok | constant_time_eq(k, key.as_bytes()))
+    }
+
     /// Whether `path` may be called without a key.
     fn is_open(&self, path: &str) -> bool {
         matches!(path, "/health" | "/openapi.json" | "/docs")

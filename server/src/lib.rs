@@ -10,6 +10,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod contract;
+pub mod fleet;
 pub mod logging;
 pub mod metrics;
 pub mod net;

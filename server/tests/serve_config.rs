@@ -118,10 +118,49 @@ fn more_replicas_than_slices_are_refused() {
         "replicas",
         &format!("{SLICES}[[models]]\nname = \"smol\"\npath = \"{{model}}\"\nreplicas = 4\n"),
         &[
-            "model \"smol\"",
-            "4 replicas",
-            "only 3 of 3 slices are free",
+            "model \"smol\" (pinned) found no room",
+            "already holds a replica of \"smol\"",
+            "cpu0 holds smol, cpu1 holds smol, cpu2 holds smol",
         ],
+    );
+}
+
+#[test]
+fn a_pinned_model_without_room_is_refused_naming_who_took_the_slices() {
+    // The report this replaces blamed "0 of 3 slices are free" on the second model.
+    refused(
+        "taken",
+        &format!(
+            "{SLICES}[lifecycle]\nmax_models_per_slice = 1\n\
+             [[models]]\nname = \"smol\"\npath = \"{{model}}\"\nreplicas = 3\n\
+             [[models]]\nname = \"gemma\"\npath = \"{{model}}\"\n"
+        ),
+        &[
+            "model \"gemma\" (pinned) found no room",
+            "cpu0 holds smol, cpu1 holds smol, cpu2 holds smol",
+            "replicas = 0 to load it on demand",
+        ],
+    );
+}
+
+#[test]
+fn on_demand_models_are_listed_with_the_slices_they_fit() {
+    let (ok, stdout, stderr) = check(
+        "on-demand",
+        &format!(
+            "{SLICES}[[models]]\nname = \"smol\"\npath = \"{{model}}\"\nreplicas = 2\n\
+             [[models]]\nname = \"later\"\npath = \"{{model}}\"\nreplicas = 0\n"
+        ),
+    );
+    assert!(ok, "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    assert!(lines[0].starts_with("cpu0\t1g.10gb\tsmol\t"), "{stdout}");
+    assert!(lines[1].starts_with("cpu1\t1g.10gb\tsmol\t"), "{stdout}");
+    assert!(
+        lines[2].starts_with("-\t-\tlater\ton-demand\t")
+            && lines[2].ends_with("fits cpu0,cpu1,cpu2"),
+        "{stdout}"
     );
 }
 

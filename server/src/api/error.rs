@@ -48,15 +48,24 @@ pub enum ApiError {
     /// The engine crashed while the request was in flight (500); the worker restarts.
     #[error("{0}")]
     Crashed(String),
+    /// The requested model can go on no slice of this machine (too big, wrong device): 422
+    /// (400 on OpenAI routes), naming the model and what it needs.
+    #[error("{0}")]
+    Unplaceable(String),
+    /// The request conflicts with the server's state (an admin call: unload a pinned
+    /// model, load past `max_replicas`) (409).
+    #[error("{0}")]
+    Conflict(String),
 }
 
 impl ApiError {
     /// The HTTP status code.
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::Validation(_) | ApiError::InvalidParam { .. } => {
+            ApiError::Validation(_) | ApiError::InvalidParam { .. } | ApiError::Unplaceable(_) => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -82,6 +91,8 @@ impl ApiError {
             ApiError::Unhealthy(_) => "unhealthy",
             ApiError::NotFound(_) => "not_found",
             ApiError::Crashed(_) => "engine_crashed",
+            ApiError::Unplaceable(_) => "unplaceable",
+            ApiError::Conflict(_) => "conflict",
         }
     }
 
@@ -106,7 +117,9 @@ impl ApiError {
     /// (OpenAI's and vLLM's status; TGI's is 422).
     pub fn openai_status(&self) -> StatusCode {
         match self {
-            ApiError::Validation(_) | ApiError::InvalidParam { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Validation(_) | ApiError::InvalidParam { .. } | ApiError::Unplaceable(_) => {
+                StatusCode::BAD_REQUEST
+            }
             other => other.status(),
         }
     }
@@ -118,7 +131,9 @@ impl ApiError {
             | ApiError::InvalidParam { .. }
             | ApiError::PayloadTooLarge(_)
             | ApiError::RequestTimeout(_)
-            | ApiError::MethodNotAllowed(_) => "invalid_request_error",
+            | ApiError::MethodNotAllowed(_)
+            | ApiError::Unplaceable(_)
+            | ApiError::Conflict(_) => "invalid_request_error",
             ApiError::Unauthorized(_) => "authentication_error",
             ApiError::NotFound(_) => "not_found_error",
             ApiError::Overloaded(_) => "rate_limit_error",

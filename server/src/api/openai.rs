@@ -310,6 +310,16 @@ pub struct ModelCard {
     pub object: String,
     pub created: u64,
     pub owned_by: String,
+    /// Through `serve`: whether the model is loaded (`unloaded`, `loading`, `loaded`,
+    /// `draining`, `failed`), in the shape llama.cpp's router mode uses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<ModelStatus>,
+}
+
+/// `status` of a [`ModelCard`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
+pub struct ModelStatus {
+    pub value: String,
 }
 
 /// Response of `GET /v1/models`.

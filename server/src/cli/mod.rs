@@ -2,6 +2,7 @@
 
 mod generate;
 mod plan;
+mod reload;
 mod serve;
 mod slices;
 mod synth;
@@ -30,8 +31,11 @@ pub enum Command {
     Worker(crate::worker::WorkerArgs),
     /// List the GPU's MIG slices (or emulated / inventoried ones).
     Slices(slices::SlicesArgs),
-    /// Run the supervisor and router: one worker per slice behind one endpoint.
+    /// Run the supervisor and router: workers on slices behind one endpoint, models loaded
+    /// on demand.
     Serve(serve::ServeArgs),
+    /// Make a running `serve` read its config again and apply the difference.
+    Reload(reload::ReloadArgs),
     /// Write a model of a known shape with random weights (benchmarks without downloads).
     Synth(synth::SynthArgs),
     /// Recommend a MIG layout (mig-parted config + migserve config) for a set of models.
@@ -45,6 +49,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Worker(args) => crate::worker::run(args),
         Command::Slices(args) => slices::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::Reload(args) => reload::run(args),
         Command::Synth(args) => synth::run(args),
         Command::Plan(args) => plan::run(args),
     }

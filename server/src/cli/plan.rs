@@ -59,6 +59,7 @@ fn parse_model(text: &str, kv_cache_tokens: usize) -> anyhow::Result<ModelNeed> 
         name: name.into(),
         path: PathBuf::from(what),
         replicas: None,
+        max_replicas: None,
         profiles: None,
         slices: None,
         device: Some(DeviceKind::Cuda),
@@ -66,6 +67,7 @@ fn parse_model(text: &str, kv_cache_tokens: usize) -> anyhow::Result<ModelNeed> 
             kv_cache_tokens: Some(kv_cache_tokens),
             ..Default::default()
         },
+        from_models_dir: false,
     };
     let bytes = footprint(&section, DeviceKind::Cuda).map_err(anyhow::Error::msg)?;
     // Absolute, so the written config works from wherever it is put.

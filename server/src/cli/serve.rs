@@ -1,20 +1,23 @@
-//! `migserve serve`: discover slices, place models, supervise one worker per slice, and serve
-//! one endpoint in front of them.
+//! `migserve serve`: discover slices, place the pinned models, start the fleet (which loads
+//! the others on demand), and serve one endpoint in front of them; SIGHUP reloads the config.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Context;
 
-use crate::config::{placement, DeployConfig, EMBEDDED_DEFAULT};
+use crate::config::{placement, ConfigSource, DeployConfig};
+use crate::fleet::admin::{AdminAccess, AdminKeyArgs};
+use crate::fleet::Fleet;
 use crate::slices::ProbeError;
-use crate::supervisor::{Supervisor, Timings};
+use crate::supervisor::Timings;
 
 /// Arguments of `migserve serve`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeArgs {
     /// Deployment config (TOML); default: the embedded configs/local.toml (CPU, three
-    /// emulated slices, SmolLM2), with paths relative to ./configs.
+    /// emulated slices, SmolLM2), with paths relative to the repository's configs/.
     #[arg(long, env = "MIGSERVE_CONFIG")]
     pub config: Option<PathBuf>,
     /// Listen address; overrides the config's `listen`.
@@ -29,24 +32,23 @@ pub struct ServeArgs {
     pub inventory: Option<PathBuf>,
     #[command(flatten)]
     pub auth: crate::auth::ApiKeyArgs,
+    #[command(flatten)]
+    pub admin: AdminKeyArgs,
 }
 
-/// Loads a config file, or the embedded default.
-pub fn load_config(path: Option<&Path>) -> anyhow::Result<DeployConfig> {
-    Ok(match path {
-        Some(path) => DeployConfig::from_file(path)?,
-        None => DeployConfig::from_str_at(
-            EMBEDDED_DEFAULT,
-            "embedded default (configs/local.toml)",
-            Path::new("configs"),
-        )?,
-    })
+fn source_of(path: Option<&Path>) -> ConfigSource {
+    match path {
+        Some(p) => ConfigSource::File(p.to_path_buf()),
+        None => ConfigSource::Embedded,
+    }
 }
 
-/// Runs `migserve serve` until SIGTERM or Ctrl-C.
+/// Runs `migserve serve` until SIGTERM or Ctrl-C; SIGHUP reloads the config.
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let keys = crate::auth::ApiKeys::from_args(&args.auth)?;
-    let mut config = load_config(args.config.as_deref())?;
+    let admin = AdminAccess::from_args(&args.admin, keys.as_deref())?;
+    let source = source_of(args.config.as_deref());
+    let mut config = DeployConfig::load(&source)?;
     if let Some(listen) = args.listen {
         config.listen = listen;
     }
@@ -65,47 +67,21 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         })?
     };
     let assignments = placement::place(&config, &slices)?;
-    for a in &assignments {
-        tracing::info!(
-            slice = %a.slice.id,
-            profile = %a.slice.profile,
-            model = %a.model.name,
-            device = ?a.device,
-            footprint_gb = a.footprint_bytes as f64 / 1e9,
-            "placed"
-        );
-    }
-    let idle: Vec<&str> = slices
-        .iter()
-        .filter(|s| !assignments.iter().any(|a| a.slice.id == s.id))
-        .map(|s| s.id.as_str())
-        .collect();
-    if !idle.is_empty() {
-        tracing::info!(slices = ?idle, "slices left idle (no model placed on them)");
-    }
+    report_placement(&config, &slices, &assignments, args.check);
     if args.check {
-        for a in &assignments {
-            println!(
-                "{}\t{}\t{}\t{:?}\t{:.2} GB",
-                a.slice.id,
-                a.slice.profile,
-                a.model.name,
-                a.device,
-                a.footprint_bytes as f64 / 1e9
-            );
-        }
         return Ok(());
     }
     let exe = std::env::current_exe().context("finding the migserve binary")?;
     // A keyed front gives its workers a key of their own (in their environment, not on
     // their command line, where any user could read it) and calls them with it; its
-    // clients' keys go nowhere.
+    // clients' keys go nowhere, nor does the admin key.
     let outgoing = keys.as_ref().map(|_| crate::auth::ApiKeys::worker_key());
     match &outgoing {
         Some(key) => std::env::set_var(crate::auth::API_KEY_ENV, key),
         None => std::env::remove_var(crate::auth::API_KEY_ENV),
     }
     std::env::remove_var("MIGSERVE_API_KEY_FILE");
+    std::env::remove_var(crate::fleet::admin::ADMIN_KEY_ENV);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -117,10 +93,14 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding {}", config.listen))?;
         let local = listener.local_addr()?;
-        let supervisor = Supervisor::start(assignments, timings.clone(), exe);
-        let front = crate::router::Front::new(supervisor.slots(), &config, outgoing.as_deref());
+        let fleet = Fleet::new(config.clone(), slices, timings.clone(), exe, outgoing);
+        fleet.set_source(source);
+        let front = crate::router::Front::new(&config, fleet.clone());
+        fleet.attach(&front);
+        fleet.start()?;
         let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-        let app = crate::auth::protect(front.app(), keys);
+        let app = crate::auth::protect(front.app(), keys)
+            .merge(crate::fleet::admin::routes(fleet.clone(), admin));
         let app = crate::access_log::layer(app, crate::access_log::AccessLog { info: true });
         let limits = front_limits(&config.router);
         let server =
@@ -131,10 +111,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         // Machine-readable ready line (the workers may still be loading: see /slices).
         println!("{}http://{local}", crate::contract::SERVE_READY_PREFIX);
         tracing::info!(%local, "front listening");
-        crate::net::shutdown_signal().await;
+        serve_until_stopped(&fleet).await;
         tracing::info!(
             drain_secs = timings.drain.as_secs_f64(),
-            "shutting down: no new requests, draining"
+            "shutting down: listener closed, no new requests, draining"
         );
         let _ = stop_tx.send(true);
         let drain_started = std::time::Instant::now();
@@ -144,10 +124,113 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         // Workers get what is left of the drain (for requests sent to them directly), then
         // the stop timeout, between SIGTERM and SIGKILL.
         let left = timings.drain.saturating_sub(drain_started.elapsed());
-        supervisor.shutdown(left + timings.stop).await;
+        fleet.shutdown(left + timings.stop).await;
         tracing::info!("all workers stopped");
         anyhow::Ok(())
     })
+}
+
+/// Waits for SIGTERM or Ctrl-C; reloads the config on each SIGHUP meanwhile.
+async fn serve_until_stopped(fleet: &Arc<Fleet>) {
+    let stop = crate::net::shutdown_signal();
+    tokio::pin!(stop);
+    let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; reload with `migserve reload`");
+            None
+        }
+    };
+    loop {
+        let hangup = async {
+            match hangups.as_mut() {
+                Some(s) => s.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = hangup => {
+                tracing::info!("SIGHUP: reloading the config");
+                if let Err(why) = fleet.reload_from_source() {
+                    tracing::error!(%why, "reload refused; nothing changed");
+                }
+            }
+        }
+    }
+}
+
+/// Logs the placement (and with `--check` prints it: one line per pinned worker, then one
+/// per on-demand model with where it fits).
+fn report_placement(
+    config: &DeployConfig,
+    slices: &[crate::slices::Slice],
+    assignments: &[placement::Assignment],
+    print: bool,
+) {
+    let sharing = placement::Sharing::of(config, slices.len());
+    tracing::info!(?sharing, "slice memory sharing");
+    for a in assignments {
+        tracing::info!(
+            slice = %a.slice.id,
+            profile = %a.slice.profile,
+            model = %a.model.name,
+            device = ?a.device,
+            footprint_gb = a.footprint_bytes as f64 / 1e9,
+            share_gb = a.share_bytes.map(|b| b as f64 / 1e9),
+            "placed"
+        );
+        if print {
+            println!(
+                "{}\t{}\t{}\t{:?}\t{:.2} GB",
+                a.slice.id,
+                a.slice.profile,
+                a.model.name,
+                a.device,
+                a.footprint_bytes as f64 / 1e9
+            );
+        }
+    }
+    let mut footprints = placement::Footprints::default();
+    for model in config.models.iter().filter(|m| !m.is_pinned()) {
+        let fits: Vec<String> = slices
+            .iter()
+            .filter(|s| {
+                let device = placement::device_for(model, s);
+                footprints
+                    .of(model, device)
+                    .and_then(|f| sharing.share(s, &model.name, f))
+                    .is_ok()
+            })
+            .map(|s| s.id.clone())
+            .collect();
+        let need = slices
+            .first()
+            .map(|s| footprints.of(model, placement::device_for(model, s)));
+        let need = match need {
+            Some(Ok(bytes)) => format!("{:.2} GB", bytes as f64 / 1e9),
+            Some(Err(e)) => format!("unreadable: {e}"),
+            None => "-".into(),
+        };
+        if fits.is_empty() {
+            tracing::warn!(model = %model.name, %need, "on-demand model fits no slice");
+        }
+        if print {
+            let fits = match fits.is_empty() {
+                true => "fits no slice".to_string(),
+                false => format!("fits {}", fits.join(",")),
+            };
+            println!("-\t-\t{}\ton-demand\t{need}\t{fits}", model.name);
+        }
+    }
+    let idle: Vec<&str> = slices
+        .iter()
+        .filter(|s| !assignments.iter().any(|a| a.slice.id == s.id))
+        .map(|s| s.id.as_str())
+        .collect();
+    if !idle.is_empty() {
+        tracing::info!(slices = ?idle, "slices free for on-demand models");
+    }
 }
 
 /// The front's connection limits, the cap held under what the open-files limit allows.

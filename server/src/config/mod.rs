@@ -3,6 +3,7 @@
 //!
 //! Unknown keys are refused; relative paths are relative to the config file.
 
+pub mod catalogue;
 pub mod placement;
 
 use std::net::SocketAddr;
@@ -14,9 +15,19 @@ use serde::Deserialize;
 use crate::contract::DeviceKind;
 use crate::slices::emulate::{self, EmulationTarget};
 use crate::slices::{Profile, SliceSource};
+pub use catalogue::{LifecycleSection, Pinning};
 
 /// The embedded default deployment: CPU, three emulated slices, the real SmolLM2 model.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../../../configs/local.toml");
+
+/// Where a deployment config comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ConfigSource {
+    /// A TOML file (`--config`).
+    File(PathBuf),
+    /// The embedded `configs/local.toml`.
+    Embedded,
+}
 
 /// Why a config was refused.
 #[derive(Debug, thiserror::Error)]
@@ -49,9 +60,17 @@ pub struct DeployConfig {
     /// Request routing across slices.
     #[serde(default)]
     pub router: RouterSection,
-    /// Models and where they run.
+    /// The catalogue: every model that may run, with its pinned replicas (those found in
+    /// `models_dir` are appended, on demand).
     #[serde(default)]
     pub models: Vec<ModelSection>,
+    /// A folder whose GGUF files and Hugging Face directories are catalogued on demand under
+    /// their file or folder names.
+    #[serde(default)]
+    pub models_dir: Option<PathBuf>,
+    /// How models come and go while serving.
+    #[serde(default)]
+    pub lifecycle: LifecycleSection,
     /// Workers running elsewhere (other nodes), balanced like local ones.
     #[serde(default)]
     pub remote: Vec<RemoteSection>,
@@ -62,7 +81,7 @@ pub struct DeployConfig {
 }
 
 /// One `[[discover]]` entry: every address `dns` resolves to is a worker of `model`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DiscoverSection {
     /// Prefix of the discovered slices' names (`NAME/IP:PORT`).
@@ -107,7 +126,7 @@ pub enum RoutingPolicy {
 }
 
 /// `[router]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RouterSection {
     pub policy: RoutingPolicy,
@@ -163,7 +182,7 @@ impl Default for RouterSection {
 }
 
 /// One `[[remote]]` worker: a `migserve worker` (or any TGI-compatible server) elsewhere.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RemoteSection {
     /// Slice name used in `x-slice`, `/slices` and metrics.
@@ -180,6 +199,30 @@ pub struct RemoteSection {
     pub api_key: Option<String>,
 }
 
+/// Where the embedded default's `configs/` folder may be: the working directory's, those
+/// above the running binary (`target/release/migserve` in a checkout), and the source tree
+/// this binary was built from.
+fn embedded_bases() -> Vec<PathBuf> {
+    let mut bases = vec![PathBuf::from("configs")];
+    if let Ok(exe) = std::env::current_exe() {
+        for dir in exe.ancestors().skip(1).take(4) {
+            bases.push(dir.join("configs"));
+        }
+    }
+    bases.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs"));
+    let mut seen = Vec::new();
+    bases.retain(|b| {
+        let key = std::fs::canonicalize(b).unwrap_or_else(|_| b.clone());
+        let fresh = b.is_dir() && !seen.contains(&key);
+        seen.push(key);
+        fresh
+    });
+    if bases.is_empty() {
+        bases.push(PathBuf::from("configs"));
+    }
+    bases
+}
+
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8080))
 }
@@ -194,7 +237,7 @@ pub enum SourceKind {
 }
 
 /// `[slices]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SlicesSection {
     pub source: SourceKind,
@@ -207,7 +250,7 @@ pub struct SlicesSection {
 }
 
 /// `[supervisor]`: how workers are started, watched and stopped.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SupervisorSection {
     /// Seconds a worker may take to load its model and report ready.
@@ -248,16 +291,21 @@ impl Default for SupervisorSection {
     }
 }
 
-/// One `[[models]]` entry.
-#[derive(Debug, Clone, Deserialize)]
+/// One `[[models]]` entry: a model of the catalogue.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSection {
     /// Name clients ask for (OpenAI `model`).
     pub name: String,
     /// GGUF file or Hugging Face directory.
     pub path: PathBuf,
-    /// Run on this many slices (any profile that fits).
+    /// Pinned replicas on this many slices (any profile that fits), loaded at start and
+    /// never evicted; 0: loaded on demand.
     pub replicas: Option<usize>,
+    /// Most replicas at once (pinned ones included); default: the pinned count, 1 for an
+    /// on-demand model. Replicas past the pinned ones are loaded when every loaded one is at
+    /// its queue limit.
+    pub max_replicas: Option<usize>,
     /// Run on one slice of each listed profile.
     pub profiles: Option<Vec<String>>,
     /// Run on exactly these slices (ids such as `mig0-3` or UUIDs).
@@ -267,9 +315,48 @@ pub struct ModelSection {
     /// Engine settings of its workers: `migserve worker`'s flags of the same names.
     #[serde(default)]
     pub engine: EngineFlags,
+    /// Found in `models_dir`, not named in the config.
+    #[serde(skip)]
+    pub from_models_dir: bool,
 }
 
 impl DeployConfig {
+    /// Reads, parses and validates the config of `source`. The embedded default's paths
+    /// are relative to a `configs/` folder beside its `models-data/`: the one in the
+    /// working directory, else one above the migserve binary, else the source tree it was
+    /// built from; when none has its model, the error says how to get it or which
+    /// `--config` to pass.
+    pub fn load(source: &ConfigSource) -> Result<Self, ConfigError> {
+        match source {
+            ConfigSource::File(path) => Self::from_file(path),
+            ConfigSource::Embedded => {
+                let name = "embedded default (configs/local.toml)";
+                let bases = embedded_bases();
+                let mut first_error = None;
+                for base in &bases {
+                    match Self::from_str_at(EMBEDDED_DEFAULT, name, base) {
+                        Ok(config) => return Ok(config),
+                        Err(e) => {
+                            first_error.get_or_insert(e);
+                        }
+                    }
+                }
+                let looked: Vec<String> = bases
+                    .iter()
+                    .map(|b| b.join("..").join("models-data").display().to_string())
+                    .collect();
+                Err(ConfigError::Invalid {
+                    path: name.into(),
+                    message: format!(
+                        "its model (models-data/SmolLM2-135M-Instruct.Q4_1.gguf) is not in {}; run `bash scripts/fetch-model.sh` in the repository, or pass --config FILE (first error: {})",
+                        looked.join(", "),
+                        first_error.map(|e| e.to_string()).unwrap_or_default()
+                    ),
+                })
+            }
+        }
+    }
+
     /// Reads, parses and validates a config file.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -307,6 +394,17 @@ impl DeployConfig {
         }
         if let Some(p) = config.slices.as_mut().and_then(|s| s.inventory.as_mut()) {
             resolve(p);
+        }
+        if let Some(dir) = config.models_dir.as_mut() {
+            resolve(dir);
+            let taken: Vec<&str> = config.models.iter().map(|m| m.name.as_str()).collect();
+            let found = catalogue::scan_models_dir(dir, &taken).map_err(|message| {
+                ConfigError::Invalid {
+                    path: name.into(),
+                    message,
+                }
+            })?;
+            config.models.extend(found);
         }
         config.validate().map_err(|message| ConfigError::Invalid {
             path: name.into(),
@@ -444,10 +542,15 @@ impl DeployConfig {
             self.slice_source()?;
         }
         if self.models.is_empty() && self.remote.is_empty() && self.discover.is_empty() {
-            return Err(
-                "no [[models]], [[remote]] or [[discover]] workers: nothing to serve".into(),
-            );
+            return Err(match &self.models_dir {
+                Some(dir) => format!(
+                    "models_dir {} holds no GGUF file or Hugging Face directory, and there are no [[models]], [[remote]] or [[discover]] workers: nothing to serve",
+                    dir.display()
+                ),
+                None => "no [[models]], [[remote]] or [[discover]] workers: nothing to serve".into(),
+            });
         }
+        self.lifecycle.validate()?;
         self.validate_router()?;
         let sup = &self.supervisor;
         for (name, value) in [
@@ -491,8 +594,15 @@ impl DeployConfig {
             if ways.iter().filter(|w| **w).count() > 1 {
                 return Err(format!("{at}: give one of replicas, profiles or slices"));
             }
-            if model.replicas == Some(0) {
-                return Err(format!("{at}: replicas must be at least 1"));
+            let pinned = model.pinning().count();
+            match model.max_replicas {
+                Some(0) => return Err(format!("{at}: max_replicas must be at least 1")),
+                Some(max) if max < pinned => {
+                    return Err(format!(
+                        "{at}: max_replicas = {max} is below its {pinned} pinned replicas"
+                    ))
+                }
+                _ => {}
             }
             for profile in model.profiles.iter().flatten() {
                 if Profile::parse(profile).is_none() {

@@ -104,8 +104,10 @@ impl Registry {
 /// Most refusals being written at once (past it a refused connection is just closed).
 const MAX_REFUSING: usize = 256;
 
-/// Serves `app` on `listener` within `limits` until `shutdown` resolves, then lets the open
-/// requests finish (the caller bounds how long). `stats` counts what the guard did.
+/// Serves `app` on `listener` within `limits` until `shutdown` resolves, then closes the
+/// listener, answers requests that still arrive on open connections with 503 and
+/// `Retry-After`, and lets the open requests finish (the caller bounds how long). `stats`
+/// counts what the guard did.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
@@ -155,6 +157,8 @@ pub async fn serve(
             }
         }
     }
+    // Closed at once: a new connection is refused rather than left waiting in the backlog.
+    drop(listener);
     let _ = stop_tx.send(true);
     while !registry.is_empty() {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -171,15 +175,21 @@ async fn serve_connection(
 ) {
     let served = Arc::new(AtomicU64::new(0));
     let state = conn.clone();
+    let draining = stop.clone();
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let n = served.fetch_add(1, Ordering::Relaxed) + 1;
+        // A request that arrives while the server drains is answered at once, never held.
+        let refused = (*draining.borrow()).then(|| shutting_down(req.uri().path()));
         let busy = Busy::new(state.clone());
         let req = req.map(|b| Body::new(DeadlineBody::new(b, limits.body_read_timeout)));
         let mut app = app.clone();
         async move {
-            let response = match app.call(req).await {
-                Ok(r) => r,
-                Err(never) => match never {},
+            let response = match refused {
+                Some(response) => response,
+                None => match app.call(req).await {
+                    Ok(r) => r,
+                    Err(never) => match never {},
+                },
             };
             let (mut parts, body) = response.into_parts();
             if n >= limits.max_requests_per_connection {
@@ -220,6 +230,19 @@ async fn serve_connection(
             }
         }
     }
+}
+
+/// The answer to a request that arrives while the server drains: 503 in the route's error
+/// shape, `Retry-After`, and the connection closed.
+fn shutting_down(path: &str) -> axum::response::Response {
+    let error = crate::api::error::ApiError::Unhealthy(
+        "the server is shutting down; retry on another instance".into(),
+    );
+    let mut response = crate::api::error::shaped(path, error);
+    let headers = response.headers_mut();
+    headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 /// Answers a connection past the cap with a 503 and closes it.

@@ -33,6 +33,9 @@ pub struct Backend {
     suspended: Mutex<Option<(Instant, u64)>>,
     /// Removed from the router (a discovered worker that left DNS): its probe stops.
     retired: AtomicBool,
+    /// Draining (evicted, unloaded, replaced): no new request goes to it; those in flight
+    /// finish.
+    draining: AtomicBool,
     /// `Authorization` value requests to it carry: the supervised workers' own key, or the
     /// key configured for a remote or discovered group. Marked sensitive (never printed).
     pub key: Option<axum::http::HeaderValue>,
@@ -49,6 +52,7 @@ impl Backend {
             prefixes: PrefixIndex::default(),
             suspended: Mutex::new(None),
             retired: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
             key: None,
         }
     }
@@ -76,6 +80,7 @@ impl Backend {
             prefixes: PrefixIndex::default(),
             suspended: Mutex::new(None),
             retired: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
             key: None,
         }
     }
@@ -93,6 +98,19 @@ impl Backend {
         self.retired.store(true, Ordering::Release);
     }
 
+    /// Takes it out of rotation for good: no new request goes to it. Sequentially
+    /// consistent with the router's pick ([`super::Front::pick_within`] counts a request in
+    /// flight, then checks this), so once the drainer has set it and then sees no request in
+    /// flight, none can slip in.
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether it is draining.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
     /// The base URL to send a request to, when the backend is in rotation.
     pub fn url(&self) -> Option<String> {
         self.route().map(|(url, _)| url)
@@ -100,7 +118,7 @@ impl Backend {
 
     /// Whether the backend is in rotation (what [`Backend::route`] answers, without copying).
     pub fn routable(&self) -> bool {
-        if self.is_suspended() {
+        if self.is_draining() || self.is_suspended() {
             return false;
         }
         match &self.target {
@@ -114,7 +132,7 @@ impl Backend {
     /// The base URL and the worker generation it belongs to (pass that generation to
     /// [`Backend::suspend`] if the request fails), when the backend is in rotation.
     pub fn route(&self) -> Option<(String, u64)> {
-        if self.is_suspended() {
+        if self.is_draining() || self.is_suspended() {
             return None;
         }
         match &self.target {
@@ -183,7 +201,9 @@ impl Backend {
                 }
             }
         };
-        if base == "ready" && self.is_suspended() {
+        if self.is_draining() && matches!(base, "ready" | "starting" | "restarting") {
+            "draining"
+        } else if base == "ready" && self.is_suspended() {
             "suspended"
         } else {
             base

@@ -92,7 +92,7 @@ mod tests {
             std::path::Path::new("."),
         )
         .unwrap();
-        crate::router::Front::new(Arc::from(Vec::new()), &config, None)
+        crate::router::Front::new(&config, Arc::new(crate::router::lifecycle::Unmanaged))
     }
 
     fn entry() -> DiscoverSection {

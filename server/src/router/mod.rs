@@ -4,6 +4,7 @@
 pub mod backend;
 pub mod cost;
 pub mod discovery;
+pub mod lifecycle;
 pub mod policy;
 pub mod prefix_index;
 pub mod proxy;
@@ -22,8 +23,8 @@ use axum::routing::get;
 use axum::Router;
 
 use crate::config::{DeployConfig, RouterSection};
-use crate::supervisor::WorkerSlot;
 use backend::Backend;
+use lifecycle::Lifecycle;
 use proxy::{relay, Api};
 use stats::InFlight;
 
@@ -35,9 +36,11 @@ pub struct Front {
     /// Health probing of remote workers.
     probe_client: reqwest::Client,
     probe_interval: Duration,
-    /// Served model names; the first is the default unless `[router] default_model` says.
-    pub models: Vec<String>,
-    pub default_model: String,
+    /// Who manages the local models: which are catalogued, loads for requests held.
+    pub lifecycle: Arc<dyn Lifecycle>,
+    /// The default model when the manager names none (a router of remote workers: `[router]
+    /// default_model`, else the first remote model).
+    fallback_default: String,
     pub settings: RouterSection,
     /// How long a failed local worker stays out of rotation if the supervisor never
     /// replaces it (it was alive after all).
@@ -71,19 +74,10 @@ pub enum Pick {
 }
 
 impl Front {
-    /// Builds the router over the supervisor's slots and the config's remote workers; starts
-    /// the remote health probes (needs a tokio runtime). The supervised workers are called
-    /// with `worker_key` (their API key), when set; remote and discovered ones with the key
-    /// their config entry names.
-    pub fn new(
-        slots: Arc<[Arc<WorkerSlot>]>,
-        config: &DeployConfig,
-        worker_key: Option<&str>,
-    ) -> Arc<Self> {
-        let mut backends: Vec<Arc<Backend>> = slots
-            .iter()
-            .map(|slot| Arc::new(Backend::local(slot.clone()).with_key(worker_key)))
-            .collect();
+    /// Builds the router over the config's remote workers and starts their health probes
+    /// and DNS discovery (needs a tokio runtime). Local workers are added by their manager
+    /// (`lifecycle`) as they load ([`Front::add_backend`]).
+    pub fn new(config: &DeployConfig, lifecycle: Arc<dyn Lifecycle>) -> Arc<Self> {
         let remotes: Vec<Arc<Backend>> = config
             .remote
             .iter()
@@ -108,13 +102,11 @@ impl Front {
         for remote in &remotes {
             backend::spawn_probe(remote.clone(), probe_client.clone(), probe_interval);
         }
-        backends.extend(remotes);
-        let models: Vec<String> = config.model_names().into_iter().map(String::from).collect();
-        let default_model = config
+        let fallback_default = config
             .router
             .default_model
             .clone()
-            .or_else(|| models.first().cloned())
+            .or_else(|| config.model_names().first().map(|m| m.to_string()))
             .unwrap_or_default();
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(256)
@@ -122,11 +114,11 @@ impl Front {
             .build()
             .unwrap_or_default();
         let front = Arc::new(Self {
-            backends: RwLock::new(Arc::new(backends)),
+            backends: RwLock::new(Arc::new(remotes)),
             probe_client,
             probe_interval,
-            models,
-            default_model,
+            lifecycle,
+            fallback_default,
             settings: config.router.clone(),
             suspend_grace: Duration::from_secs_f64(
                 sup.health_interval_secs * f64::from(sup.unhealthy_after) + sup.health_timeout_secs,
@@ -139,6 +131,52 @@ impl Front {
             discovery::spawn(front.clone(), entry.clone(), discovery::system_resolver());
         }
         front
+    }
+
+    /// The model for requests that name none.
+    pub fn default_model(&self) -> String {
+        self.lifecycle
+            .default_model()
+            .unwrap_or_else(|| self.fallback_default.clone())
+    }
+
+    /// Every model name a request may ask for: the catalogued ones, then those of remote and
+    /// discovered workers.
+    pub fn model_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.lifecycle.listed().into_iter().map(|l| l.id).collect();
+        for b in self.backends().iter() {
+            if !names.contains(&b.model) {
+                names.push(b.model.clone());
+            }
+        }
+        names
+    }
+
+    /// Adds a backend (a local worker its manager started). Local backends come before
+    /// remote ones.
+    pub fn add_backend(&self, backend: Arc<Backend>) {
+        self.edit_backends(|list| {
+            let at = list
+                .iter()
+                .position(|b| !matches!(b.target, backend::Target::Local(_)))
+                .unwrap_or(list.len());
+            list.insert(at, backend);
+        });
+    }
+
+    /// Removes a backend (a local worker that was stopped).
+    pub fn remove_backend(&self, backend: &Arc<Backend>) {
+        self.edit_backends(|list| list.retain(|b| !Arc::ptr_eq(b, backend)));
+    }
+
+    fn edit_backends(&self, edit: impl FnOnce(&mut Vec<Arc<Backend>>)) {
+        let mut guard = match self.backends.write() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let mut next: Vec<Arc<Backend>> = guard.as_ref().clone();
+        edit(&mut next);
+        *guard = Arc::new(next);
     }
 
     /// The backends now (a snapshot).
@@ -209,9 +247,10 @@ impl Front {
         self.guard.clone()
     }
 
-    /// Whether `model` is served (configured, even if no worker of it is up now).
+    /// Whether `model` is served (catalogued, even if no worker of it is up now, or held by
+    /// a remote worker).
     pub fn serves(&self, model: &str) -> bool {
-        self.models.iter().any(|m| m == model) || self.backends().iter().any(|b| b.model == model)
+        self.lifecycle.catalogued(model) || self.backends().iter().any(|b| b.model == model)
     }
 
     /// Picks a slice for `placing` (a request for `model`), skipping `tried`, and counts it in
@@ -274,6 +313,16 @@ impl Front {
             let prefill = work.prompt_tokens - loads[k].cached_tokens;
             // Another request may have filled it since the snapshot: then choose again.
             if let Some(guard) = chosen.stats.try_begin(work.total(), prefill, limit) {
+                // Counted in flight first, then checked: a drain that began meanwhile either
+                // sees this request or is seen here (both sequentially consistent).
+                if chosen.is_draining() {
+                    drop(guard);
+                    healthy.retain(|b| !Arc::ptr_eq(b, chosen));
+                    if healthy.is_empty() {
+                        return Pick::NoneHealthy;
+                    }
+                    continue;
+                }
                 chosen.prefixes.insert(&placing.chunks);
                 return Pick::Chosen(chosen.clone(), guard);
             }

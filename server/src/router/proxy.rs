@@ -3,7 +3,7 @@
 //! ([`super::relay`]), which continues them elsewhere if their worker dies.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -15,6 +15,7 @@ use serde_json::Value;
 
 use super::backend::Backend;
 use super::cost::CostSample;
+use super::lifecycle::{self, Demand};
 use super::policy::Work;
 use super::prefix_index::PromptText;
 use super::relay::{Origin, Serving, StreamRelay};
@@ -63,9 +64,10 @@ pub fn relay(path: &'static str, api: Api) -> MethodRouter<SharedFront> {
 /// `GET /info`: the TGI info of a ready worker of the default model.
 pub async fn info(State(front): State<SharedFront>) -> Response {
     let backends = front.backends();
+    let default_model = front.default_model();
     let ready = backends
         .iter()
-        .filter(|b| b.model == front.default_model)
+        .filter(|b| b.model == default_model)
         .find_map(|b| b.url().map(|url| (url, b)));
     let Some((url, backend)) = ready else {
         return ApiError::Unhealthy("no worker is ready".into()).into_response();
@@ -95,7 +97,9 @@ fn facts(front: &SharedFront, api: Api, headers: &HeaderMap, body: &Value) -> Re
     }
     .or_else(|| headers.get(MODEL_HEADER).and_then(|v| v.to_str().ok()))
     .filter(|m| !m.is_empty());
-    let model = named.unwrap_or(&front.default_model).to_string();
+    let model = named
+        .map(str::to_string)
+        .unwrap_or_else(|| front.default_model());
     let prompt = PromptText::of(body);
     let placing = Placing {
         work: estimate_work(&prompt, body, front.settings.default_max_new_tokens),
@@ -165,32 +169,32 @@ async fn forward(
         let error = ApiError::NotFound(format!(
             "model {:?} is not served here (models: {})",
             facts.model,
-            front.models.join(", ")
+            front.model_names().join(", ")
         ));
         return api_error(api, error);
     }
+    front.lifecycle.touch(&facts.model);
     let mut tried: Vec<Arc<Backend>> = Vec::new();
     let mut last_failure: Option<Response> = None;
-    for _attempt in 0..=front.settings.max_retries {
-        let (backend, mut guard) = match front.pick(&facts.model, &facts.placing, &tried) {
+    // Set while the request waits for a worker to load (or for room on a loaded one).
+    let mut held: Option<(lifecycle::Held, Instant)> = None;
+    let mut attempts = 0;
+    while attempts <= front.settings.max_retries {
+        let picked = front.pick(&facts.model, &facts.placing, &tried);
+        let (backend, mut guard) = match picked {
             Pick::Chosen(backend, guard) => (backend, guard),
-            Pick::AllFull if last_failure.is_none() => {
-                return api_error(
-                    api,
-                    ApiError::Overloaded(format!(
-                        "every slice serving {:?} is at its queue limit ({})",
-                        facts.model, front.settings.max_queue_per_slice
-                    )),
-                )
-            }
-            Pick::NoneHealthy if last_failure.is_none() => {
-                return api_error(
-                    api,
-                    ApiError::Unhealthy(format!("no healthy slice serves {:?}", facts.model)),
-                )
+            other if last_failure.is_none() => {
+                let more = matches!(other, Pick::AllFull);
+                match wait_for_worker(&front, &facts.model, more, &mut held).await {
+                    Waited::Again => continue,
+                    Waited::Answer(error, retry_after) => {
+                        return with_retry_after(api_error(api, error), retry_after)
+                    }
+                }
             }
             _ => break,
         };
+        attempts += 1;
         tried.push(backend.clone());
         let Some((url, generation)) = backend.route() else {
             continue;
@@ -296,14 +300,107 @@ async fn forward(
         backend.suspend(front.suspend_grace, generation);
     }
     last_failure.unwrap_or_else(|| {
-        api_error(
-            api,
-            ApiError::Unhealthy(format!(
-                "every slice tried for {:?} failed the request",
-                facts.model
-            )),
-        )
+        let error = ApiError::Unhealthy(format!(
+            "every slice tried for {:?} failed the request",
+            facts.model
+        ));
+        with_retry_after(api_error(api, error), Some(Duration::from_secs(1)))
     })
+}
+
+/// What waiting for a worker came to.
+enum Waited {
+    /// Pick again: a worker may be ready (or have room) now.
+    Again,
+    /// Answer the client with this, and `Retry-After` when given.
+    Answer(ApiError, Option<Duration>),
+}
+
+/// No slice of `model` can take the request now (none ready, or all full when `more`): asks
+/// the model's manager and waits for the next change of its workers while it loads one,
+/// holding the request (counted in `held`) for at most the load timeout.
+async fn wait_for_worker(
+    front: &SharedFront,
+    model: &str,
+    more: bool,
+    held: &mut Option<(lifecycle::Held, Instant)>,
+) -> Waited {
+    // Counted as held before asking: a load queued for it is not dropped as unwanted.
+    if held.is_none() {
+        if let Some(h) = front.lifecycle.hold(model) {
+            *held = Some((h, Instant::now()));
+        }
+    }
+    let mut changed = match front.lifecycle.demand(model, more) {
+        Demand::Wait(changed) => changed,
+        Demand::Refused(error, retry_after) => return Waited::Answer(error, retry_after),
+        Demand::Unmanaged if more => {
+            return Waited::Answer(
+                ApiError::Overloaded(format!(
+                    "every slice serving {model:?} is at its queue limit ({})",
+                    front.settings.max_queue_per_slice
+                )),
+                Some(Duration::from_secs(1)),
+            )
+        }
+        Demand::Unmanaged if !front.serves(model) => {
+            // Removed from the catalogue by a reload while the request waited.
+            return Waited::Answer(
+                ApiError::NotFound(format!("model {model:?} is not served here any more")),
+                None,
+            );
+        }
+        Demand::Unmanaged => {
+            return Waited::Answer(
+                ApiError::Unhealthy(format!("no healthy slice serves {model:?}")),
+                Some(Duration::from_secs(1)),
+            )
+        }
+    };
+    let since = held
+        .as_ref()
+        .map(|(_, since)| *since)
+        .unwrap_or_else(Instant::now);
+    let timeout = front.lifecycle.load_timeout();
+    let Some(left) = timeout.checked_sub(since.elapsed()) else {
+        return timed_out(model, timeout);
+    };
+    // Also looks again now and then: a slice's queue empties without a change of workers.
+    let poll = if more { LOOK_AGAIN_FULL } else { LOOK_AGAIN };
+    match tokio::time::timeout(left.min(poll), changed.changed()).await {
+        Err(_) if left <= poll => timed_out(model, timeout),
+        Ok(Err(_)) => Waited::Answer(
+            ApiError::Unhealthy("the server is shutting down".into()),
+            Some(Duration::from_secs(1)),
+        ),
+        _ => Waited::Again,
+    }
+}
+
+/// How often a held request looks again without being told of a change.
+const LOOK_AGAIN: Duration = Duration::from_millis(500);
+/// The same for a request waiting for room on full slices.
+const LOOK_AGAIN_FULL: Duration = Duration::from_millis(50);
+
+fn timed_out(model: &str, timeout: Duration) -> Waited {
+    Waited::Answer(
+        ApiError::Unhealthy(format!(
+            "no worker of {model:?} was ready within the load timeout ({:.0} s)",
+            timeout.as_secs_f64()
+        )),
+        Some(Duration::from_secs(5)),
+    )
+}
+
+/// `response` with a `Retry-After` header of `after` (whole seconds, at least 1) when given.
+pub fn with_retry_after(mut response: Response, after: Option<Duration>) -> Response {
+    if let Some(after) = after {
+        let secs = after.as_secs_f64().ceil().max(1.0) as u64;
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    response
 }
 
 /// The worker's content type and `x-*` headers, `x-slice` set to the backend, and the

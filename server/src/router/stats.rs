@@ -111,7 +111,7 @@ impl SliceStats {
     /// Counts a request of `tokens` tokens (`prefill` of them prompt tokens to compute) as
     /// sent to this slice until the returned guard is dropped.
     pub fn begin(self: &Arc<Self>, tokens: u64, prefill: u64) -> InFlight {
-        let before = self.in_flight.fetch_add(1, Ordering::AcqRel);
+        let before = self.in_flight.fetch_add(1, Ordering::SeqCst);
         self.admitted(tokens, prefill, before)
     }
 
@@ -124,7 +124,7 @@ impl SliceStats {
     ) -> Option<InFlight> {
         let before = self
             .in_flight
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
                 (n < limit).then_some(n + 1)
             })
             .ok()?;
@@ -146,7 +146,7 @@ impl SliceStats {
 
     /// Requests in flight now.
     pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Acquire)
+        self.in_flight.load(Ordering::SeqCst)
     }
 
     /// A request this slice failed (connection error, 5xx, broken stream).

@@ -10,10 +10,11 @@ use axum::Json;
 use serde::Serialize;
 
 use super::backend::{Backend, Target};
+use super::lifecycle::Listed;
 use super::stats::StatsSnapshot;
 use super::SharedFront;
 use crate::api::error::ApiError;
-use crate::api::openai::{ModelCard, ModelList};
+use crate::api::openai::{ModelCard, ModelList, ModelStatus};
 use crate::slices::Slice;
 use crate::supervisor::slot::SlotState;
 
@@ -39,11 +40,14 @@ pub struct SliceReport {
     pub prefix_index_chunks: usize,
     /// The device, for local slices.
     pub slice: Option<Slice>,
+    /// Bytes of the slice this worker may use when it shares the slice with other workers
+    /// (`null`: the whole slice, or a remote worker).
+    pub memory_share_bytes: Option<u64>,
 }
 
 fn report(backend: &Backend) -> SliceReport {
     let stats = backend.stats.snapshot();
-    let (location, url, pid, generation, last_error, slice) = match &backend.target {
+    let (location, url, pid, generation, last_error, slice, share) = match &backend.target {
         Target::Local(slot) => {
             let status = slot.status();
             (
@@ -53,9 +57,10 @@ fn report(backend: &Backend) -> SliceReport {
                 status.generation,
                 status.last_error,
                 Some(slot.assignment.slice.clone()),
+                slot.assignment.share_bytes,
             )
         }
-        Target::Remote { url, .. } => ("remote", Some(url.clone()), None, 0, None, None),
+        Target::Remote { url, .. } => ("remote", Some(url.clone()), None, 0, None, None, None),
     };
     SliceReport {
         id: backend.id.clone(),
@@ -71,6 +76,7 @@ fn report(backend: &Backend) -> SliceReport {
         stats,
         prefix_index_chunks: backend.prefixes.len(),
         slice,
+        memory_share_bytes: share,
     }
 }
 
@@ -88,18 +94,32 @@ pub async fn health(State(front): State<SharedFront>) -> Response {
     }
 }
 
-/// `GET /v1/models`: the models served.
+/// `GET /v1/models`: every catalogued model with whether it is loaded, then the models of
+/// remote and discovered workers (`loaded` while one of them is healthy).
 pub async fn models(State(front): State<SharedFront>) -> Json<ModelList> {
+    let mut listed = front.lifecycle.listed();
+    let backends = front.backends();
+    for b in backends.iter() {
+        if !listed.iter().any(|l| l.id == b.model) {
+            let up = backends.iter().any(|o| o.model == b.model && o.routable());
+            listed.push(Listed {
+                id: b.model.clone(),
+                state: if up { "loaded" } else { "unloaded" },
+            });
+        }
+    }
     Json(ModelList {
         object: "list".into(),
-        data: front
-            .models
-            .iter()
-            .map(|id| ModelCard {
-                id: id.clone(),
+        data: listed
+            .into_iter()
+            .map(|l| ModelCard {
+                id: l.id,
                 object: "model".into(),
                 created: 0,
                 owned_by: "migserve".into(),
+                status: Some(ModelStatus {
+                    value: l.state.into(),
+                }),
             })
             .collect(),
     })
@@ -110,7 +130,7 @@ fn states() -> impl Iterator<Item = &'static str> {
     SlotState::ALL
         .iter()
         .map(|s| s.as_str())
-        .chain(["suspended", "unhealthy"])
+        .chain(["suspended", "unhealthy", "draining"])
 }
 
 /// `GET /metrics`: per-slice series in Prometheus text, labelled slice, profile, model.
@@ -251,6 +271,7 @@ pub async fn metrics(State(front): State<SharedFront>) -> Response {
         let _ = writeln!(out, "# TYPE {name} {kind}");
         let _ = writeln!(out, "{name} {value}");
     }
+    front.lifecycle.write_metrics(&mut out);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 

@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use super::backoff::{Backoff, CrashWindow};
 use super::process::{spawn_worker, terminate, SpawnedWorker};
 use super::slot::{SlotState, WorkerSlot};
-use super::Timings;
+use super::{RestartPolicy, Timings};
 use crate::contract::EXIT_DEVICE_UNUSABLE;
 
 /// How one run of a worker ended.
@@ -32,8 +32,10 @@ pub async fn run_slot(
     slot: Arc<WorkerSlot>,
     exe: PathBuf,
     timings: Timings,
+    policy: RestartPolicy,
     mut shutdown: watch::Receiver<Option<Duration>>,
 ) {
+    let mut ever_ready = false;
     let mut backoff = Backoff::new(timings.restart_backoff, timings.restart_backoff_max);
     let mut crashes = CrashWindow::new(timings.max_crashes, timings.crash_window);
     let http = reqwest::Client::builder()
@@ -60,6 +62,7 @@ pub async fn run_slot(
                     "worker started"
                 );
                 let ending = watch_worker(&slot, &mut worker, &http, &timings, &mut shutdown).await;
+                ever_ready |= slot.with_status(|s| s.state == SlotState::Ready);
                 if matches!(ending, Ending::Shutdown) {
                     slot.update(|s| s.state = SlotState::Stopping);
                 }
@@ -90,7 +93,8 @@ pub async fn run_slot(
                 if up_for >= timings.crash_window {
                     backoff.reset();
                 }
-                let failed = !retry || crashes.record(Instant::now());
+                let first_load_failed = policy == RestartPolicy::AfterFirstReady && !ever_ready;
+                let failed = !retry || first_load_failed || crashes.record(Instant::now());
                 slot.update(|s| {
                     s.url = None;
                     s.pid = None;
@@ -105,10 +109,12 @@ pub async fn run_slot(
                     };
                 });
                 if failed {
-                    let why = if retry {
-                        "its worker crashed too often"
-                    } else {
+                    let why = if !retry {
                         "its worker cannot use the device"
+                    } else if first_load_failed {
+                        "its worker failed before it was ready"
+                    } else {
+                        "its worker crashed too often"
                     };
                     tracing::error!(
                         slice = slot.id(),

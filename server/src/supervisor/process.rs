@@ -43,7 +43,8 @@ impl SpawnedWorker {
     }
 }
 
-/// The `migserve worker` arguments for an assignment.
+/// The `migserve worker` arguments for an assignment (a worker sharing its slice gets its
+/// share as `--memory-budget-bytes`, unless its config sets one).
 pub fn worker_args(assignment: &Assignment, drain_timeout: Duration) -> Vec<String> {
     let slice = &assignment.slice;
     let mut args = vec![
@@ -67,7 +68,11 @@ pub fn worker_args(assignment: &Assignment, drain_timeout: Duration) -> Vec<Stri
         args.push("--threads".into());
         args.push(threads.to_string());
     }
-    args.extend(assignment.model.engine.to_args());
+    let mut engine = assignment.model.engine.clone();
+    if engine.memory_budget_bytes.is_none() {
+        engine.memory_budget_bytes = assignment.share_bytes;
+    }
+    args.extend(engine.to_args());
     args
 }
 

@@ -66,12 +66,14 @@ pub struct SlotStatus {
 /// A model on a slice, with its worker's status.
 #[derive(Debug)]
 pub struct WorkerSlot {
+    /// Unique among the slots of one supervisor (a slice may hold several).
+    pub key: u64,
     pub assignment: Assignment,
     status: watch::Sender<SlotStatus>,
 }
 
 impl WorkerSlot {
-    pub fn new(assignment: Assignment) -> Self {
+    pub fn new(key: u64, assignment: Assignment) -> Self {
         let (status, _) = watch::channel(SlotStatus {
             state: SlotState::Starting,
             url: None,
@@ -80,7 +82,11 @@ impl WorkerSlot {
             last_error: None,
             generation: 0,
         });
-        Self { assignment, status }
+        Self {
+            key,
+            assignment,
+            status,
+        }
     }
 
     /// The slice id (`cpu0`, `mig0-3`).

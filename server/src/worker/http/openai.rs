@@ -61,6 +61,7 @@ pub async fn models(State(state): State<SharedState>) -> Json<ModelList> {
             object: "model".into(),
             created: unix_now(),
             owned_by: "migserve".into(),
+            status: None,
         }],
     })
 }
