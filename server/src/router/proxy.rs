@@ -182,7 +182,11 @@ async fn forward(
     while attempts <= front.settings.max_retries {
         let picked = front.pick(&facts.model, &facts.placing, &tried);
         let (backend, mut guard) = match picked {
-            Pick::Chosen(backend, guard) => (backend, guard),
+            Pick::Chosen(backend, guard) => {
+                // No longer waiting: its model may be chosen to make room again.
+                held = None;
+                (backend, guard)
+            }
             other if last_failure.is_none() => {
                 let more = matches!(other, Pick::AllFull);
                 match wait_for_worker(&front, &facts.model, more, &mut held).await {

@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod load;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -168,6 +170,8 @@ pub fn metric_value(text: &str, name: &str) -> Option<f64> {
 pub struct Serve {
     pub child: Child,
     pub url: String,
+    /// The config file it runs (rewrite it, then reload).
+    pub config: std::path::PathBuf,
 }
 
 impl Serve {
@@ -187,8 +191,7 @@ impl Serve {
         let dir = std::env::temp_dir().join(format!("migserve-serve-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join(format!("{name}.toml"));
-        let model = model_path();
-        std::fs::write(&path, config.replace("{model}", model.to_str().unwrap())).unwrap();
+        std::fs::write(&path, fill_paths(config)).unwrap();
         let mut command = Command::new(migserve_binary());
         command.args([
             "serve",
@@ -200,7 +203,11 @@ impl Serve {
         command.envs(env.iter().copied());
         let (child, url) =
             spawn_until_line_with(command, migserve::contract::SERVE_READY_PREFIX, 60, stderr);
-        Self { child, url }
+        Self {
+            child,
+            url,
+            config: path,
+        }
     }
 
     /// Full URL of `path` on the front.
@@ -259,6 +266,45 @@ impl Drop for Serve {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `config` with the real models' paths in place of `{model}` (SmolLM2 GGUF), `{gemma}`
+/// (Gemma 3 270M GGUF) and `{hf}` (SmolLM2 as a Hugging Face directory).
+pub fn fill_paths(config: &str) -> String {
+    let mut text = config.replace("{model}", model_path().to_str().unwrap());
+    if text.contains("{gemma}") {
+        text = text.replace("{gemma}", gemma_path().to_str().unwrap());
+    }
+    if text.contains("{hf}") {
+        text = text.replace("{hf}", hf_dir("smollm2-135m").to_str().unwrap());
+    }
+    text
+}
+
+/// Writes a synthetic Qwen2.5-0.5B-shaped GGUF of `layers` layers (random weights, the
+/// real model's tokenizer) into `dir` with `migserve synth`; its path.
+pub fn synth_qwen(dir: &std::path::Path, layers: u32) -> std::path::PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let out = dir.join(format!("qwen-synth-{layers}.gguf"));
+    if !out.is_file() {
+        let status = Command::new(migserve_binary())
+            .args([
+                "synth",
+                "--like",
+                "qwen2.5-0.5b",
+                "--layers",
+                &layers.to_string(),
+            ])
+            .arg("--out")
+            .arg(&out)
+            .arg("--tokenizer-from")
+            .arg(model_path())
+            .env("RUST_LOG", "warn")
+            .status()
+            .expect("run migserve synth");
+        assert!(status.success(), "migserve synth failed");
+    }
+    out
 }
 
 /// True while a process exists and is not a zombie.
