@@ -37,9 +37,16 @@ impl SpawnedWorker {
         }
     }
 
-    /// The last line the worker logged, if any.
+    /// Why the worker exited, as it said: its last `error: …` line (a backtrace may follow
+    /// it), else the last line it logged that is not blank.
     pub fn last_log_line(&self) -> Option<String> {
-        self.recent_log.lock().ok()?.back().cloned()
+        let recent = self.recent_log.lock().ok()?;
+        recent
+            .iter()
+            .rev()
+            .find(|l| l.starts_with("error: "))
+            .or_else(|| recent.iter().rev().find(|l| !l.trim().is_empty()))
+            .cloned()
     }
 }
 
@@ -179,8 +186,13 @@ fn forward_lines(
             }
             eprintln!("[{slice}] {line}");
             if let Some(Ok(mut recent)) = recent.as_ref().map(|r| r.lock()) {
+                // An `error: …` line is kept past the lines of a backtrace that follows it.
+                let keep_error = recent.len() == KEPT_LOG_LINES
+                    && recent.front().is_some_and(|l| l.starts_with("error: "))
+                    && !line.starts_with("error: ");
                 if recent.len() == KEPT_LOG_LINES {
-                    recent.pop_front();
+                    let at = usize::from(keep_error);
+                    recent.remove(at);
                 }
                 recent.push_back(line);
             }
