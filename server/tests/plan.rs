@@ -90,6 +90,85 @@ fn seven_smollm2_sized_models_on_an_h100_get_seven_1g_10gb() {
     let placed = String::from_utf8_lossy(&check.stdout).into_owned();
     assert_eq!(placed.lines().count(), 7, "{placed}");
     assert!(placed.lines().all(|l| l.contains("\t1g.10gb\t")));
+    // The KV cache is left to the workers (on a GPU: what the weights leave of the slice).
+    let toml = std::fs::read_to_string(dir.join("migserve.toml")).unwrap();
+    assert!(!toml.contains("kv_cache_tokens"), "{toml}");
+    assert!(!toml.contains("PLACEHOLDER"), "{toml}");
+}
+
+#[test]
+fn a_fixed_cache_is_written_only_when_asked_and_placeholders_say_so() {
+    let model = common::model_path();
+    let with_file = format!("real={}", model.display());
+    let out = plan(&[
+        "--gpu",
+        "h100",
+        "--model",
+        &with_file,
+        "--model",
+        "sized=3",
+        "--kv-cache-tokens",
+        "8192",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (_, toml) = text.split_once("---\n").unwrap();
+    assert_eq!(toml.matches("kv_cache_tokens = 8192").count(), 2, "{toml}");
+    assert!(
+        toml.contains("# PLACEHOLDER paths: sized were given by size only"),
+        "{toml}"
+    );
+    assert!(
+        toml.contains("path = \"/models/sized.gguf\"  # PLACEHOLDER: no file was given"),
+        "{toml}"
+    );
+    assert!(toml.contains(&format!(
+        "path = \"{}\"\n",
+        model.canonicalize().unwrap().display()
+    )));
+}
+
+#[test]
+fn every_mig_gpu_in_service_is_planned_within_its_own_slices() {
+    // A30 and RTX PRO 6000 have four compute slices, not seven.
+    let out = plan(&["--gpu", "a30", "--model", "a=5", "--model", "b=5"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("\"1g.6gb\": 4"), "{text}");
+    let out = plan(&[
+        "--gpu", "a30", "--model", "a=10", "--model", "b=10", "--model", "c=5",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("5 of 4 memory slices"), "{err}");
+    for (gpu, profile) in [
+        ("h100-nvl", "1g.12gb"),
+        ("gh200", "1g.12gb"),
+        ("h200-nvl", "1g.18gb"),
+        ("gh200-144gb", "1g.18gb"),
+        ("b200", "1g.23gb"),
+        ("rtx-pro-6000", "1g.24gb"),
+    ] {
+        let out = plan(&["--gpu", gpu, "--model", "a=1"]);
+        assert!(
+            out.status.success(),
+            "{gpu}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(text.contains(&format!("\"{profile}\":")), "{gpu}: {text}");
+        assert!(
+            !text.contains("+me"),
+            "{gpu}: variants are not planned: {text}"
+        );
+    }
 }
 
 #[test]

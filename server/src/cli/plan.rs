@@ -13,7 +13,8 @@ use migserve_engine::EngineFlags;
 /// Arguments of `migserve plan`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct PlanArgs {
-    /// GPU type: h100-80gb, h200-141gb, a100-80gb or a100-40gb.
+    /// GPU type: h100-80gb, h100-94gb (H100 NVL), h100-96gb (GH200), h200-141gb (SXM and
+    /// NVL), gh200-144gb, b200-180gb, a100-80gb, a100-40gb, a30-24gb or rtx-pro-6000-96gb.
     #[arg(long, default_value = "h100-80gb")]
     pub gpu: String,
     /// A model: NAME=PATH (a GGUF file or a Hugging Face directory; memory from its headers)
@@ -21,9 +22,12 @@ pub struct PlanArgs {
     /// (`chat=/models/chat.gguf:3`; default 1).
     #[arg(long = "model", required = true)]
     pub models: Vec<String>,
-    /// KV cache tokens per worker when the memory comes from a model's files.
-    #[arg(long, default_value_t = migserve_engine::flags::DEFAULT_KV_CACHE_TOKENS)]
-    pub kv_cache_tokens: usize,
+    /// Fix each worker's KV cache at this many positions and write it into the config.
+    /// Default: profiles are chosen for a cache of 16,384 positions and the config leaves
+    /// the size to the worker, which on a GPU gives its cache what the weights leave of the
+    /// slice.
+    #[arg(long)]
+    pub kv_cache_tokens: Option<usize>,
     /// Write `mig-parted.yaml` and `migserve.toml` here (default: print them).
     #[arg(long)]
     pub out_dir: Option<PathBuf>,
@@ -32,7 +36,7 @@ pub struct PlanArgs {
     pub layout_name: String,
 }
 
-fn parse_model(text: &str, kv_cache_tokens: usize) -> anyhow::Result<ModelNeed> {
+fn parse_model(text: &str, kv_cache_tokens: Option<usize>) -> anyhow::Result<ModelNeed> {
     let (name, rest) = text
         .split_once('=')
         .with_context(|| format!("--model {text:?}: expected NAME=PATH or NAME=SIZE_GB"))?;
@@ -52,7 +56,7 @@ fn parse_model(text: &str, kv_cache_tokens: usize) -> anyhow::Result<ModelNeed> 
             bytes: (gb * 1e9) as u64,
             load,
             path: None,
-            kv_cache_tokens: None,
+            kv_cache_tokens,
         });
     }
     let section = ModelSection {
@@ -64,7 +68,7 @@ fn parse_model(text: &str, kv_cache_tokens: usize) -> anyhow::Result<ModelNeed> 
         slices: None,
         device: Some(DeviceKind::Cuda),
         engine: EngineFlags {
-            kv_cache_tokens: Some(kv_cache_tokens),
+            kv_cache_tokens,
             ..Default::default()
         },
         from_models_dir: false,
@@ -77,13 +81,13 @@ fn parse_model(text: &str, kv_cache_tokens: usize) -> anyhow::Result<ModelNeed> 
         bytes,
         load,
         path: Some(path.display().to_string()),
-        kv_cache_tokens: Some(kv_cache_tokens),
+        kv_cache_tokens,
     })
 }
 
 /// Runs `migserve plan`.
 pub fn run(args: PlanArgs) -> anyhow::Result<()> {
-    let gpu = gpus::gpu(&args.gpu).with_context(|| {
+    let gpu = gpus::gpu_spec(&args.gpu).with_context(|| {
         let known: Vec<&str> = gpus::GPUS.iter().map(|g| g.name).collect();
         format!(
             "unknown GPU type {:?} (known: {})",

@@ -39,7 +39,7 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// Compute slices used (of 7).
+    /// Compute slices used (of the GPU's).
     pub fn compute(&self) -> u32 {
         self.placed
             .iter()
@@ -47,11 +47,11 @@ impl Plan {
             .sum()
     }
 
-    /// Memory slices used (of 8).
-    pub fn memory_eighths(&self) -> u32 {
+    /// Memory slices used (of the GPU's).
+    pub fn memory_slices(&self) -> u32 {
         self.placed
             .iter()
-            .map(|p| p.profile.memory_eighths * p.replicas)
+            .map(|p| p.profile.memory_slices * p.replicas)
             .sum()
     }
 
@@ -73,8 +73,8 @@ impl Plan {
     }
 
     fn fits(&self) -> bool {
-        self.compute() <= 7
-            && self.memory_eighths() <= 8
+        self.compute() <= self.gpu.compute_slices
+            && self.memory_slices() <= self.gpu.memory_slices
             && self.profile_counts().iter().all(|(name, n)| {
                 self.gpu
                     .profiles
@@ -97,12 +97,14 @@ pub enum PlanError {
         gpu: String,
         largest: String,
     },
-    #[error("the models do not fit one {gpu}: their smallest slices ({list}) need {compute} of 7 compute slices and {memory} of 8 memory slices")]
+    #[error("the models do not fit one {gpu}: their smallest slices ({list}) need {compute} of {compute_total} compute slices and {memory} of {memory_total} memory slices")]
     DoesNotFit {
         gpu: String,
         list: String,
         compute: u32,
         memory: u32,
+        compute_total: u32,
+        memory_total: u32,
     },
     #[error("no models to plan for")]
     NoModels,
@@ -127,8 +129,8 @@ pub fn plan(gpu: &'static GpuSpec, models: &[ModelNeed]) -> Result<Plan, PlanErr
         let profile = gpu
             .profiles
             .iter()
-            .filter(|p| u64::from(p.memory_gb) * 1_000_000_000 >= m.bytes)
-            .min_by_key(|p| (p.memory_eighths, p.compute))
+            .filter(|p| !p.is_variant() && u64::from(p.memory_gb) * 1_000_000_000 >= m.bytes)
+            .min_by_key(|p| (p.memory_slices, p.compute))
             .ok_or_else(|| PlanError::TooBig {
                 model: m.name.clone(),
                 need_gb: m.bytes as f64 / 1e9,
@@ -152,7 +154,9 @@ pub fn plan(gpu: &'static GpuSpec, models: &[ModelNeed]) -> Result<Plan, PlanErr
             gpu: gpu.name.into(),
             list: list.join(", "),
             compute: layout.compute(),
-            memory: layout.memory_eighths(),
+            memory: layout.memory_slices(),
+            compute_total: gpu.compute_slices,
+            memory_total: gpu.memory_slices,
         });
     }
     // Spend what is left on replicas: most load per replica first.
@@ -192,7 +196,7 @@ mod tests {
 
     #[test]
     fn seven_small_models_on_an_h100_get_seven_1g_10gb() {
-        let h100 = gpus::gpu("h100").unwrap();
+        let h100 = gpus::gpu_spec("h100").unwrap();
         let models: Vec<ModelNeed> = (0..7).map(|i| need(&format!("m{i}"), 0.7, 1.0)).collect();
         let p = plan(h100, &models).unwrap();
         assert_eq!(p.profile_counts(), [("1g.10gb", 7)]);
@@ -201,7 +205,7 @@ mod tests {
 
     #[test]
     fn spare_room_goes_to_the_busiest_model() {
-        let h100 = gpus::gpu("h100-80gb").unwrap();
+        let h100 = gpus::gpu_spec("h100-80gb").unwrap();
         let p = plan(h100, &[need("busy", 0.7, 6.0), need("quiet", 0.7, 1.0)]).unwrap();
         let replicas: Vec<u32> = p.placed.iter().map(|x| x.replicas).collect();
         assert_eq!(replicas, [6, 1]);
@@ -210,7 +214,7 @@ mod tests {
 
     #[test]
     fn bigger_models_get_bigger_slices() {
-        let h100 = gpus::gpu("h100").unwrap();
+        let h100 = gpus::gpu_spec("h100").unwrap();
         let p = plan(
             h100,
             &[
@@ -222,12 +226,12 @@ mod tests {
         .unwrap();
         let profiles: Vec<&str> = p.placed.iter().map(|x| x.profile.name).collect();
         assert_eq!(profiles, ["3g.40gb", "1g.20gb", "1g.10gb"]);
-        assert!(p.memory_eighths() <= 8 && p.compute() <= 7);
+        assert!(p.memory_slices() <= 8 && p.compute() <= 7);
     }
 
     #[test]
     fn refusals_say_why() {
-        let h100 = gpus::gpu("h100").unwrap();
+        let h100 = gpus::gpu_spec("h100").unwrap();
         let err = plan(h100, &[need("huge", 90.0, 1.0)]).unwrap_err();
         assert!(
             err.to_string().contains(

@@ -43,12 +43,27 @@ pub fn migserve_config(plan: &Plan) -> String {
         out,
         "listen = \"0.0.0.0:8080\"\n\n[slices]\nsource = \"nvml\""
     );
+    let placeholders: Vec<&str> = plan
+        .placed
+        .iter()
+        .filter(|p| p.model.path.is_none())
+        .map(|p| p.model.name.as_str())
+        .collect();
+    if !placeholders.is_empty() {
+        let _ = writeln!(
+            out,
+            "# PLACEHOLDER paths: {} were given by size only; put each model's GGUF file or\n# Hugging Face directory in its `path` before serving.",
+            placeholders.join(", ")
+        );
+    }
     for p in &plan.placed {
-        let path = p
-            .model
-            .path
-            .clone()
-            .unwrap_or_else(|| format!("/models/{}.gguf", p.model.name));
+        let path = match &p.model.path {
+            Some(path) => toml_string(path),
+            None => format!(
+                "{}  # PLACEHOLDER: no file was given for this model",
+                toml_string(&format!("/models/{}.gguf", p.model.name))
+            ),
+        };
         let profiles: Vec<String> = (0..p.replicas)
             .map(|_| format!("\"{}\"", p.profile.name))
             .collect();
@@ -58,11 +73,11 @@ pub fn migserve_config(plan: &Plan) -> String {
             p.model.bytes as f64 / 1e9,
             p.model.load,
             toml_string(&p.model.name),
-            toml_string(&path),
+            path,
             profiles.join(", ")
         );
+        // Only when asked: without it a GPU worker gives its KV cache what the weights leave.
         if let Some(kv) = p.model.kv_cache_tokens {
-            // The footprint above was sized with this cache.
             let _ = writeln!(out, "[models.engine]\nkv_cache_tokens = {kv}");
         }
     }
@@ -76,10 +91,12 @@ fn toml_string(s: &str) -> String {
 /// A human summary: one line per model.
 pub fn summary(plan: &Plan) -> String {
     let mut out = format!(
-        "{}: {} of 7 compute slices, {} of 8 memory slices\n",
+        "{}: {} of {} compute slices, {} of {} memory slices\n",
         plan.gpu.name,
         plan.compute(),
-        plan.memory_eighths()
+        plan.gpu.compute_slices,
+        plan.memory_slices(),
+        plan.gpu.memory_slices
     );
     for p in &plan.placed {
         let _ = writeln!(
