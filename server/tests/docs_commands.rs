@@ -450,6 +450,7 @@ async fn curl_examples_answer_on_a_real_server() {
     let _serve = Serve {
         child,
         url: front.clone(),
+        config: PathBuf::new(),
     };
     let worker = Worker::start(&["--model-id", "SmolLM2-135M-Instruct"]);
     let c = reqwest::Client::new();

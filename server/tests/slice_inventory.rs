@@ -41,6 +41,24 @@ fn h100_as_seven_1g_10gb() {
 }
 
 #[test]
+fn rtx_pro_6000_and_h100_nvl_profiles_and_variants() {
+    let slices = parse("rtx-pro-6000-mixed.txt");
+    assert_eq!(
+        profiles(&slices),
+        ["2g.48gb+gfx", "1g.24gb", "1g.24gb-me", "1g.12gb"]
+    );
+    let memory: Vec<Option<u64>> = slices.iter().map(|s| s.memory_bytes).collect();
+    assert_eq!(
+        memory,
+        [48, 24, 24, 12].map(|gb| Some(gb * 1_000_000_000u64))
+    );
+    let sms: Vec<Option<u32>> = slices.iter().map(|s| s.sm_count).collect();
+    assert_eq!(sms, [Some(92), Some(46), Some(46), Some(16)]);
+    assert_eq!(slices[3].gpu_index, Some(1));
+    assert_eq!(slices[3].id, "mig1-0");
+}
+
+#[test]
 fn h100_mixed_profiles() {
     let slices = parse("h100-mixed.txt");
     assert_eq!(profiles(&slices), ["3g.40gb", "2g.20gb", "1g.10gb"]);

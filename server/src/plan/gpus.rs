@@ -201,10 +201,12 @@ pub fn gpu_spec(name: &str) -> Option<&'static GpuSpec> {
 mod tests {
     use super::*;
 
-    /// The guide's numbers (`mig_user_guide.txt`): per GPU, per profile, the fraction of
-    /// memory, the fraction of SMs and the instances available.
-    fn guide() -> Vec<(String, Vec<(String, String, String, u32)>)> {
-        let mut out: Vec<(String, Vec<(String, String, String, u32)>)> = Vec::new();
+    /// One row of a guide table: profile, fraction of memory, fraction of SMs, instances.
+    type Row = (String, String, String, u32);
+
+    /// The guide's numbers (`mig_user_guide.txt`): per GPU, its rows.
+    fn guide() -> Vec<(String, Vec<Row>)> {
+        let mut out: Vec<(String, Vec<Row>)> = Vec::new();
         for line in include_str!("mig_user_guide.txt").lines() {
             let line = line.split('#').next().unwrap_or("").trim();
             if line.is_empty() {

@@ -64,7 +64,7 @@ pub async fn send(c: &reqwest::Client, base: &str, ask: &Ask) -> Result<(String,
             .lines()
             .filter_map(|l| l.strip_prefix("data:"))
             .filter_map(|d| serde_json::from_str::<Value>(d.trim()).ok())
-            .last()
+            .next_back()
             .ok_or_else(|| format!("{ask:?}: no events in {body:?}"))?;
         if last.get("error").is_some() {
             return Err(format!("{ask:?}: error event {last}"));
