@@ -14,7 +14,9 @@ fn root() -> PathBuf {
 /// The recorded machine each GPU config is checked against (`None`: emulated or no slices).
 fn inventory_for(name: &str) -> Option<&'static str> {
     match name {
-        "h100-7x1g.10gb.toml" | "node-serve/configmap.yaml" => Some("h100-7x1g.10gb.txt"),
+        "h100-7x1g.10gb.toml" | "h100-catalogue.toml" | "node-serve/configmap.yaml" => {
+            Some("h100-7x1g.10gb.txt")
+        }
         "h100-mixed.toml" => Some("h100-3g-2g-2x1g.txt"),
         "full-gpu.toml" => Some("two-gpus-mig-off.txt"),
         _ => None,
@@ -106,14 +108,35 @@ fn every_config_in_configs_places() {
             "h100-7x1g.10gb.toml" => 7,
             "h100-mixed.toml" => 4,
             "full-gpu.toml" => 1,
-            "local.toml" => 3,
+            // Three pinned workers, one on-demand model.
+            "local.toml" => 4,
+            // Three pinned workers, ten on-demand models.
+            "h100-catalogue.toml" => 13,
             "cpu-one-worker.toml" => 1,
             other => panic!("configs/{other} has no expectation here: add one"),
         };
         assert_eq!(placed.len(), expected, "{name}: {placed:?}");
         seen.push(name);
     }
-    assert_eq!(seen.len(), 5, "{seen:?}");
+    assert_eq!(seen.len(), 6, "{seen:?}");
+}
+
+#[test]
+fn the_catalogue_config_pins_three_workers_and_fits_every_on_demand_model() {
+    let name = "h100-catalogue.toml";
+    let text = std::fs::read_to_string(root().join("configs").join(name)).unwrap();
+    let placed = check(name, &with_real_model(name, &text));
+    let pinned: Vec<&String> = placed.iter().filter(|l| l.starts_with("mig0-")).collect();
+    assert_eq!(pinned.len(), 3, "{placed:?}");
+    let on_demand: Vec<&String> = placed.iter().filter(|l| l.starts_with("-\t")).collect();
+    assert_eq!(on_demand.len(), 10, "{placed:?}");
+    // Half a 1g.10gb slice holds each of them: every slice is a candidate.
+    assert!(
+        on_demand
+            .iter()
+            .all(|l| l.ends_with("fits mig0-0,mig0-1,mig0-2,mig0-3,mig0-4,mig0-5,mig0-6")),
+        "{on_demand:?}"
+    );
 }
 
 #[test]

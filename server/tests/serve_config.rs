@@ -202,9 +202,8 @@ fn the_embedded_default_is_valid() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).lines().count(),
-        3,
-        "three workers placed"
-    );
+    let out = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 4, "three workers placed, one model on demand: {out}");
+    assert!(lines[3].starts_with("-\t-\tSmolLM2-135M-Instruct-f32\ton-demand\t"));
 }
