@@ -4,7 +4,8 @@
 //! status comes from the response's `x-*` headers; a stream's line is written when its last
 //! byte is sent, with the token counts its worker reported in its headers (none: the counts
 //! of a stream are in the metrics). A worker under `serve` writes its lines at `debug`, so
-//! the front's line is the one that shows.
+//! the front's line is the one that shows. The fleet writes a line here for each model load
+//! and eviction ([`model_event`]).
 
 use std::time::Instant;
 
@@ -121,6 +122,12 @@ pub async fn log_request(
         chunk
     });
     Response::from_parts(parts, Body::from_stream(body))
+}
+
+/// A model's load or eviction, as a line of the front's access log (`event`: `load`,
+/// `loaded`, `load_failed`, `evict`, `unload`, `unloaded`), beside the request lines.
+pub fn model_event(event: &str, model: &str, slice: &str, detail: &str) {
+    tracing::info!(event, model, slice, detail, "model");
 }
 
 /// `router` with the access log.

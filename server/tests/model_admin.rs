@@ -54,24 +54,67 @@ kv_cache_tokens = 10000000
     )
 }
 
-async fn call(
-    c: &reqwest::Client,
-    method: reqwest::Method,
-    url: String,
-    key: Option<&str>,
-    body: Option<Value>,
-) -> (u16, Value, reqwest::header::HeaderMap) {
-    let mut r = c.request(method, url);
-    if let Some(key) = key {
-        r = r.bearer_auth(key);
+/// Status, JSON body and headers of an answer.
+type Answer = (u16, Value, reqwest::header::HeaderMap);
+
+/// Calls the front as a client (the client key) or an admin (the admin key).
+struct Caller {
+    c: reqwest::Client,
+    base: String,
+}
+
+impl Caller {
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        key: Option<&str>,
+        body: Option<Value>,
+    ) -> Answer {
+        let mut r = self.c.request(method, format!("{}{path}", self.base));
+        if let Some(key) = key {
+            r = r.bearer_auth(key);
+        }
+        if let Some(body) = body {
+            r = r.json(&body);
+        }
+        let r = r.send().await.expect("request");
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        (status, r.json().await.unwrap_or(Value::Null), headers)
     }
-    if let Some(body) = body {
-        r = r.json(&body);
+
+    /// `POST path` with the admin key.
+    async fn admin(&self, path: &str, body: Value) -> Answer {
+        self.send(reqwest::Method::POST, path, Some(ADMIN_KEY), Some(body))
+            .await
     }
-    let r = r.send().await.expect("request");
-    let status = r.status().as_u16();
-    let headers = r.headers().clone();
-    (status, r.json().await.unwrap_or(Value::Null), headers)
+
+    /// `GET /models` with the admin key.
+    async fn models(&self) -> Value {
+        let (status, body, _) = self
+            .send(reqwest::Method::GET, "/models", Some(ADMIN_KEY), None)
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    /// `GET path` with `key`.
+    async fn get(&self, path: &str, key: Option<&str>) -> Answer {
+        self.send(reqwest::Method::GET, path, key, None).await
+    }
+
+    /// A two-token completion of `model` with the client key.
+    async fn complete(&self, model: &str) -> Answer {
+        let body = json!({"model": model, "prompt": "Hi", "max_tokens": 2});
+        self.send(
+            reqwest::Method::POST,
+            "/v1/completions",
+            Some(CLIENT_KEY),
+            Some(body),
+        )
+        .await
+    }
 }
 
 fn card<'a>(models: &'a Value, id: &str) -> &'a Value {
@@ -99,19 +142,19 @@ async fn admin_calls_and_bad_input_get_clear_answers_and_serving_goes_on() {
     ];
     let serve = Serve::start_with_env("admin", &config(&dir, ""), &env);
     let c = client();
-    let get = reqwest::Method::GET;
-    let post = reqwest::Method::POST;
+    let api = Caller {
+        c: c.clone(),
+        base: serve.url.clone(),
+    };
 
     // The admin routes: the admin key opens them; no key, a wrong key or a client key do not.
     for key in [None, Some("wrong"), Some(CLIENT_KEY)] {
-        let (status, body, headers) = call(&c, get.clone(), serve.at("/models"), key, None).await;
+        let (status, body, headers) = api.get("/models", key).await;
         assert_eq!(status, 401, "{key:?}: {body}");
         assert_eq!(body["error"]["type"], "authentication_error");
         assert_eq!(headers["www-authenticate"], "Bearer");
     }
-    let (status, models, _) =
-        call(&c, get.clone(), serve.at("/models"), Some(ADMIN_KEY), None).await;
-    assert_eq!(status, 200, "{models}");
+    let models = api.models().await;
     let ids: Vec<&str> = models["data"]
         .as_array()
         .unwrap()
@@ -122,47 +165,17 @@ async fn admin_calls_and_bad_input_get_clear_answers_and_serving_goes_on() {
     assert_eq!(card(&models, "dir-smol")["source"], "models_dir");
     assert_eq!(card(&models, "smol")["pinned_replicas"], 1);
     // The admin key is not a client key.
-    let (status, _, _) = call(
-        &c,
-        get.clone(),
-        serve.at("/v1/models"),
-        Some(ADMIN_KEY),
-        None,
-    )
-    .await;
-    assert_eq!(status, 401);
-    let (status, listed, _) = call(
-        &c,
-        get.clone(),
-        serve.at("/v1/models"),
-        Some(CLIENT_KEY),
-        None,
-    )
-    .await;
+    assert_eq!(api.get("/v1/models", Some(ADMIN_KEY)).await.0, 401);
+    let (status, listed, _) = api.get("/v1/models", Some(CLIENT_KEY)).await;
     assert_eq!(status, 200);
     assert_eq!(listed["data"].as_array().unwrap().len(), 4, "{listed}");
 
     // An uncatalogued model: 404 in each endpoint's shape. Never a path.
-    let chat = |model: &str| json!({"model": model, "prompt": "Hi", "max_tokens": 2});
     for model in ["nope", "/etc/passwd"] {
-        let (status, body, _) = call(
-            &c,
-            post.clone(),
-            serve.at("/v1/completions"),
-            Some(CLIENT_KEY),
-            Some(chat(model)),
-        )
-        .await;
+        let (status, body, _) = api.complete(model).await;
         assert_eq!(status, 404, "{body}");
         assert_eq!(body["error"]["type"], "not_found_error");
-        let (status, body, _) = call(
-            &c,
-            post.clone(),
-            serve.at("/models/load"),
-            Some(ADMIN_KEY),
-            Some(json!({"model": model})),
-        )
-        .await;
+        let (status, body, _) = api.admin("/models/load", json!({"model": model})).await;
         assert_eq!(status, 404, "{body}");
     }
     let r = c
@@ -179,14 +192,7 @@ async fn admin_calls_and_bad_input_get_clear_answers_and_serving_goes_on() {
 
     // Too big for any slice: a 4xx at once naming the model and what it needs.
     let started = Instant::now();
-    let (status, body, _) = call(
-        &c,
-        post.clone(),
-        serve.at("/v1/completions"),
-        Some(CLIENT_KEY),
-        Some(chat("huge")),
-    )
-    .await;
+    let (status, body, _) = api.complete("huge").await;
     assert_eq!(status, 400, "{body}");
     let message = body["error"]["message"].as_str().unwrap();
     assert!(
@@ -197,58 +203,31 @@ async fn admin_calls_and_bad_input_get_clear_answers_and_serving_goes_on() {
 
     // A file that fails to load: 503 with the loader's message; the model is `failed` with
     // it, and the slice serves other models.
-    let (status, body, headers) = call(
-        &c,
-        post.clone(),
-        serve.at("/v1/completions"),
-        Some(CLIENT_KEY),
-        Some(chat("broken")),
-    )
-    .await;
+    let (status, body, headers) = api.complete("broken").await;
     assert_eq!(status, 503, "{body}");
     let why = body["error"]["message"].as_str().unwrap().to_string();
     assert!(why.contains("model \"broken\" failed to load"), "{why}");
     assert!(headers.contains_key("retry-after"), "{headers:?}");
-    let (_, models, _) = call(&c, get.clone(), serve.at("/models"), Some(ADMIN_KEY), None).await;
+    let models = api.models().await;
     let broken = card(&models, "broken");
     assert_eq!(broken["status"]["value"], "failed", "{broken}");
+    // The loader's own words: what is wrong with which file.
     let reason = broken["status"]["reason"].as_str().unwrap();
     assert!(
-        !reason.is_empty() && why.contains(reason),
+        reason.contains("error: loading") && reason.contains("broken.gguf") && why.contains(reason),
         "{reason} / {why}"
     );
     // Within the backoff it is refused at once, with the same reason.
-    let (status, again, headers) = call(
-        &c,
-        post.clone(),
-        serve.at("/v1/completions"),
-        Some(CLIENT_KEY),
-        Some(chat("broken")),
-    )
-    .await;
+    let (status, again, headers) = api.complete("broken").await;
     assert_eq!(status, 503, "{again}");
     assert!(headers.contains_key("retry-after"));
-    let (status, body, headers) = call(
-        &c,
-        post.clone(),
-        serve.at("/v1/completions"),
-        Some(CLIENT_KEY),
-        Some(chat("dir-smol")),
-    )
-    .await;
+    let (status, body, headers) = api.complete("dir-smol").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(headers["x-model"], "dir-smol");
     assert_eq!(headers["x-slice"], "cpu1", "the slice the broken load left");
 
     // Admin calls that conflict or name what does not exist.
-    let (status, body, _) = call(
-        &c,
-        post.clone(),
-        serve.at("/models/unload"),
-        Some(ADMIN_KEY),
-        Some(json!({"model": "smol"})),
-    )
-    .await;
+    let (status, body, _) = api.admin("/models/unload", json!({"model": "smol"})).await;
     assert_eq!(status, 409, "{body}");
     assert!(
         body["error"]["message"]
@@ -257,58 +236,30 @@ async fn admin_calls_and_bad_input_get_clear_answers_and_serving_goes_on() {
             .contains("pinned"),
         "{body}"
     );
-    let (status, body, _) = call(
-        &c,
-        post.clone(),
-        serve.at("/models/load"),
-        Some(ADMIN_KEY),
-        Some(json!({"model": "dir-smol", "slice": "cpu9"})),
-    )
-    .await;
-    assert_eq!(status, 404, "{body}");
-    let (status, body, _) = call(
-        &c,
-        post.clone(),
-        serve.at("/models/load"),
-        Some(ADMIN_KEY),
-        Some(json!({"modle": "x"})),
-    )
-    .await;
-    assert_eq!(status, 400, "{body}");
+    let wrong_slice = json!({"model": "dir-smol", "slice": "cpu9"});
+    assert_eq!(api.admin("/models/load", wrong_slice).await.0, 404);
+    assert_eq!(
+        api.admin("/models/load", json!({"modle": "x"})).await.0,
+        400
+    );
     // Loading what is loaded answers at once; unloading drains it.
-    let (status, body, _) = call(
-        &c,
-        post.clone(),
-        serve.at("/models/load"),
-        Some(ADMIN_KEY),
-        Some(json!({"model": "dir-smol"})),
-    )
-    .await;
+    let (status, body, _) = api
+        .admin("/models/load", json!({"model": "dir-smol"}))
+        .await;
     assert_eq!(
         (status, body["success"].as_bool()),
         (200, Some(true)),
         "{body}"
     );
     assert_eq!(body["model"]["status"]["value"], "loaded");
-    let (status, body, _) = call(
-        &c,
-        post.clone(),
-        serve.at("/models/unload"),
-        Some(ADMIN_KEY),
-        Some(json!({"model": "dir-smol"})),
-    )
-    .await;
+    let (status, body, _) = api
+        .admin("/models/unload", json!({"model": "dir-smol"}))
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["model"]["status"]["value"], "unloaded", "{body}");
     // An explicit load, on a slice, answers once the model is ready there.
-    let (status, body, _) = call(
-        &c,
-        post.clone(),
-        serve.at("/models/load"),
-        Some(ADMIN_KEY),
-        Some(json!({"model": "dir-smol", "slice": "cpu1"})),
-    )
-    .await;
+    let on_cpu1 = json!({"model": "dir-smol", "slice": "cpu1"});
+    let (status, body, _) = api.admin("/models/load", on_cpu1).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["model"]["replicas"][0]["slice"], "cpu1", "{body}");
     assert_eq!(body["model"]["replicas"][0]["state"], "ready", "{body}");
@@ -317,8 +268,7 @@ async fn admin_calls_and_bad_input_get_clear_answers_and_serving_goes_on() {
     // never does.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (_, models, _) =
-            call(&c, get.clone(), serve.at("/models"), Some(ADMIN_KEY), None).await;
+        let models = api.models().await;
         if card(&models, "dir-smol")["status"]["value"] == "unloaded" {
             assert_eq!(card(&models, "smol")["status"]["value"], "loaded");
             break;
@@ -331,26 +281,22 @@ async fn admin_calls_and_bad_input_get_clear_answers_and_serving_goes_on() {
     }
     let text = metrics_text(&c, &serve.url).await;
     let drains = |reason: &str| {
-        metric_value(
-            &text,
-            &format!("migserve_model_drains_total{{model=\"dir-smol\",reason=\"{reason}\"}}"),
-        )
-        .unwrap_or(0.0)
+        let series =
+            format!("migserve_model_drains_total{{model=\"dir-smol\",reason=\"{reason}\"}}");
+        metric_value(&text, &series).unwrap_or(0.0)
     };
     assert!(drains("idle") >= 1.0 && drains("unload") >= 1.0, "{text}");
-    assert!(
-        metric_value(
-            &text,
-            "migserve_model_load_failures_total{model=\"broken\"}"
-        )
-        .unwrap()
-            >= 1.0
+    let failures = metric_value(
+        &text,
+        "migserve_model_load_failures_total{model=\"broken\"}",
     );
+    assert!(failures.unwrap() >= 1.0, "{text}");
 
     // A reload that does not parse is refused whole; nothing changes.
     std::fs::write(&serve.config, "[[models]\nname =").unwrap();
-    let (status, body, _) =
-        call(&c, post.clone(), serve.at("/reload"), Some(ADMIN_KEY), None).await;
+    let (status, body, _) = api
+        .send(reqwest::Method::POST, "/reload", Some(ADMIN_KEY), None)
+        .await;
     assert_eq!(status, 400, "{body}");
     assert!(
         body["error"]["message"]
@@ -365,14 +311,7 @@ async fn admin_calls_and_bad_input_get_clear_answers_and_serving_goes_on() {
     serve.signal("HUP");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let (_, listed, _) = call(
-            &c,
-            get.clone(),
-            serve.at("/v1/models"),
-            Some(CLIENT_KEY),
-            None,
-        )
-        .await;
+        let (_, listed, _) = api.get("/v1/models", Some(CLIENT_KEY)).await;
         if listed["data"]
             .as_array()
             .unwrap()
@@ -386,14 +325,7 @@ async fn admin_calls_and_bad_input_get_clear_answers_and_serving_goes_on() {
     }
 
     // Through all of it the pinned model kept serving.
-    let (status, body, headers) = call(
-        &c,
-        post.clone(),
-        serve.at("/v1/completions"),
-        Some(CLIENT_KEY),
-        Some(chat("smol")),
-    )
-    .await;
+    let (status, body, headers) = api.complete("smol").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(headers["x-slice"], "cpu0");
     let _ = std::fs::remove_dir_all(&dir);

@@ -188,12 +188,11 @@ fn unknown_keys_are_refused() {
     );
 }
 
-#[test]
-fn the_embedded_default_is_valid() {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+/// `serve --check` on the embedded default, run from `dir`: its placement lines.
+fn check_embedded(dir: &std::path::Path) -> Vec<String> {
     let out = Command::new(env!("CARGO_BIN_EXE_migserve"))
         .args(["serve", "--check"])
-        .current_dir(&root)
+        .current_dir(dir)
         .env("RUST_LOG", "warn")
         .output()
         .unwrap();
@@ -202,8 +201,25 @@ fn the_embedded_default_is_valid() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = String::from_utf8_lossy(&out.stdout);
-    let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines.len(), 4, "three workers placed, one model on demand: {out}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn the_embedded_default_is_valid() {
+    let lines = check_embedded(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".."));
+    assert_eq!(
+        lines.len(),
+        4,
+        "three workers placed, one model on demand: {lines:?}"
+    );
     assert!(lines[3].starts_with("-\t-\tSmolLM2-135M-Instruct-f32\ton-demand\t"));
+}
+
+#[test]
+fn the_embedded_default_finds_its_model_from_any_directory() {
+    // Not the repository root: the config is found above the binary (target/debug/).
+    assert_eq!(check_embedded(&std::env::temp_dir()).len(), 4);
 }

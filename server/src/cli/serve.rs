@@ -117,6 +117,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             "shutting down: listener closed, no new requests, draining"
         );
         let _ = stop_tx.send(true);
+        fleet.close();
         let drain_started = std::time::Instant::now();
         if tokio::time::timeout(timings.drain, server).await.is_err() {
             tracing::warn!("drain timeout reached; stopping workers with requests in flight");

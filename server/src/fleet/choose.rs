@@ -141,23 +141,8 @@ pub fn choose(sharing: Sharing, slices: &[Slice], views: &[SliceView], needs: &N
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::slices::SliceKind;
 
-    fn slice(i: usize, gb: u64) -> Slice {
-        Slice {
-            id: format!("cpu{i}"),
-            uuid: format!("EMU-cpu-{i}"),
-            profile: format!("1g.{gb}gb"),
-            kind: SliceKind::Cpu,
-            memory_bytes: Some(gb * 1_000_000_000),
-            sm_count: None,
-            gpu_index: None,
-            gpu_uuid: None,
-            gpu_instance: None,
-            compute_instance: None,
-            cpus: Vec::new(),
-        }
-    }
+    use crate::slices::test_slice as slice;
 
     fn tenant(key: u64, model: &str, gb: f64, last_use: u64) -> Tenant {
         Tenant {

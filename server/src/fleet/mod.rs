@@ -135,14 +135,20 @@ impl Fleet {
         Ok(())
     }
 
-    /// Stops every worker (SIGTERM, SIGKILL after `grace`); held requests get 503 at once.
-    pub async fn shutdown(&self, grace: Duration) {
+    /// Starts no more loads: held requests get 503 at once, waiting loads are dropped. The
+    /// workers keep serving what they have.
+    pub fn close(&self) {
         {
             let mut st = lock(&self.state);
             st.closing = true;
             st.pending.clear();
         }
         self.bump();
+    }
+
+    /// Closes ([`Fleet::close`]) and stops every worker (SIGTERM, SIGKILL after `grace`).
+    pub async fn shutdown(&self, grace: Duration) {
+        self.close();
         self.supervisor.shutdown(grace).await;
     }
 

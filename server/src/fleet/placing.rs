@@ -253,14 +253,9 @@ impl Fleet {
         if let Some(front) = self.front() {
             front.add_backend(backend.clone());
         }
-        tracing::info!(
-            event = "load",
-            model = slot.model(),
-            slice = slot.id(),
-            pinned,
-            memory_share = share.map(gb).unwrap_or_else(|| "whole slice".into()),
-            "loading model"
-        );
+        let share = share.map(gb).unwrap_or_else(|| "whole slice".into());
+        let detail = format!("pinned={pinned} memory_share={share}");
+        crate::access_log::model_event("load", slot.model(), slot.id(), &detail);
         st.workers.push(Worker {
             slot: slot.clone(),
             backend,
@@ -304,13 +299,8 @@ impl Fleet {
                         entry.failure = None;
                         entry.usage.counters.record_load(secs);
                     }
-                    tracing::info!(
-                        event = "loaded",
-                        model = slot.model(),
-                        slice = slot.id(),
-                        load_secs = secs,
-                        "model loaded"
-                    );
+                    let detail = format!("load_secs={secs:.3}");
+                    crate::access_log::model_event("loaded", slot.model(), slot.id(), &detail);
                 }
                 SlotState::Failed => {
                     watch_on = false;
@@ -367,7 +357,7 @@ impl Fleet {
                 t.crash_window,
             );
         }
-        tracing::warn!(event = "load_failed", model, %reason, "model failed to load");
+        crate::access_log::model_event("load_failed", model, "-", &reason);
     }
 
     /// Takes worker `key` out of rotation and stops it once its requests in flight are
@@ -389,14 +379,12 @@ impl Fleet {
             DrainReason::Evicted | DrainReason::Idle => "evict",
             DrainReason::Unload | DrainReason::Reload => "unload",
         };
-        tracing::info!(
-            event,
-            model = slot.model(),
-            slice = slot.id(),
-            reason = reason.as_str(),
-            in_flight = backend.stats.in_flight(),
-            "model leaving its slice"
+        let detail = format!(
+            "reason={} in_flight={}",
+            reason.as_str(),
+            backend.stats.in_flight()
         );
+        crate::access_log::model_event(event, slot.model(), slot.id(), &detail);
         let fleet = self.myself();
         let drain = self.supervisor.timings().drain;
         let stop = self.supervisor.timings().stop;
@@ -413,12 +401,7 @@ impl Fleet {
             {
                 let mut st = lock(&fleet.state);
                 st.workers.retain(|w| w.key() != slot.key);
-                tracing::info!(
-                    event = "unloaded",
-                    model = slot.model(),
-                    slice = slot.id(),
-                    "model left its slice"
-                );
+                crate::access_log::model_event("unloaded", slot.model(), slot.id(), "");
                 fleet.reconcile(&mut st);
             }
             fleet.bump();

@@ -238,12 +238,10 @@ impl State {
                         section.name
                     ));
                 }
-                let here = self.workers.iter().any(|w| {
-                    w.slice == i
-                        && w.model() == section.name
-                        && w.phase != Phase::Draining(DrainReason::Evicted)
-                        && !matches!(w.phase, Phase::Draining(_))
-                });
+                let here = self
+                    .workers
+                    .iter()
+                    .any(|w| w.slice == i && w.model() == section.name && w.live());
                 if here {
                     return Err(format!(
                         "slice {} holds a replica of {:?} already",

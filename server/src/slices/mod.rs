@@ -69,6 +69,25 @@ impl Slice {
     }
 }
 
+/// An emulated CPU slice `cpu{i}` of `gb` decimal gigabytes (profile `1g.{gb}gb`), for
+/// placement tests.
+#[cfg(test)]
+pub(crate) fn test_slice(i: usize, gb: u64) -> Slice {
+    Slice {
+        id: format!("cpu{i}"),
+        uuid: format!("EMU-cpu-{i}"),
+        profile: format!("1g.{gb}gb"),
+        kind: SliceKind::Cpu,
+        memory_bytes: Some(gb * 1_000_000_000),
+        sm_count: None,
+        gpu_index: None,
+        gpu_uuid: None,
+        gpu_instance: None,
+        compute_instance: None,
+        cpus: Vec::new(),
+    }
+}
+
 /// Why slices could not be discovered.
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {

@@ -1,24 +1,11 @@
 use super::*;
-use crate::slices::SliceKind;
 
 const GB: u64 = 1_000_000_000;
 
 fn slices(spec: &[u64]) -> Vec<Slice> {
     spec.iter()
         .enumerate()
-        .map(|(i, gb)| Slice {
-            id: format!("cpu{i}"),
-            uuid: format!("EMU-cpu-{i}"),
-            profile: format!("1g.{gb}gb"),
-            kind: SliceKind::Cpu,
-            memory_bytes: Some(gb * GB),
-            sm_count: None,
-            gpu_index: None,
-            gpu_uuid: None,
-            gpu_instance: None,
-            compute_instance: None,
-            cpus: Vec::new(),
-        })
+        .map(|(i, gb)| crate::slices::test_slice(i, *gb))
         .collect()
 }
 
