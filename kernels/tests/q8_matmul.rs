@@ -164,3 +164,46 @@ fn non_finite_and_tiny_activations_quantize_the_same_with_or_without_simd() {
     assert!(a[..16].iter().all(|v| v.is_nan()));
     assert!(a[16..].iter().all(|v| v.is_finite()));
 }
+
+#[test]
+fn packing_in_parallel_or_row_by_row_gives_the_same_tiles() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    for (n, k) in [(40, 64), (960, 576), (16, 32), (17, 96)] {
+        let mut w = random(&mut rng, n * k);
+        w[5] = f32::NAN; // a block that is not finite: zeros and a NaN scale
+        w[k + 1] = 4.0; // a block whose largest value is far from the others
+        let serial = PackedQ8::quantize(&w, n, k).unwrap();
+        let parallel = PackedQ8::quantize_with(&rayon_for, &w, n, k).unwrap();
+        let rows = PackedQ8::quantize_rows_with(&rayon_for, n, k, &|r, out| {
+            out.copy_from_slice(&w[r * k..(r + 1) * k])
+        })
+        .unwrap();
+        for t in 0..serial.tiles() {
+            for (i, (a, (b, c))) in serial
+                .tile(t)
+                .iter()
+                .zip(parallel.tile(t).iter().zip(rows.tile(t)))
+                .enumerate()
+            {
+                assert!(a.qs == b.qs && a.qs == c.qs, "{n}x{k} tile {t} block {i}");
+                assert!(a.scales == b.scales && a.scales == c.scales);
+            }
+        }
+        // Independently: each value is the block's value over its scale (the largest
+        // magnitude maps to 127), rounded half to even, stored plus 128.
+        let (col, b) = (1, 0);
+        let block = &w[col * k + b * BLOCK..][..BLOCK];
+        let amax = block.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let tile = &serial.tile(col / 16)[b];
+        for (i, v) in block.iter().enumerate() {
+            let want = (*v / (amax / 127.0)).round_ties_even() as i32 + 128;
+            let got = tile.qs[((i / 4) * 16 + col % 16) * 4 + i % 4] as i32;
+            assert!((want - got).abs() <= 1, "value {i}: {got} vs {want}");
+        }
+        assert_eq!(
+            tile.qs[((1 / 4) * 16 + 1) * 4 + 1],
+            255,
+            "4.0 is the block's 127"
+        );
+    }
+}

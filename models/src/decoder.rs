@@ -4,7 +4,7 @@
 //! stored keys. What differs between families (biases, q/k norms, post norms, activation,
 //! RoPE pairing, embedding scale, sliding windows) is read from [`ModelConfig`].
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::ops::rms_norm;
@@ -12,6 +12,7 @@ use candle_nn::rotary_emb::{rope, rope_i};
 
 use crate::config::{Activation, ModelConfig, RopeStyle};
 use crate::cpu_ops::{self, CpuRope};
+use crate::embedding::TokenEmbedding;
 use crate::error::{ModelError, Result};
 use crate::kv::{AttentionSpan, KvStore, SeqId};
 use crate::linear::{split_columns, Linear};
@@ -83,7 +84,7 @@ struct Layer {
 /// The weights of a decoder model, ready to run.
 pub struct Decoder {
     config: ModelConfig,
-    embedding: Tensor,
+    embedding: TokenEmbedding,
     layers: Vec<Layer>,
     output_norm: Norm,
     lm_head: Linear,
@@ -189,23 +190,46 @@ impl Decoder {
 
         let (vocab, ffn) = (config.vocab_size, config.ffn_size);
         let embedding_raw = ld.raw("token_embd.weight", &[vocab, h])?;
-        let embedding = embedding_raw.to_dtype(dtype)?.to_device(device)?;
+        let keep_blocks = device.is_cpu()
+            && matches!(format, WeightFormat::Q8 | WeightFormat::Quantized)
+            && matches!(&embedding_raw, RawTensor::Quantized(q) if h.is_multiple_of(q.dtype().block_size()));
+        let (embedding, embedding_raw) = match embedding_raw {
+            // On the CPU a quantized table stays in its blocks; a step dequantizes its rows.
+            RawTensor::Quantized(q) if keep_blocks => (TokenEmbedding::Blocks(Arc::new(*q)), None),
+            raw => (
+                TokenEmbedding::Dense(raw.to_dtype(dtype)?.to_device(device)?),
+                Some(raw),
+            ),
+        };
         let lm_head = if ld.has("output.weight") {
             ld.linear("output.weight", vocab, h)?
-        } else if matches!(format, WeightFormat::F32 | WeightFormat::Bf16) {
-            // Tied embeddings, dense: the output layer is the embedding tensor itself (one
-            // copy in memory; Gemma's 262,144 x 640 table is 335 MB in bf16).
-            Linear::Candle {
-                weights: candle_core::quantized::QMatMul::Tensor(embedding.clone()),
-                pad: 0,
-            }
-        } else if device.is_cpu() && embedding.dtype() == DType::F32 {
-            // Tied embeddings, re-quantized on the CPU: from the f32 table already in memory
-            // (not a second dequantized copy of it).
-            Linear::from_dense(embedding.clone(), format, device)?
         } else {
-            // Tied embeddings: the output layer is the embedding matrix, in `format`.
-            Linear::new(embedding_raw, format, device)?
+            match (&embedding, embedding_raw) {
+                // Tied embeddings in their blocks: the output layer is made from them.
+                (TokenEmbedding::Blocks(q), _) => Linear::tied(q, format, device)?,
+                // Tied embeddings, dense: the output layer is the embedding tensor itself
+                // (one copy in memory; Gemma's 262,144 x 640 table is 335 MB in bf16).
+                (TokenEmbedding::Dense(table), _)
+                    if matches!(format, WeightFormat::F32 | WeightFormat::Bf16) =>
+                {
+                    Linear::Candle {
+                        weights: candle_core::quantized::QMatMul::Tensor(table.clone()),
+                        pad: 0,
+                    }
+                }
+                // Re-quantized on the CPU from the f32 table already in memory (not a second
+                // dequantized copy of it).
+                (TokenEmbedding::Dense(table), _)
+                    if device.is_cpu() && table.dtype() == DType::F32 =>
+                {
+                    Linear::from_dense(table.clone(), format, device)?
+                }
+                // The embedding matrix again, in `format`.
+                (TokenEmbedding::Dense(_), Some(raw)) => Linear::new(raw, format, device)?,
+                (TokenEmbedding::Dense(table), None) => {
+                    Linear::from_dense(table.to_device(&Device::Cpu)?, format, device)?
+                }
+            }
         };
         let ropes_of_layers = {
             let factors = match ld.has("rope_freqs.weight") {
@@ -406,7 +430,7 @@ impl Decoder {
             spans: &spans,
         };
 
-        let mut x = self.embedding.index_select(&ids, 0)?;
+        let mut x = self.embedding.lookup(&ids)?;
         if let Some(scale) = cfg.embedding_scale {
             x = (x * f64::from(scale))?;
         }

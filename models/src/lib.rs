@@ -7,6 +7,7 @@ pub mod chat_tools;
 pub mod config;
 pub mod cpu_ops;
 pub mod decoder;
+pub mod embedding;
 pub mod error;
 pub mod generate;
 pub mod gguf;

@@ -57,6 +57,9 @@ impl Linear {
             let weights = QMatMul::from_arc(Arc::new(to_device(q, device)?))?;
             return Ok(Self::Candle { weights, pad: 0 });
         }
+        if packs_q8(format, device, k) {
+            return Self::packed_from_blocks(&[&q]);
+        }
         Self::from_dense(q.dequantize(&Device::Cpu)?, format, device)
     }
 
@@ -89,11 +92,79 @@ impl Linear {
             let stacked = QTensor::new(storage, (rows, cols))?;
             return Self::new(RawTensor::Quantized(Box::new(stacked)), format, device);
         }
+        let k = parts.first().map(|p| p.dims()[1]).unwrap_or(0);
+        if quantized.len() == parts.len() && packs_q8(format, device, k) {
+            return Self::packed_from_blocks(&quantized);
+        }
         let dense = parts
             .iter()
             .map(|p| p.to_dtype(format.activation_dtype()))
             .collect::<Result<Vec<_>>>()?;
         Self::from_dense(Tensor::cat(&dense, 0)?, format, device)
+    }
+
+    /// The output layer tied to a quantized embedding table kept on the CPU: the table's
+    /// own blocks (`quantized`, or Q8_0 that candle's tiles take), packed a row at a time, or
+    /// dequantized.
+    pub fn tied(table: &Arc<QTensor>, format: WeightFormat, device: &Device) -> Result<Self> {
+        let k = table.shape().dims2()?.1;
+        let as_is = match format {
+            WeightFormat::Quantized => true,
+            WeightFormat::Q8 => {
+                table.dtype() == GgmlDType::Q8_0
+                    && k.is_multiple_of(Q8_TILED_K)
+                    && !packs_q8(format, device, k)
+            }
+            WeightFormat::F32 | WeightFormat::Bf16 => false,
+        };
+        if as_is && device.is_cpu() {
+            let weights = QMatMul::from_arc(table.clone())?;
+            return Ok(Self::Candle { weights, pad: 0 });
+        }
+        if packs_q8(format, device, k) {
+            return Self::packed_from_blocks(&[table]);
+        }
+        Self::from_dense(table.dequantize(&Device::Cpu)?, format, device)
+    }
+
+    /// Our packed 8-bit layer from quantized matrices stacked by rows, dequantized a row at a
+    /// time as it is packed (no f32 copy of the whole matrix: the same values, less memory
+    /// traffic at load).
+    fn packed_from_blocks(parts: &[&QTensor]) -> Result<Self> {
+        let k = parts[0].shape().dims2()?.1;
+        let mut rows = Vec::with_capacity(parts.len());
+        for p in parts {
+            let (n, width) = p.shape().dims2()?;
+            if width != k {
+                return Err(ModelError::Tensor(candle_core::Error::msg(format!(
+                    "stacked matrices of widths {k} and {width}"
+                ))));
+            }
+            rows.push((p.dtype(), p.data()?, n));
+        }
+        let n = rows.iter().map(|(_, _, n)| n).sum();
+        let failed: std::sync::Mutex<Option<candle_core::Error>> = Default::default();
+        let row = |mut r: usize, out: &mut [f32]| {
+            for (dtype, bytes, part_rows) in &rows {
+                if r >= *part_rows {
+                    r -= part_rows;
+                    continue;
+                }
+                if let Err(e) = crate::embedding::dequantize_row(*dtype, bytes, k, r, out) {
+                    out.fill(0.0);
+                    if let Ok(mut f) = failed.lock() {
+                        f.get_or_insert(e);
+                    }
+                }
+                return;
+            }
+        };
+        let packed = PackedQ8::quantize_rows_with(&candle_pool, n, k, &row)
+            .map_err(|e| ModelError::Tensor(candle_core::Error::msg(e)))?;
+        if let Some(e) = failed.into_inner().ok().flatten() {
+            return Err(ModelError::Tensor(e));
+        }
+        Ok(Self::PackedQ8(packed))
     }
 
     /// The layer in `format` from dense weights `[out, in]` (f32, bf16 or f16) on the CPU.
@@ -104,7 +175,9 @@ impl Linear {
         let (n, k) = w.dims2()?;
         if packs_q8(format, device, k) {
             // Read in place: one f32 copy of the matrix at a time.
-            let packed = with_f32(&w, |dense| PackedQ8::quantize(dense, n, k))?;
+            let packed = with_f32(&w, |dense| {
+                PackedQ8::quantize_with(&candle_pool, dense, n, k)
+            })?;
             return packed
                 .map(Self::PackedQ8)
                 .map_err(|e| ModelError::Tensor(candle_core::Error::msg(e)));

@@ -47,12 +47,8 @@ impl PagedKvCache {
         let elements = total_blocks * block_size * row;
         Self {
             blocks: BlockManager::new(total_blocks, block_size),
-            keys: (0..config.n_layers)
-                .map(|_| vec![f16::ZERO; elements])
-                .collect(),
-            values: (0..config.n_layers)
-                .map(|_| vec![f16::ZERO; elements])
-                .collect(),
+            keys: (0..config.n_layers).map(|_| zeroed(elements)).collect(),
+            values: (0..config.n_layers).map(|_| zeroed(elements)).collect(),
             row,
             n_kv_heads: config.n_kv_heads,
             head_dim: config.head_dim,
@@ -60,6 +56,17 @@ impl PagedKvCache {
             step: BatchLayout::default(),
         }
     }
+}
+
+/// `n` zeros from zeroed memory: the OS hands out zero pages, touched only when a block is
+/// first written, so a large cache costs nothing at start (`vec![f16::ZERO; n]` would write
+/// every byte).
+fn zeroed(n: usize) -> Vec<f16> {
+    let bits = std::mem::ManuallyDrop::new(vec![0u16; n]);
+    let (ptr, len, capacity) = (bits.as_ptr() as *mut f16, bits.len(), bits.capacity());
+    // SAFETY: `f16` is a transparent wrapper of `u16` (same size and alignment) and the bits
+    // 0 are +0.0; the allocation is handed over whole, with its length and capacity.
+    unsafe { Vec::from_raw_parts(ptr, len, capacity) }
 }
 
 impl KvStore for PagedKvCache {

@@ -72,6 +72,13 @@ impl Footprints {
     pub fn forget(&mut self, model: &str) {
         self.0.retain(|(name, _), _| name != model);
     }
+
+    /// Takes what `other` read that this has not.
+    pub fn merge(&mut self, other: Footprints) {
+        for (key, value) in other.0 {
+            self.0.entry(key).or_insert(value);
+        }
+    }
 }
 
 /// The device a model's worker on `slice` runs on.

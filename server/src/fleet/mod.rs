@@ -121,6 +121,7 @@ impl Fleet {
             }
         }
         self.bump();
+        self.read_footprints();
         let fleet = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut ticker = tokio::time::interval(Duration::from_millis(250));
@@ -133,6 +134,28 @@ impl Fleet {
             }
         });
         Ok(())
+    }
+
+    /// Reads every catalogued model's footprint (its headers) on the blocking pool, so that
+    /// the first request for a model does not wait for it.
+    pub(crate) fn read_footprints(&self) {
+        let (models, slices) = {
+            let st = lock(&self.state);
+            let models: Vec<_> = st.models.iter().map(|m| m.section.clone()).collect();
+            (models, st.slices.clone())
+        };
+        let fleet = self.myself();
+        tokio::task::spawn_blocking(move || {
+            let mut read = Footprints::default();
+            for model in &models {
+                for slice in &slices {
+                    let _ = read.of(model, placement::device_for(model, slice));
+                }
+            }
+            if let Some(fleet) = fleet.upgrade() {
+                lock(&fleet.state).footprints.merge(read);
+            }
+        });
     }
 
     /// Starts no more loads: held requests get 503 at once, waiting loads are dropped. The

@@ -114,9 +114,14 @@ impl Fleet {
             explicit,
             pinned: false,
         };
-        // A model whose headers cannot be read fails now, as its load would.
-        if let Some(section) = st.model(model).map(|m| m.section.clone()) {
-            st.footprints.forget(model);
+        // A model whose headers cannot be read fails now, as its load would. After a failed
+        // load they are read again (the file may have been fixed); else the footprint read
+        // once is kept.
+        if let Some(entry) = st.model(model) {
+            let section = entry.section.clone();
+            if entry.failure.is_some() {
+                st.footprints.forget(model);
+            }
             let device = st
                 .slices
                 .first()

@@ -85,6 +85,7 @@ impl Fleet {
             self.apply(st, new)?
         };
         self.bump();
+        self.read_footprints();
         tracing::info!(
             added = ?report.added,
             removed = ?report.removed,

@@ -2,6 +2,8 @@
 
 use half::f16;
 
+use crate::cpu::parallel::ParallelFor;
+
 /// Input values per quantization block (one scale each), as in GGUF's Q8_0.
 pub const BLOCK: usize = 32;
 /// Output columns per tile: one 512-bit register of 32-bit sums.
@@ -39,15 +41,36 @@ pub enum PackError {
 /// A block holding a NaN or an infinity gets zeros and a NaN scale (so the result is NaN, as
 /// f32 math would give); a block too small for `1 / scale` to be finite gets zeros.
 pub(crate) fn quantize_block(x: &[f32], q: &mut [i8]) -> f32 {
-    if !x.iter().all(|v| v.is_finite()) {
+    // One pass for both, in 8 independent lanes so that it vectorizes: the largest
+    // magnitude, and whether every value is finite (a max is order-free for finite values;
+    // any other input ends below).
+    let (mut lanes, mut finite) = ([0.0f32; 8], [true; 8]);
+    for eight in x.chunks_exact(8) {
+        for i in 0..8 {
+            let a = eight[i].abs();
+            finite[i] &= a < f32::INFINITY;
+            lanes[i] = if a > lanes[i] { a } else { lanes[i] };
+        }
+    }
+    let mut finite = finite.iter().all(|f| *f);
+    let mut amax = lanes
+        .iter()
+        .fold(0.0f32, |m, a| if *a > m { *a } else { m });
+    for &v in x.chunks_exact(8).remainder() {
+        finite &= v.is_finite();
+        amax = if v.abs() > amax { v.abs() } else { amax };
+    }
+    if !finite {
         q.fill(0);
         return f32::NAN;
     }
-    let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     let d = amax / 127.0;
     let inv = block_inverse(d);
     for (q, v) in q.iter_mut().zip(x) {
-        *q = (v * inv).round_ties_even() as i8;
+        let r = (v * inv).round_ties_even();
+        // SAFETY: every value is finite and |v| <= amax, so |r| <= 127 (inv is 127 / amax
+        // rounded, or 0): in range of i32 and i8. Unchecked, the conversion vectorizes.
+        *q = unsafe { r.to_int_unchecked::<i32>() } as i8;
     }
     d
 }
@@ -66,11 +89,36 @@ impl PackedQ8 {
     /// Quantizes the row-major f32 matrix `w` (`n` rows of `k`) and packs it. Values already
     /// on a Q8_0 grid (dequantized from a Q8_0 file) come back as they were.
     pub fn quantize(w: &[f32], n: usize, k: usize) -> Result<Self, PackError> {
-        if !k.is_multiple_of(BLOCK) {
-            return Err(PackError::Width(k));
-        }
+        Self::quantize_with(&|n, f| f(0..n), w, n, k)
+    }
+
+    /// [`PackedQ8::quantize`] with the column tiles spread over `parallel` (the same result:
+    /// each tile is computed alone).
+    pub fn quantize_with(
+        parallel: ParallelFor<'_>,
+        w: &[f32],
+        n: usize,
+        k: usize,
+    ) -> Result<Self, PackError> {
         if w.len() != n * k {
             return Err(PackError::Length { len: w.len(), n, k });
+        }
+        Self::quantize_rows_with(parallel, n, k, &|r, out| {
+            out.copy_from_slice(&w[r * k..][..k])
+        })
+    }
+
+    /// [`PackedQ8::quantize_with`] of the matrix whose row `r` (`k` values) `row(r, out)`
+    /// writes into `out`: a matrix held in another encoding is packed a row at a time,
+    /// never whole in f32.
+    pub fn quantize_rows_with(
+        parallel: ParallelFor<'_>,
+        n: usize,
+        k: usize,
+        row: &(dyn Fn(usize, &mut [f32]) + Sync),
+    ) -> Result<Self, PackError> {
+        if !k.is_multiple_of(BLOCK) {
+            return Err(PackError::Width(k));
         }
         let kb = k / BLOCK;
         let tiles = n.div_ceil(TILE_COLS);
@@ -79,19 +127,33 @@ impl PackedQ8 {
             scales: [0; TILE_COLS],
         };
         let mut blocks = vec![empty; tiles * kb];
-        let mut q = [0i8; BLOCK];
-        for col in 0..n {
-            let (tile, c) = (col / TILE_COLS, col % TILE_COLS);
-            for b in 0..kb {
-                let d = quantize_block(&w[col * k + b * BLOCK..][..BLOCK], &mut q);
-                let block = &mut blocks[tile * kb + b];
-                block.scales[c] = f16::from_f32(d).to_bits();
-                for (i, v) in q.iter().enumerate() {
-                    let (g, j) = (i / 4, i % 4);
-                    block.qs[(g * TILE_COLS + c) * 4 + j] = (*v as i16 + 128) as u8;
+        let addr = blocks.as_mut_ptr() as usize;
+        parallel(tiles, &|range: std::ops::Range<usize>| {
+            let mut q = [0i8; BLOCK];
+            let mut values = vec![0.0f32; k];
+            for tile in range {
+                assert!(tile < tiles, "tile {tile} out of 0..{tiles}");
+                // SAFETY: `blocks` holds `tiles * kb` blocks and stays borrowed for the whole
+                // call; `parallel` hands out disjoint ranges of tiles, so no two threads
+                // write the same blocks.
+                let own = unsafe {
+                    std::slice::from_raw_parts_mut((addr as *mut TileBlock).add(tile * kb), kb)
+                };
+                for c in 0..TILE_COLS.min(n - tile * TILE_COLS) {
+                    row(tile * TILE_COLS + c, &mut values);
+                    for (block, x) in own.iter_mut().zip(values.chunks_exact(BLOCK)) {
+                        let d = quantize_block(x, &mut q);
+                        block.scales[c] = f16::from_f32(d).to_bits();
+                        for (g, four) in q.chunks_exact(4).enumerate() {
+                            let at = (g * TILE_COLS + c) * 4;
+                            for (j, v) in four.iter().enumerate() {
+                                block.qs[at + j] = (*v as u8) ^ 0x80;
+                            }
+                        }
+                    }
                 }
             }
-        }
+        });
         Ok(Self { n, k, blocks })
     }
 
