@@ -200,10 +200,9 @@ fn packing_in_parallel_or_row_by_row_gives_the_same_tiles() {
             let got = tile.qs[((i / 4) * 16 + col % 16) * 4 + i % 4] as i32;
             assert!((want - got).abs() <= 1, "value {i}: {got} vs {want}");
         }
-        assert_eq!(
-            tile.qs[((1 / 4) * 16 + 1) * 4 + 1],
-            255,
-            "4.0 is the block's 127"
-        );
+        // Value 1 of column 1 is 4.0, the block's largest: 127, stored as 255 (group 0,
+        // column 1, place 1).
+        let (group, column, place) = (0, 1, 1);
+        assert_eq!(tile.qs[(group * 16 + column) * 4 + place], 255);
     }
 }
