@@ -26,14 +26,28 @@ impl Model {
         let mut source = ModelSource::open(path)?;
         source.check_format(format)?;
         let config = source.config()?;
-        let tokenizer = source.tokenizer()?;
-        let chat_template = source.chat_template(&tokenizer)?;
-        let decoder =
-            source.with_tensors(|tensors| Decoder::load(tensors, config, format, device))?;
-        Ok(Self {
-            decoder,
-            tokenizer,
-            chat_template,
+        // The tokenizer is built on a thread of its own while the weights load (a
+        // 262,144-token SentencePiece vocabulary takes most of a second): a model loaded on
+        // demand answers that much sooner.
+        std::thread::scope(|scope| {
+            let text = scope.spawn(|| -> Result<(Tokenizer, ChatTemplate)> {
+                let source = ModelSource::open(path)?;
+                let tokenizer = source.tokenizer()?;
+                let chat_template = source.chat_template(&tokenizer)?;
+                Ok((tokenizer, chat_template))
+            });
+            let decoder =
+                source.with_tensors(|tensors| Decoder::load(tensors, config, format, device));
+            let text = text.join().map_err(|_| {
+                ModelError::Tokenizer("the thread building the tokenizer panicked".into())
+            })?;
+            let decoder = decoder?;
+            let (tokenizer, chat_template) = text?;
+            Ok(Self {
+                decoder,
+                tokenizer,
+                chat_template,
+            })
         })
     }
 
