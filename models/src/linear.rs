@@ -43,17 +43,7 @@ impl Linear {
             RawTensor::Dense(t) => return Self::from_dense(t, format, device),
         };
         let (_, k) = q.shape().dims2()?;
-        // Kept in the file's own encoding: `quantized`, and Q8_0 that candle's tiles take as is.
-        let as_is = match format {
-            WeightFormat::Quantized => true,
-            WeightFormat::Q8 => {
-                q.dtype() == GgmlDType::Q8_0
-                    && k.is_multiple_of(Q8_TILED_K)
-                    && !packs_q8(format, device, k)
-            }
-            WeightFormat::F32 | WeightFormat::Bf16 => false,
-        };
-        if as_is {
+        if kept_as_is(q.dtype(), k, format, device) {
             let weights = QMatMul::from_arc(Arc::new(to_device(q, device)?))?;
             return Ok(Self::Candle { weights, pad: 0 });
         }
@@ -108,16 +98,7 @@ impl Linear {
     /// dequantized.
     pub fn tied(table: &Arc<QTensor>, format: WeightFormat, device: &Device) -> Result<Self> {
         let k = table.shape().dims2()?.1;
-        let as_is = match format {
-            WeightFormat::Quantized => true,
-            WeightFormat::Q8 => {
-                table.dtype() == GgmlDType::Q8_0
-                    && k.is_multiple_of(Q8_TILED_K)
-                    && !packs_q8(format, device, k)
-            }
-            WeightFormat::F32 | WeightFormat::Bf16 => false,
-        };
-        if as_is && device.is_cpu() {
+        if kept_as_is(table.dtype(), k, format, device) && device.is_cpu() {
             let weights = QMatMul::from_arc(table.clone())?;
             return Ok(Self::Candle { weights, pad: 0 });
         }
@@ -219,6 +200,18 @@ impl Linear {
                 Ok(Tensor::from_vec(out, (rows, w.n()), x.device())?)
             }
         }
+    }
+}
+
+/// Whether a quantized matrix of `dtype` and input width `k` is kept in the file's own
+/// encoding in `format` on `device`: `quantized`, and Q8_0 that candle's tiles take as is.
+fn kept_as_is(dtype: GgmlDType, k: usize, format: WeightFormat, device: &Device) -> bool {
+    match format {
+        WeightFormat::Quantized => true,
+        WeightFormat::Q8 => {
+            dtype == GgmlDType::Q8_0 && k.is_multiple_of(Q8_TILED_K) && !packs_q8(format, device, k)
+        }
+        WeightFormat::F32 | WeightFormat::Bf16 => false,
     }
 }
 

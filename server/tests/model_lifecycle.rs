@@ -1,6 +1,7 @@
 //! Models over time with real models on emulated CPU slices: a catalogue larger than the
 //! slices loads on demand and evicts the least recently used; two models share a slice,
-//! each with its memory share; a shutdown drain answers new requests at once.
+//! each with its memory share; a busy model gets more replicas up to `max_replicas`; a
+//! shutdown drain answers new requests at once.
 
 mod common;
 
@@ -347,4 +348,85 @@ path = "{model}"
         serve.wait_exit(Duration::from_secs(60)).is_some(),
         "serve exited"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_on_demand_model_gets_another_replica_up_to_max_replicas() {
+    let serve = Serve::start(
+        "max-replicas",
+        r#"
+[slices]
+source = "emulate"
+emulate = "2x1g.10gb"
+
+[router]
+max_queue_per_slice = 1
+
+[lifecycle]
+max_models_per_slice = 1
+
+[[models]]
+name = "smol"
+path = "{model}"
+replicas = 0
+max_replicas = 2
+"#,
+    );
+    let c = client();
+    let long = |c: reqwest::Client, url: String| async move {
+        let r = c
+            .post(url)
+            .json(
+                &json!({"model": "smol", "prompt": "Once upon a time", "max_tokens": 60,
+                          "ignore_eos": true, "temperature": 0}),
+            )
+            .send()
+            .await
+            .unwrap();
+        let slice = r.headers()["x-slice"].to_str().unwrap().to_string();
+        (r.status().as_u16(), slice)
+    };
+    // The first loads a replica and keeps it busy (its queue holds one request).
+    let first = tokio::spawn(long(c.clone(), serve.at("/v1/completions")));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while cards(&c, &serve).await["smol"]["replicas"][0]["in_flight"] != 1 {
+        assert!(Instant::now() < deadline, "the first request never ran");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The second finds it full: a second replica loads on the other slice and takes it.
+    let second = tokio::spawn(long(c.clone(), serve.at("/v1/completions")));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while cards(&c, &serve).await["smol"]["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["in_flight"] == 1)
+        .count()
+        < 2
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no second replica took the second request"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A third, with both full and max_replicas reached: 429 at once.
+    let (status, body, ..) = {
+        let r = c
+            .post(serve.at("/v1/completions"))
+            .json(&json!({"model": "smol", "prompt": "Hi", "max_tokens": 2}))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let retry = r.headers().contains_key("retry-after");
+        (status, r.json::<Value>().await.unwrap(), retry)
+    };
+    assert_eq!(status, 429, "{body}");
+    let (a, b) = (first.await.unwrap(), second.await.unwrap());
+    assert_eq!((a.0, b.0), (200, 200));
+    assert_ne!(a.1, b.1, "the two ran on different slices");
+    let cards = cards(&c, &serve).await;
+    assert_eq!(cards["smol"]["loads"], 2, "{cards:#?}");
+    assert_eq!(cards["smol"]["replicas"].as_array().unwrap().len(), 2);
 }

@@ -50,9 +50,11 @@ impl Fleet {
             }
         }
         let live = st.workers_of(model).filter(|w| w.live()).count();
+        let loading = st.workers_of(model).any(|w| w.phase == Phase::Loading);
         let waiting = st.pending.iter().any(|p| p.model == model);
-        if waiting || (!more && live > 0) {
-            // Loading, restarting after a crash, or room being made.
+        if waiting || loading || (!more && live > 0) {
+            // A replica loading (or room being made for one), or one restarting after a
+            // crash.
             return Demand::Wait(changed);
         }
         let full = |st: &State| {
