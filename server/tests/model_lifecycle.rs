@@ -376,8 +376,9 @@ max_replicas = 2
     let long = |c: reqwest::Client, url: String| async move {
         let r = c
             .post(url)
+            // Long enough to still run while the second replica loads, on a busy machine too.
             .json(
-                &json!({"model": "smol", "prompt": "Once upon a time", "max_tokens": 60,
+                &json!({"model": "smol", "prompt": "Once upon a time", "max_tokens": 400,
                           "ignore_eos": true, "temperature": 0}),
             )
             .send()
@@ -395,7 +396,7 @@ max_replicas = 2
     }
     // The second finds it full: a second replica loads on the other slice and takes it.
     let second = tokio::spawn(long(c.clone(), serve.at("/v1/completions")));
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(120);
     while cards(&c, &serve).await["smol"]["replicas"]
         .as_array()
         .unwrap()
