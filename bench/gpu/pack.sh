@@ -39,7 +39,7 @@ features=()
 if [ "$device" = cuda ]; then
   bash scripts/cuda-toolchain.sh
   # shellcheck disable=SC1091
-  source "${MIGSERVE_CUDA_TOOLS:-$HOME/.cache/migserve/cuda-tools}/env.sh"
+  source "${MIGSERVE_CUDA_TOOLS:-$PWD/.tools/cuda}/env.sh"
   # Hopper: native code for sm_90 beside the PTX (no JIT at the first launch).
   export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
   features=(--features migserve/cuda,migserve-kernels/cuda)

@@ -163,9 +163,9 @@ if has tests; then
   t0=$(date +%s)
   mkdir -p "$out/tests"
   ok=1
-  "$bin/test-cuda-kernels" --nocapture > "$out/tests/cuda_kernels.log" 2>&1 || ok=0
+  "$bin/test-cuda-kernels" --include-ignored --nocapture > "$out/tests/cuda_kernels.log" 2>&1 || ok=0
   MIGSERVE_TEST_BIN="$bin/migserve" MIGSERVE_TEST_MODEL="$model" \
-    "$bin/test-gpu" --nocapture --test-threads 1 > "$out/tests/gpu.log" 2>&1 || ok=0
+    "$bin/test-gpu" --include-ignored --nocapture --test-threads 1 > "$out/tests/gpu.log" 2>&1 || ok=0
   skips=$(cat "$out/tests/"*.log | grep -c 'skipped' || true)
   # On the GPU machine a test that skips did not test the GPU.
   [ "$device" = cuda ] && [ "$skips" != 0 ] && ok=0

@@ -5,7 +5,7 @@ use std::sync::{mpsc, Arc, OnceLock};
 use std::time::Instant;
 
 use migserve_models::{
-    ChatTemplate, Device, IncrementalDecoder, Model, ModelConfig, ModelSource, Tokenizer,
+    ChatTemplate, Decoder, Device, IncrementalDecoder, Model, ModelConfig, ModelSource, Tokenizer,
     WeightFormat,
 };
 use tokio::sync::watch;
@@ -23,9 +23,10 @@ use crate::flags::{EngineFlags, DEFAULT_KV_CACHE_TOKENS};
 use crate::grammar::GrammarCompiler;
 use crate::request::{GenerateRequest, Limits, Prompt};
 use crate::scheduler::SchedulerConfig;
+use crate::status::EngineStatus;
 use crate::step::StepModel;
 use crate::step_clock::SyncAfterForward;
-use crate::step_loop::{self, EngineStatus, Submission};
+use crate::step_loop::{self, Submission};
 use crate::validate;
 
 /// The pieces an engine is made of; [`LocalEngine::load`] makes them from a model file, tests
@@ -53,6 +54,72 @@ pub struct LocalEngine {
     grammars: OnceLock<Result<GrammarCompiler, String>>,
 }
 
+/// Loads the model at `path`; out of GPU memory is a device that cannot hold it.
+fn load_model(
+    path: &Path,
+    weights: WeightFormat,
+    kind: DeviceKind,
+    device: &Device,
+) -> Result<Model, StartError> {
+    Model::load(path, weights, device).map_err(|source| {
+        let e = format!("loading {}: {}", path.display(), error_chain(&source));
+        if kind == DeviceKind::Cuda && e.contains("OUT_OF_MEMORY") {
+            StartError::DeviceUnusable(DeviceUnusable(format!(
+                "{e} (the GPU has too little memory for this model)"
+            )))
+        } else {
+            StartError::Model {
+                path: path.display().to_string(),
+                source,
+            }
+        }
+    })
+}
+
+/// The KV cache's positions: as the flags say, else what the memory budget leaves beside the
+/// weights (within the device's free memory), else the free memory's share, else (no
+/// memory figure: the CPU) the default.
+fn kv_cache_tokens(
+    flags: &EngineFlags,
+    path: &Path,
+    weights: WeightFormat,
+    free: Option<usize>,
+    bytes_per_position: usize,
+) -> Result<usize, StartError> {
+    let from_free =
+        |free| device::kv_tokens_for(free, flags.kv_memory_fraction, bytes_per_position);
+    Ok(match (flags.kv_cache_tokens, flags.memory_budget_bytes) {
+        (Some(tokens), _) => tokens,
+        (None, Some(budget)) => {
+            let weight_bytes = weight_bytes(path, weights)?;
+            let in_budget = device::kv_tokens_in_budget(budget, weight_bytes, bytes_per_position);
+            free.map_or(in_budget, |free| in_budget.min(from_free(free)))
+        }
+        (None, None) => free.map_or(DEFAULT_KV_CACHE_TOKENS, from_free),
+    })
+}
+
+/// The model the steps run: the decoder, armed to panic when fault injection asks for it
+/// (`MIGSERVE_FAULT_PANIC_AT_STEP`), synchronized after each forward pass when steps are
+/// profiled.
+fn step_model(decoder: Decoder, flags: &EngineFlags) -> Box<dyn StepModel> {
+    let model: Box<dyn StepModel> = match fault::panic_at_step_from_env() {
+        Some(at) => {
+            tracing::warn!(
+                at,
+                "fault injection armed: the engine panics at step {at} ({})",
+                fault::PANIC_AT_STEP_ENV
+            );
+            Box::new(fault::PanicAtStep::new(decoder, at))
+        }
+        None => Box::new(decoder),
+    };
+    match flags.profile_steps {
+        true => Box::new(SyncAfterForward(model)),
+        false => model,
+    }
+}
+
 impl LocalEngine {
     /// Loads the model (GGUF file or Hugging Face directory) at `path` onto `kind` (already opened as `device`) with `flags`
     /// and starts its engine thread. With `MIGSERVE_FAULT_PANIC_AT_STEP` set, the engine
@@ -67,46 +134,13 @@ impl LocalEngine {
         flags.validate().map_err(StartError::InvalidFlags)?;
         let weights = flags.weights.unwrap_or(kind.default_weights());
         check_weights_fit(path, device, weights)?;
-        let model = Model::load(path, weights, device).map_err(|source| {
-            let e = format!("loading {}: {}", path.display(), error_chain(&source));
-            if kind == DeviceKind::Cuda && e.contains("OUT_OF_MEMORY") {
-                StartError::DeviceUnusable(DeviceUnusable(format!(
-                    "{e} (the GPU has too little memory for this model)"
-                )))
-            } else {
-                StartError::Model {
-                    path: path.display().to_string(),
-                    source,
-                }
-            }
-        })?;
+        let model = load_model(path, weights, kind, device)?;
         // Work queued while loading finishes before the engine thread (and its stream) starts.
         sync(device)?;
         let config = model.config().clone();
         let bytes_per_position = config.kv_bytes_per_position(kind.kv_element_bytes());
         let free = device::memory(device)?.map(|(free, _)| free);
-        let kv_cache_tokens = match (flags.kv_cache_tokens, flags.memory_budget_bytes) {
-            (Some(tokens), _) => tokens,
-            (None, Some(budget)) => {
-                let weight_bytes = weight_bytes(path, weights)?;
-                let in_budget =
-                    device::kv_tokens_in_budget(budget, weight_bytes, bytes_per_position);
-                match free {
-                    Some(free) => in_budget.min(device::kv_tokens_for(
-                        free,
-                        flags.kv_memory_fraction,
-                        bytes_per_position,
-                    )),
-                    None => in_budget,
-                }
-            }
-            (None, None) => match free {
-                Some(free) => {
-                    device::kv_tokens_for(free, flags.kv_memory_fraction, bytes_per_position)
-                }
-                None => DEFAULT_KV_CACHE_TOKENS,
-            },
-        };
+        let kv_cache_tokens = kv_cache_tokens(flags, path, weights, free, bytes_per_position)?;
         let kv_blocks = kv_cache_tokens / flags.block_size;
         if kv_blocks == 0 {
             let within = flags
@@ -161,23 +195,8 @@ impl LocalEngine {
             max_batch_tokens: flags.max_batch_tokens,
             prefix_caching: !flags.no_prefix_caching,
         };
-        let model: Box<dyn StepModel> = match fault::panic_at_step_from_env() {
-            Some(at) => {
-                tracing::warn!(
-                    at,
-                    "fault injection armed: the engine panics at step {at} ({})",
-                    fault::PANIC_AT_STEP_ENV
-                );
-                Box::new(fault::PanicAtStep::new(decoder, at))
-            }
-            None => Box::new(decoder),
-        };
-        let model: Box<dyn StepModel> = match flags.profile_steps {
-            true => Box::new(SyncAfterForward(model)),
-            false => model,
-        };
         Self::start(EngineParts {
-            model,
+            model: step_model(decoder, flags),
             tokenizer,
             chat_template,
             cache,

@@ -28,7 +28,7 @@ impl Default for Prompt {
     }
 }
 
-/// Sampling fields as the client sent them; [`crate::validate`] checks them.
+/// Sampling fields as the client sent them; validation checks them.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SamplingSpec {
     /// Whether to sample at all (otherwise greedy, whatever the other fields say).

@@ -10,7 +10,7 @@ use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::cli::{cancel_on_ctrl_c, http_client, measure, LoadArgs};
+use crate::load::{cancel_on_ctrl_c, http_client, measure, LoadArgs};
 use crate::report::Report;
 use crate::run::{run_level, Level};
 use crate::serve::ServeProcess;

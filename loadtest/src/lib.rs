@@ -5,6 +5,7 @@ pub mod cli;
 pub mod compare;
 pub mod corpus;
 pub mod dist;
+pub mod load;
 pub mod metrics;
 pub mod report;
 pub mod request;

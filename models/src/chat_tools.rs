@@ -6,7 +6,7 @@
 
 use serde_json::Value;
 
-use crate::chat::ChatMessage;
+use crate::chat_message::ChatMessage;
 
 /// Opens one tool call in the model's output.
 pub const TOOL_CALL_OPEN: &str = "<tool_call>";

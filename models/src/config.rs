@@ -142,8 +142,9 @@ impl ModelConfig {
         has_tensor: impl Fn(&str) -> bool,
     ) -> Result<Self> {
         let arch = file.string("general.architecture")?.to_string();
-        let family = Family::from_architecture(&arch)
-            .ok_or_else(|| ModelError::UnsupportedArchitecture(arch.clone()))?;
+        let family = Family::from_architecture(&arch).ok_or_else(|| {
+            ModelError::UnsupportedArchitecture(arch.clone(), SUPPORTED_ARCHITECTURES.join(", "))
+        })?;
         let key = |k: &str| format!("{arch}.{k}");
         let has = |k: &str| file.optional(&key(k)).is_some();
         let get = |k: &str| -> Result<usize> { Ok(file.u64(&key(k))? as usize) };

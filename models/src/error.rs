@@ -19,8 +19,9 @@ pub enum ModelError {
     #[error("cannot parse GGUF file {path}: {reason}")]
     BadGguf { path: PathBuf, reason: String },
     /// The GGUF file holds a model family this runtime does not implement.
-    #[error("unsupported model architecture `{0}` (supported: {supported})", supported = crate::config::SUPPORTED_ARCHITECTURES.join(", "))]
-    UnsupportedArchitecture(String),
+    /// The architecture's name, and the names that are supported.
+    #[error("unsupported model architecture `{0}` (supported: {1})")]
+    UnsupportedArchitecture(String, String),
     /// A metadata key the model needs is absent or has the wrong type.
     #[error("GGUF metadata key `{key}` is missing or invalid: {reason}")]
     Metadata { key: String, reason: String },
@@ -68,7 +69,7 @@ impl ModelError {
             ModelError::Io { .. } => "io",
             ModelError::NotGguf { .. } => "not_gguf",
             ModelError::BadGguf { .. } => "bad_gguf",
-            ModelError::UnsupportedArchitecture(_) => "unsupported_architecture",
+            ModelError::UnsupportedArchitecture(..) => "unsupported_architecture",
             ModelError::Metadata { .. } => "metadata",
             ModelError::MissingTensor { .. } => "missing_tensor",
             ModelError::ShapeMismatch { .. } => "shape_mismatch",

@@ -3,6 +3,7 @@
 //! Gemma 3, Phi-3) with per-sequence KV state, and sampling.
 
 pub mod chat;
+pub mod chat_message;
 pub mod chat_tools;
 pub mod config;
 pub mod cpu_ops;

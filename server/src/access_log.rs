@@ -16,6 +16,8 @@ use axum::middleware::Next;
 use axum::response::Response;
 use futures_util::StreamExt;
 
+use crate::api::worker_report::names;
+
 /// Whether the lines go out at `info` (else `debug`).
 #[derive(Debug, Clone, Copy)]
 pub struct AccessLog {
@@ -96,11 +98,11 @@ pub async fn log_request(
         method,
         path,
         status: response.status().as_u16(),
-        model: header(h, "x-model").to_string(),
-        slice: header(h, "x-slice").to_string(),
-        prompt_tokens: header(h, "x-prompt-tokens").to_string(),
-        generated_tokens: header(h, "x-generated-tokens").to_string(),
-        queue_ms: header(h, "x-queue-time").to_string(),
+        model: header(h, names::MODEL).to_string(),
+        slice: header(h, names::SLICE).to_string(),
+        prompt_tokens: header(h, names::PROMPT_TOKENS).to_string(),
+        generated_tokens: header(h, names::GENERATED_TOKENS).to_string(),
+        queue_ms: header(h, names::QUEUE_TIME).to_string(),
         arrived,
         streamed,
     };

@@ -9,6 +9,7 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 
 use common::FRANCE;
+use migserve::api::worker_report::WorkerReport;
 
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
@@ -309,8 +310,28 @@ async fn tgi_and_openai_endpoints_answer_the_france_prompt() {
     ] {
         assert!(r.headers().contains_key(h), "missing {h}");
     }
+    // The report the router's cost model reads, through the type both sides share.
+    let report = WorkerReport::from_headers(r.headers());
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["object"], "chat.completion");
+    let usage = &v["usage"];
+    assert_eq!(report.prompt_tokens, usage["prompt_tokens"].as_u64());
+    assert_eq!(report.generated_tokens, usage["completion_tokens"].as_u64());
+    let cached = usage["prompt_tokens_details"]["cached_tokens"].as_u64();
+    assert_eq!(report.cached_tokens, Some(cached.unwrap_or(0)));
+    assert!(report.kv_cache_tokens.is_some_and(|t| t > 0), "{report:?}");
+    let (queue, ttft, inference) = (
+        report.queue.unwrap(),
+        report.time_to_first_token.unwrap(),
+        report.inference.unwrap(),
+    );
+    // Whole milliseconds: the sum of two truncated times may lose one.
+    let ms = Duration::from_millis(1);
+    assert!(
+        ttft >= queue && queue + inference + ms >= ttft,
+        "{report:?}"
+    );
+    assert!(report.per_token.is_some(), "{report:?}");
     assert_eq!(
         v["choices"][0]["message"]["content"],
         "The capital of France is Paris."

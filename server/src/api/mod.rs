@@ -8,3 +8,11 @@ pub mod resume;
 pub mod structured;
 pub mod tgi;
 pub mod tokenize;
+pub mod worker_report;
+
+/// Which wire API a request came in on (errors answer in its shape).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    Tgi,
+    OpenAi,
+}

@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::state::{lock, DrainReason, Phase, State};
+use super::drain::DrainReason;
+use super::state::{lock, Phase, State};
 use super::Fleet;
 use crate::api::error::ApiError;
 use crate::config::placement::device_for;

@@ -5,7 +5,7 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use super::state::DrainReason;
+use super::drain::DrainReason;
 
 /// Upper bounds of the load-time histogram, in seconds.
 pub const LOAD_SECONDS_BUCKETS: [f64; 10] =

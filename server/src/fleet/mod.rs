@@ -14,6 +14,7 @@
 pub mod admin;
 pub mod cards;
 pub mod choose;
+pub mod drain;
 pub mod metrics;
 mod placing;
 pub mod reload;

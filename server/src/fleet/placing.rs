@@ -12,7 +12,8 @@ use crate::router::lifecycle::Demand;
 use crate::supervisor::{RestartPolicy, SlotState, SlotStatus, WorkerSlot};
 
 use super::choose::{choose, Choice};
-use super::state::{lock, record_failure, DrainReason, PendingLoad, Phase, State, Worker};
+use super::drain::DrainReason;
+use super::state::{lock, record_failure, PendingLoad, Phase, State, Worker};
 use super::Fleet;
 
 impl Fleet {

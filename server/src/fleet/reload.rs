@@ -8,7 +8,8 @@ use std::collections::BTreeSet;
 
 use serde::Serialize;
 
-use super::state::{lock, DrainReason, PendingLoad, Phase, State};
+use super::drain::DrainReason;
+use super::state::{lock, PendingLoad, Phase, State};
 use super::Fleet;
 use crate::config::placement::{place_pinned, Kept, Sharing};
 use crate::config::{ConfigSource, DeployConfig, ModelSection};

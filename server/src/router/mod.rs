@@ -22,10 +22,11 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
 use axum::Router;
 
+use crate::api::Api;
 use crate::config::{DeployConfig, RouterSection};
 use backend::Backend;
 use lifecycle::Lifecycle;
-use proxy::{relay, Api};
+use proxy::relay;
 use stats::InFlight;
 
 /// The router's state, shared by its handlers.

@@ -14,13 +14,13 @@ use tokio::sync::mpsc;
 
 use super::backend::Backend;
 use super::cost::CostSample;
-use super::proxy::Api;
 use super::sse::{unmark, EventSplitter};
 use super::stats::InFlight;
 use super::token_count::TokenCounter;
 use super::{Pick, Placing, SharedFront};
 use crate::api::error::ApiError;
 use crate::api::resume::{Resume, RESUMABLE_HEADER, RESUME_HEADER};
+use crate::api::Api;
 
 /// A worker's response body.
 pub type Upstream = BoxStream<'static, reqwest::Result<Bytes>>;

@@ -133,6 +133,102 @@ fn states() -> impl Iterator<Item = &'static str> {
         .chain(["suspended", "unhealthy", "draining"])
 }
 
+/// A per-slice series: name, Prometheus type, help, and its value in a slice's report.
+type SliceFamily = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&SliceReport) -> f64,
+);
+
+/// The per-slice series of `GET /metrics`.
+const SLICE_FAMILIES: &[SliceFamily] = &[
+    (
+        "migserve_router_in_flight",
+        "gauge",
+        "Requests the router has in flight on the slice",
+        |r| r.stats.in_flight as f64,
+    ),
+    (
+        "migserve_router_queued_tokens",
+        "gauge",
+        "Estimated prompt plus requested tokens in flight on the slice",
+        |r| r.stats.queued_tokens as f64,
+    ),
+    (
+        "migserve_router_requests_total",
+        "counter",
+        "Requests sent to the slice",
+        |r| r.stats.requests as f64,
+    ),
+    (
+        "migserve_router_errors_total",
+        "counter",
+        "Requests the slice failed (connection errors, 5xx, broken streams)",
+        |r| r.stats.errors as f64,
+    ),
+    (
+        "migserve_router_retries_total",
+        "counter",
+        "Requests moved from the slice to another after a failure or 429",
+        |r| r.stats.retries as f64,
+    ),
+    (
+        "migserve_router_stream_resumes_total",
+        "counter",
+        "Streams broken on the slice (its worker died or failed them) that went on on another",
+        |r| r.stats.resumes as f64,
+    ),
+    (
+        "migserve_router_generated_tokens_total",
+        "counter",
+        "Output tokens relayed from the slice",
+        |r| r.stats.generated_tokens as f64,
+    ),
+    (
+        "migserve_router_time_to_first_token_seconds",
+        "gauge",
+        "Moving average of time to first token",
+        |r| r.stats.ttft_secs.unwrap_or(0.0),
+    ),
+    (
+        "migserve_router_time_per_output_token_seconds",
+        "gauge",
+        "Moving average of time per output token",
+        |r| r.stats.tpot_secs.unwrap_or(0.0),
+    ),
+    (
+        "migserve_router_prefill_seconds_per_token",
+        "gauge",
+        "Cost model: measured seconds per uncached prompt token",
+        |r| r.stats.prefill_secs_per_token.unwrap_or(0.0),
+    ),
+    (
+        "migserve_router_prefix_index_chunks",
+        "gauge",
+        "64-byte prompt chunks the router's prefix index holds for the slice",
+        |r| r.prefix_index_chunks as f64,
+    ),
+    (
+        "migserve_router_error_rate",
+        "gauge",
+        "Share of errors among the slice's last 50 outcomes",
+        |r| r.stats.error_rate,
+    ),
+    (
+        "migserve_router_tokens_per_second",
+        "gauge",
+        "Output tokens per second over the last 30 s",
+        |r| r.stats.tokens_per_second,
+    ),
+    (
+        "migserve_slice_restarts_total",
+        "counter",
+        "Worker restarts after crashes or hangs",
+        |r| f64::from(r.restarts),
+    ),
+];
+
 /// `GET /metrics`: per-slice series in Prometheus text, labelled slice, profile, model.
 pub async fn metrics(State(front): State<SharedFront>) -> Response {
     let reports: Vec<(String, SliceReport)> = front
@@ -141,103 +237,27 @@ pub async fn metrics(State(front): State<SharedFront>) -> Response {
         .map(|b| (labels(&b.id, &b.profile, &b.model), report(b)))
         .collect();
     let mut out = String::new();
-    let mut family = |name: &str, kind: &str, help: &str, value: &dyn Fn(&SliceReport) -> f64| {
+    for (name, kind, help, value) in SLICE_FAMILIES {
         let _ = writeln!(out, "# HELP {name} {help}");
         let _ = writeln!(out, "# TYPE {name} {kind}");
         for (labels, r) in &reports {
             let _ = writeln!(out, "{name}{{{labels}}} {}", value(r));
         }
-    };
-    family(
-        "migserve_router_in_flight",
-        "gauge",
-        "Requests the router has in flight on the slice",
-        &|r| r.stats.in_flight as f64,
-    );
-    family(
-        "migserve_router_queued_tokens",
-        "gauge",
-        "Estimated prompt plus requested tokens in flight on the slice",
-        &|r| r.stats.queued_tokens as f64,
-    );
-    family(
-        "migserve_router_requests_total",
-        "counter",
-        "Requests sent to the slice",
-        &|r| r.stats.requests as f64,
-    );
-    family(
-        "migserve_router_errors_total",
-        "counter",
-        "Requests the slice failed (connection errors, 5xx, broken streams)",
-        &|r| r.stats.errors as f64,
-    );
-    family(
-        "migserve_router_retries_total",
-        "counter",
-        "Requests moved from the slice to another after a failure or 429",
-        &|r| r.stats.retries as f64,
-    );
-    family(
-        "migserve_router_stream_resumes_total",
-        "counter",
-        "Streams broken on the slice (its worker died or failed them) that went on on another",
-        &|r| r.stats.resumes as f64,
-    );
-    family(
-        "migserve_router_generated_tokens_total",
-        "counter",
-        "Output tokens relayed from the slice",
-        &|r| r.stats.generated_tokens as f64,
-    );
-    family(
-        "migserve_router_time_to_first_token_seconds",
-        "gauge",
-        "Moving average of time to first token",
-        &|r| r.stats.ttft_secs.unwrap_or(0.0),
-    );
-    family(
-        "migserve_router_time_per_output_token_seconds",
-        "gauge",
-        "Moving average of time per output token",
-        &|r| r.stats.tpot_secs.unwrap_or(0.0),
-    );
-    family(
-        "migserve_router_prefill_seconds_per_token",
-        "gauge",
-        "Cost model: measured seconds per uncached prompt token",
-        &|r| r.stats.prefill_secs_per_token.unwrap_or(0.0),
-    );
-    family(
-        "migserve_router_prefix_index_chunks",
-        "gauge",
-        "64-byte prompt chunks the router's prefix index holds for the slice",
-        &|r| r.prefix_index_chunks as f64,
-    );
-    family(
-        "migserve_router_error_rate",
-        "gauge",
-        "Share of errors among the slice's last 50 outcomes",
-        &|r| r.stats.error_rate,
-    );
-    family(
-        "migserve_router_tokens_per_second",
-        "gauge",
-        "Output tokens per second over the last 30 s",
-        &|r| r.stats.tokens_per_second,
-    );
-    family(
-        "migserve_slice_restarts_total",
-        "counter",
-        "Worker restarts after crashes or hangs",
-        &|r| f64::from(r.restarts),
-    );
+    }
+    write_slice_states(&mut out, &reports);
+    write_front_connections(&mut out, &front);
+    front.lifecycle.write_metrics(&mut out);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+/// `migserve_slice_state`: 1 for the state each slice is in, 0 for the others.
+fn write_slice_states(out: &mut String, reports: &[(String, SliceReport)]) {
     let _ = writeln!(
         out,
         "# HELP migserve_slice_state 1 for the state the slice is in"
     );
     let _ = writeln!(out, "# TYPE migserve_slice_state gauge");
-    for (labels, r) in &reports {
+    for (labels, r) in reports {
         for state in states() {
             let _ = writeln!(
                 out,
@@ -246,6 +266,10 @@ pub async fn metrics(State(front): State<SharedFront>) -> Response {
             );
         }
     }
+}
+
+/// The front's client-connection series.
+fn write_front_connections(out: &mut String, front: &SharedFront) {
     let guard = front.guard_stats();
     for (name, kind, help, value) in [
         (
@@ -271,8 +295,6 @@ pub async fn metrics(State(front): State<SharedFront>) -> Response {
         let _ = writeln!(out, "# TYPE {name} {kind}");
         let _ = writeln!(out, "{name} {value}");
     }
-    front.lifecycle.write_metrics(&mut out);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 
 /// `slice="…",profile="…",model="…"` with Prometheus escaping.

@@ -4,8 +4,8 @@
 
 use serde_json::Value;
 
-use super::proxy::Api;
 use super::sse::EventSplitter;
+use crate::api::Api;
 
 /// The number at `path` in a JSON event.
 fn parse_total(data: &[u8], path: &[&str]) -> Option<u64> {

@@ -29,6 +29,28 @@ pub const ROWS: usize = 8;
 /// are reused across them.
 const ROWS_PER_UNIT: usize = 64;
 
+/// Activations quantized for the kernels, on the fastest path the CPU has (the AVX-512
+/// kernels, else the scalar reference; the two are bit-identical).
+impl QuantizedRows {
+    /// Quantizes `rows` rows of `k` values.
+    ///
+    /// # Panics
+    /// When `x` is not `rows * k` long or `k` is not a multiple of [`BLOCK`].
+    pub fn quantize(x: &[f32], rows: usize, k: usize) -> Self {
+        assert!(
+            k.is_multiple_of(BLOCK) && x.len() == rows * k,
+            "not {rows} rows of {k}"
+        );
+        if !avx512::available() {
+            return reference::quantize(x, rows, k);
+        }
+        let mut out = QuantizedRows::zeros(rows, k);
+        // SAFETY: features checked; the buffers were sized for `x`.
+        unsafe { avx512::quantize_blocks(x, &mut out.qs, &mut out.scales, &mut out.offsets) };
+        out
+    }
+}
+
 /// Whether this CPU runs the SIMD kernel (x86-64 with AVX-512 F, BW and VNNI). Without it
 /// [`matmul`] runs the scalar reference, which is correct but slow: callers that have
 /// another fast path should take it instead.

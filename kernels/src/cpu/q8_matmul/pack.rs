@@ -197,26 +197,6 @@ pub struct QuantizedRows {
 }
 
 impl QuantizedRows {
-    /// Quantizes `rows` rows of `k` values.
-    ///
-    /// # Panics
-    /// When `x` is not `rows * k` long or `k` is not a multiple of [`BLOCK`].
-    pub fn quantize(x: &[f32], rows: usize, k: usize) -> Self {
-        assert!(
-            k.is_multiple_of(BLOCK) && x.len() == rows * k,
-            "not {rows} rows of {k}"
-        );
-        if !super::avx512::available() {
-            return super::reference::quantize(x, rows, k);
-        }
-        let mut out = Self::zeros(rows, k);
-        // SAFETY: features checked; the buffers were sized for `x`.
-        unsafe {
-            super::avx512::quantize_blocks(x, &mut out.qs, &mut out.scales, &mut out.offsets)
-        };
-        out
-    }
-
     /// `rows` rows of zeros, to be filled.
     pub(crate) fn zeros(rows: usize, k: usize) -> Self {
         let blocks = rows * k / BLOCK;

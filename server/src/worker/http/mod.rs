@@ -4,6 +4,7 @@
 //! events into responses and server-sent events.
 
 mod openai;
+mod openai_answer;
 mod openai_logprobs;
 mod openai_request;
 mod openai_stream;
@@ -29,6 +30,7 @@ use serde::de::DeserializeOwned;
 
 use crate::api::error::ApiError;
 use crate::api::tgi::{Info, PrefixCacheInfo};
+use crate::api::worker_report::{names, WorkerReport};
 
 /// Everything a handler needs.
 pub struct AppState {
@@ -236,62 +238,60 @@ fn millis(d: Duration) -> HeaderValue {
     HeaderValue::from(d.as_millis() as u64)
 }
 
-/// TGI's timing headers for a finished request, plus `x-slice`.
+/// TGI's timing headers for a finished request, the worker's report to the front
+/// ([`WorkerReport`]), and `x-slice`.
 pub fn timing_headers(state: &AppState, finish: &FinishEvent, arrived: Instant) -> HeaderMap {
     let mut h = HeaderMap::new();
     let total = arrived.elapsed();
-    let per_token = if finish.generated_tokens > 0 {
-        finish.inference_time / finish.generated_tokens as u32
-    } else {
-        Duration::ZERO
-    };
     h.insert("x-compute-type", state.compute_type.clone());
-    h.insert("x-model", state.model_header.clone());
+    h.insert(names::MODEL, state.model_header.clone());
     h.insert("x-compute-time", millis(total));
     h.insert("x-total-time", millis(total));
     h.insert(
         "x-validation-time",
         millis(total.saturating_sub(finish.queue_time + finish.inference_time)),
     );
-    h.insert("x-queue-time", millis(finish.queue_time));
-    h.insert("x-time-to-first-token", millis(finish.time_to_first_token));
-    h.insert("x-inference-time", millis(finish.inference_time));
-    h.insert("x-time-per-token", millis(per_token));
-    h.insert(
-        "x-prompt-tokens",
-        HeaderValue::from(finish.prompt_tokens as u64),
-    );
-    h.insert(
-        "x-prompt-cached-tokens",
-        HeaderValue::from(finish.cached_tokens as u64),
-    );
-    h.insert(
-        "x-generated-tokens",
-        HeaderValue::from(finish.generated_tokens as u64),
-    );
+    finish_report(state, finish).write_to(&mut h);
     if let Some(slice) = &state.slice {
-        h.insert("x-slice", slice.clone());
+        h.insert(names::SLICE, slice.clone());
     }
-    h.insert("x-kv-cache-tokens", kv_cache_tokens(state));
     h
 }
 
-/// `x-kv-cache-tokens`: the size of the worker's KV cache, which the router sizes its picture
-/// of the slice's prefix cache by.
-fn kv_cache_tokens(state: &AppState) -> HeaderValue {
-    HeaderValue::from(state.info.kv_cache_tokens as u64)
+/// The report of a finished request: its timings and counts, and the size of the worker's
+/// KV cache (which the router sizes its picture of the slice's prefix cache by).
+pub fn finish_report(state: &AppState, finish: &FinishEvent) -> WorkerReport {
+    let per_token = if finish.generated_tokens > 0 {
+        finish.inference_time / finish.generated_tokens as u32
+    } else {
+        Duration::ZERO
+    };
+    WorkerReport {
+        queue: Some(finish.queue_time),
+        time_to_first_token: Some(finish.time_to_first_token),
+        inference: Some(finish.inference_time),
+        per_token: Some(per_token),
+        prompt_tokens: Some(finish.prompt_tokens as u64),
+        cached_tokens: Some(finish.cached_tokens as u64),
+        generated_tokens: Some(finish.generated_tokens as u64),
+        kv_cache_tokens: Some(state.info.kv_cache_tokens as u64),
+    }
 }
 
-/// Headers of a streamed response.
+/// Headers of a streamed response (of the report, only the KV cache's size is known yet).
 pub fn stream_headers(state: &AppState) -> HeaderMap {
     let mut h = HeaderMap::new();
     h.insert("x-compute-type", state.compute_type.clone());
-    h.insert("x-model", state.model_header.clone());
+    h.insert(names::MODEL, state.model_header.clone());
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     if let Some(slice) = &state.slice {
-        h.insert("x-slice", slice.clone());
+        h.insert(names::SLICE, slice.clone());
     }
-    h.insert("x-kv-cache-tokens", kv_cache_tokens(state));
+    let report = WorkerReport {
+        kv_cache_tokens: Some(state.info.kv_cache_tokens as u64),
+        ..WorkerReport::default()
+    };
+    report.write_to(&mut h);
     h
 }
 

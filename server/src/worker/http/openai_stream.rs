@@ -12,7 +12,7 @@ use migserve_engine::{
     Accepted, EngineEvent, EventStream, PrefillLogprob, PromptToken, TokenEvent,
 };
 
-use super::openai::{chat_finish_reason, echo_text, usage, AnswerSetup, Counts, Endpoint};
+use super::openai_answer::{chat_finish_reason, echo_text, usage, AnswerSetup, Counts, Endpoint};
 use super::openai_finish_reason;
 use super::openai_logprobs::{self as logprobs, CompletionBuilder, Echo};
 use super::resume::Marker;

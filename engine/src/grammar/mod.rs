@@ -15,6 +15,8 @@ use serde_json::{json, Value};
 
 use crate::error::EngineError;
 
+pub(crate) mod mask_worker;
+
 /// What a request's output must match.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Grammar {

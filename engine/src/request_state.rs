@@ -1,0 +1,187 @@
+//! What the engine thread keeps of one request beside its scheduling (tokens and computed
+//! positions stay with the [`crate::scheduler`]): where its events go, how it samples, its
+//! output processing, its grammar, its prompt log-probabilities and its timings.
+
+use std::time::Instant;
+
+use migserve_models::{Sampler, Tokenizer};
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::error::EngineError;
+use crate::event::{EngineEvent, FinishEvent, FinishReason, TokenEvent};
+use crate::grammar::{Constraint, TokenMask};
+use crate::logprobs::PromptLogprobs;
+use crate::metrics as m;
+use crate::output::OutputProcessor;
+use crate::request::EngineRequest;
+
+/// One request on the engine thread.
+pub(crate) struct RequestState {
+    pub(crate) events: UnboundedSender<EngineEvent>,
+    pub(crate) sampler: Sampler,
+    pub(crate) output: OutputProcessor,
+    pub(crate) request: EngineRequest,
+    /// The prompt's log-probabilities while they are computed, when the request asked for
+    /// them; taken when they are sent (before the first token).
+    pub(crate) prefill: Option<PromptLogprobs>,
+    pub(crate) first_scheduled: Option<Instant>,
+    pub(crate) first_token: Option<Instant>,
+    /// Prompt tokens the prefix cache held at its first admission.
+    pub(crate) cached_tokens: usize,
+    /// The request's grammar state, when it has one.
+    pub(crate) constraint: Option<Constraint>,
+    /// The tokens the grammar allows at the position sampled next, computed while the step's
+    /// forward pass ran.
+    pub(crate) mask: Option<Result<TokenMask, String>>,
+}
+
+impl RequestState {
+    /// The state of a request just admitted; `eos_ids` end its output unless it ignores eos.
+    pub(crate) fn new(
+        mut request: EngineRequest,
+        events: UnboundedSender<EngineEvent>,
+        eos_ids: &[u32],
+    ) -> Self {
+        let mut params = request.params.clone();
+        if !request.ignore_eos {
+            params.end_tokens = eos_ids.to_vec();
+        }
+        let sampler = Sampler::resumed(params, request.resumed.len());
+        let output = OutputProcessor::new(
+            request.max_new_tokens,
+            request.stop.clone(),
+            request.ignore_eos,
+        );
+        let prefill = request
+            .logprobs
+            .prompt
+            .then(|| PromptLogprobs::new(&request.prompt, request.logprobs.top));
+        Self {
+            events,
+            sampler,
+            output,
+            constraint: request.constraint.take(),
+            request,
+            prefill,
+            first_scheduled: None,
+            first_token: None,
+            cached_tokens: 0,
+            mask: None,
+        }
+    }
+
+    /// Runs a resumed request's earlier output through its output processing, as if it had
+    /// been generated here; an output that had already finished is refused.
+    pub(crate) fn replay(&mut self, tokenizer: &Tokenizer) -> Result<Vec<TokenEvent>, EngineError> {
+        let mut events = Vec::with_capacity(self.request.resumed.len());
+        for &id in &self.request.resumed {
+            let out = self
+                .output
+                .push(tokenizer, id, None)
+                .map_err(|e| EngineError::Validation(format!("the output to resume from: {e}")))?;
+            if out.finish.is_some() {
+                return Err(EngineError::Validation(
+                    "the output to resume from has already finished".into(),
+                ));
+            }
+            events.push(TokenEvent {
+                id,
+                text: out.text,
+                visible: out.visible,
+                logprob: 0.0,
+                top: Vec::new(),
+                special: out.special,
+            });
+        }
+        Ok(events)
+    }
+
+    /// Notes its first scheduling (`now`), once.
+    pub(crate) fn note_scheduled(&mut self, now: Instant) {
+        if self.first_scheduled.is_none() {
+            self.first_scheduled = Some(now);
+            m::histogram_record(m::QUEUE_DURATION, now.duration_since(self.request.arrived));
+        }
+    }
+
+    /// The grammar's mask for the token sampled now (computed beside the forward pass, or
+    /// here when it was not); an error when the grammar failed or allows nothing.
+    pub(crate) fn take_mask(&mut self) -> Result<Option<TokenMask>, EngineError> {
+        let mask = match (self.mask.take(), self.constraint.as_mut()) {
+            (Some(mask), _) => Some(mask),
+            (None, Some(c)) => Some(c.mask()),
+            (None, None) => None,
+        };
+        match mask {
+            Some(Ok(mask)) if mask.count() > 0 => Ok(Some(mask)),
+            Some(Ok(_)) => Err(EngineError::Generation(
+                "the grammar allows no token here".into(),
+            )),
+            Some(Err(e)) => Err(EngineError::Generation(format!("grammar: {e}"))),
+            None => Ok(None),
+        }
+    }
+
+    /// Advances the grammar past `token` (an end-of-sequence token ends the output itself
+    /// and goes to no grammar); whether the grammar is complete after it.
+    pub(crate) fn commit_grammar(&mut self, token: u32, eos: bool) -> Result<bool, EngineError> {
+        match self.constraint.as_mut().filter(|_| !eos) {
+            Some(c) => c
+                .commit(token)
+                .map(|()| c.is_finished())
+                .map_err(|e| EngineError::Generation(format!("grammar: {e}"))),
+            None => Ok(false),
+        }
+    }
+
+    /// Sends the prompt's log-probabilities, once, before the first token; false when the
+    /// client is gone.
+    pub(crate) fn send_prefill(&mut self) -> bool {
+        match self.prefill.take() {
+            Some(prefill) => self
+                .events
+                .send(EngineEvent::Prefill(prefill.into_entries()))
+                .is_ok(),
+            None => true,
+        }
+    }
+
+    /// Notes a token sampled at `now` (the first one's time to first token).
+    pub(crate) fn note_token(&mut self, now: Instant) {
+        if self.first_token.is_none() {
+            self.first_token = Some(now);
+            m::histogram_record(
+                m::TIME_TO_FIRST_TOKEN,
+                now.duration_since(self.request.arrived),
+            );
+        }
+        m::counter_inc(m::GENERATED_TOKENS, 1);
+    }
+
+    /// The request's finish event at `now`, for `reason` (its duration metrics recorded).
+    pub(crate) fn finish(&self, reason: FinishReason, now: Instant) -> FinishEvent {
+        let generated = self.output.generated();
+        let first_scheduled = self.first_scheduled.unwrap_or(now);
+        let first_token = self.first_token.unwrap_or(now);
+        m::histogram_record(
+            m::REQUEST_DURATION,
+            now.duration_since(self.request.arrived),
+        );
+        if generated > 1 {
+            m::histogram_record(
+                m::TIME_PER_OUTPUT_TOKEN,
+                now.duration_since(first_token) / (generated as u32 - 1),
+            );
+        }
+        FinishEvent {
+            reason,
+            prompt_tokens: self.request.prompt.len(),
+            cached_tokens: self.cached_tokens,
+            generated_tokens: generated,
+            queue_time: first_scheduled.duration_since(self.request.arrived),
+            inference_time: now.duration_since(first_scheduled),
+            time_to_first_token: first_token.duration_since(self.request.arrived),
+            seed: self.request.params.seed,
+        }
+    }
+}
