@@ -3,7 +3,9 @@
 
 use candle_core::Tensor;
 use migserve_kernels::cpu::exp::log_sum_exp;
-use migserve_models::{top_logprobs, Tokenizer};
+use migserve_models::Tokenizer;
+
+use crate::sampling::top_logprobs;
 
 use crate::event::{PrefillLogprob, TokenLogprob};
 

@@ -3,9 +3,10 @@
 
 use std::time::Instant;
 
-use migserve_models::{ChatMessage, SamplingParams};
+use migserve_models::ChatMessage;
 
 use crate::grammar::{Constraint, Grammar};
+use crate::sampling::SamplingParams;
 
 /// What to generate from.
 #[derive(Debug, Clone, PartialEq)]

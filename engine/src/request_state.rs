@@ -4,7 +4,9 @@
 
 use std::time::Instant;
 
-use migserve_models::{Sampler, Tokenizer};
+use migserve_models::Tokenizer;
+
+use crate::sampling::Sampler;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::error::EngineError;

@@ -8,7 +8,9 @@
 use candle_core::{DType, Device, Storage, Tensor};
 use migserve_kernels::cpu::parallel::{par_rows, ParallelFor};
 use migserve_kernels::cpu::sample::{sample_row, RowChoice, RowSampling, NO_MASK};
-use migserve_models::{LogitEdit, ModelError};
+use migserve_models::ModelError;
+
+use crate::sampling::LogitEdit;
 
 /// One row that chooses a token this step.
 pub struct RowRequest<'a> {

@@ -18,7 +18,7 @@ use candle_core::Tensor;
 use migserve_kernels::cpu::parallel::ParallelFor;
 use migserve_kernels::cpu::sample::{RowChoice, RowSampling};
 use migserve_models::parallel::candle_pool;
-use migserve_models::{LogitEdit, ModelError, SeqChunk, SeqId, Tokenizer};
+use migserve_models::{ModelError, SeqChunk, SeqId, Tokenizer};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::cache::PagedStore;
@@ -31,6 +31,7 @@ use crate::metrics as m;
 use crate::request::EngineRequest;
 use crate::request_state::RequestState;
 use crate::row_sampler::{sample_rows, RowRequest};
+use crate::sampling::LogitEdit;
 use crate::scheduler::{Scheduler, SchedulerConfig, Sequence, StepPlan};
 use crate::status::{panic_message, DeadOnExit, EngineStatus};
 use crate::step::StepModel;

@@ -2,10 +2,9 @@
 //! that says what is wrong. Every rule both APIs share is here; the HTTP layer only checks
 //! what one API alone has (TGI's `best_of`, OpenAI's `n`).
 
-use migserve_models::SamplingParams;
-
 use crate::error::{EngineError, LengthLimit, TooLong};
 use crate::request::{EngineRequest, GenerateRequest, Limits, MAX_TOP_LOGPROBS};
+use crate::sampling::{random_seed, SamplingParams};
 
 fn invalid<T>(message: impl Into<String>) -> Result<T, EngineError> {
     Err(EngineError::Validation(message.into()))
@@ -159,6 +158,19 @@ fn sampling_params(
             ));
         }
     }
+    for (name, value) in [
+        ("presence_penalty", spec.presence_penalty),
+        ("frequency_penalty", spec.frequency_penalty),
+    ] {
+        if let Some(v) = value.filter(|v| !v.is_finite()) {
+            return invalid(format!("`{name}` must be a finite number, got {v}"));
+        }
+    }
+    if let Some((id, b)) = spec.logit_bias.iter().find(|(_, b)| !b.is_finite()) {
+        return invalid(format!(
+            "`logit_bias` of token {id} must be finite, got {b}"
+        ));
+    }
     if let Some((id, _)) = spec.logit_bias.iter().find(|(id, _)| *id as usize >= vocab) {
         return invalid(format!(
             "`logit_bias` names token {id}, outside the vocabulary (0..{vocab})"
@@ -185,11 +197,8 @@ fn sampling_params(
     // A sampled request always has a seed (drawn when it names none), so its choices can be
     // reported and a stream continued elsewhere draws what it would have drawn here.
     if !params.is_greedy() && params.seed.is_none() {
-        params.seed = Some(migserve_models::random_seed());
+        params.seed = Some(random_seed());
     }
-    params
-        .validate()
-        .map_err(|e| EngineError::Validation(e.to_string()))?;
     Ok(params)
 }
 
@@ -304,6 +313,22 @@ mod tests {
             })
         )
         .contains("repetition_penalty"));
+        assert!(err(
+            3,
+            sampling(SamplingSpec {
+                frequency_penalty: Some(f32::NAN),
+                ..Default::default()
+            })
+        )
+        .contains("frequency_penalty"));
+        assert!(err(
+            3,
+            sampling(SamplingSpec {
+                logit_bias: vec![(3, f32::INFINITY)],
+                ..Default::default()
+            })
+        )
+        .contains("logit_bias"));
         let stops = GenerateRequest {
             stop: vec!["a".to_string(), "b".into(), "c".into()],
             ..default()

@@ -4,8 +4,8 @@
 
 use candle_core::{Device, Tensor};
 use migserve_engine::row_sampler::{sample_rows, RowRequest};
+use migserve_engine::sampling::{apply_edits, SamplingParams};
 use migserve_kernels::cpu::sample::{choose, RowSampling, NO_MASK};
-use migserve_models::{sampling::apply_edits, SamplingParams};
 use rand::{Rng, SeedableRng};
 
 fn serial(n: usize, f: &(dyn Fn(std::ops::Range<usize>) + Sync)) {

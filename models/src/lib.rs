@@ -1,6 +1,6 @@
 //! Model side of migserve: GGUF files and Hugging Face directories (safetensors,
 //! tokenizer.json), the tokenizer rebuilt from GGUF metadata, chat templates, one batched decoder forward pass for every supported family (Llama, Qwen2, Qwen3,
-//! Gemma 3, Phi-3) with per-sequence KV state, and sampling.
+//! Gemma 3, Phi-3) with per-sequence KV state.
 
 pub mod chat;
 pub mod chat_message;
@@ -10,7 +10,6 @@ pub mod cpu_ops;
 pub mod decoder;
 pub mod embedding;
 pub mod error;
-pub mod generate;
 pub mod gguf;
 pub mod hf;
 pub mod kv;
@@ -18,7 +17,6 @@ pub mod linear;
 pub mod model;
 pub mod parallel;
 pub mod rope;
-pub mod sampling;
 pub mod source;
 pub mod step_inputs;
 pub mod synth;
@@ -30,11 +28,9 @@ pub use chat::{ChatMessage, ChatTemplate};
 pub use config::{Family, ModelConfig};
 pub use decoder::{Decoder, SeqChunk};
 pub use error::{ModelError, Result};
-pub use generate::{generate, FinishReason, Generation};
 pub use gguf::GgufFile;
 pub use kv::{AttentionSpan, DenseKvStore, KvStore, SeqId};
 pub use model::Model;
-pub use sampling::{random_seed, top_logprobs, LogitEdit, Sampler, SamplingParams};
 pub use source::ModelSource;
 pub use tokenizer::{IncrementalDecoder, Tokenizer, SPECIAL_TOKEN_MARKER};
 pub use weight_format::WeightFormat;

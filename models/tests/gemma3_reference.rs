@@ -2,12 +2,13 @@
 //! SentencePiece token ids, and greedy text.
 
 mod common;
+#[path = "common/greedy.rs"]
+mod greedy;
+
+use greedy::greedy;
 
 use candle_core::D;
-use migserve_models::{
-    generate, DenseKvStore, Device, GgufFile, Model, SamplingParams, SeqChunk, Tokenizer,
-    WeightFormat,
-};
+use migserve_models::{DenseKvStore, Device, GgufFile, Model, SeqChunk, Tokenizer, WeightFormat};
 
 #[derive(serde::Deserialize)]
 struct Fixture {
@@ -78,7 +79,7 @@ fn f32_greedy_tokens_equal_llama_cpp_in_f32() {
     let model = Model::load(&common::gemma_path(), WeightFormat::F32, &Device::Cpu).unwrap();
     for c in &fixture().completions {
         let n = c.tokens_f32.len();
-        let g = generate(&model, &c.prompt_ids, SamplingParams::default(), n, |_| {}).unwrap();
+        let g = greedy(&model, &c.prompt_ids, n, |_| {}).unwrap();
         assert_eq!(g.tokens, c.tokens_f32, "{:?}", c.prompt);
     }
 }
@@ -88,14 +89,7 @@ fn greedy_text_matches_llama_cpp_up_to_its_near_ties() {
     let model = Model::load(&common::gemma_path(), WeightFormat::Q8, &Device::Cpu).unwrap();
     let mut whole = 0;
     for c in &fixture().completions {
-        let g = generate(
-            &model,
-            &c.prompt_ids,
-            SamplingParams::default(),
-            c.tokens.len(),
-            |_| {},
-        )
-        .unwrap();
+        let g = greedy(&model, &c.prompt_ids, c.tokens.len(), |_| {}).unwrap();
         let same = g
             .tokens
             .iter()

@@ -5,14 +5,15 @@
 //! equal to the single file; every family's synthetic model through the same round trip.
 
 mod common;
+#[path = "common/greedy.rs"]
+mod greedy;
+
+use greedy::greedy;
 
 use std::path::{Path, PathBuf};
 
 use migserve_models::synth::{self, GgmlDType, SynthOptions, SynthShape};
-use migserve_models::{
-    generate, DenseKvStore, Device, GgufFile, Model, ModelSource, SamplingParams, SeqChunk,
-    WeightFormat,
-};
+use migserve_models::{DenseKvStore, Device, GgufFile, Model, ModelSource, SeqChunk, WeightFormat};
 
 /// Largest logit difference allowed between a GGUF and its directory, relative to the largest
 /// logit: the same f32 weights, computed in a different order (halves RoPE on un-permuted Q/K
@@ -55,8 +56,8 @@ fn relative_difference(have: &[f32], want: &[f32]) -> f32 {
 
 /// Same greedy tokens, and the same logits after the prompt and after the greedy text.
 fn assert_same_model(gguf: &Model, hf: &Model, prompt: &[u32], steps: usize) {
-    let a = generate(gguf, prompt, SamplingParams::default(), steps, |_| {}).unwrap();
-    let b = generate(hf, prompt, SamplingParams::default(), steps, |_| {}).unwrap();
+    let a = greedy(gguf, prompt, steps, |_| {}).unwrap();
+    let b = greedy(hf, prompt, steps, |_| {}).unwrap();
     assert_eq!(a.tokens, b.tokens, "greedy tokens differ");
     let mut full = prompt.to_vec();
     full.extend(&a.tokens[..a.tokens.len().saturating_sub(1)]);
@@ -88,7 +89,7 @@ fn smollm2_directory_equals_its_gguf() {
     );
     assert_same_model(&gguf, &hf, &prompt, 24);
     let text = {
-        let g = generate(&hf, &prompt, SamplingParams::default(), 24, |_| {}).unwrap();
+        let g = greedy(&hf, &prompt, 24, |_| {}).unwrap();
         hf.tokenizer.decode(&g.tokens, true).unwrap()
     };
     assert_eq!(text, "The capital of France is Paris.");

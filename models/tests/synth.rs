@@ -2,11 +2,13 @@
 //! real model's tokenizer and dimensions.
 
 mod common;
+#[path = "common/greedy.rs"]
+mod greedy;
+
+use greedy::greedy;
 
 use migserve_models::synth::{self, SynthOptions, SynthShape};
-use migserve_models::{
-    generate, Device, GgufFile, Model, ModelConfig, SamplingParams, WeightFormat,
-};
+use migserve_models::{Device, GgufFile, Model, ModelConfig, WeightFormat};
 
 #[test]
 fn a_synthetic_smollm2_has_the_real_shape_and_runs() {
@@ -59,7 +61,7 @@ fn a_synthetic_smollm2_has_the_real_shape_and_runs() {
     // Random weights still run the whole forward pass and produce tokens (eos among 49152
     // near-uniform candidates is unlikely, and allowed).
     let prompt = model.encode_prompt("Hello").unwrap();
-    let g = generate(&model, &prompt, SamplingParams::greedy(), 5, |_| {}).unwrap();
+    let g = greedy(&model, &prompt, 5, |_| {}).unwrap();
     assert!(!g.tokens.is_empty() && g.tokens.len() <= 5);
     assert!(g.tokens.iter().all(|&t| (t as usize) < b.vocab_size));
     let _ = std::fs::remove_file(&out);
@@ -89,7 +91,7 @@ fn a_vocabulary_smaller_than_the_tokenizer_keeps_the_merges_it_can_make() {
     let ids = model.encode_prompt(text).unwrap();
     assert!(ids.iter().all(|&t| t < 2000));
     assert_eq!(model.tokenizer.decode(&ids, true).unwrap(), text);
-    let g = generate(&model, &ids, SamplingParams::greedy(), 3, |_| {}).unwrap();
+    let g = greedy(&model, &ids, 3, |_| {}).unwrap();
     assert!(g.tokens.len() <= 3);
     let _ = std::fs::remove_file(&out);
 }

@@ -10,10 +10,11 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global subscriber writing to stderr; `RUST_LOG` filters (default `info`).
-pub fn init(format: LogFormat) {
+/// Installs the global subscriber writing to stderr; `RUST_LOG` filters (default
+/// `default_level`).
+pub fn init(format: LogFormat, default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     use std::io::IsTerminal;
     // Colour only for a person at a terminal: not in files, pipes or a supervisor's log.
     let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();

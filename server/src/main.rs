@@ -6,12 +6,11 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = migserve::cli::Cli::parse();
-    migserve::logging::init(cli.log_format);
+    migserve::logging::init(cli.log_format, cli.default_log_level());
     match migserve::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // One line, the whole cause chain.
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", one_line(&e));
             use migserve::contract::{EXIT_DEVICE_UNUSABLE, EXIT_ENGINE_DIED};
             if e.downcast_ref::<migserve_engine::DeviceUnusable>()
                 .is_some()
@@ -25,4 +24,21 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// The error and its causes on one line, `: `-separated, leaving out a cause whose text the
+/// line already holds (an error that prints its source as part of its own message).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::model_path;
+use common::{model_path, Worker};
 
 use std::process::{Command, Output};
 
@@ -187,4 +187,104 @@ fn invalid_sampling_is_one_line_error() {
         "1.5",
     ]);
     assert_one_line_error(&o, "top_p");
+}
+
+/// What `migserve generate` prints on stdout with these extra arguments (the default model).
+fn generated_text(extra: &[&str]) -> String {
+    let model = model_path();
+    let mut args = vec!["generate", "--model", model.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let o = migserve(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8(o.stdout).unwrap();
+    out.strip_suffix('\n').expect("a final newline").to_string()
+}
+
+/// The answer of a worker's `path` to `body`.
+async fn post(worker: &Worker, path: &str, body: serde_json::Value) -> serde_json::Value {
+    reqwest::Client::new()
+        .post(worker.at(path))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// The `generated_text` of a worker's `/generate` for `body`.
+async fn worker_text(worker: &Worker, body: serde_json::Value) -> String {
+    let answer = post(worker, "/generate", body).await;
+    answer["generated_text"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{answer}"))
+        .to_string()
+}
+
+/// `generate` runs the serving path: the same greedy text as `/generate` of a worker on the
+/// same model, for the France question in the chat template (ends at eos) and for a prompt
+/// cut by a stop sequence.
+#[tokio::test]
+async fn generate_prints_what_a_workers_generate_returns() {
+    const FRANCE: &str = "What is the capital of France? Answer in two sentences.";
+    let worker = Worker::start(&[]);
+    let chat = serde_json::json!({"messages": [{"role": "user", "content": FRANCE}]});
+    let rendered = post(&worker, "/chat_tokenize", chat).await["templated_text"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let served = worker_text(
+        &worker,
+        serde_json::json!({"inputs": rendered, "parameters": {"max_new_tokens": 40}}),
+    )
+    .await;
+    let printed = generated_text(&["--chat", "--prompt", FRANCE, "--max-new-tokens", "40"]);
+    assert_eq!(printed, "The capital of France is Paris.");
+    assert_eq!(printed, served);
+
+    let counting = "1, 2, 3, 4,";
+    let served = worker_text(
+        &worker,
+        serde_json::json!({"inputs": counting,
+            "parameters": {"max_new_tokens": 30, "stop": [" 7,"]}}),
+    )
+    .await;
+    let printed = generated_text(&[
+        "--prompt",
+        counting,
+        "--max-new-tokens",
+        "30",
+        "--stop",
+        " 7,",
+    ]);
+    assert!(printed.ends_with(" 7,"), "{printed:?}");
+    assert_eq!(printed, served);
+}
+
+#[test]
+fn same_seed_same_sampled_text() {
+    let sampled = |seed: &str| {
+        generated_text(&[
+            "--prompt",
+            "Once upon a time",
+            "--max-new-tokens",
+            "24",
+            "--temperature",
+            "0.9",
+            "--top-k",
+            "40",
+            "--top-p",
+            "0.95",
+            "--seed",
+            seed,
+        ])
+    };
+    let a = sampled("42");
+    assert_eq!(a, sampled("42"));
+    assert_ne!(
+        a,
+        sampled("43"),
+        "a different seed should give a different sample"
+    );
 }

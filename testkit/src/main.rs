@@ -47,7 +47,7 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    migserve::logging::init(migserve::logging::LogFormat::Text);
+    migserve::logging::init(migserve::logging::LogFormat::Text, "info");
     let keys = migserve::auth::ApiKeys::from_args(&args.auth)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

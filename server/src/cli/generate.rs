@@ -1,11 +1,17 @@
-//! `migserve generate`: one prompt, text streamed to stdout, speed on stderr.
+//! `migserve generate`: one prompt through the serving engine (the same submit, paged KV
+//! cache, sampler and output processing a worker's `/generate` runs), its text streamed to
+//! stdout and its speed to stderr.
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
-use migserve_models::{generate, ChatMessage, Device, Model, SamplingParams, WeightFormat};
+use migserve_engine::{
+    device, DeviceKind, Engine, EngineEvent, EngineFlags, FinishEvent, GenerateRequest,
+    LocalEngine, Prompt, SamplingSpec,
+};
+use migserve_models::ChatMessage;
 
 /// Arguments of `migserve generate`.
 #[derive(Debug, clap::Args)]
@@ -20,7 +26,8 @@ pub struct GenerateArgs {
     /// Wrap the prompt as a user message in the model's chat template.
     #[arg(long)]
     pub chat: bool,
-    /// Stop after this many new tokens (or at end of sequence).
+    /// Stop after this many new tokens (or at end of sequence); never past the model's
+    /// total length (`--max-total-tokens`).
     #[arg(long, default_value_t = 256)]
     pub max_new_tokens: usize,
     /// Sampling temperature; 0 is greedy.
@@ -28,7 +35,7 @@ pub struct GenerateArgs {
     pub temperature: f32,
     /// Sample only among the K most likely tokens.
     #[arg(long)]
-    pub top_k: Option<usize>,
+    pub top_k: Option<i64>,
     /// Sample only among the most likely tokens whose probabilities sum to P.
     #[arg(long)]
     pub top_p: Option<f32>,
@@ -38,10 +45,15 @@ pub struct GenerateArgs {
     /// Random seed: the same seed gives the same output.
     #[arg(long)]
     pub seed: Option<u64>,
-    /// How weights are held on CPU: q8 (re-quantized to Q8_0 at load; fastest decode, least
-    /// memory), f32 (dequantized; fastest prefill) or quantized (the file's own types).
-    #[arg(long, default_value = "q8")]
-    pub weights: WeightFormat,
+    /// Stop once the text holds this sequence (repeatable). The sequence is printed, as
+    /// TGI's `generated_text` holds it.
+    #[arg(long = "stop")]
+    pub stop: Vec<String>,
+    /// Device to run on; default: cuda when this build has CUDA and a GPU is visible, else cpu.
+    #[arg(long, value_enum)]
+    pub device: Option<DeviceKind>,
+    #[command(flatten)]
+    pub engine: EngineFlags,
 }
 
 /// Runs `migserve generate`.
@@ -52,47 +64,103 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     if args.max_new_tokens == 0 {
         bail!("--max-new-tokens must be at least 1");
     }
-    let params = SamplingParams {
-        temperature: args.temperature,
-        top_k: args.top_k,
-        top_p: args.top_p,
-        repetition_penalty: args.repetition_penalty,
-        seed: args.seed,
-        ..SamplingParams::default()
-    };
-    params.validate()?;
-    let load_start = Instant::now();
-    let model = Model::load(&args.model, args.weights, &Device::Cpu)
-        .with_context(|| format!("loading {}", args.model.display()))?;
-    tracing::debug!(elapsed = ?load_start.elapsed(), "model loaded");
-    let prompt = if args.chat {
-        model.encode_chat(&[ChatMessage::new("user", args.prompt.as_str())])?
-    } else {
-        model.encode_prompt(&args.prompt)?
-    };
-    let mut stdout = std::io::stdout().lock();
-    let mut write_error = None;
-    let generation = generate(&model, &prompt, params, args.max_new_tokens, |piece| {
-        if write_error.is_none() {
-            if let Err(e) = stdout
-                .write_all(piece.as_bytes())
-                .and_then(|_| stdout.flush())
-            {
-                write_error = Some(e);
-            }
-        }
-    })?;
-    if let Some(e) = write_error {
-        return Err(e).context("writing to stdout");
-    }
-    writeln!(stdout)?;
-    eprintln!(
-        "prompt: {} tokens, {:.1} tok/s | decode: {} tokens, {:.1} tok/s | finish: {:?}",
-        generation.prompt_tokens,
-        generation.prefill_tokens_per_second(),
-        generation.tokens.len(),
-        generation.decode_tokens_per_second(),
-        generation.finish_reason,
-    );
+    let kind = device::resolve(args.device);
+    let device = device::open(kind)?;
+    let model_id = crate::worker::default_model_id(&args.model);
+    let engine = LocalEngine::load(&args.model, model_id, kind, &device, &args.engine)?;
+    let request = request(&engine, &args)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .context("starting the async runtime")?;
+    let finish = runtime.block_on(print_stream(&engine, request))?;
+    eprintln!("{}", speed_line(&finish));
     Ok(())
+}
+
+/// The request `/generate` would make of these arguments: the prompt's tokens (through the
+/// chat template with `--chat`), the new tokens capped by what the model's length leaves.
+fn request(engine: &LocalEngine, args: &GenerateArgs) -> anyhow::Result<GenerateRequest> {
+    let prompt = match args.chat {
+        true => Prompt::Chat {
+            messages: vec![ChatMessage::new("user", args.prompt.as_str())],
+            tools: Vec::new(),
+        },
+        false => Prompt::Text(args.prompt.clone()),
+    };
+    let ids = engine.tokenize(&prompt)?.ids;
+    let room = engine
+        .info()
+        .limits
+        .max_total_tokens
+        .saturating_sub(ids.len());
+    let max_new_tokens = args.max_new_tokens.min(room.max(1));
+    Ok(GenerateRequest {
+        max_new_tokens: Some(max_new_tokens as i64),
+        stop: args.stop.clone(),
+        sampling: SamplingSpec {
+            sample: args.temperature > 0.0,
+            temperature: Some(args.temperature),
+            top_k: args.top_k,
+            top_p: args.top_p,
+            repetition_penalty: args.repetition_penalty,
+            seed: args.seed,
+            ..SamplingSpec::default()
+        },
+        ..GenerateRequest::new(Prompt::Tokens(ids))
+    })
+}
+
+/// Submits `request` and writes each token's text to stdout as it arrives; the finish.
+async fn print_stream(engine: &LocalEngine, request: GenerateRequest) -> anyhow::Result<Finished> {
+    let mut events = engine.submit(request)?.events;
+    let mut stdout = std::io::stdout().lock();
+    let mut text_tokens = 0;
+    loop {
+        let (token, finish) = match events.next().await {
+            Some(EngineEvent::Token(token, finish)) => (token, finish),
+            Some(EngineEvent::Failed(e)) => return Err(e.into()),
+            Some(EngineEvent::Prefill(_) | EngineEvent::Resumed(_)) => continue,
+            None => bail!("the engine ended the request without finishing it"),
+        };
+        text_tokens += usize::from(!token.special);
+        stdout
+            .write_all(token.text.as_bytes())
+            .and_then(|_| stdout.flush())
+            .context("writing to stdout")?;
+        if let Some(event) = finish {
+            writeln!(stdout).context("writing to stdout")?;
+            return Ok(Finished { event, text_tokens });
+        }
+    }
+}
+
+/// A finished request and its generated tokens that are text (an end-of-sequence token is
+/// not).
+struct Finished {
+    event: FinishEvent,
+    text_tokens: usize,
+}
+
+/// `prompt: N tokens, X tok/s | decode: M tokens, Y tok/s | finish: R`: prefill from the
+/// first scheduled step to the first token, decode from there to the end.
+fn speed_line(finished: &Finished) -> String {
+    let f = &finished.event;
+    let prefill = f.time_to_first_token.saturating_sub(f.queue_time);
+    let decode = f.inference_time.saturating_sub(prefill);
+    format!(
+        "prompt: {} tokens, {:.1} tok/s | decode: {} tokens, {:.1} tok/s | finish: {:?}",
+        f.prompt_tokens,
+        rate(f.prompt_tokens, prefill),
+        finished.text_tokens,
+        rate(f.generated_tokens.saturating_sub(1), decode),
+        f.reason,
+    )
+}
+
+/// `n` per second of `d` (0 for no time).
+fn rate(n: usize, d: Duration) -> f64 {
+    match d.is_zero() {
+        true => 0.0,
+        false => n as f64 / d.as_secs_f64(),
+    }
 }

@@ -22,6 +22,17 @@ pub struct Cli {
     pub command: Command,
 }
 
+impl Cli {
+    /// What is logged when `RUST_LOG` is unset: warnings only for `generate` (its stdout and
+    /// stderr are the answer and its speed), else `info`.
+    pub fn default_log_level(&self) -> &'static str {
+        match self.command {
+            Command::Generate(_) => "warn",
+            _ => "info",
+        }
+    }
+}
+
 /// The jobs migserve can do.
 #[derive(Debug, Subcommand)]
 pub enum Command {

@@ -207,7 +207,7 @@ fn engine_death(engine: &dyn Engine) -> impl std::future::Future<Output = String
 
 /// The name clients use when `--model-id` is not given: a GGUF file's name without `.gguf`,
 /// a directory's name as it is (`Qwen2.5-0.5B-Instruct` keeps its dots).
-fn default_model_id(model: &std::path::Path) -> String {
+pub(crate) fn default_model_id(model: &std::path::Path) -> String {
     let name = match model.is_dir() {
         true => std::fs::canonicalize(model)
             .ok()

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Parser;
-use migserve_models::sampling::argmax;
+use migserve_engine::sampling::argmax;
 use migserve_models::{ChatMessage, DenseKvStore, Device, KvStore, Model, SeqChunk, WeightFormat};
 
 #[derive(Parser)]

@@ -10,8 +10,8 @@ use anyhow::Result;
 use candle_core::{Device, Tensor};
 use clap::Parser;
 use migserve_engine::row_sampler::{sample_rows, RowRequest};
+use migserve_engine::sampling::SamplingParams;
 use migserve_kernels::cpu::sample::{sample_row, RowSampling};
-use migserve_models::SamplingParams;
 
 #[derive(Parser)]
 struct Args {
@@ -77,7 +77,8 @@ fn main() -> Result<()> {
     };
     let edits = penalized.edits(&history, 128);
     let no_edits = Vec::new();
-    let requests = |sampling: RowSampling, edits: &'static [migserve_models::LogitEdit]| {
+    let requests = |sampling: RowSampling,
+                    edits: &'static [migserve_engine::sampling::LogitEdit]| {
         (0..args.rows)
             .map(|row| RowRequest {
                 row,

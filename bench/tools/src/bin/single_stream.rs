@@ -13,7 +13,8 @@ use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
 use candle_transformers::models::quantized_llama::ModelWeights;
 use clap::Parser;
-use migserve_models::{sampling::argmax, DenseKvStore, KvStore, Model, SeqChunk, WeightFormat};
+use migserve_engine::sampling::argmax;
+use migserve_models::{DenseKvStore, KvStore, Model, SeqChunk, WeightFormat};
 
 /// Compare single-stream prompt and decode speed on CPU.
 #[derive(Parser)]
