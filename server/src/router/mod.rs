@@ -9,6 +9,7 @@ pub mod policy;
 pub mod prefix_index;
 pub mod proxy;
 pub mod relay;
+pub mod routing_view;
 pub mod sse;
 pub mod stats;
 pub mod status;

@@ -10,6 +10,8 @@ use std::sync::Mutex;
 
 use serde_json::Value;
 
+use super::routing_view::{ContentField, RoutingView};
+
 /// Bytes of prompt text per chunk: about one 16-token KV block at 4 bytes per token.
 pub const CHUNK_BYTES: usize = 64;
 /// Bytes per token the router assumes (it does not tokenize).
@@ -29,33 +31,27 @@ pub struct PromptText {
 impl PromptText {
     /// Reads the prompt of `body`, once.
     pub fn of(body: &Value) -> Self {
+        Self::of_view(&RoutingView::of(body))
+    }
+
+    /// The prompt of a request's routing view.
+    pub fn of_view(view: &RoutingView) -> Self {
         let mut text = Self::default();
-        for key in ["inputs", "prompt"] {
-            match body.get(key) {
-                Some(Value::String(s)) => text.content(s.as_bytes()),
-                // A list of one prompt is that prompt; a batch of several shares nothing known.
-                Some(Value::Array(items)) if items.len() == 1 => {
-                    if let Some(s) = items[0].as_str() {
-                        text.content(s.as_bytes());
-                    }
-                }
-                _ => {}
-            }
+        for prompt in view.prompt_texts() {
+            text.content(prompt.as_bytes());
         }
-        if let Some(messages) = body.get("messages").and_then(Value::as_array) {
-            for m in messages {
-                // Role and content, with separators that text cannot fake: the same
-                // conversation so far gives the same bytes, so the same chunks.
-                let role = m.get("role").and_then(Value::as_str).unwrap_or("");
-                text.bytes.extend_from_slice(role.as_bytes());
-                text.bytes.push(0x1f);
-                match m.get("content") {
-                    Some(Value::String(s)) => text.content(s.as_bytes()),
-                    Some(other) => text.content(other.to_string().as_bytes()),
-                    None => {}
-                }
-                text.bytes.push(0x1e);
+        for m in view.messages.iter().flatten() {
+            // Role and content, with separators that text cannot fake: the same
+            // conversation so far gives the same bytes, so the same chunks.
+            text.bytes
+                .extend_from_slice(m.role.unwrap_or_default().as_bytes());
+            text.bytes.push(0x1f);
+            match &m.content {
+                Some(ContentField::Text(s)) => text.content(s.as_bytes()),
+                Some(ContentField::Other(other)) => text.content(other.to_string().as_bytes()),
+                None => {}
             }
+            text.bytes.push(0x1e);
         }
         text
     }

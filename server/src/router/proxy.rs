@@ -19,6 +19,7 @@ use super::lifecycle::{self, Demand};
 use super::policy::Work;
 use super::prefix_index::PromptText;
 use super::relay::{Origin, Serving, StreamRelay, Upstream};
+use super::routing_view::RoutingView;
 use super::stats::InFlight;
 use super::token_count::TokenCounter;
 use super::{Pick, Placing, SharedFront};
@@ -86,8 +87,9 @@ struct RequestFacts {
 }
 
 fn facts(front: &SharedFront, api: Api, headers: &HeaderMap, body: &Value) -> RequestFacts {
+    let view = RoutingView::of(body);
     let named = match api {
-        Api::OpenAi => body.get("model").and_then(Value::as_str),
+        Api::OpenAi => view.model,
         Api::Tgi => None,
     }
     .or_else(|| headers.get(MODEL_HEADER).and_then(|v| v.to_str().ok()))
@@ -95,9 +97,9 @@ fn facts(front: &SharedFront, api: Api, headers: &HeaderMap, body: &Value) -> Re
     let model = named
         .map(str::to_string)
         .unwrap_or_else(|| front.default_model());
-    let prompt = PromptText::of(body);
+    let prompt = PromptText::of_view(&view);
     let placing = Placing {
-        work: estimate_work(&prompt, body, front.settings.default_max_new_tokens),
+        work: estimate_work(&prompt, &view, front.settings.default_max_new_tokens),
         // Only the prefix-aware policy reads them.
         chunks: match front.settings.policy {
             RoutingPolicy::PrefixAware => prompt.chunks(&model),
@@ -108,13 +110,9 @@ fn facts(front: &SharedFront, api: Api, headers: &HeaderMap, body: &Value) -> Re
 }
 
 /// Prompt tokens (about 4 bytes each: the router does not tokenize) and requested new ones.
-pub fn estimate_work(prompt: &PromptText, body: &Value, default_new: u64) -> Work {
-    let new = body
-        .get("parameters")
-        .and_then(|p| p.get("max_new_tokens"))
-        .or_else(|| body.get("max_tokens"))
-        .or_else(|| body.get("max_completion_tokens"))
-        .and_then(Value::as_u64)
+pub fn estimate_work(prompt: &PromptText, view: &RoutingView, default_new: u64) -> Work {
+    let new = view
+        .max_new_tokens()
         .unwrap_or(default_new)
         .min(MAX_ESTIMATED_NEW_TOKENS);
     Work {
@@ -588,7 +586,7 @@ mod tests {
     #[test]
     fn token_estimates_use_prompt_size_and_limits() {
         let estimate = |body: Value| {
-            let w = estimate_work(&PromptText::of(&body), &body, 256);
+            let w = estimate_work(&PromptText::of(&body), &RoutingView::of(&body), 256);
             (w.prompt_tokens, w.new_tokens)
         };
         let tgi =
