@@ -170,114 +170,166 @@ impl Rng {
     }
 }
 
+/// A random run against one block manager: running sequences (id, tokens), preempted ones
+/// waiting to be re-admitted, and what each block's positions hold (the token written
+/// there; `None`: garbage).
+struct RandomRun {
+    seed: u64,
+    rng: Rng,
+    bs: usize,
+    m: BlockManager,
+    prefixes: Vec<Vec<u32>>,
+    running: Vec<(SeqId, Vec<u32>)>,
+    waiting: Vec<(SeqId, Vec<u32>)>,
+    next: SeqId,
+    store: Vec<Vec<Option<u32>>>,
+}
+
+impl RandomRun {
+    fn new(seed: u64) -> Self {
+        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let bs = 1 + rng.below(4);
+        let m = BlockManager::new(24 + rng.below(24), bs);
+        let prefixes = (0..3)
+            .map(|p| (0..(3 * bs + p)).map(|t| (p * 1000 + t) as u32).collect())
+            .collect();
+        let store = vec![vec![None; bs]; m.total_blocks()];
+        Self {
+            seed,
+            rng,
+            bs,
+            m,
+            prefixes,
+            running: Vec::new(),
+            waiting: Vec::new(),
+            next: 0,
+            store,
+        }
+    }
+
+    /// Records `tokens[from..]` as written into `id`'s blocks (as garbage when `!ok`).
+    fn write(&mut self, id: SeqId, tokens: &[u32], from: usize, ok: bool) {
+        let table = self.m.table(id).unwrap();
+        for (p, t) in tokens.iter().enumerate().skip(from) {
+            self.store[table[p / self.bs] as usize][p % self.bs] = ok.then_some(*t);
+        }
+    }
+
+    /// A waiting sequence again, or a new prompt from a shared prefix and random tokens.
+    fn prompt(&mut self) -> Vec<u32> {
+        match self.waiting.pop() {
+            Some((_, t)) if self.rng.below(2) == 0 => t,
+            other => {
+                self.waiting.extend(other);
+                let mut t = self.prefixes[self.rng.below(3)].clone();
+                t.truncate(1 + self.rng.below(t.len()));
+                let extra = self.rng.below(2 * self.bs);
+                t.extend((0..extra).map(|_| self.rng.below(50) as u32));
+                t
+            }
+        }
+    }
+
+    /// Admits a prompt when it fits (exactly when its cost is free), its step failing now
+    /// and then.
+    fn admit(&mut self, op: usize) {
+        let (seed, bs, next) = (self.seed, self.bs, self.next);
+        let tokens = self.prompt();
+        let found = self.m.match_prefix(&tokens, (tokens.len() - 1) / bs);
+        let cost = self.m.cost_with(&found, tokens.len());
+        let before = self.m.free_blocks();
+        let computed_from = found.len() * bs;
+        let result = self.m.attach(next, found, tokens.len());
+        assert_eq!(result.is_ok(), cost <= before, "seed {seed} op {op}");
+        if result.is_err() {
+            return;
+        }
+        assert_eq!(self.m.free_blocks(), before - cost, "seed {seed} op {op}");
+        self.m.register(next, &tokens, tokens.len());
+        let failed = self.rng.below(10) == 0;
+        self.write(next, &tokens, computed_from, !failed);
+        if failed {
+            self.m.forget_step();
+            self.m.release(next);
+        } else {
+            self.m.commit_step();
+            self.running.push((next, tokens));
+        }
+        self.next += 1;
+    }
+
+    /// One decode token for a running sequence, which is preempted when no block is free.
+    fn extend(&mut self) {
+        let i = self.rng.below(self.running.len());
+        let token = self.rng.below(50) as u32;
+        let (id, mut tokens) = self.running.swap_remove(i);
+        tokens.push(token);
+        if self.m.ensure(id, tokens.len()).is_ok() {
+            self.write(id, &tokens, tokens.len() - 1, true);
+            self.m.register(id, &tokens, tokens.len());
+            self.m.commit_step();
+            self.running.push((id, tokens));
+            let last = self.running.len() - 1;
+            self.running.swap(i, last);
+        } else {
+            self.m.release(id);
+            self.waiting.push((id, tokens));
+        }
+    }
+
+    /// Releases a random running sequence, to wait again (preempted) or for good.
+    fn release(&mut self, preempt: bool) {
+        let (id, tokens) = self.running.swap_remove(self.rng.below(self.running.len()));
+        self.m.release(id);
+        if preempt {
+            self.waiting.push((id, tokens));
+        }
+    }
+
+    /// Every count is consistent, every running sequence's table covers its tokens, and what
+    /// its blocks hold is its own tokens, shared blocks included.
+    fn check(&self, op: usize) {
+        let seed = self.seed;
+        if let Err(e) = self.m.check_consistency() {
+            panic!("seed {seed} op {op}: {e}");
+        }
+        for (id, tokens) in &self.running {
+            assert!(self.m.capacity(*id) >= tokens.len(), "seed {seed} op {op}");
+            let table = self.m.table(*id).unwrap();
+            for (p, t) in tokens.iter().enumerate() {
+                let held = self.store[table[p / self.bs] as usize][p % self.bs];
+                assert_eq!(held, Some(*t), "seed {seed} op {op}: seq {id} position {p}");
+            }
+        }
+    }
+}
+
 /// Random admissions (prompts built from a few shared prefixes), extensions (decode),
 /// finishes, preemptions (release and re-admit later) and failed steps, with every count
 /// checked after each operation.
 #[test]
 fn random_operations_keep_every_count_right() {
     for seed in 1..=20u64 {
-        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        let bs = 1 + rng.below(4);
-        let mut m = BlockManager::new(24 + rng.below(24), bs);
-        let prefixes: Vec<Vec<u32>> = (0..3)
-            .map(|p| (0..(3 * bs + p)).map(|t| (p * 1000 + t) as u32).collect())
-            .collect();
-        // Running sequences: id -> tokens; preempted ones wait to be re-admitted.
-        let mut running: Vec<(SeqId, Vec<u32>)> = Vec::new();
-        let mut waiting: Vec<(SeqId, Vec<u32>)> = Vec::new();
-        let mut next: SeqId = 0;
-        // What each block's positions hold: the token written there (None: garbage).
-        let mut store: Vec<Vec<Option<u32>>> = vec![vec![None; bs]; m.total_blocks()];
-        let write = |m: &BlockManager,
-                     store: &mut Vec<Vec<Option<u32>>>,
-                     id: SeqId,
-                     tokens: &[u32],
-                     from: usize,
-                     ok: bool| {
-            let table = m.table(id).unwrap();
-            for (p, t) in tokens.iter().enumerate().skip(from) {
-                store[table[p / bs] as usize][p % bs] = ok.then_some(*t);
-            }
-        };
+        let mut run = RandomRun::new(seed);
         for op in 0..400 {
-            match rng.below(6) {
-                0 | 1 => {
-                    let tokens = match waiting.pop() {
-                        Some((_, t)) if rng.below(2) == 0 => t,
-                        other => {
-                            waiting.extend(other);
-                            let mut t = prefixes[rng.below(3)].clone();
-                            t.truncate(1 + rng.below(t.len()));
-                            t.extend((0..rng.below(2 * bs)).map(|_| rng.below(50) as u32));
-                            t
-                        }
-                    };
-                    let found = m.match_prefix(&tokens, (tokens.len() - 1) / bs);
-                    let cost = m.cost_with(&found, tokens.len());
-                    let before = m.free_blocks();
-                    let fits = cost <= before;
-                    let computed_from = found.len() * bs;
-                    let result = m.attach(next, found, tokens.len());
-                    assert_eq!(result.is_ok(), fits, "seed {seed} op {op}");
-                    if result.is_ok() {
-                        assert_eq!(m.free_blocks(), before - cost, "seed {seed} op {op}");
-                        m.register(next, &tokens, tokens.len());
-                        let failed = rng.below(10) == 0;
-                        write(&m, &mut store, next, &tokens, computed_from, !failed);
-                        if failed {
-                            m.forget_step();
-                            m.release(next);
-                        } else {
-                            m.commit_step();
-                            running.push((next, tokens));
-                        }
-                        next += 1;
-                    }
-                }
-                2 if !running.is_empty() => {
-                    let i = rng.below(running.len());
-                    let (id, tokens) = &mut running[i];
-                    tokens.push(rng.below(50) as u32);
-                    if m.ensure(*id, tokens.len()).is_ok() {
-                        let from = tokens.len() - 1;
-                        write(&m, &mut store, *id, tokens, from, true);
-                        m.register(*id, tokens, tokens.len());
-                        m.commit_step();
-                    } else {
-                        let (id, tokens) = running.swap_remove(i);
-                        m.release(id);
-                        waiting.push((id, tokens));
-                    }
-                }
-                3 if !running.is_empty() => {
-                    let (id, tokens) = running.swap_remove(rng.below(running.len()));
-                    m.release(id);
-                    waiting.push((id, tokens));
-                }
-                _ if !running.is_empty() => {
-                    let (id, _) = running.swap_remove(rng.below(running.len()));
-                    m.release(id);
-                }
+            let busy = !run.running.is_empty();
+            match run.rng.below(6) {
+                0 | 1 => run.admit(op),
+                2 if busy => run.extend(),
+                3 if busy => run.release(true),
+                _ if busy => run.release(false),
                 _ => {}
             }
-            if let Err(e) = m.check_consistency() {
-                panic!("seed {seed} op {op}: {e}");
-            }
-            // Every running sequence's table covers its tokens, and what its blocks hold is
-            // its own tokens, shared blocks included.
-            for (id, tokens) in &running {
-                assert!(m.capacity(*id) >= tokens.len(), "seed {seed} op {op}");
-                let table = m.table(*id).unwrap();
-                for (p, t) in tokens.iter().enumerate() {
-                    let held = store[table[p / bs] as usize][p % bs];
-                    assert_eq!(held, Some(*t), "seed {seed} op {op}: seq {id} position {p}");
-                }
-            }
+            run.check(op);
         }
-        for (id, _) in running {
-            m.release(id);
+        for (id, _) in std::mem::take(&mut run.running) {
+            run.m.release(id);
         }
-        assert_eq!(m.free_blocks(), m.total_blocks(), "seed {seed}: all back");
-        m.check_consistency().unwrap();
+        assert_eq!(
+            run.m.free_blocks(),
+            run.m.total_blocks(),
+            "seed {seed}: all back"
+        );
+        run.m.check_consistency().unwrap();
     }
 }
