@@ -158,3 +158,19 @@ pub enum StartError {
     #[error("starting the engine thread: {0}")]
     Thread(#[from] std::io::Error),
 }
+
+/// An error and its sources on one line, `: `-separated, leaving out a source whose text
+/// the line already holds (an error that prints its source in its own message).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let next = s.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = s.source();
+    }
+    text
+}

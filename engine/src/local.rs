@@ -16,7 +16,7 @@ use crate::device::{self, DeviceKind, DeviceUnusable};
 use crate::engine::{
     Accepted, Engine, EngineInfo, Health, PrefixCacheStatus, PromptToken, Tokenized,
 };
-use crate::error::{EngineError, StartError};
+use crate::error::{error_chain, EngineError, StartError};
 use crate::event::EventStream;
 use crate::fault;
 use crate::flags::{EngineFlags, DEFAULT_KV_CACHE_TOKENS};
@@ -423,21 +423,6 @@ fn sync(device: &Device) -> Result<(), StartError> {
     device
         .synchronize()
         .map_err(|e| StartError::DeviceFailed(error_chain(&e)))
-}
-
-/// An error and its sources, `: `-separated.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let next = s.to_string();
-        if !text.contains(&next) {
-            text.push_str(": ");
-            text.push_str(&next);
-        }
-        source = s.source();
-    }
-    text
 }
 
 /// Bytes the weights of the model at `path` take when held as `weights`.

@@ -10,7 +10,7 @@ fn main() -> ExitCode {
     match migserve::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", one_line(&e));
+            eprintln!("error: {}", migserve_engine::error::error_chain(e.as_ref()));
             use migserve::contract::{EXIT_DEVICE_UNUSABLE, EXIT_ENGINE_DIED};
             if e.downcast_ref::<migserve_engine::DeviceUnusable>()
                 .is_some()
@@ -24,21 +24,4 @@ fn main() -> ExitCode {
             }
         }
     }
-}
-
-/// The error and its causes on one line, `: `-separated, leaving out a cause whose text the
-/// line already holds (an error that prints its source as part of its own message).
-fn one_line(e: &anyhow::Error) -> String {
-    let mut line = String::new();
-    for cause in e.chain() {
-        let text = cause.to_string();
-        if line.contains(&text) {
-            continue;
-        }
-        if !line.is_empty() {
-            line.push_str(": ");
-        }
-        line.push_str(&text);
-    }
-    line
 }

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{model_path, Worker};
+use common::{client, model_path, post_json, Worker, FRANCE};
 
 use std::process::{Command, Output};
 
@@ -200,22 +200,9 @@ fn generated_text(extra: &[&str]) -> String {
     out.strip_suffix('\n').expect("a final newline").to_string()
 }
 
-/// The answer of a worker's `path` to `body`.
-async fn post(worker: &Worker, path: &str, body: serde_json::Value) -> serde_json::Value {
-    reqwest::Client::new()
-        .post(worker.at(path))
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 /// The `generated_text` of a worker's `/generate` for `body`.
 async fn worker_text(worker: &Worker, body: serde_json::Value) -> String {
-    let answer = post(worker, "/generate", body).await;
+    let (_, answer) = post_json(&client(), worker.at("/generate"), &body).await;
     answer["generated_text"]
         .as_str()
         .unwrap_or_else(|| panic!("{answer}"))
@@ -227,13 +214,10 @@ async fn worker_text(worker: &Worker, body: serde_json::Value) -> String {
 /// cut by a stop sequence.
 #[tokio::test]
 async fn generate_prints_what_a_workers_generate_returns() {
-    const FRANCE: &str = "What is the capital of France? Answer in two sentences.";
     let worker = Worker::start(&[]);
     let chat = serde_json::json!({"messages": [{"role": "user", "content": FRANCE}]});
-    let rendered = post(&worker, "/chat_tokenize", chat).await["templated_text"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (_, tokenized) = post_json(&client(), worker.at("/chat_tokenize"), &chat).await;
+    let rendered = tokenized["templated_text"].as_str().unwrap().to_string();
     let served = worker_text(
         &worker,
         serde_json::json!({"inputs": rendered, "parameters": {"max_new_tokens": 40}}),

@@ -22,17 +22,6 @@ pub struct Greedy {
     pub finish: Finish,
 }
 
-/// The index of the largest value (the first on ties).
-fn argmax(row: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in row.iter().enumerate() {
-        if v > row[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
-
 /// Greedily generates up to `max_new` tokens after `prompt`, calling `on_text` with each
 /// complete piece of text.
 pub fn greedy(
@@ -58,7 +47,8 @@ pub fn greedy(
             start,
         };
         let logits = model.decoder.forward(&[chunk], &mut kv)?;
-        let next = argmax(&logits.squeeze(0)?.to_vec1::<f32>()?);
+        // Candle's argmax keeps the first of equal maxima.
+        let next = logits.squeeze(0)?.argmax(0)?.to_scalar::<u32>()?;
         if model.tokenizer.eos_ids().contains(&next) {
             out.finish = Finish::Eos;
             break;

@@ -27,7 +27,8 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub chat: bool,
     /// Stop after this many new tokens (or at end of sequence); never past the model's
-    /// total length (`--max-total-tokens`).
+    /// total length (`--max-total-tokens`). It is the engine's `--default-max-new-tokens`
+    /// here, which it replaces.
     #[arg(long, default_value_t = 256)]
     pub max_new_tokens: usize,
     /// Sampling temperature; 0 is greedy.
@@ -67,8 +68,14 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let kind = device::resolve(args.device);
     let device = device::open(kind)?;
     let model_id = crate::worker::default_model_id(&args.model);
-    let engine = LocalEngine::load(&args.model, model_id, kind, &device, &args.engine)?;
-    let request = request(&engine, &args)?;
+    // The engine's own cap (what the model's total length leaves after the prompt) applies
+    // to the default limit of new tokens: that limit is `--max-new-tokens`.
+    let flags = EngineFlags {
+        default_max_new_tokens: args.max_new_tokens,
+        ..args.engine.clone()
+    };
+    let engine = LocalEngine::load(&args.model, model_id, kind, &device, &flags)?;
+    let request = request(&args);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .context("starting the async runtime")?;
@@ -77,9 +84,9 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The request `/generate` would make of these arguments: the prompt's tokens (through the
-/// chat template with `--chat`), the new tokens capped by what the model's length leaves.
-fn request(engine: &LocalEngine, args: &GenerateArgs) -> anyhow::Result<GenerateRequest> {
+/// The request `/generate` would make of these arguments (with `--chat`, the prompt as a
+/// user message through the chat template), its limit of new tokens the engine's default.
+fn request(args: &GenerateArgs) -> GenerateRequest {
     let prompt = match args.chat {
         true => Prompt::Chat {
             messages: vec![ChatMessage::new("user", args.prompt.as_str())],
@@ -87,15 +94,7 @@ fn request(engine: &LocalEngine, args: &GenerateArgs) -> anyhow::Result<Generate
         },
         false => Prompt::Text(args.prompt.clone()),
     };
-    let ids = engine.tokenize(&prompt)?.ids;
-    let room = engine
-        .info()
-        .limits
-        .max_total_tokens
-        .saturating_sub(ids.len());
-    let max_new_tokens = args.max_new_tokens.min(room.max(1));
-    Ok(GenerateRequest {
-        max_new_tokens: Some(max_new_tokens as i64),
+    GenerateRequest {
         stop: args.stop.clone(),
         sampling: SamplingSpec {
             sample: args.temperature > 0.0,
@@ -106,8 +105,8 @@ fn request(engine: &LocalEngine, args: &GenerateArgs) -> anyhow::Result<Generate
             seed: args.seed,
             ..SamplingSpec::default()
         },
-        ..GenerateRequest::new(Prompt::Tokens(ids))
-    })
+        ..GenerateRequest::new(prompt)
+    }
 }
 
 /// Submits `request` and writes each token's text to stdout as it arrives; the finish.

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 
 use serde_json::Value;
 
-use super::routing_view::{ContentField, RoutingView};
+use super::routing_view::RoutingView;
 
 /// Bytes of prompt text per chunk: about one 16-token KV block at 4 bytes per token.
 pub const CHUNK_BYTES: usize = 64;
@@ -29,26 +29,21 @@ pub struct PromptText {
 }
 
 impl PromptText {
-    /// Reads the prompt of `body`, once.
-    pub fn of(body: &Value) -> Self {
-        Self::of_view(&RoutingView::of(body))
-    }
-
-    /// The prompt of a request's routing view.
-    pub fn of_view(view: &RoutingView) -> Self {
+    /// The prompt of a request, read through its routing view.
+    pub fn of(view: &RoutingView) -> Self {
         let mut text = Self::default();
         for prompt in view.prompt_texts() {
             text.content(prompt.as_bytes());
         }
-        for m in view.messages.iter().flatten() {
+        for m in view.messages() {
             // Role and content, with separators that text cannot fake: the same
             // conversation so far gives the same bytes, so the same chunks.
             text.bytes
                 .extend_from_slice(m.role.unwrap_or_default().as_bytes());
             text.bytes.push(0x1f);
-            match &m.content {
-                Some(ContentField::Text(s)) => text.content(s.as_bytes()),
-                Some(ContentField::Other(other)) => text.content(other.to_string().as_bytes()),
+            match m.content {
+                Some(Value::String(s)) => text.content(s.as_bytes()),
+                Some(other) => text.content(other.to_string().as_bytes()),
                 None => {}
             }
             text.bytes.push(0x1e);
@@ -89,7 +84,7 @@ impl PromptText {
 /// The hash chain of the whole chunks of `body`'s prompt for `model`.
 #[cfg(test)]
 fn prompt_chunks(model: &str, body: &Value) -> Vec<u64> {
-    PromptText::of(body).chunks(model)
+    PromptText::of(&RoutingView::of(body)).chunks(model)
 }
 
 /// Tokens that `chunks` leading chunks stand for.

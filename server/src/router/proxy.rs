@@ -89,7 +89,7 @@ struct RequestFacts {
 fn facts(front: &SharedFront, api: Api, headers: &HeaderMap, body: &Value) -> RequestFacts {
     let view = RoutingView::of(body);
     let named = match api {
-        Api::OpenAi => view.model,
+        Api::OpenAi => view.model(),
         Api::Tgi => None,
     }
     .or_else(|| headers.get(MODEL_HEADER).and_then(|v| v.to_str().ok()))
@@ -97,7 +97,7 @@ fn facts(front: &SharedFront, api: Api, headers: &HeaderMap, body: &Value) -> Re
     let model = named
         .map(str::to_string)
         .unwrap_or_else(|| front.default_model());
-    let prompt = PromptText::of_view(&view);
+    let prompt = PromptText::of(&view);
     let placing = Placing {
         work: estimate_work(&prompt, &view, front.settings.default_max_new_tokens),
         // Only the prefix-aware policy reads them.
@@ -586,7 +586,8 @@ mod tests {
     #[test]
     fn token_estimates_use_prompt_size_and_limits() {
         let estimate = |body: Value| {
-            let w = estimate_work(&PromptText::of(&body), &RoutingView::of(&body), 256);
+            let view = RoutingView::of(&body);
+            let w = estimate_work(&PromptText::of(&view), &view, 256);
             (w.prompt_tokens, w.new_tokens)
         };
         let tgi =
