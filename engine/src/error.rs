@@ -12,7 +12,7 @@ use crate::device::DeviceUnusable;
 pub enum EngineError {
     /// The request is malformed or asks for something outside the limits.
     #[error("{0}")]
-    Validation(String),
+    Validation(Invalid),
     /// The prompt, or the prompt with the new tokens, is longer than the worker takes.
     #[error("{0}")]
     TooLong(TooLong),
@@ -46,6 +46,63 @@ impl EngineError {
     }
 }
 
+impl EngineError {
+    /// A refusal of `field`'s value (or of the request as a whole, with `None`), and why.
+    pub fn invalid(field: impl Into<Option<Field>>, reason: impl Into<String>) -> Self {
+        EngineError::Validation(Invalid::new(field.into(), reason))
+    }
+}
+
+/// A request the engine's rules refuse: the field at fault, when one is, and why. The reason is
+/// the whole message; each API names the field in its own terms (OpenAI's `param`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    pub field: Option<Field>,
+    pub reason: String,
+}
+
+impl Invalid {
+    /// A refusal of `field` (or of the request as a whole), and why.
+    pub fn new(field: Option<Field>, reason: impl Into<String>) -> Self {
+        Self {
+            field,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Invalid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+/// The request fields the engine's own rules are about (API-neutral names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    /// The prompt: text, conversation or token ids.
+    Prompt,
+    /// Keep only the prompt's last tokens.
+    Truncate,
+    MaxNewTokens,
+    MinNewTokens,
+    /// Alternatives reported per token.
+    TopLogprobs,
+    Stop,
+    IgnoreEos,
+    /// The output a continued request already has.
+    Resume,
+    Temperature,
+    TopP,
+    TopK,
+    RepetitionPenalty,
+    PresencePenalty,
+    FrequencyPenalty,
+    LogitBias,
+    /// The grammar, schema, regex or choice the output must match.
+    Grammar,
+}
+
 /// Which length limit a request passed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LengthLimit {
@@ -60,7 +117,8 @@ pub enum LengthLimit {
 }
 
 /// A request longer than the worker takes, with its counts, so that each API says it in its
-/// own words: `Display` gives TGI's message, [`TooLong::openai_message`] OpenAI's.
+/// own words (the server's API layer has OpenAI's); `Display` gives TGI's message, which is
+/// also the engine's own.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TooLong {
     pub limit_kind: LengthLimit,
@@ -90,44 +148,13 @@ impl std::fmt::Display for TooLong {
     }
 }
 
-impl TooLong {
-    /// OpenAI's wording, where the prompt is called `prompt_field` (`messages`, `prompt`).
-    pub fn openai_message(&self, prompt_field: &str) -> String {
-        let (input, limit, n) = (self.prompt_tokens, self.limit, self.new_tokens);
-        match self.limit_kind {
-            // No room: the prompt takes the whole total, one token short of a reply.
-            LengthLimit::Prompt | LengthLimit::NoRoom => {
-                let max_input = match self.limit_kind {
-                    LengthLimit::NoRoom => limit.saturating_sub(1),
-                    _ => limit,
-                };
-                format!(
-                    "This model's maximum input length is {max_input} tokens. However, your {prompt_field} resulted in {input} tokens. Please reduce the length of the {prompt_field}."
-                )
-            }
-            LengthLimit::Total | LengthLimit::Cache => format!(
-                "This model's maximum context length is {limit} tokens. However, you requested {} tokens ({input} in the {prompt_field}, {n} in the completion). Please reduce the length of the {prompt_field} or completion.",
-                input + n
-            ),
-        }
-    }
-
-    /// The OpenAI field to blame: the prompt when it alone is too long, else `max_tokens`.
-    pub fn openai_param<'a>(&self, prompt_field: &'a str) -> &'a str {
-        match self.limit_kind {
-            LengthLimit::Prompt | LengthLimit::NoRoom => prompt_field,
-            LengthLimit::Total | LengthLimit::Cache => "max_tokens",
-        }
-    }
-}
-
 impl From<ModelError> for EngineError {
     /// Errors of the input (template, tokenizer, bad values) are the client's; the rest are
     /// generation failures.
     fn from(e: ModelError) -> Self {
         match e {
             ModelError::InvalidInput(_) | ModelError::Template(_) | ModelError::Tokenizer(_) => {
-                EngineError::Validation(e.to_string())
+                EngineError::Validation(Invalid::new(None, e.to_string()))
             }
             other => EngineError::Generation(other.to_string()),
         }

@@ -34,12 +34,13 @@ pub mod status;
 pub mod step;
 pub mod step_clock;
 pub mod step_loop;
+pub mod submit;
 pub mod validate;
 
 pub use device::{DeviceKind, DeviceUnusable};
 pub use engine::{Accepted, Engine, EngineInfo, Health, PrefixCacheStatus, PromptToken, Tokenized};
 pub use error::{EngineError, StartError};
-pub use error::{LengthLimit, TooLong};
+pub use error::{Field, Invalid, LengthLimit, TooLong};
 pub use event::{
     EngineEvent, EventStream, FinishEvent, FinishReason, PrefillLogprob, TokenEvent, TokenLogprob,
 };

@@ -13,20 +13,19 @@ use tokio::sync::watch;
 use crate::cache::cpu::PagedKvCache;
 use crate::cache::PagedStore;
 use crate::device::{self, DeviceKind, DeviceUnusable};
-use crate::engine::{
-    Accepted, Engine, EngineInfo, Health, PrefixCacheStatus, PromptToken, Tokenized,
-};
-use crate::error::{error_chain, EngineError, StartError};
+use crate::engine::{Accepted, Engine, EngineInfo, Health, PrefixCacheStatus, Tokenized};
+use crate::error::{error_chain, EngineError, Field, StartError};
 use crate::event::EventStream;
 use crate::fault;
 use crate::flags::{EngineFlags, DEFAULT_KV_CACHE_TOKENS};
-use crate::grammar::GrammarCompiler;
-use crate::request::{GenerateRequest, Limits, Prompt};
+use crate::grammar::{Constraint, Grammar, GrammarCompiler};
+use crate::request::{EngineRequest, GenerateRequest, Limits, Prompt};
 use crate::scheduler::SchedulerConfig;
 use crate::status::EngineStatus;
 use crate::step::StepModel;
 use crate::step_clock::SyncAfterForward;
 use crate::step_loop::{self, Submission};
+use crate::submit::{self, Backend};
 use crate::validate;
 
 /// The pieces an engine is made of; [`LocalEngine::load`] makes them from a model file, tests
@@ -248,6 +247,32 @@ impl LocalEngine {
     pub fn in_flight(&self) -> usize {
         self.status.in_flight()
     }
+}
+
+impl Backend for LocalEngine {
+    fn check_running(&self) -> Result<(), EngineError> {
+        match self.status.health() {
+            Health::Dead(why) => Err(EngineError::Unavailable(format!(
+                "the engine has stopped: {why}"
+            ))),
+            Health::Healthy => Ok(()),
+        }
+    }
+
+    /// Text through the tokenizer, a conversation through the chat template first (its
+    /// rendered text returned too).
+    fn prompt_ids(&self, prompt: &Prompt) -> Result<(Vec<u32>, Option<String>), EngineError> {
+        match prompt {
+            Prompt::Text(text) => Ok((self.tokenizer.encode(text, true)?, None)),
+            Prompt::Chat { messages, tools } => {
+                let text = self
+                    .chat_template
+                    .render_with_tools(messages, tools, true)?;
+                Ok((self.tokenizer.encode(&text, false)?, Some(text)))
+            }
+            Prompt::Tokens(ids) => Ok((ids.clone(), None)),
+        }
+    }
 
     /// Each token's text, decoded in sequence (so they add up to the decoded whole; special
     /// tokens have none; a token inside a multi-byte character has none, the one that
@@ -264,63 +289,15 @@ impl LocalEngine {
         Ok(pieces)
     }
 
-    /// The prompt's token ids: text through the tokenizer, a conversation through the chat
-    /// template first (its rendered text returned too).
-    fn prompt_ids(&self, prompt: &Prompt) -> Result<(Vec<u32>, Option<String>), EngineError> {
-        let empty = |what: &str| Err(EngineError::Validation(format!("{what} cannot be empty")));
-        match prompt {
-            Prompt::Text(text) if text.is_empty() => empty("the prompt"),
-            Prompt::Text(text) => Ok((self.tokenizer.encode(text, true)?, None)),
-            Prompt::Chat { messages, .. } if messages.is_empty() => empty("`messages`"),
-            Prompt::Chat { messages, tools } => {
-                let text = self
-                    .chat_template
-                    .render_with_tools(messages, tools, true)?;
-                Ok((self.tokenizer.encode(&text, false)?, Some(text)))
-            }
-            Prompt::Tokens(ids) if ids.is_empty() => empty("the prompt"),
-            Prompt::Tokens(ids) => Ok((ids.clone(), None)),
-        }
+    fn constraint(&self, grammar: &Grammar) -> Result<Option<Constraint>, EngineError> {
+        self.grammars()?.compile(grammar).map(Some)
     }
-}
 
-impl Engine for LocalEngine {
-    fn submit(&self, request: GenerateRequest) -> Result<Accepted, EngineError> {
-        // Early, to spare a dead engine the tokenizing; checked again under the gate below.
-        if let Health::Dead(why) = self.status.health() {
-            return Err(EngineError::Unavailable(format!(
-                "the engine has stopped: {why}"
-            )));
-        }
-        let (mut ids, _) = self.prompt_ids(&request.prompt)?;
-        validate::truncate(&mut ids, request.truncate)?;
-        let return_prompt_tokens = request.return_prompt_tokens;
-        let grammar = request.grammar.clone();
-        let mut request = validate::build_request(ids, &request, &self.info.limits)?;
-        // Compiled once the rest is known to be valid.
-        if let Some(grammar) = &grammar {
-            let mut constraint = self.grammars()?.compile(grammar)?;
-            for &token in &request.resumed {
-                constraint.commit(token).map_err(|e| {
-                    EngineError::Validation(format!(
-                        "the output to resume from does not match the grammar: {e}"
-                    ))
-                })?;
-            }
-            request.constraint = Some(constraint);
-        }
-        let prompt_tokens = request.prompt.len();
-        let seed = request.params.seed;
-        // Decoded one by one only once the request is known to be valid.
-        let prompt = match return_prompt_tokens {
-            true => request
-                .prompt
-                .iter()
-                .zip(self.pieces(&request.prompt)?)
-                .map(|(&id, text)| PromptToken { id, text })
-                .collect(),
-            false => Vec::new(),
-        };
+    fn limits(&self) -> &Limits {
+        &self.info.limits
+    }
+
+    fn enqueue(&self, request: EngineRequest) -> Result<EventStream, EngineError> {
         let limit = self.info.max_concurrent_requests;
         self.status.try_admit(limit).map_err(|in_flight| {
             EngineError::Overloaded(format!(
@@ -333,11 +310,9 @@ impl Engine for LocalEngine {
             events: events_tx,
         };
         let gate = self.status.gate();
-        if let Health::Dead(why) = self.status.health() {
+        if let Err(stopped) = self.check_running() {
             self.status.release();
-            return Err(EngineError::Unavailable(format!(
-                "the engine has stopped: {why}"
-            )));
+            return Err(stopped);
         }
         let sent = self.tx.send(submission).is_ok();
         drop(gate);
@@ -346,12 +321,13 @@ impl Engine for LocalEngine {
             self.status.mark_dead("the engine thread is gone");
             return Err(EngineError::Unavailable("the engine has stopped".into()));
         }
-        Ok(Accepted {
-            prompt_tokens,
-            prompt,
-            seed,
-            events,
-        })
+        Ok(events)
+    }
+}
+
+impl Engine for LocalEngine {
+    fn submit(&self, request: GenerateRequest) -> Result<Accepted, EngineError> {
+        submit::submit(self, request)
     }
 
     fn health(&self) -> Health {
@@ -371,6 +347,7 @@ impl Engine for LocalEngine {
     }
 
     fn tokenize(&self, prompt: &Prompt) -> Result<Tokenized, EngineError> {
+        validate::check_prompt(prompt)?;
         let (ids, rendered) = self.prompt_ids(prompt)?;
         let pieces = self.pieces(&ids)?;
         Ok(Tokenized {
@@ -381,7 +358,7 @@ impl Engine for LocalEngine {
     }
 
     fn detokenize(&self, ids: &[u32]) -> Result<String, EngineError> {
-        validate::check_token_ids(ids, self.info.limits.vocab_size)?;
+        validate::check_token_ids(ids, self.info.limits.vocab_size, Field::Prompt)?;
         Ok(self.tokenizer.decode(ids, true)?)
     }
 }

@@ -9,7 +9,7 @@ use migserve_models::Tokenizer;
 use crate::sampling::Sampler;
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::error::EngineError;
+use crate::error::{EngineError, Field};
 use crate::event::{EngineEvent, FinishEvent, FinishReason, TokenEvent};
 use crate::grammar::{Constraint, TokenMask};
 use crate::logprobs::PromptLogprobs;
@@ -77,13 +77,13 @@ impl RequestState {
     pub(crate) fn replay(&mut self, tokenizer: &Tokenizer) -> Result<Vec<TokenEvent>, EngineError> {
         let mut events = Vec::with_capacity(self.request.resumed.len());
         for &id in &self.request.resumed {
-            let out = self
-                .output
-                .push(tokenizer, id, None)
-                .map_err(|e| EngineError::Validation(format!("the output to resume from: {e}")))?;
+            let out = self.output.push(tokenizer, id, None).map_err(|e| {
+                EngineError::invalid(Field::Resume, format!("the output to resume from: {e}"))
+            })?;
             if out.finish.is_some() {
-                return Err(EngineError::Validation(
-                    "the output to resume from has already finished".into(),
+                return Err(EngineError::invalid(
+                    Field::Resume,
+                    "the output to resume from has already finished",
                 ));
             }
             events.push(TokenEvent {

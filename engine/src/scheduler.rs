@@ -14,7 +14,7 @@
 //! admitted in the same step already shares them (each layer writes the whole batch's keys
 //! and values before any row attends).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 use migserve_models::SeqId;
 
@@ -100,12 +100,13 @@ pub struct StepPlan {
     pub admitted: Vec<(SeqId, usize)>,
 }
 
-/// The waiting queue and the running batch.
+/// The waiting queue and the running batch, as ids; each sequence is held once, by id.
 #[derive(Debug)]
 pub struct Scheduler {
     config: SchedulerConfig,
-    waiting: VecDeque<Sequence>,
-    running: Vec<Sequence>,
+    sequences: HashMap<SeqId, Sequence>,
+    waiting: VecDeque<SeqId>,
+    running: Vec<SeqId>,
 }
 
 impl Scheduler {
@@ -117,15 +118,18 @@ impl Scheduler {
         );
         Self {
             config,
+            sequences: HashMap::new(),
             waiting: VecDeque::new(),
             running: Vec::new(),
         }
     }
 
-    /// Queues a new sequence (it must have at least one token).
+    /// Queues a new sequence (it must have at least one token, and an id not in use).
     pub fn add(&mut self, seq: Sequence) {
         debug_assert!(!seq.tokens.is_empty());
-        self.waiting.push_back(seq);
+        debug_assert!(!self.sequences.contains_key(&seq.id));
+        self.waiting.push_back(seq.id);
+        self.sequences.insert(seq.id, seq);
     }
 
     /// Sequences waiting to start (or to resume after preemption).
@@ -145,10 +149,7 @@ impl Scheduler {
 
     /// A sequence, wherever it is.
     pub fn get(&self, id: SeqId) -> Option<&Sequence> {
-        self.running
-            .iter()
-            .chain(self.waiting.iter())
-            .find(|s| s.id == id)
+        self.sequences.get(&id)
     }
 
     /// Ids of every sequence, running first.
@@ -156,17 +157,30 @@ impl Scheduler {
         self.running
             .iter()
             .chain(self.waiting.iter())
-            .map(|s| s.id)
+            .copied()
             .collect()
     }
 
     /// Plans the next step and reserves its blocks.
     pub fn schedule(&mut self, blocks: &mut BlockManager) -> StepPlan {
         let mut plan = StepPlan::default();
+        let budget = self.schedule_running(blocks, &mut plan);
+        self.admit_waiting(blocks, budget, &mut plan);
+        plan
+    }
+
+    /// Plans the running sequences' chunks (oldest first), preempting the newest when blocks
+    /// run out; the step's token budget left.
+    fn schedule_running(&mut self, blocks: &mut BlockManager, plan: &mut StepPlan) -> usize {
         let mut budget = self.config.max_batch_tokens;
         let mut i = 0;
         while i < self.running.len() {
-            let seq = &self.running[i];
+            let id = self.running[i];
+            let Some(seq) = self.sequences.get(&id) else {
+                // Not held (cannot happen: ids and sequences change together); not scheduled.
+                self.running.remove(i);
+                continue;
+            };
             let n = if seq.remaining() == 1 {
                 1
             } else {
@@ -176,10 +190,10 @@ impl Scheduler {
                 i += 1;
                 continue;
             }
-            let (id, start) = (seq.id, seq.computed);
-            if self.make_room(blocks, i, start + n, &mut plan) {
-                if self.config.prefix_caching {
-                    blocks.register(id, &self.running[i].tokens, start + n);
+            let start = seq.computed;
+            if self.make_room(blocks, i, start + n, plan) {
+                if let (true, Some(seq)) = (self.config.prefix_caching, self.sequences.get(&id)) {
+                    blocks.register(id, &seq.tokens, start + n);
                 }
                 plan.chunks.push(ScheduledChunk {
                     seq: id,
@@ -191,9 +205,19 @@ impl Scheduler {
             }
             // Otherwise sequence `i` itself was preempted and the next one moved into its place.
         }
+        budget
+    }
+
+    /// Admits waiting sequences (front first) while the batch has room, `budget` tokens last
+    /// and their blocks can be had.
+    fn admit_waiting(&mut self, blocks: &mut BlockManager, mut budget: usize, plan: &mut StepPlan) {
         while self.running.len() < self.config.max_batch_size && budget > 0 {
-            let Some(seq) = self.waiting.front() else {
+            let Some(&id) = self.waiting.front() else {
                 break;
+            };
+            let Some(seq) = self.sequences.get_mut(&id) else {
+                self.waiting.pop_front();
+                continue;
             };
             let found = match self.config.prefix_caching && seq.reuse_prefix {
                 // Full blocks only, and never the last token.
@@ -210,27 +234,24 @@ impl Scheduler {
                 break;
             }
             let queried = seq.tokens.len();
-            if blocks.attach(seq.id, found, start + n).is_err() {
+            if blocks.attach(id, found, start + n).is_err() {
                 break;
             }
-            let Some(mut seq) = self.waiting.pop_front() else {
-                break;
-            };
+            self.waiting.pop_front();
             if self.config.prefix_caching {
                 blocks.record_lookup(queried, start);
-                blocks.register(seq.id, &seq.tokens, start + n);
+                blocks.register(id, &seq.tokens, start + n);
             }
             seq.computed = start;
             plan.chunks.push(ScheduledChunk {
-                seq: seq.id,
+                seq: id,
                 start,
                 len: n,
             });
-            plan.admitted.push((seq.id, start));
+            plan.admitted.push((id, start));
             budget -= n;
-            self.running.push(seq);
+            self.running.push(id);
         }
-        plan
     }
 
     /// Gets blocks for `positions` positions of running sequence `index`, preempting newer
@@ -242,17 +263,19 @@ impl Scheduler {
         positions: usize,
         plan: &mut StepPlan,
     ) -> bool {
-        let id = self.running[index].id;
+        let id = self.running[index];
         loop {
             if blocks.ensure(id, positions).is_ok() {
                 return true;
             }
             let victim_index = self.running.len() - 1;
-            let mut victim = self.running.remove(victim_index);
-            blocks.release(victim.id);
-            victim.computed = 0;
-            plan.preempted.push(victim.id);
-            plan.chunks.retain(|c| c.seq != victim.id);
+            let victim = self.running.remove(victim_index);
+            blocks.release(victim);
+            if let Some(seq) = self.sequences.get_mut(&victim) {
+                seq.computed = 0;
+            }
+            plan.preempted.push(victim);
+            plan.chunks.retain(|c| c.seq != victim);
             self.waiting.push_front(victim);
             if victim_index == index {
                 return false;
@@ -265,7 +288,7 @@ impl Scheduler {
     pub fn complete(&mut self, plan: &StepPlan) -> Vec<SeqId> {
         let mut ready = Vec::new();
         for chunk in &plan.chunks {
-            if let Some(seq) = self.running.iter_mut().find(|s| s.id == chunk.seq) {
+            if let Some(seq) = self.sequences.get_mut(&chunk.seq) {
                 seq.computed = chunk.start + chunk.len;
                 if seq.computed == seq.tokens.len() {
                     ready.push(seq.id);
@@ -277,7 +300,7 @@ impl Scheduler {
 
     /// Appends a sampled token to a running sequence.
     pub fn push_token(&mut self, id: SeqId, token: u32) {
-        if let Some(seq) = self.running.iter_mut().find(|s| s.id == id) {
+        if let Some(seq) = self.sequences.get_mut(&id) {
             seq.tokens.push(token);
         }
     }
@@ -285,11 +308,14 @@ impl Scheduler {
     /// Removes a sequence (finished, failed or cancelled) and frees its blocks.
     pub fn remove(&mut self, id: SeqId, blocks: &mut BlockManager) -> Option<Sequence> {
         blocks.release(id);
-        if let Some(i) = self.running.iter().position(|s| s.id == id) {
-            return Some(self.running.remove(i));
+        let seq = self.sequences.remove(&id)?;
+        match self.running.iter().position(|&r| r == id) {
+            Some(i) => {
+                self.running.remove(i);
+            }
+            None => self.waiting.retain(|&w| w != id),
         }
-        let i = self.waiting.iter().position(|s| s.id == id)?;
-        self.waiting.remove(i)
+        Some(seq)
     }
 }
 

@@ -2,18 +2,29 @@
 //! that says what is wrong. Every rule both APIs share is here; the HTTP layer only checks
 //! what one API alone has (TGI's `best_of`, OpenAI's `n`).
 
-use crate::error::{EngineError, LengthLimit, TooLong};
-use crate::request::{EngineRequest, GenerateRequest, Limits, MAX_TOP_LOGPROBS};
+use crate::error::{EngineError, Field, LengthLimit, TooLong};
+use crate::request::{EngineRequest, GenerateRequest, Limits, Prompt, MAX_TOP_LOGPROBS};
 use crate::sampling::{random_seed, SamplingParams};
 
-fn invalid<T>(message: impl Into<String>) -> Result<T, EngineError> {
-    Err(EngineError::Validation(message.into()))
+fn invalid<T>(field: Field, reason: impl Into<String>) -> Result<T, EngineError> {
+    Err(EngineError::invalid(field, reason))
+}
+
+/// Refuses an empty prompt (no text, no messages, no token ids).
+pub fn check_prompt(prompt: &Prompt) -> Result<(), EngineError> {
+    let empty = |what: &str| invalid(Field::Prompt, format!("{what} cannot be empty"));
+    match prompt {
+        Prompt::Text(text) if text.is_empty() => empty("the prompt"),
+        Prompt::Chat { messages, .. } if messages.is_empty() => empty("`messages`"),
+        Prompt::Tokens(ids) if ids.is_empty() => empty("the prompt"),
+        _ => Ok(()),
+    }
 }
 
 /// Applies TGI's `truncate` (keep the last `keep` tokens) to a tokenized prompt.
 pub fn truncate(prompt: &mut Vec<u32>, keep: Option<usize>) -> Result<(), EngineError> {
     match keep {
-        Some(0) => invalid("`truncate` must be strictly positive"),
+        Some(0) => invalid(Field::Truncate, "`truncate` must be strictly positive"),
         Some(keep) if prompt.len() > keep => {
             prompt.drain(..prompt.len() - keep);
             Ok(())
@@ -22,12 +33,13 @@ pub fn truncate(prompt: &mut Vec<u32>, keep: Option<usize>) -> Result<(), Engine
     }
 }
 
-/// Refuses token ids outside the vocabulary (`0..vocab_size`).
-pub fn check_token_ids(ids: &[u32], vocab_size: usize) -> Result<(), EngineError> {
+/// Refuses token ids (those of `field`) outside the vocabulary (`0..vocab_size`).
+pub fn check_token_ids(ids: &[u32], vocab_size: usize, field: Field) -> Result<(), EngineError> {
     match ids.iter().find(|t| **t as usize >= vocab_size) {
-        Some(bad) => invalid(format!(
-            "token id {bad} is outside the vocabulary (0..{vocab_size})"
-        )),
+        Some(bad) => invalid(
+            field,
+            format!("token id {bad} is outside the vocabulary (0..{vocab_size})"),
+        ),
         None => Ok(()),
     }
 }
@@ -39,7 +51,7 @@ pub fn build_request(
     limits: &Limits,
 ) -> Result<EngineRequest, EngineError> {
     if prompt.is_empty() {
-        return invalid("`inputs` cannot be empty");
+        return invalid(Field::Prompt, "the prompt cannot be empty");
     }
     let input = prompt.len();
     let too_long = |limit_kind, limit, new_tokens| {
@@ -53,13 +65,14 @@ pub fn build_request(
     if input > limits.max_input_tokens {
         return too_long(LengthLimit::Prompt, limits.max_input_tokens, 0);
     }
-    check_token_ids(&prompt, limits.vocab_size)?;
+    check_token_ids(&prompt, limits.vocab_size, Field::Prompt)?;
     let room = limits.max_total_tokens.saturating_sub(input);
     let max_new_tokens = match request.max_new_tokens {
         Some(n) if n <= 0 => {
-            return invalid(format!(
-                "`max_new_tokens` must be strictly positive, got {n}"
-            ))
+            return invalid(
+                Field::MaxNewTokens,
+                format!("`max_new_tokens` must be strictly positive, got {n}"),
+            )
         }
         Some(n) => {
             let n = usize::try_from(n).unwrap_or(usize::MAX);
@@ -75,37 +88,54 @@ pub fn build_request(
         return too_long(LengthLimit::Cache, limits.kv_cache_tokens, max_new_tokens);
     }
     let min_new_tokens = match request.min_new_tokens {
-        Some(n) if n < 0 => return invalid(format!("`min_tokens` must be >= 0, got {n}")),
+        Some(n) if n < 0 => {
+            return invalid(
+                Field::MinNewTokens,
+                format!("`min_tokens` must be >= 0, got {n}"),
+            )
+        }
         Some(n) if n as usize > max_new_tokens => {
-            return invalid(format!(
+            return invalid(
+                Field::MinNewTokens,
+                format!(
                 "`min_tokens` ({n}) must be at most the maximum of new tokens ({max_new_tokens})"
-            ))
+            ),
+            )
         }
         Some(n) => n as usize,
         None => 0,
     };
     if request.logprobs.top > MAX_TOP_LOGPROBS {
-        return invalid(format!(
-            "at most {MAX_TOP_LOGPROBS} top log-probabilities per token, got {}",
-            request.logprobs.top
-        ));
+        return invalid(
+            Field::TopLogprobs,
+            format!(
+                "at most {MAX_TOP_LOGPROBS} top log-probabilities per token, got {}",
+                request.logprobs.top
+            ),
+        );
     }
     if request.stop.len() > limits.max_stop_sequences {
-        return invalid(format!(
-            "`stop` supports up to {} stop sequences. Given: {}",
-            limits.max_stop_sequences,
-            request.stop.len()
-        ));
+        return invalid(
+            Field::Stop,
+            format!(
+                "`stop` supports up to {} stop sequences. Given: {}",
+                limits.max_stop_sequences,
+                request.stop.len()
+            ),
+        );
     }
     if request.stop.iter().any(String::is_empty) {
-        return invalid("stop sequences cannot be empty");
+        return invalid(Field::Stop, "stop sequences cannot be empty");
     }
     if request.grammar.is_some() && request.ignore_eos {
-        return invalid("`ignore_eos` cannot be combined with a grammar (it ends the output)");
+        return invalid(
+            Field::IgnoreEos,
+            "`ignore_eos` cannot be combined with a grammar (it ends the output)",
+        );
     }
-    check_token_ids(&request.resume, limits.vocab_size)?;
+    check_token_ids(&request.resume, limits.vocab_size, Field::Resume)?;
     if request.resume.len() >= max_new_tokens {
-        return invalid(format!(
+        return invalid(Field::Resume, format!(
             "the output to resume from has {} tokens: nothing is left of `max_new_tokens` ({max_new_tokens})",
             request.resume.len()
         ));
@@ -136,45 +166,65 @@ fn sampling_params(
     let spec = &request.sampling;
     if let Some(t) = spec.temperature {
         if !t.is_finite() || t < 0.0 {
-            return invalid(format!(
-                "`temperature` must be a non-negative number, got {t}"
-            ));
+            return invalid(
+                Field::Temperature,
+                format!("`temperature` must be a non-negative number, got {t}"),
+            );
         }
     }
     if let Some(p) = spec.top_p {
         if !(p > 0.0 && p <= 1.0) {
-            return invalid(format!("`top_p` must be > 0.0 and <= 1.0, got {p}"));
+            return invalid(
+                Field::TopP,
+                format!("`top_p` must be > 0.0 and <= 1.0, got {p}"),
+            );
         }
     }
     let top_k = match spec.top_k {
-        Some(k) if k <= 0 => return invalid(format!("`top_k` must be strictly positive, got {k}")),
+        Some(k) if k <= 0 => {
+            return invalid(
+                Field::TopK,
+                format!("`top_k` must be strictly positive, got {k}"),
+            )
+        }
         Some(k) => Some(usize::try_from(k).unwrap_or(usize::MAX)),
         None => None,
     };
     if let Some(r) = spec.repetition_penalty {
         if !(r.is_finite() && r > 0.0) {
-            return invalid(format!(
-                "`repetition_penalty` must be strictly positive, got {r}"
-            ));
+            return invalid(
+                Field::RepetitionPenalty,
+                format!("`repetition_penalty` must be strictly positive, got {r}"),
+            );
         }
     }
-    for (name, value) in [
-        ("presence_penalty", spec.presence_penalty),
-        ("frequency_penalty", spec.frequency_penalty),
+    for (field, name, value) in [
+        (
+            Field::PresencePenalty,
+            "presence_penalty",
+            spec.presence_penalty,
+        ),
+        (
+            Field::FrequencyPenalty,
+            "frequency_penalty",
+            spec.frequency_penalty,
+        ),
     ] {
         if let Some(v) = value.filter(|v| !v.is_finite()) {
-            return invalid(format!("`{name}` must be a finite number, got {v}"));
+            return invalid(field, format!("`{name}` must be a finite number, got {v}"));
         }
     }
     if let Some((id, b)) = spec.logit_bias.iter().find(|(_, b)| !b.is_finite()) {
-        return invalid(format!(
-            "`logit_bias` of token {id} must be finite, got {b}"
-        ));
+        return invalid(
+            Field::LogitBias,
+            format!("`logit_bias` of token {id} must be finite, got {b}"),
+        );
     }
     if let Some((id, _)) = spec.logit_bias.iter().find(|(id, _)| *id as usize >= vocab) {
-        return invalid(format!(
-            "`logit_bias` names token {id}, outside the vocabulary (0..{vocab})"
-        ));
+        return invalid(
+            Field::LogitBias,
+            format!("`logit_bias` names token {id}, outside the vocabulary (0..{vocab})"),
+        );
     }
     let temperature = if spec.sample {
         spec.temperature.unwrap_or(1.0)
@@ -231,7 +281,7 @@ mod tests {
 
     fn err(prompt_len: usize, request: GenerateRequest) -> String {
         match build(prompt_len, request) {
-            Err(EngineError::Validation(m)) => m,
+            Err(EngineError::Validation(m)) => m.reason,
             Err(EngineError::TooLong(t)) => t.to_string(),
             other => panic!("expected a validation error, got {other:?}"),
         }
@@ -376,7 +426,7 @@ mod tests {
         assert!(err(3, r(|r| r.logprobs.top = 21)).contains("at most 20"));
         assert!(err(3, r(|r| r.sampling.logit_bias = vec![(50, 1.0)])).contains("logit_bias"));
         let e = build_request(vec![1, 99], &default(), &LIMITS);
-        assert!(matches!(e, Err(EngineError::Validation(m)) if m.contains("token id 99")));
+        assert!(matches!(e, Err(EngineError::Validation(m)) if m.reason.contains("token id 99")));
         let ok = build(
             3,
             r(|r| {
@@ -390,7 +440,7 @@ mod tests {
     }
 
     #[test]
-    fn length_errors_keep_tgis_words_and_have_openais() {
+    fn length_errors_keep_tgis_words() {
         let Err(EngineError::TooLong(t)) = build(12, default()) else {
             panic!("a prompt over the limit is too long")
         };
@@ -398,17 +448,10 @@ mod tests {
             t.to_string(),
             "`inputs` must have less than 10 tokens. Given: 12"
         );
-        assert!(t
-            .openai_message("messages")
-            .contains("your messages resulted in 12 tokens"));
-        assert_eq!(t.openai_param("messages"), "messages");
         let Err(EngineError::TooLong(t)) = build(5, spec(Some(16), SamplingSpec::default())) else {
             panic!("too many new tokens is too long")
         };
-        assert!(t
-            .openai_message("prompt")
-            .contains("you requested 21 tokens (5 in the prompt, 16 in the completion)"));
-        assert_eq!(t.openai_param("prompt"), "max_tokens");
+        assert_eq!((t.prompt_tokens, t.new_tokens), (5, 16));
     }
 
     #[test]
@@ -420,7 +463,7 @@ mod tests {
         assert_eq!(prompt, [3, 4]);
         assert!(matches!(
             truncate(&mut prompt, Some(0)),
-            Err(EngineError::Validation(m)) if m.contains("strictly positive")
+            Err(EngineError::Validation(m)) if m.reason.contains("strictly positive")
         ));
     }
 }

@@ -87,7 +87,7 @@ fn compiler() -> (Tokenizer, GrammarCompiler) {
 
 fn refusal(compiler: &GrammarCompiler, grammar: Grammar) -> String {
     match compiler.compile(&grammar) {
-        Err(EngineError::Validation(m)) => m,
+        Err(EngineError::Validation(m)) => m.reason,
         Err(other) => panic!("{grammar:?}: not a validation error: {other:?}"),
         Ok(_) => panic!("{grammar:?} was accepted"),
     }

@@ -105,19 +105,19 @@ async fn resuming_past_the_end_is_refused() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, EngineError::Validation(ref m) if m.contains("nothing is left")),
+        matches!(err, EngineError::Validation(ref m) if m.reason.contains("nothing is left")),
         "{err}"
     );
     // Tokens past a stop sequence: the answer had finished.
     let err = events(&e, request(20, script.clone())).await.unwrap_err();
     assert!(
-        matches!(err, EngineError::Validation(ref m) if m.contains("already finished")),
+        matches!(err, EngineError::Validation(ref m) if m.reason.contains("already finished")),
         "{err}"
     );
     // A token outside the vocabulary.
     let err = events(&e, request(20, vec![u32::MAX])).await.unwrap_err();
     assert!(
-        matches!(err, EngineError::Validation(ref m) if m.contains("vocabulary")),
+        matches!(err, EngineError::Validation(ref m) if m.reason.contains("vocabulary")),
         "{err}"
     );
     // The engine serves on.

@@ -3,8 +3,9 @@
 //! [`FakeEngine`] implements the engine trait with canned tokens (` t0`, ` t1`, ...) at a set
 //! pace and injected failures, and no model; the `migserve-fake-worker` binary serves it
 //! through the real worker HTTP layer (`migserve::worker`), so router and loadtest tests see
-//! the real wire format, headers and errors. Requests are validated by the engine's own
-//! rules; the "tokenizer" counts whitespace-separated words.
+//! the real wire format, headers and errors. Requests go through the engine's own submit
+//! pipeline ([`migserve_engine::submit`]: the same checks and words as the real engine) onto
+//! this fake backend; its "tokenizer" counts whitespace-separated words.
 
 pub mod cut;
 
@@ -12,10 +13,11 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use migserve_engine::validate::{build_request, truncate};
+use migserve_engine::request::EngineRequest;
+use migserve_engine::submit::{self, Backend};
 use migserve_engine::{
-    Accepted, DeviceKind, Engine, EngineError, EngineEvent, EngineInfo, EventStream, FinishEvent,
-    FinishReason, GenerateRequest, Health, Limits, Prompt, PromptToken, TokenEvent,
+    Accepted, Constraint, DeviceKind, Engine, EngineError, EngineEvent, EngineInfo, EventStream,
+    FinishEvent, FinishReason, GenerateRequest, Grammar, Health, Limits, Prompt, TokenEvent,
 };
 use tokio::sync::watch;
 
@@ -137,28 +139,33 @@ impl Drop for InFlight {
     }
 }
 
-impl Engine for FakeEngine {
-    fn submit(&self, request: GenerateRequest) -> Result<Accepted, EngineError> {
+impl Backend for FakeEngine {
+    fn check_running(&self) -> Result<(), EngineError> {
         let number = self.requests.fetch_add(1, Ordering::Relaxed) + 1;
         if self.config.fail_every > 0 && number.is_multiple_of(self.config.fail_every) {
             return Err(EngineError::Unavailable("injected failure".into()));
         }
-        if matches!(&request.prompt, Prompt::Text(t) if t.is_empty()) {
-            return Err(EngineError::Validation("the prompt is empty".into()));
-        }
-        let mut ids = fake_tokens(&request.prompt);
-        truncate(&mut ids, request.truncate)?;
-        let prompt = match request.return_prompt_tokens {
-            true => ids
-                .iter()
-                .map(|&id| PromptToken {
-                    id,
-                    text: format!(" w{id}"),
-                })
-                .collect(),
-            false => Vec::new(),
-        };
-        let valid = build_request(ids, &request, &self.info.limits)?;
+        Ok(())
+    }
+
+    fn prompt_ids(&self, prompt: &Prompt) -> Result<(Vec<u32>, Option<String>), EngineError> {
+        Ok((fake_tokens(prompt), None))
+    }
+
+    fn pieces(&self, ids: &[u32]) -> Result<Vec<String>, EngineError> {
+        Ok(ids.iter().map(|id| format!(" w{id}")).collect())
+    }
+
+    /// The fake engine's tokens follow no grammar.
+    fn constraint(&self, _: &Grammar) -> Result<Option<Constraint>, EngineError> {
+        Ok(None)
+    }
+
+    fn limits(&self) -> &Limits {
+        &self.info.limits
+    }
+
+    fn enqueue(&self, valid: EngineRequest) -> Result<EventStream, EngineError> {
         let limit = self.config.max_concurrent_requests;
         let before = self.in_flight.fetch_add(1, Ordering::AcqRel);
         let in_flight = InFlight(self.in_flight.clone());
@@ -209,12 +216,14 @@ impl Engine for FakeEngine {
                 }
             }
         });
-        Ok(Accepted {
-            prompt_tokens,
-            prompt,
-            seed,
-            events,
-        })
+        Ok(events)
+    }
+}
+
+impl Engine for FakeEngine {
+    /// The engine's own submit pipeline, over this backend: real validation, fake tokens.
+    fn submit(&self, request: GenerateRequest) -> Result<Accepted, EngineError> {
+        submit::submit(self, request)
     }
 
     fn health(&self) -> Health {

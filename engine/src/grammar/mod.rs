@@ -13,7 +13,7 @@ use llguidance::{Matcher, ParserFactory};
 use migserve_models::{Tokenizer, SPECIAL_TOKEN_MARKER};
 use serde_json::{json, Value};
 
-use crate::error::EngineError;
+use crate::error::{EngineError, Field};
 
 pub(crate) mod mask_worker;
 
@@ -143,8 +143,12 @@ impl GrammarCompiler {
     /// A fresh constraint for `grammar`; an invalid one is a validation error with the
     /// parser's message.
     pub fn compile(&self, grammar: &Grammar) -> Result<Constraint, EngineError> {
-        let invalid =
-            |e: String| EngineError::Validation(format!("invalid {} grammar: {e}", grammar.kind()));
+        let invalid = |e: String| {
+            EngineError::invalid(
+                Field::Grammar,
+                format!("invalid {} grammar: {e}", grammar.kind()),
+            )
+        };
         let top = grammar.to_llguidance().map_err(invalid)?;
         let parser = self
             .factory

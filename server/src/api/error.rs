@@ -3,7 +3,7 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use migserve_engine::EngineError;
+use migserve_engine::{EngineError, Field, Invalid, LengthLimit, TooLong};
 use serde::Serialize;
 
 /// An error returned to an API client.
@@ -157,16 +157,77 @@ impl ApiError {
     }
 
     /// An engine error on an OpenAI route whose prompt field is `prompt_field` (`messages`,
-    /// `prompt`): length errors in OpenAI's words, naming the field.
+    /// `prompt`): length errors in OpenAI's words, and refusals of a field naming its OpenAI
+    /// `param`.
     pub fn from_engine_openai(e: EngineError, prompt_field: &str) -> Self {
         match e {
             EngineError::TooLong(t) => ApiError::param(
-                t.openai_param(prompt_field),
+                openai_length_param(&t, prompt_field),
                 "context_length_exceeded",
-                t.openai_message(prompt_field),
+                openai_length_message(&t, prompt_field),
             ),
+            EngineError::Validation(Invalid {
+                field: Some(field),
+                reason,
+            }) => match openai_param(field, prompt_field) {
+                Some(param) => ApiError::param(param, "invalid_value", reason),
+                None => ApiError::Validation(reason),
+            },
             other => other.into(),
         }
+    }
+}
+
+/// The OpenAI request field an engine rule's field is, where OpenAI has one.
+fn openai_param(field: Field, prompt_field: &str) -> Option<&str> {
+    Some(match field {
+        Field::Prompt => prompt_field,
+        Field::MaxNewTokens => "max_tokens",
+        Field::MinNewTokens => "min_tokens",
+        // Completions name the number of alternatives `logprobs`.
+        Field::TopLogprobs if prompt_field == "prompt" => "logprobs",
+        Field::TopLogprobs => "top_logprobs",
+        Field::Stop => "stop",
+        Field::IgnoreEos => "ignore_eos",
+        Field::Temperature => "temperature",
+        Field::TopP => "top_p",
+        Field::TopK => "top_k",
+        Field::RepetitionPenalty => "repetition_penalty",
+        Field::PresencePenalty => "presence_penalty",
+        Field::FrequencyPenalty => "frequency_penalty",
+        Field::LogitBias => "logit_bias",
+        Field::Grammar => "response_format",
+        Field::Truncate | Field::Resume => return None,
+    })
+}
+
+/// A length error in OpenAI's words, where the prompt is called `prompt_field`.
+fn openai_length_message(t: &TooLong, prompt_field: &str) -> String {
+    let (input, limit, n) = (t.prompt_tokens, t.limit, t.new_tokens);
+    match t.limit_kind {
+        // No room: the prompt takes the whole total, one token short of a reply.
+        LengthLimit::Prompt | LengthLimit::NoRoom => {
+            let max_input = match t.limit_kind {
+                LengthLimit::NoRoom => limit.saturating_sub(1),
+                _ => limit,
+            };
+            format!(
+                "This model's maximum input length is {max_input} tokens. However, your {prompt_field} resulted in {input} tokens. Please reduce the length of the {prompt_field}."
+            )
+        }
+        LengthLimit::Total | LengthLimit::Cache => format!(
+            "This model's maximum context length is {limit} tokens. However, you requested {} tokens ({input} in the {prompt_field}, {n} in the completion). Please reduce the length of the {prompt_field} or completion.",
+            input + n
+        ),
+    }
+}
+
+/// The OpenAI field a length error blames: the prompt when it alone is too long, else
+/// `max_tokens`.
+fn openai_length_param<'a>(t: &TooLong, prompt_field: &'a str) -> &'a str {
+    match t.limit_kind {
+        LengthLimit::Prompt | LengthLimit::NoRoom => prompt_field,
+        LengthLimit::Total | LengthLimit::Cache => "max_tokens",
     }
 }
 
@@ -174,7 +235,7 @@ impl From<EngineError> for ApiError {
     /// The engine's errors as HTTP errors (their `error_type` labels are kept).
     fn from(e: EngineError) -> Self {
         match e {
-            EngineError::Validation(m) => ApiError::Validation(m),
+            EngineError::Validation(m) => ApiError::Validation(m.reason),
             EngineError::TooLong(t) => ApiError::Validation(t.to_string()),
             EngineError::Overloaded(m) => ApiError::Overloaded(m),
             EngineError::Unavailable(m) => ApiError::Unhealthy(m),
@@ -253,4 +314,56 @@ pub async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri
         uri.path(),
         ApiError::MethodNotAllowed(format!("{method} is not allowed on {}", uri.path())),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn length_errors_in_openais_words() {
+        let too_long = |limit_kind, limit, prompt_tokens, new_tokens| TooLong {
+            limit_kind,
+            limit,
+            prompt_tokens,
+            new_tokens,
+        };
+        let t = too_long(LengthLimit::Prompt, 10, 12, 0);
+        assert!(
+            openai_length_message(&t, "messages").contains("your messages resulted in 12 tokens")
+        );
+        assert_eq!(openai_length_param(&t, "messages"), "messages");
+        let t = too_long(LengthLimit::Total, 20, 5, 16);
+        assert!(openai_length_message(&t, "prompt")
+            .contains("you requested 21 tokens (5 in the prompt, 16 in the completion)"));
+        assert_eq!(openai_length_param(&t, "prompt"), "max_tokens");
+    }
+
+    #[test]
+    fn an_engine_refusal_of_a_field_names_openais_param() {
+        let refused = |field, prompt_field| {
+            let e = EngineError::invalid(field, "bad value");
+            ApiError::from_engine_openai(e, prompt_field)
+                .openai_body()
+                .error
+        };
+        let stop = refused(Some(Field::Stop), "messages");
+        assert_eq!(
+            (stop.param.as_deref(), stop.message.as_str()),
+            (Some("stop"), "bad value")
+        );
+        assert_eq!(
+            refused(Some(Field::Prompt), "prompt").param.as_deref(),
+            Some("prompt")
+        );
+        assert_eq!(
+            refused(Some(Field::TopLogprobs), "prompt").param.as_deref(),
+            Some("logprobs")
+        );
+        let whole = refused(None, "messages");
+        assert_eq!(
+            (whole.param, whole.code.as_deref()),
+            (None, Some("validation"))
+        );
+    }
 }

@@ -1,6 +1,7 @@
 //! The front router of `migserve serve`: one TGI + OpenAI endpoint, load-balanced across the
 //! slices that hold the requested model, with per-slice queue and latency tracking.
 
+pub mod attempt;
 pub mod backend;
 pub mod cost;
 pub mod discovery;

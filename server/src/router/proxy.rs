@@ -5,27 +5,23 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{post, MethodRouter};
-use futures_util::stream::StreamExt;
 use serde_json::Value;
 
+use super::attempt::{try_slice, Attempt, Head, Outgoing};
 use super::backend::Backend;
-use super::cost::CostSample;
 use super::lifecycle::{self, Demand};
 use super::policy::Work;
 use super::prefix_index::PromptText;
-use super::relay::{Origin, Serving, StreamRelay, Upstream};
+use super::relay::{Origin, Serving, StreamRelay};
 use super::routing_view::RoutingView;
-use super::stats::InFlight;
-use super::token_count::TokenCounter;
 use super::{Pick, Placing, SharedFront};
 use crate::api::error::{ApiError, OpenAiError};
-use crate::api::resume::RESUMABLE_HEADER;
-use crate::api::worker_report::{header_u64, names, WorkerReport};
+use crate::api::worker_report::names;
 use crate::api::Api;
 use crate::config::RoutingPolicy;
 
@@ -154,6 +150,13 @@ async fn forward(
         facts,
         arrived,
     };
+    let out = Outgoing {
+        api,
+        path,
+        body: &request.body,
+        resume: None,
+        arrived: request.arrived,
+    };
     let mut tried: Vec<Arc<Backend>> = Vec::new();
     let mut last_failure: Option<Response> = None;
     // Set while the request waits for a worker to load (or for room on a loaded one).
@@ -188,10 +191,11 @@ async fn forward(
             guard,
             generation,
         };
-        match try_slice(&front, &request, &url, serving, &mut tried).await {
-            Attempt::Answered(answer) => return answer,
-            Attempt::Failed(Some(kept)) => last_failure = Some(kept),
-            Attempt::Failed(None) => {}
+        let attempt = try_slice(&front, &out, &url, serving).await;
+        match respond(&front, &request, attempt, &mut tried, attempts as u64 - 1) {
+            Answer::Final(answer) => return answer,
+            Answer::Failed(Some(kept)) => last_failure = Some(kept),
+            Answer::Failed(None) => {}
         }
     }
     last_failure.unwrap_or_else(|| {
@@ -201,6 +205,58 @@ async fn forward(
         ));
         with_retry_after(api_error(api, error), Some(Duration::from_secs(1)))
     })
+}
+
+/// What one try came to for the client.
+enum Answer {
+    /// The client's answer.
+    Final(Response),
+    /// The slice failed the request; its answer, when it gave one.
+    Failed(Option<Response>),
+}
+
+/// The client's answer from one try, or the slice's failure; `retries` slices failed the
+/// request before this one.
+fn respond(
+    front: &SharedFront,
+    request: &Forwarded,
+    attempt: Attempt,
+    tried: &mut Vec<Arc<Backend>>,
+    retries: u64,
+) -> Answer {
+    let answer = |mut head: Head, body: Body| {
+        head.headers
+            .insert(RETRIES_HEADER, HeaderValue::from(retries));
+        (head.status, head.headers, body).into_response()
+    };
+    match attempt {
+        Attempt::Whole(mut head, body) => {
+            add_router_time(&mut head.headers, request.arrived);
+            Answer::Final(answer(head, Body::from(body)))
+        }
+        Attempt::Stream {
+            head,
+            head_event,
+            rest,
+            serving,
+            sent,
+        } => {
+            let origin = Origin {
+                api: request.api,
+                path: request.path,
+                body: request.body.clone(),
+                model: request.facts.model.clone(),
+                placing: request.facts.placing.clone(),
+                tried: std::mem::take(tried),
+                sent,
+            };
+            let relay = StreamRelay::new(front.clone(), origin, serving);
+            Answer::Final(answer(head, relay.into_body(head_event, rest)))
+        }
+        Attempt::Failed(kept) => {
+            Answer::Failed(kept.map(|(head, body)| answer(head, Body::from(body))))
+        }
+    }
 }
 
 /// A request the front forwards, as it arrived.
@@ -234,136 +290,6 @@ fn read_body(front: &SharedFront, body: RequestBody) -> Result<(Bytes, Value), A
     match serde_json::from_slice(&body) {
         Ok(parsed) => Ok((body, parsed)),
         Err(e) => Err(ApiError::Validation(format!("invalid JSON body: {e}"))),
-    }
-}
-
-/// What one try on one slice came to.
-enum Attempt {
-    /// The client's answer: a buffered one, a stream that has its first event, or the
-    /// worker's refusal of the request itself (4xx).
-    Answered(Response),
-    /// The slice failed the request; its answer, when it gave one (5xx, 429), is kept in case
-    /// no other slice can take the request.
-    Failed(Option<Response>),
-}
-
-/// Sends the request to the slice `serving` names (at `url`) and classifies its answer;
-/// `tried` (the slices tried so far) goes with a stream that starts.
-async fn try_slice(
-    front: &SharedFront,
-    request: &Forwarded,
-    url: &str,
-    serving: Serving,
-    tried: &mut Vec<Arc<Backend>>,
-) -> Attempt {
-    let Serving {
-        backend,
-        mut guard,
-        generation,
-    } = serving;
-    let sent = Instant::now();
-    let fail = |why: String| {
-        tracing::warn!(slice = %backend.id, %why, "slice failed a request; trying another");
-        backend.stats.record_error();
-        backend.stats.record_retry();
-    };
-    let upstream = backend
-        .authorize(front.client.post(format!("{url}{}", request.path)))
-        .header(header::CONTENT_TYPE, "application/json")
-        .header(RESUMABLE_HEADER, "1")
-        .body(request.body.clone());
-    let upstream = match upstream.send().await {
-        Ok(r) => r,
-        Err(e) => {
-            fail(format!("request failed: {e}"));
-            backend.suspend(front.suspend_grace, generation);
-            return Attempt::Failed(None);
-        }
-    };
-    let status = upstream.status();
-    learn_cache_size(&backend, upstream.headers());
-    let mut out_headers = relay_headers(upstream.headers(), &backend.id, sent - request.arrived);
-    out_headers.insert(RETRIES_HEADER, HeaderValue::from(tried.len() as u64 - 1));
-    if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
-        if status.is_server_error() {
-            fail(format!("status {status}"));
-        } else {
-            backend.stats.record_retry();
-        }
-        let body = upstream.bytes().await.unwrap_or_default();
-        return Attempt::Failed(Some((status, out_headers, body).into_response()));
-    }
-    // A stream is what the worker answers with one (not what the body asked for: a
-    // tokenize body may say `"stream": true` too).
-    let streamed = upstream
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-    if !(streamed && status.is_success()) {
-        return match upstream.bytes().await {
-            Ok(bytes) => {
-                if status.is_success() {
-                    record_buffered(&guard, &out_headers, &bytes, sent);
-                }
-                add_router_time(&mut out_headers, request.arrived);
-                Attempt::Answered((status, out_headers, bytes).into_response())
-            }
-            Err(e) => {
-                fail(format!("reading the response: {e}"));
-                backend.suspend(front.suspend_grace, generation);
-                Attempt::Failed(None)
-            }
-        };
-    }
-    let mut chunks = upstream.bytes_stream().boxed();
-    match first_event(&mut chunks, request.api).await {
-        Ok(head) => {
-            guard.first_token();
-            let origin = Origin {
-                api: request.api,
-                path: request.path,
-                body: request.body.clone(),
-                model: request.facts.model.clone(),
-                placing: request.facts.placing.clone(),
-                tried: std::mem::take(tried),
-                sent,
-            };
-            let serving = Serving {
-                backend,
-                guard,
-                generation,
-            };
-            let relay = StreamRelay::new(front.clone(), origin, serving);
-            let body = relay.into_body(Bytes::from(head), chunks);
-            Attempt::Answered((status, out_headers, body).into_response())
-        }
-        Err(why) => {
-            fail(why);
-            backend.suspend(front.suspend_grace, generation);
-            Attempt::Failed(None)
-        }
-    }
-}
-
-/// Reads a stream up to its first event (keep-alive comments do not count), so a worker
-/// that dies before sending a token costs the client nothing; what was read, or why the
-/// stream failed first.
-async fn first_event(chunks: &mut Upstream, api: Api) -> Result<Vec<u8>, String> {
-    let mut head: Vec<u8> = Vec::new();
-    // Only finds the first event: the relay counts the stream's tokens, head included.
-    let mut seen = TokenCounter::new(api);
-    loop {
-        match chunks.next().await {
-            Some(Ok(chunk)) => {
-                head.extend_from_slice(&chunk);
-                seen.feed(&chunk);
-                if seen.data_events() > 0 {
-                    return Ok(head);
-                }
-            }
-            Some(Err(e)) => return Err(format!("stream failed before its first event: {e}")),
-            None => return Err("stream ended before its first event".to_string()),
-        }
     }
 }
 
@@ -462,35 +388,6 @@ pub fn with_retry_after(mut response: Response, after: Option<Duration>) -> Resp
     response
 }
 
-/// The worker's content type and `x-*` headers, `x-slice` set to the backend, and the
-/// router's own wait added to `x-queue-time`.
-fn relay_headers(
-    upstream: &reqwest::header::HeaderMap,
-    slice: &str,
-    router_wait: std::time::Duration,
-) -> HeaderMap {
-    let mut out = HeaderMap::new();
-    for (name, value) in upstream {
-        let keep = name == header::CONTENT_TYPE
-            || name == header::CACHE_CONTROL
-            || name.as_str().starts_with("x-");
-        if keep {
-            out.append(name.clone(), value.clone());
-        }
-    }
-    if let Ok(v) = HeaderValue::from_str(slice) {
-        out.insert(names::SLICE, v);
-    }
-    let router_ms = router_wait.as_millis() as u64;
-    for name in [names::QUEUE_TIME, "x-total-time", "x-compute-time"] {
-        if let Some(worker_ms) = header_u64(&out, name) {
-            out.insert(name, HeaderValue::from(worker_ms + router_ms));
-        }
-    }
-    out.insert("x-router-queue-time", HeaderValue::from(router_ms));
-    out
-}
-
 /// `x-router-time`: milliseconds from arrival at the router to the response.
 fn add_router_time(headers: &mut HeaderMap, arrived: Instant) {
     headers.insert(
@@ -499,89 +396,9 @@ fn add_router_time(headers: &mut HeaderMap, arrived: Instant) {
     );
 }
 
-/// Sizes a slice's prefix index to the KV cache its worker reports.
-fn learn_cache_size(backend: &Backend, headers: &HeaderMap) {
-    if let Some(tokens) = WorkerReport::from_headers(headers).kv_cache_tokens {
-        backend.prefixes.set_capacity_tokens(tokens as usize);
-    }
-}
-
-/// Records a buffered success from the worker's report: output tokens, the whole time per
-/// token, and for the cost model (when the timings are there) the prefill time of the
-/// uncached prompt tokens (first token less queue) and the time per token after the first.
-fn record_buffered(guard: &InFlight, headers: &HeaderMap, body: &[u8], sent: Instant) {
-    let report = WorkerReport::from_headers(headers);
-    let tokens = report
-        .generated_tokens
-        .or_else(|| {
-            serde_json::from_slice::<Value>(body)
-                .ok()?
-                .get("usage")?
-                .get("completion_tokens")?
-                .as_u64()
-        })
-        .unwrap_or(0);
-    let cost = cost_sample(&report, tokens, guard.mean_batch());
-    // The moving average of the whole time per token (prefill included), as `/slices` has
-    // always shown it and the `queued-tokens` policy reads it.
-    let tpot = report
-        .per_token
-        .map(|d| d.as_secs_f64())
-        .or_else(|| (tokens > 0).then(|| sent.elapsed().as_secs_f64() / tokens as f64));
-    guard.stats().record_success(None, tpot, tokens, cost);
-}
-
-/// What a worker's report of a buffered answer of `tokens` tokens, run in batches of
-/// `mean_batch` on average, teaches the cost model (nothing without the timings).
-fn cost_sample(report: &WorkerReport, tokens: u64, mean_batch: f64) -> CostSample {
-    let mut cost = CostSample::default();
-    let timings = report
-        .queue
-        .zip(report.time_to_first_token)
-        .zip(report.inference);
-    if let Some(((queue, ttft), inference)) = timings {
-        let (queue, ttft, inference) = (
-            queue.as_secs_f64(),
-            ttft.as_secs_f64(),
-            inference.as_secs_f64(),
-        );
-        let uncached =
-            report.prompt_tokens.unwrap_or(0) as f64 - report.cached_tokens.unwrap_or(0) as f64;
-        cost.prefill = Some(((ttft - queue).max(0.0), uncached.max(0.0) as u64));
-        let decoding = (queue + inference - ttft).max(0.0);
-        cost.decode = (tokens > 1).then(|| (decoding / (tokens - 1) as f64, mean_batch));
-    }
-    cost
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_cost_model_learns_from_the_report_a_worker_writes() {
-        let written = WorkerReport {
-            queue: Some(Duration::from_millis(100)),
-            time_to_first_token: Some(Duration::from_millis(300)),
-            inference: Some(Duration::from_millis(1_200)),
-            per_token: Some(Duration::from_millis(120)),
-            prompt_tokens: Some(50),
-            cached_tokens: Some(10),
-            generated_tokens: Some(11),
-            kv_cache_tokens: Some(4096),
-        };
-        let report = WorkerReport::from_headers(&written.to_headers());
-        let cost = cost_sample(&report, report.generated_tokens.unwrap(), 3.0);
-        let (prefill_secs, uncached) = cost.prefill.unwrap();
-        assert!(
-            (prefill_secs - 0.2).abs() < 1e-9 && uncached == 40,
-            "{cost:?}"
-        );
-        let (per_token, batch) = cost.decode.unwrap();
-        assert!((per_token - 0.1).abs() < 1e-9 && batch == 3.0, "{cost:?}");
-        let silent = cost_sample(&WorkerReport::default(), 11, 3.0);
-        assert!(silent.prefill.is_none() && silent.decode.is_none());
-    }
 
     #[test]
     fn token_estimates_use_prompt_size_and_limits() {

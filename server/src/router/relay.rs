@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::{Body, Bytes};
-use axum::http::header;
 use futures_util::stream::{BoxStream, StreamExt};
 use tokio::sync::mpsc;
 
+use super::attempt::{try_slice, Attempt, Outgoing};
 use super::backend::Backend;
 use super::cost::CostSample;
 use super::sse::{unmark, EventSplitter};
@@ -19,7 +19,7 @@ use super::stats::InFlight;
 use super::token_count::TokenCounter;
 use super::{Pick, Placing, SharedFront};
 use crate::api::error::ApiError;
-use crate::api::resume::{Resume, RESUMABLE_HEADER, RESUME_HEADER};
+use crate::api::resume::Resume;
 use crate::api::Api;
 
 /// A worker's response body.
@@ -137,7 +137,7 @@ impl StreamRelay {
                 false => None,
             };
             match resumed {
-                Some((serving, next)) => {
+                Some((serving, head, next)) => {
                     tracing::info!(
                         from = %backend.id,
                         to = %serving.backend.id,
@@ -146,6 +146,7 @@ impl StreamRelay {
                     );
                     backend.stats.record_resume();
                     self.serving = serving;
+                    first = Some(head);
                     upstream = next;
                 }
                 None => {
@@ -222,8 +223,8 @@ impl StreamRelay {
     }
 
     /// Sends the request with its progress to another slice; the first that answers with a
-    /// stream serves the rest.
-    async fn resume(&mut self, progress: &Progress) -> Option<(Serving, Upstream)> {
+    /// stream serves the rest: the slice, the stream's first event and the stream after it.
+    async fn resume(&mut self, progress: &Progress) -> Option<(Serving, Bytes, Upstream)> {
         let point = Resume {
             tokens: progress.tokens.clone(),
             seed: progress.seed,
@@ -232,12 +233,20 @@ impl StreamRelay {
         };
         let point = serde_json::to_string(&point).ok()?;
         let o = &mut self.origin;
+        let body = o.body.clone();
+        let out = Outgoing {
+            api: o.api,
+            path: o.path,
+            body: &body,
+            resume: Some(&point),
+            arrived: o.sent,
+        };
         for _ in 0..=self.front.settings.max_retries {
             // Admitted already: the slices' queue limits do not refuse it (their workers may).
             let picked = self
                 .front
                 .pick_within(&o.model, &o.placing, &o.tried, usize::MAX);
-            let (backend, mut guard) = match picked {
+            let (backend, guard) = match picked {
                 Pick::Chosen(backend, guard) => (backend, guard),
                 Pick::AllFull | Pick::NoneHealthy => return None,
             };
@@ -245,39 +254,24 @@ impl StreamRelay {
             let Some((url, generation)) = backend.route() else {
                 continue;
             };
-            let request = backend
-                .authorize(self.front.client.post(format!("{url}{}", o.path)))
-                .header(header::CONTENT_TYPE, "application/json")
-                .header(RESUMABLE_HEADER, "1")
-                .header(RESUME_HEADER, point.as_str())
-                .body(o.body.clone());
-            let response = match request.send().await {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::warn!(slice = %backend.id, error = %e, "slice failed to continue a stream");
-                    backend.stats.record_error();
-                    backend.suspend(self.front.suspend_grace, generation);
-                    continue;
-                }
-            };
-            let streamed = response
-                .headers()
-                .get(header::CONTENT_TYPE)
-                .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-            if !(response.status().is_success() && streamed) {
-                tracing::warn!(slice = %backend.id, status = %response.status(), "slice refused to continue a stream");
-                if response.status().is_server_error() {
-                    backend.stats.record_error();
-                }
-                continue;
-            }
-            guard.first_token();
+            let slice = backend.id.clone();
             let serving = Serving {
                 backend,
                 guard,
                 generation,
             };
-            return Some((serving, response.bytes_stream().boxed()));
+            match try_slice(&self.front, &out, &url, serving).await {
+                Attempt::Stream {
+                    head_event,
+                    rest,
+                    serving,
+                    ..
+                } => return Some((serving, head_event, rest)),
+                Attempt::Whole(head, _) => {
+                    tracing::warn!(%slice, status = %head.status, "slice refused to continue a stream");
+                }
+                Attempt::Failed(_) => {}
+            }
         }
         None
     }
