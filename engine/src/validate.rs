@@ -87,6 +87,32 @@ pub fn build_request(
     if input + max_new_tokens > limits.kv_cache_tokens {
         return too_long(LengthLimit::Cache, limits.kv_cache_tokens, max_new_tokens);
     }
+    let min_new_tokens = check_output(request, limits, max_new_tokens)?;
+    let params = sampling_params(request, limits.vocab_size, min_new_tokens)?;
+    let mut logprobs = request.logprobs;
+    // A resumed answer's prompt log-probabilities went out with its beginning.
+    logprobs.prompt &= request.resume.is_empty();
+    Ok(EngineRequest {
+        prompt,
+        params,
+        max_new_tokens,
+        stop: request.stop.clone(),
+        ignore_eos: request.ignore_eos,
+        logprobs,
+        constraint: None,
+        resumed: request.resume.clone(),
+        arrived: request.arrived,
+    })
+}
+
+/// Checks what a request asks of its output (at least `min_tokens`, log-probabilities,
+/// stops, a grammar, a resumed beginning) given its `max_new_tokens`; its minimum of new
+/// tokens.
+fn check_output(
+    request: &GenerateRequest,
+    limits: &Limits,
+    max_new_tokens: usize,
+) -> Result<usize, EngineError> {
     let min_new_tokens = match request.min_new_tokens {
         Some(n) if n < 0 => {
             return invalid(
@@ -140,21 +166,7 @@ pub fn build_request(
             request.resume.len()
         ));
     }
-    let params = sampling_params(request, limits.vocab_size, min_new_tokens)?;
-    let mut logprobs = request.logprobs;
-    // A resumed answer's prompt log-probabilities went out with its beginning.
-    logprobs.prompt &= request.resume.is_empty();
-    Ok(EngineRequest {
-        prompt,
-        params,
-        max_new_tokens,
-        stop: request.stop.clone(),
-        ignore_eos: request.ignore_eos,
-        logprobs,
-        constraint: None,
-        resumed: request.resume.clone(),
-        arrived: request.arrived,
-    })
+    Ok(min_new_tokens)
 }
 
 /// The sampler's parameters, after checking every value's range.
