@@ -11,7 +11,6 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use futures_util::stream::StreamExt;
 use serde_json::Value;
 
-use super::backend::Backend;
 use super::cost::CostSample;
 use super::relay::{Serving, Upstream};
 use super::stats::InFlight;
@@ -95,7 +94,13 @@ pub async fn try_slice(
         }
     };
     let status = upstream.status();
-    learn_cache_size(&backend, upstream.headers());
+    // Read once, from the worker's own headers (the relayed ones add the router's wait to
+    // the queue time, which is not the worker's).
+    let report = WorkerReport::from_headers(upstream.headers());
+    if let Some(tokens) = report.kv_cache_tokens {
+        // The slice's prefix index, sized to its worker's KV cache.
+        backend.prefixes.set_capacity_tokens(tokens as usize);
+    }
     let head = Head {
         status,
         headers: relay_headers(upstream.headers(), &backend.id, sent - out.arrived),
@@ -119,7 +124,7 @@ pub async fn try_slice(
         return match upstream.bytes().await {
             Ok(bytes) => {
                 if status.is_success() {
-                    record_buffered(&guard, &head.headers, &bytes, sent);
+                    record_buffered(&guard, &report, &bytes, sent);
                 }
                 Attempt::Whole(head, bytes)
             }
@@ -198,18 +203,11 @@ fn relay_headers(upstream: &HeaderMap, slice: &str, router_wait: Duration) -> He
     out.insert("x-router-queue-time", HeaderValue::from(router_ms));
     out
 }
-/// Sizes a slice's prefix index to the KV cache its worker reports.
-fn learn_cache_size(backend: &Backend, headers: &HeaderMap) {
-    if let Some(tokens) = WorkerReport::from_headers(headers).kv_cache_tokens {
-        backend.prefixes.set_capacity_tokens(tokens as usize);
-    }
-}
 
 /// Records a buffered success from the worker's report: output tokens, the whole time per
 /// token, and for the cost model (when the timings are there) the prefill time of the
 /// uncached prompt tokens (first token less queue) and the time per token after the first.
-fn record_buffered(guard: &InFlight, headers: &HeaderMap, body: &[u8], sent: Instant) {
-    let report = WorkerReport::from_headers(headers);
+fn record_buffered(guard: &InFlight, report: &WorkerReport, body: &[u8], sent: Instant) {
     let tokens = report
         .generated_tokens
         .or_else(|| {
@@ -220,7 +218,7 @@ fn record_buffered(guard: &InFlight, headers: &HeaderMap, body: &[u8], sent: Ins
                 .as_u64()
         })
         .unwrap_or(0);
-    let cost = cost_sample(&report, tokens, guard.mean_batch());
+    let cost = cost_sample(report, tokens, guard.mean_batch());
     // The moving average of the whole time per token (prefill included), as `/slices` has
     // always shown it and the `queued-tokens` policy reads it.
     let tpot = report
