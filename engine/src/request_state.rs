@@ -1,10 +1,11 @@
-//! What the engine thread keeps of one request beside its scheduling (tokens and computed
-//! positions stay with the [`crate::scheduler`]): where its events go, how it samples, its
-//! output processing, its grammar, its prompt log-probabilities and its timings.
+//! The one record of a request on the engine thread, held by the [`crate::scheduler`] by id:
+//! its sequence (tokens and computed positions, which the scheduler plans over), where its
+//! events go, how it samples, its output processing, its grammar, its prompt
+//! log-probabilities and its timings.
 
 use std::time::Instant;
 
-use migserve_models::Tokenizer;
+use migserve_models::{SeqId, Tokenizer};
 
 use crate::sampling::Sampler;
 use tokio::sync::mpsc::UnboundedSender;
@@ -16,9 +17,17 @@ use crate::logprobs::PromptLogprobs;
 use crate::metrics as m;
 use crate::output::OutputProcessor;
 use crate::request::EngineRequest;
+use crate::scheduler::{Scheduled, Sequence};
+
+/// Most prompt tokens per step of a request that wants the prompt's log-probabilities: its
+/// logits come back for every position (`positions x vocab` f32), so its chunks stay small
+/// (64 x 152k vocabulary = 39 MB).
+const PROMPT_LOGPROBS_CHUNK: usize = 64;
 
 /// One request on the engine thread.
 pub(crate) struct RequestState {
+    /// Its prompt and generated tokens and how many are computed (the scheduler's part).
+    pub(crate) seq: Sequence,
     pub(crate) events: UnboundedSender<EngineEvent>,
     pub(crate) sampler: Sampler,
     pub(crate) output: OutputProcessor,
@@ -38,8 +47,10 @@ pub(crate) struct RequestState {
 }
 
 impl RequestState {
-    /// The state of a request just admitted; `eos_ids` end its output unless it ignores eos.
+    /// The state of a request just admitted as sequence `id`; `eos_ids` end its output unless
+    /// it ignores eos.
     pub(crate) fn new(
+        id: SeqId,
         mut request: EngineRequest,
         events: UnboundedSender<EngineEvent>,
         eos_ids: &[u32],
@@ -58,7 +69,15 @@ impl RequestState {
             .logprobs
             .prompt
             .then(|| PromptLogprobs::new(&request.prompt, request.logprobs.top));
+        let tokens = [request.prompt.as_slice(), &request.resumed].concat();
+        let mut seq = Sequence::new(id, tokens);
+        if request.logprobs.prompt {
+            seq = seq
+                .with_chunk_limit(PROMPT_LOGPROBS_CHUNK)
+                .without_prefix_reuse();
+        }
         Self {
+            seq,
             events,
             sampler,
             output,
@@ -185,5 +204,15 @@ impl RequestState {
             time_to_first_token: first_token.duration_since(self.request.arrived),
             seed: self.request.params.seed,
         }
+    }
+}
+
+impl Scheduled for RequestState {
+    fn sequence(&self) -> &Sequence {
+        &self.seq
+    }
+
+    fn sequence_mut(&mut self) -> &mut Sequence {
+        &mut self.seq
     }
 }

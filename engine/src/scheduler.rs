@@ -100,16 +100,36 @@ pub struct StepPlan {
     pub admitted: Vec<(SeqId, usize)>,
 }
 
-/// The waiting queue and the running batch, as ids; each sequence is held once, by id.
+/// A request's one record, as the scheduler holds it: whatever its owner keeps of the
+/// request, with the [`Sequence`] the scheduler plans over inside it.
+pub trait Scheduled {
+    /// The tokens and computed positions the scheduler plans over.
+    fn sequence(&self) -> &Sequence;
+    /// The same, to update.
+    fn sequence_mut(&mut self) -> &mut Sequence;
+}
+
+impl Scheduled for Sequence {
+    fn sequence(&self) -> &Sequence {
+        self
+    }
+
+    fn sequence_mut(&mut self) -> &mut Sequence {
+        self
+    }
+}
+
+/// The waiting queue and the running batch, as ids; each request's record is held here once,
+/// by id (the engine thread's record, or a bare [`Sequence`] for pure scheduling).
 #[derive(Debug)]
-pub struct Scheduler {
+pub struct Scheduler<R = Sequence> {
     config: SchedulerConfig,
-    sequences: HashMap<SeqId, Sequence>,
+    records: HashMap<SeqId, R>,
     waiting: VecDeque<SeqId>,
     running: Vec<SeqId>,
 }
 
-impl Scheduler {
+impl<R: Scheduled> Scheduler<R> {
     /// An empty scheduler.
     pub fn new(config: SchedulerConfig) -> Self {
         assert!(
@@ -118,18 +138,20 @@ impl Scheduler {
         );
         Self {
             config,
-            sequences: HashMap::new(),
+            records: HashMap::new(),
             waiting: VecDeque::new(),
             running: Vec::new(),
         }
     }
 
-    /// Queues a new sequence (it must have at least one token, and an id not in use).
-    pub fn add(&mut self, seq: Sequence) {
+    /// Queues a new request (its sequence must have at least one token, and an id not in use).
+    pub fn add(&mut self, record: R) {
+        let seq = record.sequence();
         debug_assert!(!seq.tokens.is_empty());
-        debug_assert!(!self.sequences.contains_key(&seq.id));
-        self.waiting.push_back(seq.id);
-        self.sequences.insert(seq.id, seq);
+        debug_assert!(!self.records.contains_key(&seq.id));
+        let id = seq.id;
+        self.waiting.push_back(id);
+        self.records.insert(id, record);
     }
 
     /// Sequences waiting to start (or to resume after preemption).
@@ -147,9 +169,35 @@ impl Scheduler {
         self.waiting.is_empty() && self.running.is_empty()
     }
 
-    /// A sequence, wherever it is.
-    pub fn get(&self, id: SeqId) -> Option<&Sequence> {
-        self.sequences.get(&id)
+    /// A request's record, wherever it is.
+    pub fn get(&self, id: SeqId) -> Option<&R> {
+        self.records.get(&id)
+    }
+
+    /// A request's record, to update (its sequence's tokens change only through
+    /// [`Self::push_token`]).
+    pub fn get_mut(&mut self, id: SeqId) -> Option<&mut R> {
+        self.records.get_mut(&id)
+    }
+
+    /// Every request's record, in no order.
+    pub fn records(&self) -> impl Iterator<Item = &R> {
+        self.records.values()
+    }
+
+    /// Takes every record out and empties both queues (the block manager is left as it is).
+    pub fn drain(&mut self) -> Vec<R> {
+        self.waiting.clear();
+        self.running.clear();
+        self.records.drain().map(|(_, r)| r).collect()
+    }
+
+    fn sequence(&self, id: SeqId) -> Option<&Sequence> {
+        self.records.get(&id).map(R::sequence)
+    }
+
+    fn sequence_mut(&mut self, id: SeqId) -> Option<&mut Sequence> {
+        self.records.get_mut(&id).map(R::sequence_mut)
     }
 
     /// Ids of every sequence, running first.
@@ -176,7 +224,7 @@ impl Scheduler {
         let mut i = 0;
         while i < self.running.len() {
             let id = self.running[i];
-            let Some(seq) = self.sequences.get(&id) else {
+            let Some(seq) = self.sequence(id) else {
                 // Not held (cannot happen: ids and sequences change together); not scheduled.
                 self.running.remove(i);
                 continue;
@@ -192,7 +240,7 @@ impl Scheduler {
             }
             let start = seq.computed;
             if self.make_room(blocks, i, start + n, plan) {
-                if let (true, Some(seq)) = (self.config.prefix_caching, self.sequences.get(&id)) {
+                if let (true, Some(seq)) = (self.config.prefix_caching, self.sequence(id)) {
                     blocks.register(id, &seq.tokens, start + n);
                 }
                 plan.chunks.push(ScheduledChunk {
@@ -215,7 +263,7 @@ impl Scheduler {
             let Some(&id) = self.waiting.front() else {
                 break;
             };
-            let Some(seq) = self.sequences.get_mut(&id) else {
+            let Some(seq) = self.records.get_mut(&id).map(R::sequence_mut) else {
                 self.waiting.pop_front();
                 continue;
             };
@@ -271,7 +319,7 @@ impl Scheduler {
             let victim_index = self.running.len() - 1;
             let victim = self.running.remove(victim_index);
             blocks.release(victim);
-            if let Some(seq) = self.sequences.get_mut(&victim) {
+            if let Some(seq) = self.sequence_mut(victim) {
                 seq.computed = 0;
             }
             plan.preempted.push(victim);
@@ -288,7 +336,7 @@ impl Scheduler {
     pub fn complete(&mut self, plan: &StepPlan) -> Vec<SeqId> {
         let mut ready = Vec::new();
         for chunk in &plan.chunks {
-            if let Some(seq) = self.sequences.get_mut(&chunk.seq) {
+            if let Some(seq) = self.sequence_mut(chunk.seq) {
                 seq.computed = chunk.start + chunk.len;
                 if seq.computed == seq.tokens.len() {
                     ready.push(seq.id);
@@ -300,22 +348,22 @@ impl Scheduler {
 
     /// Appends a sampled token to a running sequence.
     pub fn push_token(&mut self, id: SeqId, token: u32) {
-        if let Some(seq) = self.sequences.get_mut(&id) {
+        if let Some(seq) = self.sequence_mut(id) {
             seq.tokens.push(token);
         }
     }
 
-    /// Removes a sequence (finished, failed or cancelled) and frees its blocks.
-    pub fn remove(&mut self, id: SeqId, blocks: &mut BlockManager) -> Option<Sequence> {
+    /// Removes a request (finished, failed or cancelled) and frees its blocks; its record.
+    pub fn remove(&mut self, id: SeqId, blocks: &mut BlockManager) -> Option<R> {
         blocks.release(id);
-        let seq = self.sequences.remove(&id)?;
+        let record = self.records.remove(&id)?;
         match self.running.iter().position(|&r| r == id) {
             Some(i) => {
                 self.running.remove(i);
             }
             None => self.waiting.retain(|&w| w != id),
         }
-        Some(seq)
+        Some(record)
     }
 }
 

@@ -5,11 +5,10 @@
 //!
 //! A step reads as its stages: schedule, forward (grammar masks computed beside it,
 //! [`crate::grammar`]), sample ([`crate::row_sampler`]), update (output processing,
-//! [`crate::output`]; log-probabilities, `logprobs`). Per-request state beside the scheduler's
-//! is a `RequestState`. A panic on this thread fails every request in flight and marks the
+//! [`crate::output`]; log-probabilities, `logprobs`). Each request has one record, a
+//! `RequestState`, which the scheduler holds by id. A panic on this thread fails every request in flight and marks the
 //! engine dead ([`crate::status`]).
 
-use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{mpsc, Arc};
 use std::time::Instant;
@@ -32,15 +31,10 @@ use crate::request::EngineRequest;
 use crate::request_state::RequestState;
 use crate::row_sampler::{sample_rows, RowRequest};
 use crate::sampling::LogitEdit;
-use crate::scheduler::{Scheduler, SchedulerConfig, Sequence, StepPlan};
+use crate::scheduler::{Scheduler, SchedulerConfig, StepPlan};
 use crate::status::{panic_message, DeadOnExit, EngineStatus};
 use crate::step::StepModel;
 use crate::step_clock::{StepClock, StepKind, StepPhase};
-
-/// Most prompt tokens per step of a request that wants the prompt's log-probabilities: its
-/// logits come back for every position (`positions x vocab` f32), so its chunks stay small
-/// (64 x 152k vocabulary = 39 MB).
-const PROMPT_LOGPROBS_CHUNK: usize = 64;
 
 /// A validated request on its way to the engine thread, with the sender of its events.
 pub struct Submission {
@@ -95,8 +89,8 @@ struct StepLoop<M> {
     model: M,
     tokenizer: Arc<Tokenizer>,
     cache: Box<dyn PagedStore>,
-    scheduler: Scheduler,
-    active: HashMap<SeqId, RequestState>,
+    /// The queues, and every request's one record.
+    scheduler: Scheduler<RequestState>,
     next_id: SeqId,
     status: Arc<EngineStatus>,
     /// The grammar-mask thread, once a step has had a constraint.
@@ -116,7 +110,6 @@ impl<M: StepModel> StepLoop<M> {
             tokenizer,
             cache,
             scheduler: Scheduler::new(scheduler),
-            active: HashMap::new(),
             next_id: 0,
             status,
             masks: None,
@@ -156,7 +149,7 @@ impl<M: StepModel> StepLoop<M> {
         self.next_id += 1;
         m::counter_inc(m::REQUESTS, 1);
         m::counter_inc(m::PROMPT_TOKENS, s.request.prompt.len() as u64);
-        let mut state = RequestState::new(s.request, s.events, self.tokenizer.eos_ids());
+        let mut state = RequestState::new(id, s.request, s.events, self.tokenizer.eos_ids());
         if !state.request.resumed.is_empty() {
             match state.replay(&self.tokenizer) {
                 Ok(earlier) => {
@@ -169,24 +162,16 @@ impl<M: StepModel> StepLoop<M> {
                 }
             }
         }
-        let tokens = [state.request.prompt.as_slice(), &state.request.resumed].concat();
-        let mut sequence = Sequence::new(id, tokens);
-        if state.request.logprobs.prompt {
-            sequence = sequence
-                .with_chunk_limit(PROMPT_LOGPROBS_CHUNK)
-                .without_prefix_reuse();
-        }
-        self.scheduler.add(sequence);
-        self.active.insert(id, state);
+        self.scheduler.add(state);
     }
 
     /// Frees the sequences whose clients went away.
     fn drop_cancelled(&mut self) {
         let gone: Vec<SeqId> = self
-            .active
-            .iter()
-            .filter(|(_, a)| a.events.is_closed())
-            .map(|(id, _)| *id)
+            .scheduler
+            .records()
+            .filter(|a| a.events.is_closed())
+            .map(|a| a.seq.id)
             .collect();
         for id in gone {
             m::counter_inc(m::CANCELLED, 1);
@@ -194,16 +179,15 @@ impl<M: StepModel> StepLoop<M> {
         }
     }
 
-    /// Removes a sequence everywhere, frees its blocks and stops counting it in flight; its
-    /// state, for a last event. (Counts drop before that event goes out, so a client that has
-    /// its answer and sends the next request at once is not refused as over the limit.)
+    /// Removes a request, frees its blocks and stops counting it in flight; its record, for a
+    /// last event. (Counts drop before that event goes out, so a client that has its answer
+    /// and sends the next request at once is not refused as over the limit.)
     fn end(&mut self, id: SeqId) -> Option<RequestState> {
-        self.scheduler.remove(id, self.cache.blocks_mut());
-        let active = self.active.remove(&id);
-        if active.is_some() {
+        let ended = self.scheduler.remove(id, self.cache.blocks_mut());
+        if ended.is_some() {
             self.status.release();
         }
-        active
+        ended
     }
 
     /// Drops the sequence and sends `error` to the request's client (the HTTP side counts it).
@@ -213,10 +197,10 @@ impl<M: StepModel> StepLoop<M> {
         }
     }
 
-    /// After a panic: every request still here gets `error`. The scheduler and cache may be
-    /// half-updated, so they are left alone; the thread ends right after.
+    /// After a panic: every request still here gets `error`. The cache may be half-updated,
+    /// so it is left alone; the thread ends right after.
     fn fail_everything(&mut self, error: &EngineError) {
-        for (_, a) in self.active.drain() {
+        for a in self.scheduler.drain() {
             self.status.release();
             let _ = a.events.send(EngineEvent::Failed(error.clone()));
         }
@@ -246,7 +230,7 @@ impl<M: StepModel> StepLoop<M> {
         self.masks = worker;
         clock.lap(StepPhase::Forward);
         for (id, constraint, mask) in masks {
-            if let Some(a) = self.active.get_mut(&id) {
+            if let Some(a) = self.scheduler.get_mut(id) {
                 a.constraint = constraint;
                 a.mask = Some(mask);
             }
@@ -279,8 +263,8 @@ impl<M: StepModel> StepLoop<M> {
     fn note_scheduled(&mut self, plan: &StepPlan) -> Vec<bool> {
         for &(id, cached) in &plan.admitted {
             if let Some(a) = self
-                .active
-                .get_mut(&id)
+                .scheduler
+                .get_mut(id)
                 .filter(|a| a.first_scheduled.is_none())
             {
                 a.cached_tokens = cached;
@@ -289,7 +273,7 @@ impl<M: StepModel> StepLoop<M> {
         let now = Instant::now();
         let mut all_positions = Vec::with_capacity(plan.chunks.len());
         for c in &plan.chunks {
-            let a = self.active.get_mut(&c.seq);
+            let a = self.scheduler.get_mut(c.seq);
             all_positions.push(a.as_ref().is_some_and(|a| a.prefill.is_some()));
             if let Some(a) = a {
                 a.note_scheduled(now);
@@ -372,11 +356,11 @@ impl<M: StepModel> StepLoop<M> {
     fn take_constraints(&mut self, plan: &StepPlan) -> Pending {
         let mut pending = Vec::new();
         for c in &plan.chunks {
-            let samples = self
+            let Some(a) = self
                 .scheduler
-                .get(c.seq)
-                .is_some_and(|seq| c.start + c.len >= seq.tokens.len());
-            let Some(a) = self.active.get_mut(&c.seq).filter(|_| samples) else {
+                .get_mut(c.seq)
+                .filter(|a| c.start + c.len >= a.seq.tokens.len())
+            else {
                 continue;
             };
             if let Some(constraint) = a.constraint.take() {
@@ -389,12 +373,19 @@ impl<M: StepModel> StepLoop<M> {
     /// Records the log-probabilities of the prompt tokens that the rows of positions `start..`
     /// predict (see `PromptLogprobs::record`).
     fn record_prompt_logprobs(&mut self, id: SeqId, start: usize, rows: &[Vec<f32>], tail: &[f32]) {
-        let (Some(seq), Some(a)) = (self.scheduler.get(id), self.active.get_mut(&id)) else {
+        let Some(a) = self.scheduler.get_mut(id) else {
             return;
         };
         let prompt_len = a.request.prompt.len();
         if let Some(prefill) = a.prefill.as_mut() {
-            prefill.record(&self.tokenizer, &seq.tokens, prompt_len, start, rows, tail);
+            prefill.record(
+                &self.tokenizer,
+                &a.seq.tokens,
+                prompt_len,
+                start,
+                rows,
+                tail,
+            );
         }
     }
 
@@ -412,12 +403,12 @@ impl<M: StepModel> StepLoop<M> {
     fn forward(&mut self, plan: &StepPlan, all_positions: &[bool]) -> Result<Tensor, ModelError> {
         let mut chunks = Vec::with_capacity(plan.chunks.len());
         for c in &plan.chunks {
-            let seq = self.scheduler.get(c.seq).ok_or_else(|| {
+            let a = self.scheduler.get(c.seq).ok_or_else(|| {
                 ModelError::InvalidInput(format!("scheduled sequence {} is unknown", c.seq))
             })?;
             chunks.push(SeqChunk {
                 seq: c.seq,
-                tokens: &seq.tokens[c.start..c.start + c.len],
+                tokens: &a.seq.tokens[c.start..c.start + c.len],
                 start: c.start,
             });
         }
@@ -430,10 +421,7 @@ impl<M: StepModel> StepLoop<M> {
     fn sample_and_emit(&mut self, logits: &Tensor, due: &[(SeqId, usize)], clock: &mut StepClock) {
         let mut planned: Vec<PlannedRow> = Vec::with_capacity(due.len());
         for &(id, row) in due {
-            let Some(seq) = self.scheduler.get(id) else {
-                continue;
-            };
-            let Some(a) = self.active.get_mut(&id) else {
+            let Some(a) = self.scheduler.get_mut(id) else {
                 continue;
             };
             let mask = match a.take_mask() {
@@ -445,7 +433,7 @@ impl<M: StepModel> StepLoop<M> {
             };
             let params = a.sampler.params();
             let edits = match params.edits_logits(a.output.generated()) {
-                true => params.edits(&seq.tokens, a.request.prompt.len()),
+                true => params.edits(&a.seq.tokens, a.request.prompt.len()),
                 false => Vec::new(),
             };
             planned.push(PlannedRow {
@@ -494,14 +482,12 @@ impl<M: StepModel> StepLoop<M> {
     /// Sends out the token a sequence chose (its grammar advanced, its alternatives read from
     /// its raw row when asked for).
     fn emit(&mut self, id: SeqId, logits: &Tensor, row: usize, choice: RowChoice) {
-        let Some(seq) = self.scheduler.get(id) else {
+        let context_length = self.model.context_length();
+        let Some(a) = self.scheduler.get_mut(id) else {
             return;
         };
-        let context_full = seq.tokens.len() + 1 >= self.model.context_length();
-        let prev = seq.tokens.last().copied();
-        let Some(a) = self.active.get_mut(&id) else {
-            return;
-        };
+        let context_full = a.seq.tokens.len() + 1 >= context_length;
+        let prev = a.seq.tokens.last().copied();
         let token = choice.token;
         let eos = self.tokenizer.eos_ids().contains(&token);
         let grammar_complete = match a.commit_grammar(token, eos) {
@@ -561,8 +547,8 @@ impl<M: StepModel> StepLoop<M> {
             return;
         }
         let sent = self
-            .active
-            .get(&id)
+            .scheduler
+            .get(id)
             .is_some_and(|a| a.events.send(EngineEvent::Token(event, None)).is_ok());
         if sent {
             self.scheduler.push_token(id, token);
