@@ -94,7 +94,7 @@ impl PrefixCacheStatus {
 /// this worker's device), or a test stand-in behind the same HTTP layer.
 pub trait Engine: Send + Sync + 'static {
     /// Tokenizes (or renders the chat template), validates and queues a request (every engine
-    /// does it through [`crate::submit::submit`] over its own backend). May block
+    /// does it through `submit::submit` over its own backend). May block
     /// for as long as tokenizing a large prompt takes: call it on a blocking pool. Refuses with
     /// [`EngineError::Validation`] (bad input), [`EngineError::Overloaded`] (too many in
     /// flight) or [`EngineError::Unavailable`] (the engine is not running).

@@ -1,24 +1,35 @@
-//! One try of a request on one slice, written once for the first forward ([`super::proxy`])
-//! and for a stream's continuation ([`super::relay`]): send the body (with the point the
+//! One try of a request on one slice, written once for the first forward (`proxy.rs`) and
+//! for a stream's continuation (`relay.rs`): send the body (with the point the
 //! stream goes on from, when it continues one), then sort the worker's answer into a whole
 //! one, a stream that has its first event, or a failure of the slice. The slice's bookkeeping
 //! (errors, retries, suspension, its cache size, a buffered success) happens here too.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use futures_util::stream::StreamExt;
+use futures_util::stream::{BoxStream, StreamExt};
 use serde_json::Value;
 
+use super::backend::Backend;
 use super::cost::CostSample;
-use super::relay::{Serving, Upstream};
 use super::stats::InFlight;
 use super::token_count::TokenCounter;
 use super::SharedFront;
 use crate::api::resume::{RESUMABLE_HEADER, RESUME_HEADER};
 use crate::api::worker_report::{header_u64, names, WorkerReport};
 use crate::api::Api;
+
+/// A worker's response body.
+pub type Upstream = BoxStream<'static, reqwest::Result<Bytes>>;
+
+/// The slice serving a stream now.
+pub struct Serving {
+    pub backend: Arc<Backend>,
+    pub guard: InFlight,
+    pub generation: u64,
+}
 
 /// What goes to the slice.
 pub struct Outgoing<'a> {

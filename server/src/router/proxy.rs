@@ -12,12 +12,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{post, MethodRouter};
 use serde_json::Value;
 
-use super::attempt::{try_slice, Attempt, Head, Outgoing};
+use super::attempt::{try_slice, Attempt, Head, Outgoing, Serving};
 use super::backend::Backend;
 use super::lifecycle::{self, Demand};
 use super::policy::Work;
 use super::prefix_index::PromptText;
-use super::relay::{Origin, Serving, StreamRelay};
+use super::relay::{Origin, StreamRelay};
 use super::routing_view::RoutingView;
 use super::{Pick, Placing, SharedFront};
 use crate::api::error::{ApiError, OpenAiError};

@@ -8,22 +8,18 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::{Body, Bytes};
-use futures_util::stream::{BoxStream, StreamExt};
+use futures_util::stream::StreamExt;
 use tokio::sync::mpsc;
 
-use super::attempt::{try_slice, Attempt, Outgoing};
+use super::attempt::{try_slice, Attempt, Outgoing, Serving, Upstream};
 use super::backend::Backend;
 use super::cost::CostSample;
 use super::sse::{unmark, EventSplitter};
-use super::stats::InFlight;
 use super::token_count::TokenCounter;
 use super::{Pick, Placing, SharedFront};
 use crate::api::error::ApiError;
 use crate::api::resume::Resume;
 use crate::api::Api;
-
-/// A worker's response body.
-pub type Upstream = BoxStream<'static, reqwest::Result<Bytes>>;
 
 /// The request a stream answers, to send again to the slice that continues it.
 pub struct Origin {
@@ -35,13 +31,6 @@ pub struct Origin {
     /// Slices that have failed it (or are serving it).
     pub tried: Vec<Arc<Backend>>,
     pub sent: Instant,
-}
-
-/// The slice serving a stream now.
-pub struct Serving {
-    pub backend: Arc<Backend>,
-    pub guard: InFlight,
-    pub generation: u64,
 }
 
 /// What the client has been sent, from the marks.
