@@ -31,7 +31,14 @@ pub(crate) struct RequestState {
     pub(crate) events: UnboundedSender<EngineEvent>,
     pub(crate) sampler: Sampler,
     pub(crate) output: OutputProcessor,
-    pub(crate) request: EngineRequest,
+    /// When the request reached the server.
+    pub(crate) arrived: Instant,
+    /// Its prompt's tokens, the first of `seq.tokens`.
+    pub(crate) prompt_len: usize,
+    /// Tokens of output generated elsewhere that it resumes from, right after the prompt.
+    pub(crate) resumed_len: usize,
+    /// Alternatives asked for at each position.
+    pub(crate) top_logprobs: usize,
     /// The prompt's log-probabilities while they are computed, when the request asked for
     /// them; taken when they are sent (before the first token).
     pub(crate) prefill: Option<PromptLogprobs>,
@@ -51,27 +58,36 @@ impl RequestState {
     /// it ignores eos.
     pub(crate) fn new(
         id: SeqId,
-        mut request: EngineRequest,
+        request: EngineRequest,
         events: UnboundedSender<EngineEvent>,
         eos_ids: &[u32],
     ) -> Self {
-        let mut params = request.params.clone();
-        if !request.ignore_eos {
+        // Each part goes where it is used: the prompt and the resumed output become the
+        // sequence's tokens, the parameters the sampler's, the stops the output's.
+        let EngineRequest {
+            prompt,
+            mut params,
+            max_new_tokens,
+            stop,
+            ignore_eos,
+            logprobs,
+            constraint,
+            resumed,
+            arrived,
+        } = request;
+        if !ignore_eos {
             params.end_tokens = eos_ids.to_vec();
         }
-        let sampler = Sampler::resumed(params, request.resumed.len());
-        let output = OutputProcessor::new(
-            request.max_new_tokens,
-            request.stop.clone(),
-            request.ignore_eos,
-        );
-        let prefill = request
-            .logprobs
+        let sampler = Sampler::resumed(params, resumed.len());
+        let output = OutputProcessor::new(max_new_tokens, stop, ignore_eos);
+        let prefill = logprobs
             .prompt
-            .then(|| PromptLogprobs::new(&request.prompt, request.logprobs.top));
-        let tokens = [request.prompt.as_slice(), &request.resumed].concat();
+            .then(|| PromptLogprobs::new(&prompt, logprobs.top));
+        let (prompt_len, resumed_len) = (prompt.len(), resumed.len());
+        let mut tokens = prompt;
+        tokens.extend_from_slice(&resumed);
         let mut seq = Sequence::new(id, tokens);
-        if request.logprobs.prompt {
+        if logprobs.prompt {
             seq = seq
                 .with_chunk_limit(PROMPT_LOGPROBS_CHUNK)
                 .without_prefix_reuse();
@@ -81,8 +97,11 @@ impl RequestState {
             events,
             sampler,
             output,
-            constraint: request.constraint.take(),
-            request,
+            arrived,
+            prompt_len,
+            resumed_len,
+            top_logprobs: logprobs.top,
+            constraint,
             prefill,
             first_scheduled: None,
             first_token: None,
@@ -94,8 +113,9 @@ impl RequestState {
     /// Runs a resumed request's earlier output through its output processing, as if it had
     /// been generated here; an output that had already finished is refused.
     pub(crate) fn replay(&mut self, tokenizer: &Tokenizer) -> Result<Vec<TokenEvent>, EngineError> {
-        let mut events = Vec::with_capacity(self.request.resumed.len());
-        for &id in &self.request.resumed {
+        let resumed = &self.seq.tokens[self.prompt_len..self.prompt_len + self.resumed_len];
+        let mut events = Vec::with_capacity(resumed.len());
+        for &id in resumed {
             let out = self.output.push(tokenizer, id, None).map_err(|e| {
                 EngineError::invalid(Field::Resume, format!("the output to resume from: {e}"))
             })?;
@@ -121,7 +141,7 @@ impl RequestState {
     pub(crate) fn note_scheduled(&mut self, now: Instant) {
         if self.first_scheduled.is_none() {
             self.first_scheduled = Some(now);
-            m::histogram_record(m::QUEUE_DURATION, now.duration_since(self.request.arrived));
+            m::histogram_record(m::QUEUE_DURATION, now.duration_since(self.arrived));
         }
     }
 
@@ -171,10 +191,7 @@ impl RequestState {
     pub(crate) fn note_token(&mut self, now: Instant) {
         if self.first_token.is_none() {
             self.first_token = Some(now);
-            m::histogram_record(
-                m::TIME_TO_FIRST_TOKEN,
-                now.duration_since(self.request.arrived),
-            );
+            m::histogram_record(m::TIME_TO_FIRST_TOKEN, now.duration_since(self.arrived));
         }
         m::counter_inc(m::GENERATED_TOKENS, 1);
     }
@@ -184,10 +201,7 @@ impl RequestState {
         let generated = self.output.generated();
         let first_scheduled = self.first_scheduled.unwrap_or(now);
         let first_token = self.first_token.unwrap_or(now);
-        m::histogram_record(
-            m::REQUEST_DURATION,
-            now.duration_since(self.request.arrived),
-        );
+        m::histogram_record(m::REQUEST_DURATION, now.duration_since(self.arrived));
         if generated > 1 {
             m::histogram_record(
                 m::TIME_PER_OUTPUT_TOKEN,
@@ -196,13 +210,13 @@ impl RequestState {
         }
         FinishEvent {
             reason,
-            prompt_tokens: self.request.prompt.len(),
+            prompt_tokens: self.prompt_len,
             cached_tokens: self.cached_tokens,
             generated_tokens: generated,
-            queue_time: first_scheduled.duration_since(self.request.arrived),
+            queue_time: first_scheduled.duration_since(self.arrived),
             inference_time: now.duration_since(first_scheduled),
-            time_to_first_token: first_token.duration_since(self.request.arrived),
-            seed: self.request.params.seed,
+            time_to_first_token: first_token.duration_since(self.arrived),
+            seed: self.sampler.params().seed,
         }
     }
 }

@@ -6,8 +6,8 @@
 //! A step reads as its stages: schedule, forward (grammar masks computed beside it,
 //! [`crate::grammar`]), sample ([`crate::row_sampler`]), update (output processing,
 //! [`crate::output`]; log-probabilities, `logprobs`). Each request has one record, a
-//! `RequestState`, which the scheduler holds by id. A panic on this thread fails every request in flight and marks the
-//! engine dead ([`crate::status`]).
+//! `RequestState`, which the scheduler holds by id. A panic on this thread fails every
+//! request in flight and marks the engine dead ([`crate::status`]).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{mpsc, Arc};
@@ -150,7 +150,7 @@ impl<M: StepModel> StepLoop<M> {
         m::counter_inc(m::REQUESTS, 1);
         m::counter_inc(m::PROMPT_TOKENS, s.request.prompt.len() as u64);
         let mut state = RequestState::new(id, s.request, s.events, self.tokenizer.eos_ids());
-        if !state.request.resumed.is_empty() {
+        if state.resumed_len > 0 {
             match state.replay(&self.tokenizer) {
                 Ok(earlier) => {
                     let _ = state.events.send(EngineEvent::Resumed(earlier));
@@ -376,7 +376,7 @@ impl<M: StepModel> StepLoop<M> {
         let Some(a) = self.scheduler.get_mut(id) else {
             return;
         };
-        let prompt_len = a.request.prompt.len();
+        let prompt_len = a.prompt_len;
         if let Some(prefill) = a.prefill.as_mut() {
             prefill.record(
                 &self.tokenizer,
@@ -433,7 +433,7 @@ impl<M: StepModel> StepLoop<M> {
             };
             let params = a.sampler.params();
             let edits = match params.edits_logits(a.output.generated()) {
-                true => params.edits(&a.seq.tokens, a.request.prompt.len()),
+                true => params.edits(&a.seq.tokens, a.prompt_len),
                 false => Vec::new(),
             };
             planned.push(PlannedRow {
@@ -494,7 +494,7 @@ impl<M: StepModel> StepLoop<M> {
             Ok(done) => done,
             Err(e) => return self.fail(id, e),
         };
-        let n = a.request.logprobs.top;
+        let n = a.top_logprobs;
         let top = match sampled_alternatives(&self.tokenizer, logits, row, prev, choice.log_norm, n)
         {
             Ok(top) => top,
